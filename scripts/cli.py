@@ -1,0 +1,98 @@
+"""The ``cnnforge`` command line.
+
+Every subcommand imports what it needs lazily, so ``cnnforge data`` works without the toolchain
+loaded. Errors of :class:`~cnnforge.errors.CnnforgeError` print one line and exit with status 1.
+"""
+
+import argparse
+import os
+import sys
+
+from .errors import CnnforgeError
+
+
+def _mnist_dir(args):
+    return args.mnist_dir or os.environ.get("MNIST_DIR") or "data/mnist"
+
+
+def cmd_data(args):
+    from . import mnist
+    directory = args.dir or _mnist_dir(args)
+    mnist.download(directory, progress=not args.quiet)
+    print(f"MNIST ready in {directory}")
+
+
+def cmd_train(args):
+    from .sim import train
+    train.train_and_save(mnist_dir=_mnist_dir(args), out=args.out, epochs=args.epochs,
+                         seed=args.seed, progress=not args.quiet)
+
+
+def cmd_eval(args):
+    from .sim import evaluate
+    evaluate.eval_cli(mnist_dir=_mnist_dir(args), model_path=args.model, limit=args.limit,
+                      progress=not args.quiet)
+
+
+def cmd_export(args):
+    from .sim import model as model_file
+    model = model_file.load(args.model)
+    model_file.export_json(model, args.out)
+    print(f"wrote {args.out}")
+
+
+def cmd_verilog(args):
+    from .hw import generate
+    for path in generate.write_all(args.out):
+        print(f"wrote {path}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="cnnforge", description=__doc__.splitlines()[0])
+    parser.add_argument("--mnist-dir", help="folder with the MNIST IDX files (default: $MNIST_DIR, "
+                                            "else data/mnist)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("data", help="download MNIST and verify its checksums")
+    p.add_argument("--dir", help="destination folder (default: the MNIST folder)")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train the float model, quantize it, write the model file")
+    p.add_argument("--out", default=None, help="model file to write (default: the committed one)")
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the recipe's)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="float and int8 accuracy on the MNIST test set")
+    p.add_argument("--model", default=None, help="model file (default: the committed one)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write the model file as JSON (for other tools)")
+    p.add_argument("--model", default=None, help="model file (default: the committed one)")
+    p.add_argument("out", help="JSON file to write")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verilog", help="elaborate every RTL block to Verilog")
+    p.add_argument("--out", default="build/verilog", help="output folder")
+    p.set_defaults(func=cmd_verilog)
+
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CnnforgeError as e:
+        print(f"cnnforge {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"cnnforge {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
