@@ -234,3 +234,26 @@ class Widths:
             ("dense_acc", self.dense_acc, True),
             ("class_index", self.class_index, False),
         ]
+
+
+@dataclass(frozen=True)
+class SoftmaxFormat:
+    """Fixed-point formats of the integer softmax approximation (``sim/golden.py: softmax_int``).
+
+    ``t = round((max - logit) * mult / 2**shift)`` is the logit distance in base 2 with
+    ``frac_bits`` fractional bits; ``exp2(-t)`` comes from a ``2**frac_bits``-entry table of
+    ``one * 2**(-f / 2**frac_bits)`` shifted right by the integer part; the sum is normalized to
+    ``[1, 2)`` and inverted by a ``2**recip_index_bits``-entry table and one Newton step.
+    """
+    frac_bits = 6          # exp2 table: 64 entries
+    exp_bits = 16          # exp2 values: Q15, 0..32768
+    one = 1 << 15          # 1.0 in the exp2 table and in the probabilities
+    prob_bits = 16         # probabilities: Q15, 0..32768
+    mult_bits = 16         # logit-distance multiplier (uint16)
+    recip_index_bits = 6   # reciprocal seed table: 64 entries
+    recip_bits = 16        # reciprocal: Q15 in (0.5, 1]
+
+    @property
+    def t_max(self):
+        """Distances at or above this underflow the Q15 exponential to zero."""
+        return self.exp_bits << self.frac_bits
