@@ -17,7 +17,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 CNNFORGE = PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(VENV)/bin/cnnforge
 
-.PHONY: setup data train eval test demo verilog sim sim-full bench clean
+.PHONY: setup data train eval test demo verilog sim clean
 
 setup: $(STAMP)
 $(STAMP): pyproject.toml
@@ -47,3 +47,9 @@ verilog: $(STAMP)
 
 clean:
 	rm -rf build sim_build .pytest_cache
+
+# RTL block regressions with a summary table (block, vectors, cycles, simulated cycles/s).
+sim: $(STAMP)
+	rm -f build/sim/summary.jsonl
+	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m pytest -n $(JOBS) -q -rs -m rtl
+	$(CNNFORGE) report --records build/sim/summary.jsonl

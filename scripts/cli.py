@@ -47,6 +47,11 @@ def cmd_verilog(args):
         print(f"wrote {path}")
 
 
+def cmd_report(args):
+    from . import report
+    print(report.sim_summary(args.records))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="cnnforge", description=__doc__.splitlines()[0])
     parser.add_argument("--mnist-dir", help="folder with the MNIST IDX files (default: $MNIST_DIR, "
@@ -77,6 +82,10 @@ def build_parser():
     p = sub.add_parser("verilog", help="elaborate every RTL block to Verilog")
     p.add_argument("--out", default="build/verilog", help="output folder")
     p.set_defaults(func=cmd_verilog)
+
+    p = sub.add_parser("report", help="summary table of the last `make sim` run")
+    p.add_argument("--records", default="build/sim/summary.jsonl", help="simulation records")
+    p.set_defaults(func=cmd_report)
 
     return parser
 

@@ -21,7 +21,7 @@ from .golden import predict_int
 __all__ = ["SEED", "EPOCHS", "BATCH", "LR", "train_float", "train_and_save", "file_sha256"]
 
 SEED = 1
-EPOCHS = 8
+EPOCHS = 15
 BATCH = 128
 LR = 1e-3
 VALIDATION = 6000
