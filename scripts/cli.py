@@ -53,11 +53,18 @@ def cmd_report(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="cnnforge", description=__doc__.splitlines()[0])
-    parser.add_argument("--mnist-dir", help="folder with the MNIST IDX files (default: $MNIST_DIR, "
-                                            "else data/mnist)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    # The common options are accepted before or after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--mnist-dir", default=argparse.SUPPRESS,
+                        help="folder with the MNIST IDX files (default: $MNIST_DIR, else data/mnist)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars")
+    parser = argparse.ArgumentParser(prog="cnnforge", description=__doc__.splitlines()[0],
+                                     parents=[common])
+    parser.set_defaults(mnist_dir=None, quiet=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **kw: _add_parser(*a, parents=[common], **kw)
 
     p = sub.add_parser("data", help="download MNIST and verify its checksums")
     p.add_argument("--dir", help="destination folder (default: the MNIST folder)")

@@ -1,0 +1,42 @@
+"""The command line reports bad input in one line with a non-zero exit."""
+
+import gzip
+import pytest
+
+from cnnforge import cli
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_eval_with_empty_mnist_dir(tmp_path, capsys):
+    code, out, err = run(capsys, "--mnist-dir", str(tmp_path), "eval", "-q")
+    assert code == 1
+    assert err.count("\n") == 1
+    assert err.startswith("cnnforge eval: error: ") and "missing MNIST file" in err
+
+
+def test_eval_with_corrupt_idx_file(tmp_path, capsys):
+    # A test-image file whose header promises more images than it holds.
+    header = (0x803).to_bytes(4, "big") + (10000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(header + bytes(784 * 3))
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write((0x801).to_bytes(4, "big") + (10000).to_bytes(4, "big") + bytes(10000))
+    code, out, err = run(capsys, "eval", "--mnist-dir", str(tmp_path))
+    assert code == 1 and err.count("\n") == 1
+    assert "t10k-images-idx3-ubyte.gz: truncated" in err
+
+
+def test_eval_with_bad_model_file(tmp_path, capsys):
+    (tmp_path / "m.npz").write_bytes(b"junk")
+    code, out, err = run(capsys, "eval", "--model", str(tmp_path / "m.npz"))
+    assert code == 1 and "corrupt model file" in err and err.count("\n") == 1
+
+
+def test_report_without_records(tmp_path, capsys):
+    code, out, err = run(capsys, "report", "--records", str(tmp_path / "none.jsonl"))
+    assert code == 1 and "no simulation records" in err
