@@ -7,6 +7,7 @@ Each test gets its own folder under ``build/sim/<name>``. Every run appends a li
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -60,12 +61,42 @@ def _ensure_simulator():
     return sim
 
 
-def build_verilog(component, name, top="top"):
-    """Write ``component`` as Verilog to ``build/sim/<name>/<top>.v``; returns the path."""
+def _load_memories_from_files(text, top, memories, folder):
+    """Swap the inline ``initial`` block of each named memory of module ``top`` for a
+    ``$readmemh`` of a hex file (or for nothing, where the contents are None).
+
+    Amaranth writes memory contents as one assignment per word, which the simulators compile
+    slowly; a ROM of test vectors (or a capture memory) can be megabytes of Verilog.
+    """
+    start = text.index(f"module {top}(")
+    head, body = text[:start], text[start:]
+    for name, words in memories.items():
+        pattern = re.compile(rf"  initial begin\n(?:    {re.escape(name)}\[\d+\] = [^\n]*\n)+  end\n")
+        if words is None:
+            replacement = ""
+        else:
+            hex_path = folder / f"{name}.hex"
+            hex_path.write_text("".join(f"{w:x}\n" for w in words))
+            replacement = f'  initial $readmemh("{hex_path}", {name});\n'
+        body, count = pattern.subn(lambda _: replacement, body, count=1)
+        if count != 1:
+            raise RuntimeError(f"memory {name!r} of module {top!r} has no initial block")
+    return head + body
+
+
+def build_verilog(component, name, top="top", memories=None):
+    """Write ``component`` as Verilog to ``build/sim/<name>/<top>.v``; returns the path.
+
+    ``memories`` maps names of memories in the top module to their contents (a list of ints,
+    loaded with ``$readmemh``) or to None (left uninitialized).
+    """
     folder = BUILD / name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{top}.v"
-    path.write_text(verilog.convert(component, name=top, emit_src=False))
+    text = verilog.convert(component, name=top, emit_src=False)
+    if memories:
+        text = _load_memories_from_files(text, top, memories, folder)
+    path.write_text(text)
     return path
 
 
@@ -155,7 +186,7 @@ def run_stream_test(name, dut_factory, *, inputs, expected, stalls=STALL_SWEEP, 
     inputs = [_pack(in_shape, x) for x in inputs]
     expected = [_pack(out_shape, x) for x in expected]
     harness = StreamHarness(dut, inputs, len(expected))
-    path = build_verilog(harness, name)
+    path = build_verilog(harness, name, memories={"rom": inputs, "capture": None})
     folder = BUILD / name
     if max_cycles is None:
         max_cycles = 200 * (len(inputs) + len(expected)) + 10_000
