@@ -1,0 +1,156 @@
+"""The whole inference pipeline of the reference CNN as one stream block.
+
+``pixels -> ConvEngine -> Requantize -> MaxPool -> DenseEngine -> (logits) -> Softmax -> results``
+
+Every stage is a stream block, so stages overlap across images: while the dense engine works
+on image *n* (from its ping-pong activation buffer), the convolution already runs image *n+1*.
+Sustained cycles per image are therefore those of the slowest stage, not their sum.
+"""
+
+import operator
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from .params import SoftmaxFormat, Widths
+from .conv import ConvEngine
+from .requant import Requantize
+from .maxpool import MaxPool
+from .dense import DenseEngine
+from .softmax import Softmax
+
+
+__all__ = ["Accelerator", "ResultLayout", "Parallelism", "PRESETS"]
+
+
+def ResultLayout(config):
+    """Payload of the result stream: ``classes`` beats per image, beat ``k`` for class ``k``."""
+    widths = Widths(config)
+    return data.StructLayout({
+        "logit": signed(widths.dense_acc),
+        "prob": unsigned(SoftmaxFormat.prob_bits),
+        "cls": unsigned(widths.class_index),
+    })
+
+
+class Parallelism:
+    """How many multipliers each stage gets.
+
+    Parameters
+    ----------
+    conv_lanes : int
+        Filters computed in parallel by the convolution (one tap per cycle each).
+    requant_parallel : int
+        Requantization multipliers (``conv_lanes`` must be a multiple).
+    dense_mults : int
+        Dense-layer multipliers (``features`` must be a multiple).
+    target : str
+        ``"generic"``, ``"ice40"`` (dual 8x8 SB_MAC16 for the convolution) or ``"ecp5"``.
+    """
+
+    def __init__(self, *, conv_lanes, requant_parallel, dense_mults, target="generic"):
+        self.conv_lanes = operator.index(conv_lanes)
+        self.requant_parallel = operator.index(requant_parallel)
+        self.dense_mults = operator.index(dense_mults)
+        if target not in ("generic", "ice40", "ecp5"):
+            raise ValueError(f"target must be 'generic', 'ice40' or 'ecp5', not {target!r}")
+        self.target = target
+
+    @property
+    def mac_target(self):
+        return "ice40" if self.target == "ice40" else "generic"
+
+    @property
+    def multipliers(self):
+        return self.conv_lanes + self.dense_mults
+
+    def to_dict(self):
+        return {"conv_lanes": self.conv_lanes, "requant_parallel": self.requant_parallel,
+                "dense_mults": self.dense_mults, "target": self.target}
+
+
+#: Named configurations: the UP5K's 16 conv multipliers (8 dual SB_MAC16) with an 8-wide dense
+#: engine (the bandwidth of four 16-bit SPRAMs), and wider ones for ECP5.
+PRESETS = {
+    "up5k": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ice40"),
+    "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=4, dense_mults=8, target="ecp5"),
+    "ecp5-85f": Parallelism(conv_lanes=32, requant_parallel=8, dense_mults=16, target="ecp5"),
+}
+
+
+class Accelerator(wiring.Component):
+    """Raw pixels in, logits / probabilities / class out.
+
+    Parameters
+    ----------
+    model : :class:`cnnforge.sim.golden.QuantModel`
+        The integer network; its tensors initialize the weight memories.
+    parallelism : :class:`Parallelism`
+
+    Members
+    -------
+    i : ``In(stream.Signature(data.ArrayLayout(unsigned(8), in_channels)))``
+        Pixels of consecutive images in raster order.
+    o : ``Out(stream.Signature(ResultLayout(config)))``
+        ``classes`` beats per image: logit ``k``, probability ``k`` (Q15) and the class.
+    """
+
+    def __init__(self, model, parallelism):
+        self._model = model
+        self._par = parallelism
+        config = model.config
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(unsigned(8), config.in_channels))),
+            "o": Out(stream.Signature(ResultLayout(config))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        model, par, config = self._model, self._par, self._model.config
+        target = par.mac_target
+
+        m.submodules.conv = conv = ConvEngine(config, lanes=par.conv_lanes, conv_w=model.conv_w,
+                                              conv_b=model.conv_b, target=target)
+        m.submodules.requant = requant = Requantize(
+            config, lanes=par.conv_lanes, requant_mult=model.requant_mult,
+            requant_shift=model.requant_shift, parallel=par.requant_parallel)
+        m.submodules.pool = pool = MaxPool(config, lanes=par.conv_lanes)
+        m.submodules.dense = dense = DenseEngine(config, in_lanes=par.conv_lanes,
+                                                 mults=par.dense_mults, dense_w=model.dense_w,
+                                                 dense_b=model.dense_b, target=target)
+        m.submodules.softmax = softmax = Softmax(config, softmax_mult=model.softmax_mult,
+                                                 softmax_shift=model.softmax_shift)
+
+        wiring.connect(m, wiring.flipped(self.i), conv.i)
+        wiring.connect(m, conv=conv.o, requant=requant.i)
+        wiring.connect(m, requant=requant.o, pool=pool.i)
+        # Inference does not need the pool's argmax positions (training does): pass the values.
+        m.d.comb += [
+            dense.i.payload.eq(pool.o.payload.value),
+            dense.i.valid.eq(pool.o.valid),
+            pool.o.ready.eq(dense.i.ready),
+        ]
+
+        # The logits go both to the softmax and, through a FIFO, to the result stream; the
+        # softmax holds an image's logits before it answers, so the FIFO needs `classes` places.
+        widths = Widths(config)
+        m.submodules.logits = logits = SyncFIFOBuffered(width=widths.dense_acc,
+                                                        depth=2 * config.classes)
+        m.d.comb += [
+            softmax.i.payload.eq(dense.o.payload),
+            logits.w_data.eq(dense.o.payload),
+            softmax.i.valid.eq(dense.o.valid & logits.w_rdy),
+            logits.w_en.eq(dense.o.valid & softmax.i.ready),
+            dense.o.ready.eq(softmax.i.ready & logits.w_rdy),
+        ]
+        m.d.comb += [
+            self.o.payload.logit.eq(logits.r_data),
+            self.o.payload.prob.eq(softmax.o.payload.prob),
+            self.o.payload.cls.eq(softmax.o.payload.cls),
+            self.o.valid.eq(softmax.o.valid & logits.r_rdy),
+            softmax.o.ready.eq(self.o.ready & logits.r_rdy),
+            logits.r_en.eq(self.o.ready & softmax.o.valid),
+        ]
+        return m
