@@ -17,7 +17,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 CNNFORGE = PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(VENV)/bin/cnnforge
 
-.PHONY: setup data train eval test demo verilog sim clean
+.PHONY: setup data train eval test demo verilog sim sim-full bench clean
 
 setup: $(STAMP)
 $(STAMP): pyproject.toml
@@ -53,3 +53,11 @@ sim: $(STAMP)
 	rm -f build/sim/summary.jsonl
 	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m pytest -n $(JOBS) -q -rs -m rtl
 	$(CNNFORGE) report --records build/sim/summary.jsonl
+
+# All 10,000 MNIST test images through the RTL, every result word checked.
+sim-full: $(STAMP)
+	$(CNNFORGE) sim-full
+
+# Cycles per image per configuration -> build/bench.json and build/bench.md.
+bench: $(STAMP)
+	$(CNNFORGE) bench

@@ -47,6 +47,16 @@ def cmd_verilog(args):
         print(f"wrote {path}")
 
 
+def cmd_bench(args):
+    from . import bench
+    bench.bench(mnist_dir=_mnist_dir(args), images=args.images, presets=args.presets)
+
+
+def cmd_sim_full(args):
+    from . import bench
+    bench.sim_full(mnist_dir=_mnist_dir(args), images=args.images, preset=args.preset)
+
+
 def cmd_report(args):
     from . import report
     print(report.sim_summary(args.records))
@@ -89,6 +99,17 @@ def build_parser():
     p = sub.add_parser("verilog", help="elaborate every RTL block to Verilog")
     p.add_argument("--out", default="build/verilog", help="output folder")
     p.set_defaults(func=cmd_verilog)
+
+    p = sub.add_parser("bench", help="cycles per image in RTL simulation -> build/bench.json, .md")
+    p.add_argument("--images", type=int, default=200, help="MNIST test images per configuration")
+    p.add_argument("--presets", nargs="+", default=["up5k", "ecp5-85f"],
+                   help="parallelism presets (see hw/accel.py PRESETS)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("sim-full", help="all MNIST test images through the RTL, checked")
+    p.add_argument("--images", type=int, default=10_000)
+    p.add_argument("--preset", default="up5k")
+    p.set_defaults(func=cmd_sim_full)
 
     p = sub.add_parser("report", help="summary table of the last `make sim` run")
     p.add_argument("--records", default="build/sim/summary.jsonl", help="simulation records")

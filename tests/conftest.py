@@ -6,6 +6,9 @@ import pytest
 
 from cnnforge.sim import rtl_runner
 
+#: Test modules that import from these run RTL simulations.
+RTL_MODULES = ("cnnforge.sim.rtl_runner", "cnnforge.sim.system")
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "rtl: a cocotb regression of an RTL block (run by `make sim`)")
@@ -17,6 +20,6 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = getattr(item, "module", None)
-        if module is not None and any(getattr(v, "__module__", None) == rtl_runner.__name__
+        if module is not None and any(getattr(v, "__module__", None) in RTL_MODULES
                                       for v in vars(module).values()):
             item.add_marker(pytest.mark.rtl)

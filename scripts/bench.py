@@ -1,0 +1,80 @@
+"""``make bench`` and ``make sim-full``: cycles per image measured in RTL simulation.
+
+Each configuration's accelerator runs MNIST test images back to back in Verilator; cycles per
+image are the harness's cycle count (first pixel offered to last result taken) divided by the
+images, so pipeline fill is included. Simulation uses the portable datapath for every target
+(the iCE40 dual-SB_MAC16 lanes are proved equal to it in tests/test_mac.py).
+"""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import mnist
+from .fsutil import atomic_write_text
+from .report import markdown_table
+
+
+__all__ = ["bench", "sim_full"]
+
+
+def _generic(par):
+    from .hw.accel import Parallelism
+    return Parallelism(**{**par.to_dict(), "target": "generic"})
+
+
+def golden_images_per_second(model, images):
+    from .sim.golden import predict_int
+    start = time.perf_counter()
+    predict_int(model, images)
+    return len(images) / (time.perf_counter() - start)
+
+
+def bench(mnist_dir=None, images=200, presets=("up5k", "ecp5-85f"), out="build", log=print):
+    from .hw.accel import PRESETS
+    from .sim import model as model_file
+    from .sim.system import simulate
+    model = model_file.load()
+    test_x, test_y = mnist.load("test", mnist_dir)
+    x, y = test_x[:images], test_y[:images]
+    cpu_rate = golden_images_per_second(model, test_x)
+    rows = []
+    for name in presets:
+        par = PRESETS[name]
+        stats = simulate(f"bench_{name}", model, _generic(par), x, y)
+        util = model.config.macs / (par.multipliers * stats["cycles_per_image"])
+        rows.append({"config": name, **par.to_dict(), "multipliers": par.multipliers,
+                     "cycles_per_image": round(stats["cycles_per_image"], 1),
+                     "multiplier_utilization": round(util, 4),
+                     "images": stats["images"], "accuracy": stats["accuracy"],
+                     "mismatches": stats["mismatches"],
+                     "golden_cpu_images_per_s": round(cpu_rate, 1)})
+        log(f"{name}: {stats['cycles_per_image']:.0f} cycles/image over {stats['images']} images")
+    out = Path(out)
+    atomic_write_text(out / "bench.json", json.dumps({"macs_per_image": model.config.macs,
+                                                       "configs": rows}, indent=1))
+    table = markdown_table(
+        ["config", "multipliers", "cycles/image", "multiplier utilization", "images simulated",
+         "accuracy", "golden numpy images/s (CPU)"],
+        [(r["config"], r["multipliers"], r["cycles_per_image"],
+          f"{100 * r['multiplier_utilization']:.1f} %", r["images"],
+          f"{100 * r['accuracy']:.2f} %", r["golden_cpu_images_per_s"]) for r in rows])
+    atomic_write_text(out / "bench.md", table + "\n")
+    log(table)
+    return rows
+
+
+def sim_full(mnist_dir=None, images=10_000, preset="up5k", log=print):
+    from .hw.accel import PRESETS
+    from .sim import model as model_file
+    from .sim.system import simulate
+    model = model_file.load()
+    x, y = mnist.load("test", mnist_dir)
+    stats = simulate(f"sim_full_{preset}", model, _generic(PRESETS[preset]), x[:images],
+                     y[:images])
+    log(f"{stats['images']} images, {stats['mismatches']} mismatching result words, "
+        f"accuracy {100 * stats['accuracy']:.2f} %, {stats['cycles_per_image']:.0f} cycles/image, "
+        f"{stats['seconds']} s")
+    return stats
