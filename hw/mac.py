@@ -1,0 +1,262 @@
+"""A pipelined array of int8 multiply-accumulate lanes (the conv and dense engines' datapath)."""
+
+import operator
+
+from amaranth import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+
+__all__ = ["MACArray"]
+
+
+class MACArray(wiring.Component):
+    """``lanes`` multiply-accumulate lanes sharing one activation vector of ``taps`` bytes.
+
+    Every cycle with ``i_valid`` each lane ``l`` computes the dot product
+    ``s_l = sum_t a[t] * b[l][t]`` (``lanes * taps`` multipliers, uint8 or int8 activations
+    times int8 weights) and accumulates it:
+    ``acc_l = (0 if i_first else acc_l) + s_l``. A group carrying ``i_last`` closes the
+    accumulation: :attr:`LATENCY` cycles after it was presented ``o_valid`` pulses for one cycle
+    and ``acc`` holds the finished sums. A group with both ``i_first`` and ``i_last`` is a
+    one-group accumulation.
+
+    Pure pipeline, no backpressure: the consumer must take ``acc`` in the ``o_valid`` cycle
+    (it holds until the next group reaches the accumulator, at least one cycle).
+    ``i_valid`` may drop in any cycle; the accumulation resumes with the next valid group.
+
+    Pipeline (identical for both targets, so they are cycle-for-cycle interchangeable)::
+
+        cycle 0: a, b, i_valid/first/last presented
+        cycle 1: operand registers (the DSP's A/B input registers on iCE40)
+        cycle 2: product registers (the DSP's 8x8 / 16x16 multiplier pipeline registers)
+        cycle 3: accumulators in the fabric (tap sum + accumulate), o_valid
+
+    Latency
+    -------
+    :attr:`LATENCY` = 3 cycles from the cycle a group is presented with ``i_valid`` to the
+    ``o_valid`` of the accumulation it closes (``i_last``).
+
+    Throughput
+    ----------
+    One group (``lanes * taps`` multiply-accumulates) per cycle, sustained, for any
+    accumulation length >= 1 (back-to-back accumulations need no idle cycle).
+
+    Parameters
+    ----------
+    lanes : int
+        Number of accumulators (output channels computed in parallel), >= 1.
+    taps : int
+        Products summed per lane and cycle (activation bytes per group), >= 1.
+    a_signed : bool
+        Activations are int8 (``True``) or uint8 (``False``). Weights are always int8
+        (the full range -128..127 is supported).
+    acc_width : int
+        Width of the signed accumulators, >= 16. The caller sizes it for its longest
+        accumulation (e.g. :attr:`cnnforge.hw.params.Widths.conv_acc`); it wraps modulo
+        ``2**acc_width`` if the caller under-sizes it.
+    target : str
+        ``"generic"``: plain ``*`` (Yosys maps each product to one SB_MAC16 16x16 with
+        ``synth_ice40 -dsp``, or one MULT18X18D with ``synth_ecp5``).
+        ``"ice40"``: products packed two per ``SB_MAC16`` in 8x8 mode (``ceil(lanes*taps/2)``
+        DSPs); the Amaranth simulator ignores the instance, so simulate this target with
+        Yosys's ``ice40/cells_sim.v``.
+
+    Members
+    -------
+    i_valid : ``In(1)``
+        A group is presented this cycle.
+    i_first : ``In(1)``
+        The group starts an accumulation (the accumulators restart from 0).
+    i_last : ``In(1)``
+        The group ends an accumulation.
+    a : ``In(data.ArrayLayout(signed(8) or unsigned(8), taps))``
+        Activations, shared by all lanes.
+    b : ``In(data.ArrayLayout(data.ArrayLayout(signed(8), taps), lanes))``
+        Weights, ``b[lane][tap]``.
+    o_valid : ``Out(1)``
+        One-cycle pulse: ``acc`` holds finished accumulations.
+    acc : ``Out(data.ArrayLayout(signed(acc_width), lanes))``
+        The accumulators; meaningful when ``o_valid``.
+
+    Raises
+    ------
+    TypeError
+        If an integer argument is not an integer or ``a_signed`` is not a bool.
+    ValueError
+        If ``lanes``/``taps`` < 1, ``acc_width`` < 16, or ``target`` is unknown.
+    """
+
+    LATENCY = 3
+    TARGETS = ("generic", "ice40")
+
+    def __init__(self, *, lanes, taps=1, a_signed=False, acc_width, target="generic"):
+        self._lanes = self._positive("lanes", lanes, 1)
+        self._taps = self._positive("taps", taps, 1)
+        self._acc_width = self._positive("acc_width", acc_width, 16)
+        if not isinstance(a_signed, bool):
+            raise TypeError(f"a_signed must be a bool, not {a_signed!r}")
+        if target not in self.TARGETS:
+            raise ValueError(f"target must be one of {', '.join(map(repr, self.TARGETS))}, "
+                             f"not {target!r}")
+        self._a_signed = a_signed
+        self._target = target
+        a_shape = signed(8) if a_signed else unsigned(8)
+        super().__init__({
+            "i_valid": In(1),
+            "i_first": In(1),
+            "i_last": In(1),
+            "a": In(data.ArrayLayout(a_shape, self._taps)),
+            "b": In(data.ArrayLayout(data.ArrayLayout(signed(8), self._taps), self._lanes)),
+            "o_valid": Out(1),
+            "acc": Out(data.ArrayLayout(signed(self._acc_width), self._lanes)),
+        })
+
+    @staticmethod
+    def _positive(name, value, minimum):
+        if isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer, not {value!r}")
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an integer, not {value!r}") from None
+        if value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
+        return value
+
+    @property
+    def lanes(self):
+        return self._lanes
+
+    @property
+    def taps(self):
+        return self._taps
+
+    @property
+    def a_signed(self):
+        return self._a_signed
+
+    @property
+    def acc_width(self):
+        return self._acc_width
+
+    @property
+    def target(self):
+        return self._target
+
+    @property
+    def multipliers(self):
+        """Number of 8x8 products per cycle: ``lanes * taps``."""
+        return self._lanes * self._taps
+
+    @property
+    def dsp_count(self):
+        """DSP blocks used on the target (iCE40 ``SB_MAC16`` or ECP5 ``MULT18X18D``)."""
+        if self._target == "ice40":
+            return (self.multipliers + 1) // 2
+        return self.multipliers
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, taps = self._lanes, self._taps
+
+        # Control pipeline: valid/first/last travel alongside the data (3 stages).
+        # valid is resettable so no spurious o_valid leaves reset; the rest is reset_less.
+        valid = [Signal(name=f"valid_{k}") for k in (1, 2, 3)]
+        first = [Signal(name=f"first_{k}", reset_less=True) for k in (1, 2)]
+        last = [Signal(name=f"last_{k}", reset_less=True) for k in (1, 2)]
+        m.d.sync += [
+            valid[0].eq(self.i_valid), first[0].eq(self.i_first), last[0].eq(self.i_last),
+            valid[1].eq(valid[0]), first[1].eq(first[0]), last[1].eq(last[0]),
+            valid[2].eq(valid[1] & last[1]),
+        ]
+        m.d.comb += self.o_valid.eq(valid[2])
+
+        # products[l][t]: signed(16) product registers (stage 2).
+        if self._target == "generic":
+            products = self._generic_products(m)
+        else:
+            products = self._ice40_products(m)
+
+        # Stage 3: tap sum and accumulate in the fabric.
+        acc = [Signal(signed(self._acc_width), name=f"acc_{l}", reset_less=True)
+               for l in range(lanes)]
+        for l in range(lanes):
+            s = self._tree_sum(products[l])
+            with m.If(valid[1]):
+                m.d.sync += acc[l].eq(Mux(first[1], 0, acc[l]) + s)
+            m.d.comb += self.acc[l].eq(acc[l])
+        return m
+
+    @staticmethod
+    def _tree_sum(terms):
+        """Balanced adder tree (depth ``ceil(log2(taps))``) over the signed products."""
+        terms = list(terms)
+        while len(terms) > 1:
+            terms = [terms[k] + terms[k + 1] if k + 1 < len(terms) else terms[k]
+                     for k in range(0, len(terms), 2)]
+        return terms[0]
+
+    def _generic_products(self, m):
+        lanes, taps = self._lanes, self._taps
+        a_shape = signed(8) if self._a_signed else unsigned(8)
+        a_r = [Signal(a_shape, name=f"a_r{t}", reset_less=True) for t in range(taps)]
+        b_r = [[Signal(signed(8), name=f"b_r{l}_{t}", reset_less=True) for t in range(taps)]
+               for l in range(lanes)]
+        p_r = [[Signal(signed(16), name=f"p_r{l}_{t}", reset_less=True) for t in range(taps)]
+               for l in range(lanes)]
+        for t in range(taps):
+            m.d.sync += a_r[t].eq(self.a[t])
+        for l in range(lanes):
+            for t in range(taps):
+                m.d.sync += [
+                    b_r[l][t].eq(self.b[l][t]),
+                    p_r[l][t].eq(a_r[t] * b_r[l][t]),
+                ]
+        return p_r
+
+    def _ice40_products(self, m):
+        # Products k = (lane, tap) in order, two per SB_MAC16 in 8x8 mode: A = {a_hi, a_lo},
+        # B = {b_hi, b_lo}, O[31:16] = a_hi * b_hi, O[15:0] = a_lo * b_lo. A_REG/B_REG are
+        # stage 1, TOP/BOT_8x8_MULT_REG stage 2 (same as the generic registers).
+        # Signedness is per operand (Yosys's cells_sim.v extends each 8-bit half by A_SIGNED
+        # resp. B_SIGNED): A_SIGNED must be 0 for uint8 activations (1 would read 255 as -1).
+        lanes, taps = self._lanes, self._taps
+        pairs = [(l, t) for l in range(lanes) for t in range(taps)]
+        products = [[None] * taps for _ in range(lanes)]
+        for k in range(0, len(pairs), 2):
+            lo = pairs[k]
+            hi = pairs[k + 1] if k + 1 < len(pairs) else None
+            a_lo, b_lo = self.a[lo[1]], self.b[lo[0]][lo[1]]
+            if hi is not None:
+                a_hi, b_hi = self.a[hi[1]], self.b[hi[0]][hi[1]]
+            else:
+                a_hi, b_hi = Const(0, 8), Const(0, 8)
+            o = Signal(32, name=f"dsp{k // 2}_o")
+            m.submodules[f"dsp{k // 2}"] = Instance(
+                "SB_MAC16",
+                p_NEG_TRIGGER=Const(0, 1),
+                p_C_REG=Const(0, 1), p_A_REG=Const(1, 1), p_B_REG=Const(1, 1), p_D_REG=Const(0, 1),
+                p_TOP_8x8_MULT_REG=Const(1, 1), p_BOT_8x8_MULT_REG=Const(1, 1),
+                p_PIPELINE_16x16_MULT_REG1=Const(0, 1), p_PIPELINE_16x16_MULT_REG2=Const(0, 1),
+                p_TOPOUTPUT_SELECT=Const(0b10, 2), p_TOPADDSUB_LOWERINPUT=Const(0, 2),
+                p_TOPADDSUB_UPPERINPUT=Const(0, 1), p_TOPADDSUB_CARRYSELECT=Const(0, 2),
+                p_BOTOUTPUT_SELECT=Const(0b10, 2), p_BOTADDSUB_LOWERINPUT=Const(0, 2),
+                p_BOTADDSUB_UPPERINPUT=Const(0, 1), p_BOTADDSUB_CARRYSELECT=Const(0, 2),
+                p_MODE_8x8=Const(1, 1),
+                p_A_SIGNED=Const(int(self._a_signed), 1), p_B_SIGNED=Const(1, 1),
+                i_CLK=ClockSignal("sync"), i_CE=Const(1, 1),
+                i_C=Const(0, 16), i_A=Cat(a_lo, a_hi), i_B=Cat(b_lo, b_hi), i_D=Const(0, 16),
+                i_AHOLD=Const(0, 1), i_BHOLD=Const(0, 1), i_CHOLD=Const(0, 1), i_DHOLD=Const(0, 1),
+                i_IRSTTOP=Const(0, 1), i_IRSTBOT=Const(0, 1),
+                i_ORSTTOP=Const(0, 1), i_ORSTBOT=Const(0, 1),
+                i_OLOADTOP=Const(0, 1), i_OLOADBOT=Const(0, 1),
+                i_ADDSUBTOP=Const(0, 1), i_ADDSUBBOT=Const(0, 1),
+                i_OHOLDTOP=Const(0, 1), i_OHOLDBOT=Const(0, 1),
+                i_CI=Const(0, 1), i_ACCUMCI=Const(0, 1), i_SIGNEXTIN=Const(0, 1),
+                o_O=o,
+            )
+            products[lo[0]][lo[1]] = o[0:16].as_signed()
+            if hi is not None:
+                products[hi[0]][hi[1]] = o[16:32].as_signed()
+        return products
