@@ -1,0 +1,284 @@
+"""Per-channel requantization of conv accumulators to uint8 activations (ReLU fused)."""
+
+import operator
+
+import numpy as np
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .params import NetworkConfig, Widths
+
+
+__all__ = ["Requantize"]
+
+
+def _integer(name, value, minimum):
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, not {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
+    return value
+
+
+class Requantize(wiring.Component):
+    """``out = clip((acc * requant_mult[f] + 2**(shift-1)) >> shift, 0, 255)`` on a stream.
+
+    Bit-identical to :func:`cnnforge.sim.golden.requantize`: arithmetic shift, rounding half up
+    (towards +inf), ReLU fused as the lower clip, saturation at 255.
+
+    Beats carry ``lanes`` accumulators of consecutive channels, in the ConvEngine's output order:
+    for each conv output position ``filters // lanes`` beats, beat ``g`` holding filters
+    ``g*lanes .. g*lanes + lanes - 1``. The channel of each lane is tracked by counting beats
+    (from reset; a stream must carry whole positions). The output has the same beat structure.
+
+    ``parallel`` multipliers serve the ``lanes`` lanes: a beat is cut into
+    ``steps = lanes // parallel`` parts of ``parallel`` lanes that go through the multiplier one
+    per cycle; the output beat is reassembled before it leaves.
+
+    Pipeline (a valid/ready stream pipeline; a stage takes new data whenever it is empty or
+    its content moves on, so bubbles collapse and backpressure stalls every stage)::
+
+        part cycle: i.payload part s selected, multiplier memory word addressed
+        stage 1:    accumulator part and multipliers registered (operand registers)
+        stage 2:    products registered (signed(requant_product), reset_less)
+        stage 3:    round, shift, clip; the last part of a beat loads o.payload, o.valid
+
+    Latency
+    -------
+    :attr:`LATENCY` = 3 cycles: an input beat transferred (``i.valid & i.ready``, which happens
+    with its last part) in cycle ``t`` is offered on ``o`` (``o.valid``) in cycle ``t + 3``.
+
+    Throughput
+    ----------
+    ``parallel / lanes`` beats per cycle sustained (one beat every ``steps`` cycles; one per
+    cycle when ``parallel == lanes``), under no backpressure, with no idle cycle between beats,
+    positions or images.
+
+    Resources
+    ---------
+    ``parallel`` multipliers of ``conv_acc x requant_mult`` bits (21 x 16 for the reference
+    network, wider than a 16 x 16 DSP: ``synth_ice40 -dsp`` uses two ``SB_MAC16`` for each),
+    the multiplier memory (``filters // parallel`` words of ``parallel * 16`` bits) and
+    ``lanes - parallel`` reassembly bytes.
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        The network; widths come from :class:`~cnnforge.hw.params.Widths` (``conv_acc``,
+        ``requant_mult``, ``requant_product``).
+    lanes : int
+        Accumulators per beat; must divide ``config.filters``.
+    requant_mult : array of int, shape ``(filters,)``
+        Initial contents of the per-channel multiplier memory, ``0 .. 2**16 - 1``.
+    requant_shift : int
+        The right shift, ``1 .. Widths.requant_shift_max`` (an elaboration constant).
+    parallel : int or None
+        Number of multipliers; must divide ``lanes``. Default: ``lanes``.
+
+    Members
+    -------
+    i : ``In(stream.Signature(data.ArrayLayout(signed(conv_acc), lanes)))``
+        Conv accumulators.
+    o : ``Out(stream.Signature(data.ArrayLayout(unsigned(8), lanes)))``
+        Activations.
+    mult_en : ``In(1)``
+        Write ``mult_data`` as the multiplier of channel ``mult_addr`` (takes effect for parts
+        addressed from the next cycle on; write while the stream is idle for a clean switch).
+    mult_addr : ``In(range(filters))``
+        Channel written.
+    mult_data : ``In(unsigned(requant_mult))``
+        New multiplier.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`NetworkConfig`, or an integer argument is not an
+        integer.
+    ValueError
+        If ``lanes`` does not divide ``filters``, ``parallel`` does not divide ``lanes``,
+        ``requant_mult`` has the wrong shape or a value out of range, or ``requant_shift`` is
+        out of range.
+    """
+
+    LATENCY = 3
+
+    def __init__(self, config, *, lanes, requant_mult, requant_shift, parallel=None):
+        if not isinstance(config, NetworkConfig):
+            raise TypeError(f"config must be a NetworkConfig, not {config!r}")
+        widths = Widths(config)
+        lanes = _integer("lanes", lanes, 1)
+        if config.filters % lanes:
+            raise ValueError(f"lanes must divide filters ({config.filters}), not {lanes!r}")
+        parallel = lanes if parallel is None else _integer("parallel", parallel, 1)
+        if lanes % parallel:
+            raise ValueError(f"parallel must divide lanes ({lanes}), not {parallel!r}")
+        shift = _integer("requant_shift", requant_shift, 1)
+        if shift > widths.requant_shift_max:
+            raise ValueError(f"requant_shift must be at most {widths.requant_shift_max}, "
+                             f"not {requant_shift!r}")
+        try:
+            mult = np.asarray(requant_mult)
+        except Exception:
+            raise TypeError(f"requant_mult must be an array of integers, not "
+                            f"{requant_mult!r}") from None
+        if mult.dtype == bool or not np.issubdtype(mult.dtype, np.integer):
+            raise TypeError(f"requant_mult must be an array of integers, not {requant_mult!r}")
+        if mult.shape != (config.filters,):
+            raise ValueError(f"requant_mult must have shape ({config.filters},), not "
+                             f"{mult.shape!r}")
+        mult_max = (1 << widths.requant_mult) - 1
+        if mult.size and (int(mult.min()) < 0 or int(mult.max()) > mult_max):
+            raise ValueError(f"requant_mult values must be in 0..{mult_max}, not "
+                             f"{int(mult.min())}..{int(mult.max())}")
+
+        self._config = config
+        self._widths = widths
+        self._lanes = lanes
+        self._parallel = parallel
+        self._shift = shift
+        self._mult = [int(x) for x in mult]
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(signed(widths.conv_acc), lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(unsigned(widths.act), lanes))),
+            "mult_en": In(1),
+            "mult_addr": In(range(config.filters)),
+            "mult_data": In(unsigned(widths.requant_mult)),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def lanes(self):
+        return self._lanes
+
+    @property
+    def parallel(self):
+        return self._parallel
+
+    @property
+    def steps(self):
+        """Cycles per beat: ``lanes // parallel``."""
+        return self._lanes // self._parallel
+
+    @property
+    def requant_shift(self):
+        return self._shift
+
+    @property
+    def requant_mult(self):
+        """The initial multipliers (a copy)."""
+        return np.array(self._mult, dtype=np.uint16)
+
+    def elaborate(self, platform):
+        m = Module()
+        w = self._widths
+        lanes, par, steps = self._lanes, self._parallel, self.steps
+        words = self._config.filters // par
+        acc_w, act_w, mult_w = w.conv_acc, w.act, w.requant_mult
+
+        # Multiplier memory: word j holds the multipliers of channels j*par .. j*par + par - 1,
+        # the channels of one part. Written one channel at a time (granularity of one lane).
+        mult_row = data.ArrayLayout(unsigned(mult_w), par)
+        m.submodules.mult = mem = Memory(
+            shape=mult_row, depth=words,
+            init=[self._mult[j * par:(j + 1) * par] for j in range(words)])
+        wr = mem.write_port(granularity=1)
+        rd = mem.read_port()
+        m.d.comb += [
+            wr.addr.eq(self.mult_addr // par),
+            wr.en.eq(Mux(self.mult_en, Const(1, par) << (self.mult_addr % par), 0)),
+        ]
+        for k in range(par):
+            m.d.comb += wr.data[k].eq(self.mult_data)
+
+        # Handshake: a stage advances (takes new content) when it is empty or its content moves on.
+        v1 = Signal()
+        v2 = Signal()
+        last1 = Signal()
+        last2 = Signal()
+        adv2 = Signal()
+        adv1 = Signal()
+        m.d.comb += [
+            adv2.eq(~v2 | ~last2 | ~self.o.valid | self.o.ready),
+            adv1.eq(~v1 | adv2),
+        ]
+
+        # Part cycle: which part of the presented beat goes next, and its multiplier word.
+        word = Signal(range(words))
+        is_last = Signal()
+        m.d.comb += [
+            self.i.ready.eq(adv1 & is_last),
+            rd.addr.eq(word),
+            rd.en.eq(adv1),
+        ]
+        with m.If(adv1 & self.i.valid):
+            m.d.sync += word.eq(Mux(word == words - 1, 0, word + 1))
+        if steps > 1:
+            part = Signal(range(steps))
+            part1 = Signal(range(steps))
+            part2 = Signal(range(steps))
+            m.d.comb += is_last.eq(part == steps - 1)
+            with m.If(adv1 & self.i.valid):
+                m.d.sync += part.eq(Mux(is_last, 0, part + 1))
+            selected = self.i.payload.as_value().word_select(part, par * acc_w)
+        else:
+            m.d.comb += is_last.eq(1)
+            selected = self.i.payload.as_value()
+
+        # Stage 1: operand registers (the multipliers are the memory's read register).
+        acc1 = Signal(data.ArrayLayout(signed(acc_w), par), reset_less=True)
+        with m.If(adv1):
+            m.d.sync += [v1.eq(self.i.valid), last1.eq(is_last), acc1.eq(selected)]
+            if steps > 1:
+                m.d.sync += part1.eq(part)
+
+        # Stage 2: product registers. |acc| * mult < 2**(acc_w - 1) * 2**mult_w: fits
+        # requant_product = acc_w + mult_w bits (the truncation below drops only sign copies).
+        prod2 = [Signal(signed(w.requant_product), name=f"prod2_{k}", reset_less=True)
+                 for k in range(par)]
+        with m.If(adv2):
+            m.d.sync += [v2.eq(v1), last2.eq(last1)]
+            if steps > 1:
+                m.d.sync += part2.eq(part1)
+            for k in range(par):
+                m.d.sync += prod2[k].eq(acc1[k] * rd.data[k])
+
+        # Stage 3: round half up, arithmetic shift, clip to 0..255.
+        half = 1 << (self._shift - 1)
+        act_max = (1 << act_w) - 1
+        rounded_w = max(w.requant_product, self._shift) + 1
+        res = []
+        for k in range(par):
+            rounded = Signal(signed(rounded_w), name=f"rounded_{k}")
+            q = Signal(signed(max(rounded_w - self._shift, 1) + 1), name=f"q_{k}")
+            r = Signal(unsigned(act_w), name=f"res_{k}")
+            m.d.comb += [
+                rounded.eq(prod2[k] + half),
+                q.eq(rounded >> self._shift),
+                r.eq(Mux(q < 0, 0, Mux(q > act_max, act_max, q[:act_w]))),
+            ]
+            res.append(r)
+        res = Cat(*res)
+
+        # Reassembly: parts 0..steps-2 wait in asm; the last part loads the output register.
+        if steps > 1:
+            asm = Signal((lanes - par) * act_w, reset_less=True)
+            for p in range(steps - 1):
+                with m.If(v2 & (part2 == p)):
+                    m.d.sync += asm.word_select(p, par * act_w).eq(res)
+            beat = Cat(asm, res)
+        else:
+            beat = res
+        with m.If(v2 & last2 & adv2):
+            m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(beat)]
+        with m.Elif(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        return m
