@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amaranth import Shape
+from amaranth.lib import data
 from amaranth.back import verilog
 
 from ..errors import ToolError
@@ -132,6 +133,16 @@ def _pack(shape, value):
     return shape.const(value).as_value().value
 
 
+def _readable(value):
+    """A payload constant as plain ints, lists and dicts (for failure messages)."""
+    if isinstance(value, data.Const):
+        layout = value.shape()
+        if isinstance(layout, data.ArrayLayout):
+            return [_readable(value[i]) for i in range(layout.length)]
+        return {name: _readable(value[name]) for name, _ in layout}
+    return value
+
+
 @dataclass
 class Run:
     in_gap: float
@@ -152,8 +163,7 @@ class StreamResult:
 
     def _show(self, word):
         try:
-            view = self.out_shape.from_bits(word)
-            return repr(view)
+            return repr(_readable(self.out_shape.from_bits(word)))
         except AttributeError:
             return hex(word)
 
