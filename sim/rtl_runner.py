@@ -111,7 +111,10 @@ def run_cocotb(name, sources, toplevel, test_module, extra_env=None):
     kwargs = {}
     if sim == "verilator":
         build_args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNOPTFLAT",
-                      "-O2", "--x-assign", "fast", "--x-initial", "fast"]
+                      "-O2", "--x-assign", "fast", "--x-initial", "fast",
+                      # The wheel's verilated.mk lacks the precompiled-header flag that split
+                      # C++ output needs (`Vtop__pch.h.fast: linker input file not found`).
+                      "--output-split", "0"]
     else:
         kwargs["timescale"] = ("1ns", "1ps")
     runner = get_runner(sim)
