@@ -64,14 +64,19 @@ def cmd_report(args):
 
 def build_parser():
     # The common options are accepted before or after the subcommand.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--mnist-dir", default=argparse.SUPPRESS,
-                        help="folder with the MNIST IDX files (default: $MNIST_DIR, else data/mnist)")
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress bars")
+    # The subcommand's copies land under other names (argparse lets a subparser's
+    # namespace overwrite the main one's) and main() merges them.
+    def common_options(prefix):
+        common = argparse.ArgumentParser(add_help=False)
+        common.add_argument("--mnist-dir", dest=prefix + "mnist_dir", default=None,
+                            help="folder with the MNIST IDX files (default: $MNIST_DIR, else data/mnist)")
+        common.add_argument("-q", "--quiet", dest=prefix + "quiet", action="store_true",
+                            help="no progress bars")
+        return common
+
+    common = common_options("sub_")
     parser = argparse.ArgumentParser(prog="cnnforge", description=__doc__.splitlines()[0],
-                                     parents=[common])
-    parser.set_defaults(mnist_dir=None, quiet=False)
+                                     parents=[common_options("")])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_parser = sub.add_parser
     sub.add_parser = lambda *a, **kw: _add_parser(*a, parents=[common], **kw)
@@ -120,6 +125,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.mnist_dir = args.sub_mnist_dir or args.mnist_dir
+    args.quiet = args.sub_quiet or args.quiet
     try:
         args.func(args)
     except CnnforgeError as e:
