@@ -9,20 +9,59 @@ Sustained cycles per image are therefore those of the slowest stage, not their s
 
 import operator
 
+import numpy as np
 from amaranth import *
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from .util import pack_fields
 from .params import SoftmaxFormat, Widths
-from .conv import ConvEngine
+from .conv import ConvEngine, _bias_shape, bias_words as conv_bias_words, weight_words as conv_weight_words
 from .requant import Requantize
 from .maxpool import MaxPool
-from .dense import DenseEngine
+from .dense import DenseEngine, weight_words as dense_weight_words
 from .softmax import Softmax
 
 
-__all__ = ["Accelerator", "ResultLayout", "Parallelism", "PRESETS"]
+__all__ = ["Accelerator", "ResultLayout", "Parallelism", "PRESETS", "ModelMemory",
+           "model_writes"]
+
+
+class ModelMemory(enum.Enum, shape=3):
+    """The accelerator's writable model memories (``mw_memory``)."""
+    CONV_W = 0        # ConvEngine weight words (see hw/conv.py: weight_words)
+    CONV_B = 1        # ConvEngine bias words (hw/conv.py: bias_words)
+    REQUANT_MULT = 2  # per-filter requantization multipliers
+    DENSE_W = 3       # DenseEngine weight words (hw/dense.py: weight_words)
+    DENSE_B = 4       # dense biases, one per class
+
+
+def model_writes(model, parallelism, memories=tuple(ModelMemory)):
+    """``[(ModelMemory, address, word)]``: every model word for the write port, raw bits.
+
+    Writing them all loads ``model`` into an accelerator built for ``model.config`` and
+    ``parallelism`` (same widths, ``requant_shift`` and softmax constants, which are built in).
+    """
+    config, par = model.config, parallelism
+    widths = Widths(config)
+    writes = []
+    if ModelMemory.CONV_W in memories:
+        writes += [(ModelMemory.CONV_W, a, pack_fields(w, 8)) for a, w in
+                   enumerate(conv_weight_words(config, par.conv_lanes, model.conv_w))]
+    if ModelMemory.CONV_B in memories:
+        writes += [(ModelMemory.CONV_B, a, pack_fields(b, widths.conv_bias)) for a, b in
+                   enumerate(conv_bias_words(config, par.conv_lanes, model.conv_b))]
+    if ModelMemory.REQUANT_MULT in memories:
+        writes += [(ModelMemory.REQUANT_MULT, f, int(v))
+                   for f, v in enumerate(np.asarray(model.requant_mult))]
+    if ModelMemory.DENSE_W in memories:
+        writes += [(ModelMemory.DENSE_W, a, pack_fields(w, 8)) for a, w in
+                   enumerate(dense_weight_words(config, par.dense_mults, model.dense_w))]
+    if ModelMemory.DENSE_B in memories:
+        writes += [(ModelMemory.DENSE_B, k, int(b) & ((1 << widths.dense_bias) - 1))
+                   for k, b in enumerate(np.asarray(model.dense_b))]
+    return writes
 
 
 def ResultLayout(config):
@@ -95,15 +134,30 @@ class Accelerator(wiring.Component):
         Pixels of consecutive images in raster order.
     o : ``Out(stream.Signature(ResultLayout(config)))``
         ``classes`` beats per image: logit ``k``, probability ``k`` (Q15) and the class.
+    mw_en : ``In(1)``, mw_memory : ``In(ModelMemory)``, mw_addr : ``In(16)``,
+    mw_data : ``In(mw_data_bits)``
+        Model write port: one word per cycle with ``mw_en``, in the formats of
+        :func:`model_writes`. Conv weights and biases are double-banked and switch between
+        images (see :class:`~cnnforge.hw.conv.ConvEngine`); the other memories take effect at
+        once, so write them while no image is in flight. With ``target="ice40"`` the dense
+        weights live in SPRAM, which starts empty: write them before the first image.
     """
 
     def __init__(self, model, parallelism):
         self._model = model
         self._par = parallelism
         config = model.config
+        widths = Widths(config)
+        self.mw_data_bits = max(8 * parallelism.conv_lanes, 8 * parallelism.dense_mults,
+                                widths.conv_bias * _bias_shape(parallelism.conv_lanes, config.taps)[1], widths.dense_bias,
+                                widths.requant_mult)
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(8), config.in_channels))),
             "o": Out(stream.Signature(ResultLayout(config))),
+            "mw_en": In(1),
+            "mw_memory": In(ModelMemory),
+            "mw_addr": In(16),
+            "mw_data": In(self.mw_data_bits),
         })
 
     def elaborate(self, platform):
@@ -119,9 +173,25 @@ class Accelerator(wiring.Component):
         m.submodules.pool = pool = MaxPool(config, lanes=par.conv_lanes)
         m.submodules.dense = dense = DenseEngine(config, in_lanes=par.conv_lanes,
                                                  mults=par.dense_mults, dense_w=model.dense_w,
-                                                 dense_b=model.dense_b, target=target)
+                                                 dense_b=model.dense_b, target=par.target)
         m.submodules.softmax = softmax = Softmax(config, softmax_mult=model.softmax_mult,
                                                  softmax_shift=model.softmax_shift)
+
+        def write(memory):
+            return self.mw_en & (self.mw_memory == memory)
+
+        m.d.comb += [
+            conv.w_en.eq(write(ModelMemory.CONV_W)), conv.w_addr.eq(self.mw_addr),
+            conv.w_data.eq(self.mw_data),
+            conv.b_en.eq(write(ModelMemory.CONV_B)), conv.b_addr.eq(self.mw_addr),
+            conv.b_data.eq(self.mw_data),
+            requant.mult_en.eq(write(ModelMemory.REQUANT_MULT)),
+            requant.mult_addr.eq(self.mw_addr), requant.mult_data.eq(self.mw_data),
+            dense.w_en.eq(write(ModelMemory.DENSE_W)), dense.w_addr.eq(self.mw_addr),
+            dense.w_data.eq(self.mw_data),
+            dense.b_en.eq(write(ModelMemory.DENSE_B)), dense.b_addr.eq(self.mw_addr),
+            dense.b_data.eq(self.mw_data),
+        ]
 
         wiring.connect(m, wiring.flipped(self.i), conv.i)
         wiring.connect(m, conv=conv.o, requant=requant.i)

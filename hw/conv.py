@@ -10,6 +10,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .mac import MACArray
+from .util import pack_fields
 from .params import NetworkConfig, Widths
 
 
@@ -75,13 +76,6 @@ _NO_RW_CHECK = {"no_rw_check": 1}
 def _index(count):
     """Shape of a counter over ``range(count)``, at least one bit (no zero-width signals)."""
     return unsigned(max(1, ceil_log2(count)))
-
-
-def _pack(values, width):
-    word = 0
-    for k, v in enumerate(values):
-        word |= (int(v) & ((1 << width) - 1)) << (k * width)
-    return word
 
 
 class ConvEngine(wiring.Component):
@@ -310,13 +304,13 @@ class ConvEngine(wiring.Component):
         # -- weight and bias memories, double-buffered per word ---------------------------------
         # cur[a]: bank the running image reads; newest[a]: bank holding the latest write. A write
         # goes to bank ~cur[a]; when an image starts, cur <= newest.
-        w_init = [_pack(word, 8) for word in weight_words(cfg, lanes, self._conv_w)]
+        w_init = [pack_fields(word, 8) for word in weight_words(cfg, lanes, self._conv_w)]
         w_init = w_init + [0] * ((1 << self._w_abits) - words)
         m.submodules.weights = wmem = Memory(shape=8 * lanes, depth=2 << self._w_abits,
                                              init=w_init + w_init, attrs=_NO_RW_CHECK)
         chunks, per = self._b_chunks, self._b_per
         b_words = groups * chunks
-        b_init = [_pack(word, bias_w) for word in bias_words(cfg, lanes, self._conv_b)]
+        b_init = [pack_fields(word, bias_w) for word in bias_words(cfg, lanes, self._conv_b)]
         b_init = b_init + [0] * ((1 << self._b_abits) - b_words)
         m.submodules.biases = bmem = Memory(shape=bias_w * per, depth=2 << self._b_abits,
                                             init=b_init + b_init, attrs=_NO_RW_CHECK)

@@ -1,10 +1,11 @@
 """A pipelined array of int8 multiply-accumulate lanes (the conv and dense engines' datapath)."""
 
-import operator
 
 from amaranth import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+
+from .util import check_int
 
 
 __all__ = ["MACArray"]
@@ -91,9 +92,9 @@ class MACArray(wiring.Component):
     TARGETS = ("generic", "ice40")
 
     def __init__(self, *, lanes, taps=1, a_signed=False, acc_width, target="generic"):
-        self._lanes = self._positive("lanes", lanes, 1)
-        self._taps = self._positive("taps", taps, 1)
-        self._acc_width = self._positive("acc_width", acc_width, 16)
+        self._lanes = check_int("lanes", lanes, 1)
+        self._taps = check_int("taps", taps, 1)
+        self._acc_width = check_int("acc_width", acc_width, 16)
         if not isinstance(a_signed, bool):
             raise TypeError(f"a_signed must be a bool, not {a_signed!r}")
         if target not in self.TARGETS:
@@ -111,18 +112,6 @@ class MACArray(wiring.Component):
             "o_valid": Out(1),
             "acc": Out(data.ArrayLayout(signed(self._acc_width), self._lanes)),
         })
-
-    @staticmethod
-    def _positive(name, value, minimum):
-        if isinstance(value, bool):
-            raise TypeError(f"{name} must be an integer, not {value!r}")
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an integer, not {value!r}") from None
-        if value < minimum:
-            raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
-        return value
 
     @property
     def lanes(self):

@@ -1,28 +1,16 @@
 """Streaming max-pool with argmax over channel-group beats in raster order."""
 
-import operator
 
 from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .util import check_int
 from .params import NetworkConfig, Widths
 
 
 __all__ = ["MaxPool"]
-
-
-def _integer(name, value, minimum):
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, not {value!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
-    return value
 
 
 class MaxPool(wiring.Component):
@@ -98,7 +86,7 @@ class MaxPool(wiring.Component):
     def __init__(self, config, *, lanes):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config must be a NetworkConfig, not {config!r}")
-        lanes = _integer("lanes", lanes, 1)
+        lanes = check_int("lanes", lanes, 1)
         if config.filters % lanes:
             raise ValueError(f"lanes must divide filters ({config.filters}), not {lanes!r}")
         self._config = config

@@ -1,6 +1,5 @@
 """Per-channel requantization of conv accumulators to uint8 activations (ReLU fused)."""
 
-import operator
 
 import numpy as np
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -8,22 +7,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .util import check_int
 from .params import NetworkConfig, Widths
 
 
 __all__ = ["Requantize"]
-
-
-def _integer(name, value, minimum):
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, not {value!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
-    return value
 
 
 class Requantize(wiring.Component):
@@ -112,13 +100,13 @@ class Requantize(wiring.Component):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config must be a NetworkConfig, not {config!r}")
         widths = Widths(config)
-        lanes = _integer("lanes", lanes, 1)
+        lanes = check_int("lanes", lanes, 1)
         if config.filters % lanes:
             raise ValueError(f"lanes must divide filters ({config.filters}), not {lanes!r}")
-        parallel = lanes if parallel is None else _integer("parallel", parallel, 1)
+        parallel = lanes if parallel is None else check_int("parallel", parallel, 1)
         if lanes % parallel:
             raise ValueError(f"parallel must divide lanes ({lanes}), not {parallel!r}")
-        shift = _integer("requant_shift", requant_shift, 1)
+        shift = check_int("requant_shift", requant_shift, 1)
         if shift > widths.requant_shift_max:
             raise ValueError(f"requant_shift must be at most {widths.requant_shift_max}, "
                              f"not {requant_shift!r}")

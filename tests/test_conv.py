@@ -5,14 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from amaranth import Module
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
 
 from cnnforge.errors import ModelError
 from cnnforge.hw.conv import ConvEngine, bias_words, weight_words
+from cnnforge.hw.util import pack_fields as pack
 from cnnforge.hw.params import NetworkConfig, Widths
 from cnnforge.sim import golden
+from cnnforge.sim.harness import PortLoader
 from cnnforge.sim.rtl_runner import STALL_SWEEP, run_stream_test
 
 
@@ -25,14 +24,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-def pack(values, width):
-    """Lanes/channels ``values`` as one raw payload word of ``width``-bit fields."""
-    word = 0
-    for k, v in enumerate(values):
-        word |= (int(v) & ((1 << width) - 1)) << (k * width)
-    return word
-
 
 def conv_model(config, conv_w, conv_b):
     """A QuantModel holding only what ``golden.conv_acc`` needs."""
@@ -203,40 +194,6 @@ def test_extremes_longest_accumulation():
 
 # -- weight/bias write port ------------------------------------------------------------------------
 
-class _Loader(wiring.Component):
-    """Test wrapper: one input stream carrying pixels and weight/bias writes for a ConvEngine.
-
-    Payload ``kind`` 0: pixel (``data`` = packed channels), 1: weight word, 2: bias word.
-    """
-
-    def __init__(self, engine):
-        self._engine = engine
-        width = max(len(engine.i.payload.as_value()), len(engine.w_data.as_value()),
-                    len(engine.b_data.as_value()))
-        self.layout = data.StructLayout({"kind": 2, "addr": 16, "data": width})
-        super().__init__({"i": In(stream.Signature(self.layout)),
-                          "o": Out(stream.Signature(engine.o.payload.shape()))})
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.conv = conv = self._engine
-        wiring.connect(m, wiring.flipped(self.o), conv=conv.o)
-        p = self.i.payload
-        is_pixel = p.kind == 0
-        m.d.comb += [
-            conv.i.payload.eq(p.data),
-            conv.i.valid.eq(self.i.valid & is_pixel),
-            self.i.ready.eq(~is_pixel | conv.i.ready),
-            conv.w_en.eq(self.i.valid & (p.kind == 1)),
-            conv.w_addr.eq(p.addr),
-            conv.w_data.eq(p.data),
-            conv.b_en.eq(self.i.valid & (p.kind == 2)),
-            conv.b_addr.eq(p.addr),
-            conv.b_data.eq(p.data),
-        ]
-        return m
-
-
 def test_write_port_applies_to_next_image():
     """New weights/biases written right after image n's last pixel (while n still computes) leave
     n alone and apply from image n+1; a partial rewrite keeps the other words; words written
@@ -282,7 +239,7 @@ def test_write_port_applies_to_next_image():
         expected += output_words(golden.conv_acc(conv_model(cfg, w, b), img[None]), lanes, cfg)
     result = run_stream_test(
         "conv_write_port",
-        lambda: _Loader(ConvEngine(cfg, lanes=lanes, conv_w=w0, conv_b=b0)),
+        lambda: PortLoader(ConvEngine(cfg, lanes=lanes, conv_w=w0, conv_b=b0)),
         inputs=inputs, expected=expected)
     result.assert_ok()
 

