@@ -35,9 +35,13 @@ train: $(STAMP)
 eval: $(STAMP)
 	$(CNNFORGE) eval
 
+# The main job: MNIST, the model's float/int8 accuracy, then test images through the
+# accelerator's RTL (Verilator), every result word checked against the golden model.
+DEMO_IMAGES ?= 200
 demo: $(STAMP)
 	$(CNNFORGE) data --dir $(MNIST_DIR)
 	$(CNNFORGE) eval
+	$(CNNFORGE) sim-full --images $(DEMO_IMAGES)
 
 test: $(STAMP)
 	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m pytest -n $(JOBS) -q -rs

@@ -97,7 +97,7 @@ class ConvEngine(wiring.Component):
     computed, and images follow each other with no gap in the stream.
 
     The MAC pipeline cannot stall, so a filter group is started only when a place in the output
-    FIFO (``fifo_depth`` entries, ``1 + ceil((MACArray.LATENCY + 2) / taps)``) is reserved for
+    FIFO (``fifo_depth`` entries, ``2 + ceil((MACArray.LATENCY + 2) / taps)``) is reserved for
     its result: credit counting, no combinational path from ``o.ready`` to the scheduler or to
     ``i.ready``.
 
@@ -208,7 +208,10 @@ class ConvEngine(wiring.Component):
         self._conv_b = conv_b.astype(np.int64)
         n = config.input_size
         self._buffer_depth = 1 << ceil_log2(2 * (k - 1) * n + 2 * k)
-        self._fifo_depth = 1 + -(-(MACArray.LATENCY + 2) // self._taps)
+        # A group lives taps cycles in the array, LATENCY + 2 in the pipeline, and up to taps more
+        # in the consumer (a Requantize with fewer multipliers than lanes holds each beat for
+        # lanes / parallel cycles): one entry per taps cycles of that, so the array never waits.
+        self._fifo_depth = 2 + -(-(MACArray.LATENCY + 2) // self._taps)
         self._w_abits = max(1, ceil_log2(self._groups * self._taps))
         self._b_chunks, self._b_per = _bias_shape(lanes, self._taps)
         self._b_abits = max(1, ceil_log2(self._groups * self._b_chunks))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import mnist
+from .errors import CnnforgeError
 from .fsutil import atomic_write_text
 from .report import markdown_table
 
@@ -70,10 +71,17 @@ def sim_full(mnist_dir=None, images=10_000, preset="up5k", log=print):
     from .hw.accel import PRESETS
     from .sim import model as model_file
     from .sim.system import simulate
+    if preset not in PRESETS:
+        raise CnnforgeError(f"unknown preset {preset!r} (one of {', '.join(PRESETS)})")
     model = model_file.load()
     x, y = mnist.load("test", mnist_dir)
-    stats = simulate(f"sim_full_{preset}", model, _generic(PRESETS[preset]), x[:images],
-                     y[:images])
+    log(f"simulating {min(images, len(x))} test images through the {preset} accelerator RTL "
+        f"(Verilator)...")
+    try:
+        stats = simulate(f"sim_full_{preset}", model, _generic(PRESETS[preset]), x[:images],
+                         y[:images])
+    except AssertionError as e:
+        raise CnnforgeError(f"the RTL disagrees with the golden model: {e}") from None
     log(f"{stats['images']} images, {stats['mismatches']} mismatching result words, "
         f"accuracy {100 * stats['accuracy']:.2f} %, {stats['cycles_per_image']:.0f} cycles/image, "
         f"{stats['seconds']} s")

@@ -138,7 +138,7 @@ def test_memory_layout_and_sizes():
     zeros = dict(conv_w=np.zeros((32, 3, 3, 1), np.int8), conv_b=np.arange(32, dtype=np.int32))
     ref = ConvEngine(REFERENCE, lanes=16, **zeros)
     assert ref.cycles_per_position * REFERENCE.conv_size ** 2 == 12_168
-    assert ref.fifo_depth == 2 and ref.buffer_depth == 128
+    assert ref.fifo_depth == 3 and ref.buffer_depth == 128
     # 16 biases per group as 8 words of 2 (loaded during the first 8 of 9 taps)
     assert ref.bias_word_shape == (8, 2)
     assert bias_words(REFERENCE, 16, zeros["conv_b"])[9] == [18, 19]
