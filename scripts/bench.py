@@ -70,7 +70,7 @@ def bench(mnist_dir=None, images=200, presets=("up5k", "ecp5-85f"), out="build",
 def sim_full(mnist_dir=None, images=10_000, preset="up5k", log=print):
     from .hw.accel import PRESETS
     from .sim import model as model_file
-    from .sim.system import simulate
+    from .sim.system import simulate_chunked
     if preset not in PRESETS:
         raise CnnforgeError(f"unknown preset {preset!r} (one of {', '.join(PRESETS)})")
     model = model_file.load()
@@ -78,8 +78,8 @@ def sim_full(mnist_dir=None, images=10_000, preset="up5k", log=print):
     log(f"simulating {min(images, len(x))} test images through the {preset} accelerator RTL "
         f"(Verilator)...")
     try:
-        stats = simulate(f"sim_full_{preset}", model, _generic(PRESETS[preset]), x[:images],
-                         y[:images])
+        stats = simulate_chunked(f"sim_full_{preset}", model, _generic(PRESETS[preset]),
+                                 x[:images], y[:images], log=log)
     except AssertionError as e:
         raise CnnforgeError(f"the RTL disagrees with the golden model: {e}") from None
     log(f"{stats['images']} images, {stats['mismatches']} mismatching result words, "

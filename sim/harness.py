@@ -38,6 +38,9 @@ class StreamHarness(wiring.Component):
         Raw input payload words.
     n_expected : int
         Number of output words the DUT should produce (the capture memory's depth).
+    rom_file : path, optional
+        The input words are read by ``sim/rom.v`` from this ``$readmemh`` file (which the caller
+        writes) instead of being built into the netlist; the simulation then needs ``rom.v``.
 
     Members
     -------
@@ -58,7 +61,7 @@ class StreamHarness(wiring.Component):
         Asynchronous read port of the capture memory.
     """
 
-    def __init__(self, dut, inputs, n_expected):
+    def __init__(self, dut, inputs, n_expected, rom_file=None):
         if n_expected < 1:
             raise ValueError(f"n_expected must be positive, not {n_expected!r}")
         if len(inputs) < 1:
@@ -66,6 +69,7 @@ class StreamHarness(wiring.Component):
         self._dut = dut
         self._inputs = [int(x) for x in inputs]
         self._n_expected = n_expected
+        self._rom_file = rom_file
         self._in_width = payload_width(dut.i)
         self._out_width = payload_width(dut.o)
         super().__init__({
@@ -95,15 +99,21 @@ class StreamHarness(wiring.Component):
 
         # Source: offer word src_idx; a new word is offered only when the slot is free, and once
         # valid is up it holds (with its payload) until the transfer.
-        m.submodules.rom = rom = Memory(shape=self._in_width, depth=n_in, init=self._inputs)
-        rom_rd = rom.read_port(domain="comb")
         src_idx = Signal(range(n_in + 1))
         src_valid = Signal()
-        m.d.comb += [
-            rom_rd.addr.eq(src_idx),
-            dut.i.payload.eq(rom_rd.data),
-            dut.i.valid.eq(src_valid),
-        ]
+        if self._rom_file is None:
+            m.submodules.rom = rom = Memory(shape=self._in_width, depth=n_in, init=self._inputs)
+            rom_rd = rom.read_port(domain="comb")
+            m.d.comb += [rom_rd.addr.eq(src_idx), dut.i.payload.eq(rom_rd.data)]
+        else:
+            # sim/rom.v reads the words from a file: a ROM of millions of words would take
+            # minutes to go through the netlist, and the build is reused for new contents.
+            rom_data = Signal(self._in_width)
+            m.submodules.rom = Instance("cnnforge_rom", p_WIDTH=self._in_width, p_DEPTH=n_in,
+                                        p_FILE=str(self._rom_file),
+                                        i_addr=src_idx.as_unsigned(), o_data=rom_data)
+            m.d.comb += dut.i.payload.eq(rom_data)
+        m.d.comb += dut.i.valid.eq(src_valid)
         with m.If(running & (~src_valid | dut.i.ready)):
             next_idx = src_idx + (src_valid & dut.i.ready)
             m.d.sync += [

