@@ -18,6 +18,7 @@ from amaranth.lib.wiring import In, Out
 from .util import pack_fields
 from .params import SoftmaxFormat, Widths
 from .conv import ConvEngine, _bias_shape, bias_words as conv_bias_words, weight_words as conv_weight_words
+from .conv_window import WindowConvEngine
 from .requant import Requantize
 from .maxpool import MaxPool
 from .dense import DenseEngine, weight_words as dense_weight_words
@@ -80,7 +81,12 @@ class Parallelism:
     Parameters
     ----------
     conv_lanes : int
-        Filters computed in parallel by the convolution (one tap per cycle each).
+        Filters computed in parallel by the convolution.
+    conv_window : bool
+        ``False``: :class:`~cnnforge.hw.conv.ConvEngine`, one tap per cycle and lane
+        (``conv_lanes`` multipliers). ``True``:
+        :class:`~cnnforge.hw.conv_window.WindowConvEngine`, the whole KxK window per cycle
+        (``conv_lanes * taps`` multipliers).
     requant_parallel : int
         Requantization multipliers (``conv_lanes`` must be a multiple).
     dense_mults : int
@@ -89,8 +95,12 @@ class Parallelism:
         ``"generic"``, ``"ice40"`` (dual 8x8 SB_MAC16 for the convolution) or ``"ecp5"``.
     """
 
-    def __init__(self, *, conv_lanes, requant_parallel, dense_mults, target="generic"):
+    def __init__(self, *, conv_lanes, requant_parallel, dense_mults, target="generic",
+                 conv_window=False):
         self.conv_lanes = operator.index(conv_lanes)
+        if not isinstance(conv_window, bool):
+            raise TypeError(f"conv_window must be a bool, not {conv_window!r}")
+        self.conv_window = conv_window
         self.requant_parallel = operator.index(requant_parallel)
         self.dense_mults = operator.index(dense_mults)
         if target not in ("generic", "ice40", "ecp5"):
@@ -101,21 +111,26 @@ class Parallelism:
     def mac_target(self):
         return "ice40" if self.target == "ice40" else "generic"
 
-    @property
-    def multipliers(self):
-        return self.conv_lanes + self.dense_mults
+    def multipliers(self, config):
+        """int8 multipliers of the convolution and dense engines for ``config``."""
+        conv = self.conv_lanes * (config.taps if self.conv_window else 1)
+        return conv + self.dense_mults
 
     def to_dict(self):
-        return {"conv_lanes": self.conv_lanes, "requant_parallel": self.requant_parallel,
-                "dense_mults": self.dense_mults, "target": self.target}
+        return {"conv_lanes": self.conv_lanes, "conv_window": self.conv_window,
+                "requant_parallel": self.requant_parallel, "dense_mults": self.dense_mults,
+                "target": self.target}
 
 
 #: Named configurations: the UP5K's 16 conv multipliers (8 dual SB_MAC16) with an 8-wide dense
-#: engine (the bandwidth of four 16-bit SPRAMs), and wider ones for ECP5.
+#: engine (the bandwidth of four 16-bit SPRAMs); for the ECP5-85F the window engine (16 lanes x
+#: 9 taps = 144 of its 156 MULT18X18D) with a 32-wide dense engine, so both stages need about
+#: 1,400-1,700 cycles per image; a 25F-sized tap-serial configuration.
 PRESETS = {
     "up5k": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ice40"),
     "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=4, dense_mults=8, target="ecp5"),
-    "ecp5-85f": Parallelism(conv_lanes=32, requant_parallel=8, dense_mults=16, target="ecp5"),
+    "ecp5-85f": Parallelism(conv_lanes=16, conv_window=True, requant_parallel=16,
+                            dense_mults=32, target="ecp5"),
 }
 
 
@@ -165,8 +180,9 @@ class Accelerator(wiring.Component):
         model, par, config = self._model, self._par, self._model.config
         target = par.mac_target
 
-        m.submodules.conv = conv = ConvEngine(config, lanes=par.conv_lanes, conv_w=model.conv_w,
-                                              conv_b=model.conv_b, target=target)
+        engine = WindowConvEngine if par.conv_window else ConvEngine
+        m.submodules.conv = conv = engine(config, lanes=par.conv_lanes, conv_w=model.conv_w,
+                                          conv_b=model.conv_b, target=target)
         m.submodules.requant = requant = Requantize(
             config, lanes=par.conv_lanes, requant_mult=model.requant_mult,
             requant_shift=model.requant_shift, parallel=par.requant_parallel)

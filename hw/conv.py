@@ -14,7 +14,7 @@ from .util import pack_fields
 from .params import NetworkConfig, Widths
 
 
-__all__ = ["ConvEngine", "weight_words", "bias_words"]
+__all__ = ["ConvEngine", "weight_words", "bias_words", "check_conv_arrays"]
 
 
 def _check_lanes(config, lanes):
@@ -29,6 +29,27 @@ def _check_lanes(config, lanes):
     if config.filters % lanes != 0:
         raise ValueError(f"lanes must divide filters ({config.filters}), not {lanes!r}")
     return lanes
+
+
+def check_conv_arrays(config, conv_w, conv_b):
+    """``conv_w``, ``conv_b`` as int64 arrays; ValueError naming the problem otherwise."""
+    widths = Widths(config)
+    k, cin, f = config.kernel, config.in_channels, config.filters
+    conv_w = np.asarray(conv_w)
+    conv_b = np.asarray(conv_b)
+    if conv_w.shape != (f, k, k, cin):
+        raise ValueError(f"conv_w must have shape {(f, k, k, cin)}, not {conv_w.shape!r}")
+    if not np.issubdtype(conv_w.dtype, np.integer) or conv_w.size and (
+            conv_w.min() < -128 or conv_w.max() > 127):
+        raise ValueError(f"conv_w must hold int8 values, not {conv_w.dtype} in "
+                         f"{conv_w.min()}..{conv_w.max()}")
+    if conv_b.shape != (f,):
+        raise ValueError(f"conv_b must have shape {(f,)}, not {conv_b.shape!r}")
+    if not np.issubdtype(conv_b.dtype, np.integer) or (
+            np.abs(conv_b.astype(np.int64)).max() > widths.conv_bias_max):
+        raise ValueError(f"conv_b must hold integers within +-{widths.conv_bias_max}, not "
+                         f"{conv_b.dtype} in {conv_b.min()}..{conv_b.max()}")
+    return conv_w.astype(np.int64), conv_b.astype(np.int64)
 
 
 def _bias_shape(lanes, taps):
@@ -183,20 +204,7 @@ class ConvEngine(wiring.Component):
                              f"not {target!r}")
         widths = Widths(config)
         k, cin, f = config.kernel, config.in_channels, config.filters
-        conv_w = np.asarray(conv_w)
-        conv_b = np.asarray(conv_b)
-        if conv_w.shape != (f, k, k, cin):
-            raise ValueError(f"conv_w must have shape {(f, k, k, cin)}, not {conv_w.shape!r}")
-        if not np.issubdtype(conv_w.dtype, np.integer) or conv_w.size and (
-                conv_w.min() < -128 or conv_w.max() > 127):
-            raise ValueError(f"conv_w must hold int8 values, not {conv_w.dtype} in "
-                             f"{conv_w.min()}..{conv_w.max()}")
-        if conv_b.shape != (f,):
-            raise ValueError(f"conv_b must have shape {(f,)}, not {conv_b.shape!r}")
-        if not np.issubdtype(conv_b.dtype, np.integer) or (
-                np.abs(conv_b.astype(np.int64)).max() > widths.conv_bias_max):
-            raise ValueError(f"conv_b must hold integers within +-{widths.conv_bias_max}, not "
-                             f"{conv_b.dtype} in {conv_b.min()}..{conv_b.max()}")
+        conv_w, conv_b = check_conv_arrays(config, conv_w, conv_b)
 
         self._config = config
         self._widths = widths

@@ -19,6 +19,7 @@ def block_factories(model, lanes=16, requant_parallel=2, dense_mults=8):
     """``{name: factory}`` for every RTL block, configured for ``model``."""
     from .mac import MACArray
     from .conv import ConvEngine
+    from .conv_window import WindowConvEngine
     from .requant import Requantize
     from .maxpool import MaxPool
     from .dense import DenseEngine
@@ -31,6 +32,8 @@ def block_factories(model, lanes=16, requant_parallel=2, dense_mults=8):
                                       acc_width=widths.conv_acc),
         "conv_engine": lambda: ConvEngine(config, lanes=lanes, conv_w=model.conv_w,
                                           conv_b=model.conv_b),
+        "window_conv_engine": lambda: WindowConvEngine(config, lanes=lanes, conv_w=model.conv_w,
+                                                       conv_b=model.conv_b),
         "requantize": lambda: Requantize(config, lanes=lanes, requant_mult=model.requant_mult,
                                          requant_shift=model.requant_shift,
                                          parallel=requant_parallel),
@@ -44,8 +47,8 @@ def block_factories(model, lanes=16, requant_parallel=2, dense_mults=8):
     }
 
 
-BLOCKS = ("mac_array", "conv_engine", "requantize", "maxpool", "dense_engine", "softmax",
-          "accelerator")
+BLOCKS = ("mac_array", "conv_engine", "window_conv_engine", "requantize", "maxpool",
+          "dense_engine", "softmax", "accelerator")
 
 
 def write_all(out, model=None):

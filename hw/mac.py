@@ -147,7 +147,7 @@ class MACArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        lanes, taps = self._lanes, self._taps
+        lanes = self._lanes
 
         # Control pipeline: valid/first/last travel alongside the data (3 stages).
         # valid is resettable so no spurious o_valid leaves reset; the rest is reset_less.

@@ -10,7 +10,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from . import mnist
 from .errors import CnnforgeError
@@ -45,8 +44,8 @@ def bench(mnist_dir=None, images=200, presets=("up5k", "ecp5-85f"), out="build",
     for name in presets:
         par = PRESETS[name]
         stats = simulate(f"bench_{name}", model, _generic(par), x, y)
-        util = model.config.macs / (par.multipliers * stats["cycles_per_image"])
-        rows.append({"config": name, **par.to_dict(), "multipliers": par.multipliers,
+        util = model.config.macs / (par.multipliers(model.config) * stats["cycles_per_image"])
+        rows.append({"config": name, **par.to_dict(), "multipliers": par.multipliers(model.config),
                      "cycles_per_image": round(stats["cycles_per_image"], 1),
                      "multiplier_utilization": round(util, 4),
                      "images": stats["images"], "accuracy": stats["accuracy"],

@@ -43,11 +43,25 @@ def test_reference_network_on_mnist():
 
 
 @needs_mnist
+def test_ecp5_85f_configuration():
+    """The wide ECP5-85F preset (window convolution, 144 + 32 multipliers): bit-exact, and
+    within the 1,800 cycles/image target."""
+    from cnnforge.hw.accel import PRESETS
+    model = model_file.load()
+    images, labels = mnist_test_images(100)
+    stats = simulate("accel_ecp5_85f_mnist", model, PRESETS["ecp5-85f"], images, labels)
+    print(stats)
+    assert stats["mismatches"] == 0
+    assert stats["cycles_per_image"] <= 1_800
+
+
+@needs_mnist
 def test_stalls_and_backpressure_at_the_edges():
     model = model_file.load()
     images, _ = mnist_test_images(3)
-    par = Parallelism(conv_lanes=8, requant_parallel=4, dense_mults=16)
-    simulate("accel_stalls", model, par, images, stalls=STALL_SWEEP[1:])
+    for window in (False, True):
+        par = Parallelism(conv_lanes=8, requant_parallel=4, dense_mults=16, conv_window=window)
+        simulate(f"accel_stalls_w{int(window)}", model, par, images, stalls=STALL_SWEEP[1:])
 
 
 @needs_mnist
