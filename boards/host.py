@@ -1,0 +1,235 @@
+"""Host side of the UART link: classify images on a board, or on the RTL in simulation.
+
+A *transport* moves bytes: ``write(data)``, ``read(n, timeout)`` (up to ``n`` bytes, fewer only
+on timeout), ``sleep(seconds)``, ``flush()``, ``now()`` (seconds). :class:`SerialTransport` is a serial port
+(pyserial, imported only when used); ``cnnforge.sim.tb_board.SimTransport`` is the UART pins of
+the simulated board core. :class:`Client` speaks :mod:`cnnforge.boards.protocol` over either.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import CnnforgeError, ToolError
+from .protocol import (SYNC, HEADER_BYTES, Command, ClassifyResult, FrameError, check_reply,
+                       decode, encode, parse_ping)
+
+
+__all__ = ["DEFAULT_BAUD", "LinkError", "SerialTransport", "Client", "Classification",
+           "classify", "simulate", "sim_classify_job", "load_image_file"]
+
+DEFAULT_BAUD = 3_000_000
+
+
+class LinkError(CnnforgeError):
+    """No (valid) reply from the device."""
+
+
+class SerialTransport:
+    """A serial port through pyserial."""
+
+    sim = False
+
+    def __init__(self, port, baud=DEFAULT_BAUD):
+        try:
+            import serial
+        except ImportError:
+            raise ToolError("pyserial is not installed: pip install pyserial") from None
+        try:
+            self._port = serial.Serial(port, baud, timeout=1.0)
+        except serial.SerialException as e:
+            raise LinkError(f"cannot open {port}: {e}") from None
+
+    def write(self, data):
+        self._port.write(bytes(data))
+        self._port.flush()
+
+    def read(self, n, timeout):
+        self._port.timeout = timeout
+        return self._port.read(n)
+
+    def sleep(self, seconds):
+        time.sleep(seconds)
+
+    def flush(self):
+        self._port.reset_input_buffer()
+
+    def now(self):
+        return time.perf_counter()
+
+    def close(self):
+        self._port.close()
+
+
+@dataclass
+class Classification:
+    cls: int
+    logits: list
+    probs: list            # Q15 integers (32768 = 1.0)
+    cycles: int            # accelerator cycles of this image (READ_CYCLES)
+    seconds: float         # host time of load + classify + read cycles (simulated in --sim)
+
+    def probabilities(self):
+        return [p / 32768 for p in self.probs]
+
+
+class Client:
+    """Requests and replies over a transport; every method raises one-line errors.
+
+    Parameters
+    ----------
+    transport
+        See the module docstring.
+    timeout : float
+        Seconds to wait for each reply.
+    """
+
+    def __init__(self, transport, timeout=1.0):
+        self.transport = transport
+        self.timeout = timeout
+        self.info = None
+
+    def send(self, data):
+        """Raw bytes to the device (fault injection)."""
+        self.transport.write(data)
+
+    def read_frame(self, timeout=None):
+        """The next frame from the device, skipping bytes before a SYNC."""
+        timeout = self.timeout if timeout is None else timeout
+        read = self.transport.read
+        while True:
+            first = read(1, timeout)
+            if not first:
+                raise LinkError(f"no reply from the device within {timeout:g} s")
+            if first[0] != SYNC:
+                continue
+            head = read(HEADER_BYTES - 1, timeout)
+            if len(head) < HEADER_BYTES - 1:
+                raise LinkError("reply cut off in its header")
+            length = head[1] | head[2] << 8
+            rest = read(length + 2, timeout)
+            if len(rest) < length + 2:
+                raise LinkError(f"reply cut off: {len(rest)} of {length + 2} bytes after the "
+                                f"header")
+            try:
+                return decode(first + head + rest)
+            except FrameError as e:
+                raise LinkError(f"corrupted reply: {e}") from None
+
+    def request(self, command, payload=b"", timeout=None):
+        """Send a request; the reply payload (:class:`~.protocol.NakError` for a NAK)."""
+        self.transport.write(encode(command, payload))
+        return check_reply(command, self.read_frame(timeout))
+
+    def ping(self):
+        self.info = parse_ping(self.request(Command.PING))
+        return self.info
+
+    def _config(self):
+        if self.info is None:
+            self.ping()
+        return self.info
+
+    def load_image(self, image):
+        info = self._config()
+        image = np.asarray(image)
+        shape = (info["input_size"], info["input_size"])
+        if info["in_channels"] > 1:
+            shape += (info["in_channels"],)
+        if image.shape != shape or image.dtype != np.uint8:
+            raise CnnforgeError(f"image must be uint8 of shape {shape} for this device, not "
+                                f"{image.dtype} {image.shape}")
+        self.request(Command.LOAD_IMAGE, image.tobytes())
+
+    def classify_loaded(self, timeout=None):
+        payload = self.request(Command.CLASSIFY, timeout=timeout)
+        return ClassifyResult.from_payload(payload, self._config()["classes"])
+
+    def read_cycles(self):
+        payload = self.request(Command.READ_CYCLES)
+        if len(payload) != 4:
+            raise LinkError(f"READ_CYCLES reply of {len(payload)} bytes (expected 4)")
+        return int.from_bytes(payload, "little")
+
+    def classify(self, image):
+        start = self.transport.now()
+        self.load_image(image)
+        result = self.classify_loaded()
+        cycles = self.read_cycles()
+        return Classification(result.cls, result.logits, result.probs, cycles,
+                              self.transport.now() - start)
+
+
+def load_image_file(path, size=28):
+    """A PNG (or any Pillow format) as a ``size`` x ``size`` uint8 grayscale image, MNIST style
+    (white digit on black: a mostly white picture is inverted)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ToolError("Pillow is not installed: pip install Pillow") from None
+    try:
+        picture = Image.open(path).convert("L").resize((size, size))
+    except (OSError, ValueError) as e:
+        raise CnnforgeError(f"cannot read image {path}: {e}") from None
+    image = np.asarray(picture, np.uint8)
+    if image.mean() > 127:
+        image = 255 - image
+    return image
+
+
+def classify(port, image, baud=DEFAULT_BAUD, timeout=1.0):
+    """Classify one image on the board at serial ``port``; a :class:`Classification`."""
+    transport = SerialTransport(port, baud)
+    try:
+        return Client(transport, timeout).classify(image)
+    finally:
+        transport.close()
+
+
+# ---- simulation ------------------------------------------------------------------------------
+
+#: The simulated core's nominal clock and baud rate: 4 cycles per bit.
+SIM_CLK_FREQ = 12_000_000
+SIM_BAUD = 3_000_000
+
+
+def sim_classify_job(transport, images):
+    """Job run inside the simulation (see ``cnnforge.sim.tb_board``)."""
+    client = Client(transport, timeout=0.05)
+    out = {"info": client.ping(), "results": []}
+    for image in images:
+        result = client.classify(np.asarray(image, np.uint8))
+        out["results"].append(asdict(result))
+    return out
+
+
+def run_sim_job(name, link, function, args, divisor, clk_freq=SIM_CLK_FREQ):
+    """Simulate ``link`` (a board core) with the host job ``function`` ("module:name")."""
+    from ..sim.rtl_runner import BUILD, build_verilog, run_cocotb
+    path = build_verilog(link, name)
+    folder = BUILD / name
+    job = {"function": function, "args": args, "divisor": divisor, "clk_freq": clk_freq,
+           "out": str(folder / "job_result.json")}
+    job_path = folder / "job.json"
+    job_path.write_text(json.dumps(job))
+    (folder / "job_result.json").unlink(missing_ok=True)
+    run_cocotb(name, [path], "top", "cnnforge.sim.tb_board", {"CNNFORGE_TB_JOB": job_path})
+    return json.loads((folder / "job_result.json").read_text())
+
+
+def simulate(images, model=None, preset="up5k", name=None):
+    """``cnnforge classify --sim``: the host protocol against the RTL board core.
+
+    Returns ``(info, [Classification, ...])``; the seconds are simulated host time.
+    """
+    from ..sim import model as model_file
+    from .top import sim_core
+    model = model if model is not None else model_file.load()
+    link = sim_core(model, preset, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD)
+    images = [np.asarray(im, np.uint8).tolist() for im in images]
+    out = run_sim_job(name or f"host_sim_{preset}", link, "cnnforge.boards.host:sim_classify_job",
+                      {"images": images}, divisor=SIM_CLK_FREQ // SIM_BAUD)
+    job = out["result"]
+    return job["info"], [Classification(**r) for r in job["results"]]

@@ -1,0 +1,428 @@
+"""The gateware protocol engine: UART frames in, accelerator runs, UART frames out.
+
+See :mod:`cnnforge.boards.protocol` for the frame format, the commands and the error rules.
+"""
+
+import operator
+
+from amaranth import *
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..hw.params import NetworkConfig
+from .protocol import (SYNC, REPLY, Command, Error, classify_reply_bytes, image_bytes,
+                       max_payload, ping_payload)
+from .uart import UARTRx, UARTTx, _check_divisor
+
+
+__all__ = ["crc16_byte", "Link"]
+
+
+def _crc16_matrix():
+    """For each bit of the next CRC register, the bits of ``{byte, crc}`` it is the XOR of
+    (the CRC step is linear over GF(2))."""
+    def step(crc, byte):
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+        return crc
+    columns = [step(1 << i, 0) for i in range(16)] + [step(0, 1 << i) for i in range(8)]
+    return [[j for j, col in enumerate(columns) if (col >> bit) & 1] for bit in range(16)]
+
+
+_CRC16_TAPS = _crc16_matrix()
+
+
+def crc16_byte(crc, byte):
+    """Amaranth expression: CRC-16/CCITT-FALSE register ``crc`` after one more ``byte``
+    (a flat XOR network)."""
+    inputs = Cat(crc, byte)
+    bits = []
+    for taps in _CRC16_TAPS:
+        bit = inputs[taps[0]]
+        for t in taps[1:]:
+            bit = bit ^ inputs[t]
+        bits.append(bit)
+    return Cat(*bits)
+
+
+class Link(wiring.Component):
+    """Serves the framed UART protocol with an accelerator.
+
+    The receiver parses frames as bytes arrive (skipping bytes outside frames until a SYNC,
+    checking the CRC, the length and an inter-byte timeout) and writes a ``LOAD_IMAGE``
+    payload straight into the image memory. A checked request goes to the executor, which
+    answers it or starts a classification: the image memory streams into ``accel.i`` and the
+    ``classes`` result beats from ``accel.o`` are captured into the reply buffer, one byte per
+    cycle (``accel.o`` sees ``ready`` once per 7 cycles). Frames that arrive meanwhile are
+    answered ``BUSY``; the classification's reply follows when it completes.
+
+    Parameters
+    ----------
+    accel : wiring.Component
+        The accelerator (elaborated as submodule ``accel``): ``i`` takes pixels
+        (``ArrayLayout(unsigned(8), in_channels)``), ``o`` gives ``classes`` beats per image
+        with fields ``logit`` (signed, at most 32 bits), ``prob`` (16 bits) and ``cls``.
+    config : NetworkConfig
+        The network (image size, channels, classes).
+    divisor : int
+        Clock cycles per UART bit.
+    timeout : int
+        Inter-byte timeout inside a frame, in clock cycles.
+
+    Members
+    -------
+    rx : ``In(1, init=1)``
+        UART line from the host.
+    tx : ``Out(1, init=1)``
+        UART line to the host.
+    busy : ``Out(1)``
+        A classification is in flight.
+    cls : ``Out(8)``
+        Class of the last classification.
+    cls_valid : ``Out(1)``
+        ``cls`` holds a result.
+
+    Cycle counter (``READ_CYCLES``): cycles from the first pixel offered to ``accel.i`` until the
+    last result beat, not counting the cycles in which ``accel.o`` waits for the capture.
+    """
+
+    def __init__(self, *, accel, config, divisor, timeout):
+        if not isinstance(config, NetworkConfig):
+            raise TypeError(f"config must be a NetworkConfig, not {config!r}")
+        if config.classes > 255 or config.input_size > 255 or config.in_channels > 255:
+            raise ValueError(f"config must have at most 255 classes, channels and rows, "
+                             f"not {config!r}")
+        timeout = operator.index(timeout)
+        if timeout < 1:
+            raise ValueError(f"timeout must be a positive number of cycles, not {timeout!r}")
+        self._accel = accel
+        self._config = config
+        self._divisor = divisor
+        self._timeout = timeout
+        divisor = _check_divisor(divisor)
+        super().__init__({
+            "rx": In(1, init=1),
+            "tx": Out(1, init=1),
+            "busy": Out(1),
+            "cls": Out(8),
+            "cls_valid": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        config = self._config
+        n_pix = config.input_size * config.input_size
+        chans = config.in_channels
+        img_len = image_bytes(config)
+        max_len = max_payload(config)
+        res_len = classify_reply_bytes(config)
+        classes = config.classes
+
+        m.submodules.accel = accel = self._accel
+        m.submodules.uart_rx = rxu = UARTRx(divisor=self._divisor)
+        m.submodules.uart_tx = txu = UARTTx(divisor=self._divisor)
+        m.d.comb += [rxu.rx.eq(self.rx), self.tx.eq(txu.tx)]
+
+        m.submodules.image = image = Memory(shape=8 * chans, depth=n_pix, init=[])
+        img_wr = image.write_port(granularity=8)
+        img_rd = image.read_port()
+        m.submodules.result = result = Memory(shape=8, depth=res_len, init=[])
+        res_wr = result.write_port()
+        res_rd = result.read_port()
+
+        busy = Signal()              # classification in flight (until its reply starts)
+        image_valid = Signal()
+        m.d.comb += self.busy.eq(busy)
+
+        # ---- receiver: frame parser ------------------------------------------------------
+        byte = rxu.o.payload
+        got = Signal()
+        p_cmd = Signal(8)
+        p_len = Signal(16)
+        p_count = Signal(16)
+        p_crc = Signal(16)
+        p_code = Signal(8)           # error found by the parser (0: none)
+        p_busy = Signal()            # the frame started during a classification
+        p_load = Signal()            # payload goes into the image memory
+        w_pix = Signal(range(n_pix))
+        w_lane = Signal(range(chans))
+        idle = Signal(range(self._timeout))
+        req_valid = Signal()
+        req_ready = Signal()
+        crc_next = crc16_byte(p_crc, byte)
+        m.d.comb += got.eq(rxu.o.valid & rxu.o.ready)
+
+        known = Signal()
+        len_ok = Signal()
+        with m.Switch(p_cmd):
+            with m.Case(Command.LOAD_IMAGE):
+                m.d.comb += [known.eq(1), len_ok.eq(p_len == img_len)]
+            with m.Case(Command.PING, Command.CLASSIFY, Command.READ_CYCLES):
+                m.d.comb += [known.eq(1), len_ok.eq(p_len == 0)]
+            with m.Case(Command.WRITE_WEIGHTS):
+                m.d.comb += [known.eq(1), len_ok.eq(p_len >= 5)]
+            with m.Case(Command.READ_WEIGHTS):
+                m.d.comb += [known.eq(1), len_ok.eq(p_len == 6)]
+        frame_code = Signal(8)
+        with m.If(p_code != 0):
+            m.d.comb += frame_code.eq(p_code)
+        with m.Elif(~known):
+            m.d.comb += frame_code.eq(Error.UNKNOWN_COMMAND)
+        with m.Elif(~len_ok):
+            m.d.comb += frame_code.eq(Error.BAD_LENGTH)
+        with m.Elif((p_cmd == Command.WRITE_WEIGHTS) | (p_cmd == Command.READ_WEIGHTS)):
+            m.d.comb += frame_code.eq(Error.UNSUPPORTED)
+
+        def frame_byte():
+            # Inside a frame: take bytes, and give up after `timeout` idle cycles.
+            m.d.comb += rxu.o.ready.eq(1)
+            with m.If(got):
+                m.d.sync += idle.eq(0)
+            with m.Elif(idle == self._timeout - 1):
+                m.d.sync += [idle.eq(0), p_code.eq(Error.TIMEOUT)]
+                m.next = "DECIDE"
+            with m.Else():
+                m.d.sync += idle.eq(idle + 1)
+
+        with m.FSM(name="parser"):
+            with m.State("HUNT"):
+                m.d.comb += rxu.o.ready.eq(1)
+                with m.If(got & (byte == SYNC)):
+                    m.d.sync += [p_crc.eq(0xFFFF), p_cmd.eq(0), p_code.eq(0), p_load.eq(0),
+                                 idle.eq(0)]
+                    m.next = "CMD"
+            with m.State("CMD"):
+                frame_byte()
+                with m.If(got):
+                    m.d.sync += [p_cmd.eq(byte), p_crc.eq(crc_next)]
+                    m.next = "LEN_LO"
+            with m.State("LEN_LO"):
+                frame_byte()
+                with m.If(got):
+                    m.d.sync += [p_len[:8].eq(byte), p_crc.eq(crc_next)]
+                    m.next = "LEN_HI"
+            with m.State("LEN_HI"):
+                frame_byte()
+                length = Cat(p_len[:8], byte)
+                with m.If(got):
+                    m.d.sync += [p_len[8:].eq(byte), p_crc.eq(crc_next), p_count.eq(0),
+                                 p_busy.eq(busy), w_pix.eq(0), w_lane.eq(0)]
+                    with m.If(length > max_len):
+                        m.d.sync += p_code.eq(Error.BAD_LENGTH)
+                        m.next = "DECIDE"
+                    with m.Else():
+                        with m.If((p_cmd == Command.LOAD_IMAGE) & (length == img_len) & ~busy):
+                            m.d.sync += [p_load.eq(1), image_valid.eq(0)]
+                        with m.If(length == 0):
+                            m.next = "CRC_HI"
+                        with m.Else():
+                            m.next = "PAYLOAD"
+            with m.State("PAYLOAD"):
+                frame_byte()
+                with m.If(got):
+                    m.d.sync += [p_count.eq(p_count + 1), p_crc.eq(crc_next)]
+                    m.d.comb += [
+                        img_wr.addr.eq(w_pix),
+                        img_wr.data.eq(byte.replicate(chans)),
+                        img_wr.en.eq(Mux(p_load, 1 << w_lane, 0)),
+                    ]
+                    with m.If(w_lane == chans - 1):
+                        m.d.sync += [w_lane.eq(0), w_pix.eq(w_pix + 1)]
+                    with m.Else():
+                        m.d.sync += w_lane.eq(w_lane + 1)
+                    with m.If(p_count + 1 == p_len):
+                        m.next = "CRC_HI"
+            with m.State("CRC_HI"):
+                frame_byte()
+                with m.If(got):
+                    m.d.sync += p_crc.eq(crc_next)
+                    m.next = "CRC_LO"
+            with m.State("CRC_LO"):
+                frame_byte()
+                with m.If(got):
+                    with m.If(crc_next != 0):
+                        m.d.sync += p_code.eq(Error.BAD_CRC)
+                    m.next = "DECIDE"
+            with m.State("DECIDE"):
+                # One cycle to register the frame's verdict (keeps the checks off the
+                # executor's paths).
+                m.d.sync += [p_code.eq(frame_code), p_busy.eq(p_busy | busy)]
+                m.next = "REQUEST"
+            with m.State("REQUEST"):
+                m.d.comb += req_valid.eq(1)
+                with m.If(req_ready):
+                    m.next = "HUNT"
+
+        # ---- classification: image memory -> accel.i, accel.o -> reply buffer ------------
+        start_req = Signal()
+        start = Signal()             # registered: keeps the executor's decision off the counters
+        m.d.sync += start.eq(start_req)
+        f_active = Signal()
+        f_addr = Signal(range(n_pix + 1))
+        f_valid = Signal()
+        m.d.comb += [
+            img_rd.addr.eq(f_addr),
+            img_rd.en.eq(~f_valid | accel.i.ready),
+            accel.i.valid.eq(f_valid),
+            accel.i.payload.eq(img_rd.data),
+        ]
+        with m.If(start):
+            m.d.sync += [f_active.eq(1), f_addr.eq(0), f_valid.eq(0)]
+        with m.Elif(f_active & img_rd.en):
+            m.d.sync += f_valid.eq(f_addr < n_pix)
+            with m.If(f_addr < n_pix):
+                m.d.sync += f_addr.eq(f_addr + 1)
+            with m.Else():
+                m.d.sync += f_active.eq(0)
+
+        counting = Signal()
+        count = Signal(32)
+        cycles = Signal(32)
+        result_ready = Signal()
+        c_logit = Signal(32)
+        c_prob = Signal(16)
+        c_cls = Signal(8)
+        c_beat = Signal(range(classes))
+        c_byte = Signal(range(7))
+        c_lbase = Signal(range(res_len))
+        c_pbase = Signal(range(res_len))
+        with m.If(start):
+            m.d.sync += [counting.eq(1), count.eq(0)]
+        with m.Elif(counting & ~(accel.o.valid & ~accel.o.ready)):
+            m.d.sync += count.eq(count + 1)
+
+        with m.FSM(name="capture"):
+            with m.State("TAKE"):
+                # Outside a classification, stray beats are drained and dropped.
+                m.d.comb += accel.o.ready.eq(1)
+                with m.If(start):
+                    m.d.sync += [c_beat.eq(0), c_lbase.eq(1), c_pbase.eq(1 + 4 * classes)]
+                with m.If(accel.o.valid & busy):
+                    m.d.sync += [
+                        c_logit.eq(accel.o.payload.logit.as_signed()),
+                        c_prob.eq(accel.o.payload.prob),
+                        c_cls.eq(accel.o.payload.cls),
+                        c_byte.eq(0),
+                    ]
+                    with m.If(c_beat == classes - 1):
+                        m.d.sync += [cycles.eq(count + 1), counting.eq(0)]
+                    m.next = "WRITE"
+            with m.State("WRITE"):
+                m.d.comb += res_wr.en.eq(1)
+                with m.Switch(c_byte):
+                    for j in range(4):
+                        with m.Case(j):
+                            m.d.comb += [res_wr.addr.eq(c_lbase + j),
+                                         res_wr.data.eq(c_logit.word_select(j, 8))]
+                    for j in range(2):
+                        with m.Case(4 + j):
+                            m.d.comb += [res_wr.addr.eq(c_pbase + j),
+                                         res_wr.data.eq(c_prob.word_select(j, 8))]
+                    with m.Case(6):
+                        m.d.comb += [res_wr.addr.eq(0), res_wr.data.eq(c_cls)]
+                m.d.sync += c_byte.eq(c_byte + 1)
+                with m.If(c_byte == 6):
+                    m.d.sync += [c_lbase.eq(c_lbase + 4), c_pbase.eq(c_pbase + 2),
+                                 c_beat.eq(c_beat + 1)]
+                    with m.If(c_beat == classes - 1):
+                        m.d.sync += [result_ready.eq(1), self.cls.eq(c_cls),
+                                     self.cls_valid.eq(1)]
+                    m.next = "TAKE"
+
+        # ---- executor and transmitter ------------------------------------------------------
+        SRC_NONE, SRC_PING, SRC_NAK, SRC_CYCLES, SRC_RESULT = range(5)
+        r_cmd = Signal(8)
+        r_len = Signal(16)
+        r_src = Signal(range(5))
+        r_code = Signal(8)
+        r_nak_cmd = Signal(8)
+        t_idx = Signal(16)
+        t_crc = Signal(16)
+
+        def reply(command, length, src):
+            m.d.sync += [r_cmd.eq(command), r_len.eq(length), r_src.eq(src), t_idx.eq(0),
+                         t_crc.eq(0xFFFF)]
+            m.next = "LOAD"
+
+        code = Signal(8)
+        with m.If(p_code != 0):
+            m.d.comb += code.eq(p_code)
+        with m.Elif(busy | p_busy):
+            m.d.comb += code.eq(Error.BUSY)
+        with m.Elif((p_cmd == Command.CLASSIFY) & ~image_valid):
+            m.d.comb += code.eq(Error.NO_IMAGE)
+
+        ping = Array(C(b, 8) for b in ping_payload(config))
+        p = Signal(16)
+        payload_byte = Signal(8)
+        tx_byte = Signal(8)
+        tx_reg = Signal(8)
+        tx_in_crc = Signal()
+        tx_last = Signal()
+        m.d.comb += [p.eq(t_idx - 4), res_rd.addr.eq(p)]
+        with m.Switch(r_src):
+            with m.Case(SRC_PING):
+                m.d.comb += payload_byte.eq(ping[p[:2]])
+            with m.Case(SRC_NAK):
+                m.d.comb += payload_byte.eq(Mux(p[0], r_nak_cmd, r_code))
+            with m.Case(SRC_CYCLES):
+                m.d.comb += payload_byte.eq(cycles.word_select(p[:2], 8))
+            with m.Case(SRC_RESULT):
+                m.d.comb += payload_byte.eq(res_rd.data)
+        with m.If(t_idx == 0):
+            m.d.comb += tx_byte.eq(SYNC)
+        with m.Elif(t_idx == 1):
+            m.d.comb += tx_byte.eq(r_cmd)
+        with m.Elif(t_idx == 2):
+            m.d.comb += tx_byte.eq(r_len[:8])
+        with m.Elif(t_idx == 3):
+            m.d.comb += tx_byte.eq(r_len[8:])
+        with m.Elif(p < r_len):
+            m.d.comb += tx_byte.eq(payload_byte)
+        with m.Elif(p == r_len):
+            m.d.comb += tx_byte.eq(t_crc[8:])
+        with m.Else():
+            m.d.comb += tx_byte.eq(t_crc[:8])
+
+        with m.FSM(name="executor"):
+            with m.State("IDLE"):
+                with m.If(result_ready):
+                    m.d.sync += [result_ready.eq(0), busy.eq(0)]
+                    reply(Command.CLASSIFY.value | REPLY, res_len, SRC_RESULT)
+                with m.Elif(req_valid):
+                    m.d.comb += req_ready.eq(1)
+                    with m.If(code != 0):
+                        m.d.sync += [r_code.eq(code), r_nak_cmd.eq(p_cmd)]
+                        reply(Command.NAK.value, 2, SRC_NAK)
+                    with m.Elif(p_cmd == Command.PING):
+                        reply(Command.PING.value | REPLY, len(ping), SRC_PING)
+                    with m.Elif(p_cmd == Command.LOAD_IMAGE):
+                        m.d.sync += image_valid.eq(1)
+                        reply(Command.LOAD_IMAGE.value | REPLY, 0, SRC_NONE)
+                    with m.Elif(p_cmd == Command.READ_CYCLES):
+                        reply(Command.READ_CYCLES.value | REPLY, 4, SRC_CYCLES)
+                    with m.Elif(p_cmd == Command.CLASSIFY):
+                        m.d.comb += start_req.eq(1)
+                        m.d.sync += busy.eq(1)
+            with m.State("LOAD"):
+                # One cycle for the reply buffer's synchronous read of byte t_idx ...
+                m.next = "LATCH"
+            with m.State("LATCH"):
+                # ... and one to register the byte and its place (off the CRC's path).
+                m.d.sync += [tx_reg.eq(tx_byte),
+                             tx_in_crc.eq((t_idx != 0) & ((t_idx < 4) | (p < r_len))),
+                             tx_last.eq(p == r_len + 1)]
+                m.next = "SEND"
+            with m.State("SEND"):
+                m.d.comb += [txu.i.valid.eq(1), txu.i.payload.eq(tx_reg)]
+                with m.If(txu.i.ready):
+                    with m.If(tx_in_crc):
+                        m.d.sync += t_crc.eq(crc16_byte(t_crc, tx_reg))
+                    m.d.sync += t_idx.eq(t_idx + 1)
+                    with m.If(tx_last):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "LOAD"
+        return m

@@ -1,0 +1,281 @@
+"""The framed UART protocol between a host and the board: shared by host code and gateware.
+
+Frame (both directions)::
+
+    SYNC (0xA5) | command (u8) | length (u16 LE) | payload (length bytes) | CRC-16 (u16 BE)
+
+The CRC is CRC-16/CCITT-FALSE (polynomial 0x1021, initial value 0xFFFF, no reflection, no final
+XOR) over command, length and payload. It is sent most significant byte first, the natural order
+of a non-reflected CRC: the CRC over command..CRC is then 0, which is what the gateware checks.
+
+Requests and their replies (reply command = request command | ``REPLY``):
+
+==================  =======================================  ====================================
+request             request payload                          reply payload
+==================  =======================================  ====================================
+``PING``            none                                     version, input size, channels,
+                                                             classes (4 x u8)
+``LOAD_IMAGE``      the image, ``input_size**2 * channels``  none
+                    bytes, raster order, channels innermost
+``CLASSIFY``        none (classifies the loaded image)       class (u8), ``classes`` logits
+                                                             (i32 LE), ``classes`` probabilities
+                                                             (u16 LE, Q15)
+``READ_CYCLES``     none                                     cycles of the last classify (u32 LE)
+``WRITE_WEIGHTS``   address (u32 LE), bytes                  none
+``READ_WEIGHTS``    address (u32 LE), count (u16 LE)         the bytes
+==================  =======================================  ====================================
+
+A request the device cannot serve gets a ``NAK`` frame instead, payload ``[error, command]``
+(:class:`Error`; ``command`` is the offending request's command byte, 0 if unknown). The device
+always answers ``WRITE_WEIGHTS``/``READ_WEIGHTS`` with ``NAK UNSUPPORTED`` for now: the
+accelerator's weight memories have no write/read ports towards the link yet.
+
+Device behaviour on malformed input: bytes outside a frame are skipped until a SYNC byte; a
+length above :func:`max_payload` is NAKed (``BAD_LENGTH``) as soon as the length arrives; a gap
+of more than the inter-byte timeout inside a frame is NAKed (``TIMEOUT``); a complete frame with a
+wrong CRC is NAKed (``BAD_CRC``), with a length that does not fit its command ``BAD_LENGTH``.
+Any frame completed while a classification runs is NAKed ``BUSY`` (a ``LOAD_IMAGE`` started then
+does not touch the image). A ``LOAD_IMAGE`` that fails leaves no valid image: ``CLASSIFY`` then
+answers ``NO_IMAGE``. One request at a time: the host waits for each reply.
+"""
+
+import struct
+from dataclasses import dataclass
+
+from amaranth.lib import enum
+
+from ..errors import CnnforgeError
+
+
+__all__ = ["SYNC", "REPLY", "PROTOCOL_VERSION", "HEADER_BYTES", "OVERHEAD_BYTES", "Command",
+           "Error", "FrameError", "NakError", "Frame", "crc16", "encode", "decode",
+           "FrameDecoder", "check_reply", "max_payload", "image_bytes", "request_length_ok",
+           "classify_reply_bytes", "ClassifyResult", "ping_payload", "parse_ping"]
+
+SYNC = 0xA5
+REPLY = 0x80
+PROTOCOL_VERSION = 1
+HEADER_BYTES = 4          # sync, command, length (2)
+OVERHEAD_BYTES = 6        # header and CRC
+
+
+class Command(enum.Enum, shape=8):
+    """Command byte of a frame (replies set bit 7, see ``REPLY``)."""
+    PING = 0x01
+    LOAD_IMAGE = 0x02
+    CLASSIFY = 0x03
+    READ_CYCLES = 0x04
+    WRITE_WEIGHTS = 0x05
+    READ_WEIGHTS = 0x06
+    NAK = 0x15            # device -> host only
+
+
+class Error(enum.Enum, shape=8):
+    """Error code of a NAK."""
+    BAD_CRC = 1
+    BAD_LENGTH = 2
+    UNKNOWN_COMMAND = 3
+    TIMEOUT = 4
+    BUSY = 5
+    UNSUPPORTED = 6
+    NO_IMAGE = 7
+
+
+class FrameError(CnnforgeError):
+    """A malformed frame (one line saying what is wrong)."""
+
+
+class NakError(CnnforgeError):
+    """The device answered with a NAK."""
+
+    def __init__(self, error, command):
+        self.error = error
+        self.command = command
+        name = error.name if isinstance(error, Error) else f"error 0x{error:02x}"
+        try:
+            what = Command(command).name
+        except ValueError:
+            what = f"0x{command:02x}"
+        super().__init__(f"device answered NAK {name} to command {what}")
+
+
+def image_bytes(config):
+    return config.input_size * config.input_size * config.in_channels
+
+
+def max_payload(config):
+    """Longest payload the device accepts: lengths above it are NAKed at the header."""
+    return max(1024, image_bytes(config))
+
+
+def classify_reply_bytes(config):
+    return 1 + 4 * config.classes + 2 * config.classes
+
+
+def request_length_ok(command, length, config):
+    """Whether ``length`` is a valid request payload length for ``command``."""
+    if command == Command.LOAD_IMAGE:
+        return length == image_bytes(config)
+    if command in (Command.PING, Command.CLASSIFY, Command.READ_CYCLES):
+        return length == 0
+    if command == Command.WRITE_WEIGHTS:
+        return length >= 5
+    if command == Command.READ_WEIGHTS:
+        return length == 6
+    return False
+
+
+def crc16(data, crc=0xFFFF):
+    """CRC-16/CCITT-FALSE of ``data`` (check value of ``b"123456789"``: 0x29B1)."""
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc
+
+
+@dataclass(frozen=True)
+class Frame:
+    command: int          # the raw command byte
+    payload: bytes = b""
+
+    @property
+    def is_reply(self):
+        return bool(self.command & REPLY)
+
+    def __repr__(self):
+        return f"Frame(0x{self.command:02x}, {len(self.payload)} bytes)"
+
+
+def encode(command, payload=b""):
+    """A complete frame: ``command`` is a :class:`Command` or a raw byte (for fault tests)."""
+    command = command.value if isinstance(command, Command) else int(command)
+    if not 0 <= command <= 0xFF:
+        raise FrameError(f"command must be a byte, not {command!r}")
+    payload = bytes(payload)
+    if len(payload) > 0xFFFF:
+        raise FrameError(f"payload of {len(payload)} bytes does not fit the u16 length field")
+    body = struct.pack("<BH", command, len(payload)) + payload
+    return bytes([SYNC]) + body + struct.pack(">H", crc16(body))
+
+
+def decode(data):
+    """Exactly one complete frame from ``data``; :class:`FrameError` naming what is wrong."""
+    data = bytes(data)
+    if len(data) < OVERHEAD_BYTES:
+        raise FrameError(f"frame too short: {len(data)} bytes, a frame has at least "
+                         f"{OVERHEAD_BYTES}")
+    if data[0] != SYNC:
+        raise FrameError(f"frame starts with 0x{data[0]:02x}, not the sync byte 0x{SYNC:02x}")
+    command, length = struct.unpack_from("<BH", data, 1)
+    if len(data) != length + OVERHEAD_BYTES:
+        raise FrameError(f"length field says {length} payload bytes but the frame carries "
+                         f"{len(data) - OVERHEAD_BYTES}")
+    body = data[1:HEADER_BYTES + length]
+    (sent,) = struct.unpack_from(">H", data, HEADER_BYTES + length)
+    computed = crc16(body)
+    if sent != computed:
+        raise FrameError(f"CRC mismatch: frame says 0x{sent:04x}, computed 0x{computed:04x}")
+    return Frame(command, data[HEADER_BYTES:HEADER_BYTES + length])
+
+
+class FrameDecoder:
+    """Incremental decoder of a byte stream: skips garbage until SYNC, yields good frames.
+
+    Frames with a bad CRC or an oversized length are dropped (counted in ``errors``) and the
+    search for the next SYNC resumes one byte after the dropped frame's SYNC. A stray SYNC byte
+    in garbage waits for as many bytes as its (garbage) length field claims, like the device
+    does until its inter-byte timeout.
+    """
+
+    def __init__(self, max_length=0xFFFF):
+        self._buf = bytearray()
+        self._max = max_length
+        self.skipped = 0
+        self.errors = 0
+
+    def feed(self, data):
+        self._buf += data
+        frames = []
+        while True:
+            start = self._buf.find(SYNC)
+            if start < 0:
+                self.skipped += len(self._buf)
+                self._buf.clear()
+                return frames
+            self.skipped += start
+            del self._buf[:start]
+            if len(self._buf) < HEADER_BYTES:
+                return frames
+            command, length = struct.unpack_from("<BH", self._buf, 1)
+            if length > self._max:
+                self.errors += 1
+                del self._buf[:1]
+                continue
+            if len(self._buf) < length + OVERHEAD_BYTES:
+                return frames
+            try:
+                frames.append(decode(self._buf[:length + OVERHEAD_BYTES]))
+            except FrameError:
+                self.errors += 1
+                del self._buf[:1]
+                continue
+            del self._buf[:length + OVERHEAD_BYTES]
+
+    @property
+    def pending(self):
+        """Bytes of a frame still incomplete."""
+        return len(self._buf)
+
+
+def check_reply(request, frame):
+    """The reply payload for ``request``; :class:`NakError` for a NAK, FrameError otherwise."""
+    request = Command(request)
+    if frame.command == Command.NAK.value:
+        if len(frame.payload) != 2:
+            raise FrameError(f"NAK with a {len(frame.payload)}-byte payload (expected 2)")
+        code, command = frame.payload
+        try:
+            code = Error(code)
+        except ValueError:
+            pass
+        raise NakError(code, command)
+    if frame.command != request.value | REPLY:
+        raise FrameError(f"reply command 0x{frame.command:02x} does not answer "
+                         f"{request.name} (expected 0x{request.value | REPLY:02x})")
+    return frame.payload
+
+
+def ping_payload(config):
+    return bytes([PROTOCOL_VERSION, config.input_size, config.in_channels, config.classes])
+
+
+def parse_ping(payload):
+    """``{"version", "input_size", "in_channels", "classes"}`` from a PING reply."""
+    if len(payload) != 4:
+        raise FrameError(f"PING reply of {len(payload)} bytes (expected 4)")
+    version, size, channels, classes = payload
+    return {"version": version, "input_size": size, "in_channels": channels, "classes": classes}
+
+
+@dataclass
+class ClassifyResult:
+    cls: int
+    logits: list
+    probs: list           # Q15 (32768 = 1.0)
+
+    @classmethod
+    def from_payload(cls, payload, classes):
+        expect = 1 + 6 * classes
+        if len(payload) != expect:
+            raise FrameError(f"CLASSIFY reply of {len(payload)} bytes (expected {expect} for "
+                             f"{classes} classes)")
+        logits = list(struct.unpack_from(f"<{classes}i", payload, 1))
+        probs = list(struct.unpack_from(f"<{classes}H", payload, 1 + 4 * classes))
+        return cls(payload[0], logits, probs)
+
+    def to_payload(self):
+        n = len(self.logits)
+        return (bytes([self.cls]) + struct.pack(f"<{n}i", *self.logits)
+                + struct.pack(f"<{n}H", *self.probs))

@@ -1,0 +1,98 @@
+"""Board tops and the bitstream flow.
+
+Every board elaborates (``do_build=False``) with the board side alone (a fake accelerator) and
+with the real accelerator. ``-m bitstream`` selects the real builds (one iCE40, one ECP5; YoWASP
+tools), which check the report's timing line.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cnnforge.boards.build import TimingError, build, link_images_per_second, tool_env
+from cnnforge.boards.top import (BOARDS, BoardTop, ecp5_pll_params, get_board,
+                                 ice40_pll_params)
+from cnnforge.errors import CnnforgeError, ToolError
+from cnnforge.hw.params import NetworkConfig
+from cnnforge.sim import model as model_file
+from test_link import CONFIG, FakeAccel
+
+
+def _plan(name, **kwargs):
+    spec = get_board(name)
+    top = BoardTop(spec, model_file.load(), **kwargs)
+    opts = {"synth_opts": "-dsp"} if spec.family == "ice40" else {}
+    return top, spec.platform().build(top, name="top", do_build=False, **opts)
+
+
+@pytest.mark.parametrize("name", list(BOARDS))
+def test_board_side_elaborates(name):
+    top, plan = _plan(name, accel=FakeAccel(CONFIG))
+    files = plan.files
+    assert "top.il" in files
+    rtlil = files["top.il"]
+    rtlil = rtlil.decode() if isinstance(rtlil, bytes) else rtlil
+    assert ("SB_PLL40_PAD" if get_board(name).family == "ice40" else "EHXPLLL") in rtlil
+    assert abs(top.clk_freq - get_board(name).clk_freq) < 0.01 * get_board(name).clk_freq
+
+
+@pytest.mark.parametrize("name", list(BOARDS))
+def test_board_with_accelerator_elaborates(name):
+    _plan(name)
+
+
+def test_unknown_board_lists_the_boards():
+    with pytest.raises(CnnforgeError, match="unknown board 'de0'; boards: icebreaker, ulx3s, "
+                                            "orangecrab"):
+        get_board("de0")
+
+
+def test_missing_tool_is_one_line(monkeypatch):
+    monkeypatch.setenv("YOSYS", "sh")                   # found: the check moves on
+    monkeypatch.setenv("NEXTPNR_ECP5", "no-such-nextpnr")
+    with pytest.raises(ToolError, match=r"^no-such-nextpnr not found \(\$NEXTPNR_ECP5 is set"):
+        tool_env("ecp5")
+    monkeypatch.delenv("NEXTPNR_ECP5")
+    monkeypatch.delenv("YOSYS")
+    monkeypatch.setenv("CNNFORGE_TOOLS", "system")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ToolError, match="yosys not found .install it or unset CNNFORGE_TOOLS"):
+        tool_env("ice40")
+
+
+def test_pll_settings():
+    divr, divf, divq, filt, f = ice40_pll_params(12e6, 30e6)
+    assert f == 30e6 and 533e6 <= 12e6 * (divf + 1) / (divr + 1) <= 1066e6
+    clki, clkfb, clkop, f = ecp5_pll_params(25e6, 100e6)
+    assert f == 100e6 and 400e6 <= f * clkop <= 800e6
+    assert ecp5_pll_params(48e6, 72e6)[-1] == 72e6
+
+
+def test_link_bound_rate():
+    # 790 + 6 + 6 + 67 bytes per image, 10 bits each, at 3 Mbaud.
+    assert round(link_images_per_second(NetworkConfig(), 3_000_000)) == 345
+
+
+BITSTREAMS = {"icebreaker": "top.bin", "ulx3s": "top.bit"}
+
+
+@pytest.mark.bitstream
+@pytest.mark.parametrize("name", list(BITSTREAMS))
+def test_bitstream(name, tmp_path):
+    spec = get_board(name)
+    try:
+        tool_env(spec.family)
+    except ToolError as e:
+        pytest.skip(str(e))
+    out = Path(os.environ.get("CNNFORGE_BITSTREAM_DIR", tmp_path))
+    try:
+        report = build(name, out)
+    except TimingError as e:
+        pytest.fail(str(e))
+    assert (out / name / BITSTREAMS[name]).stat().st_size > 0
+    saved = json.loads((out / name / "report.json").read_text())
+    assert saved["timing_met"] and saved["fmax_mhz"] >= saved["target_mhz"]
+    assert "timing met" in (out / name / "report.md").read_text()
+    print(json.dumps(report, indent=1))
