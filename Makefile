@@ -17,7 +17,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 CNNFORGE = PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(VENV)/bin/cnnforge
 
-.PHONY: setup data train eval test demo verilog sim sim-full bench bitstream program test-bitstreams clean
+.PHONY: setup data train eval test demo verilog sim sim-full bench bitstream program test-bitstreams train-fixed clean
 
 setup: $(STAMP)
 $(STAMP): pyproject.toml
@@ -31,6 +31,12 @@ data: $(STAMP)
 
 train: $(STAMP)
 	$(CNNFORGE) train
+
+# The golden fixed-point trainer (the on-chip training reference): one epoch from random init,
+# and fine-tuning of the committed model.
+train-fixed: $(STAMP)
+	$(CNNFORGE) train-fixed --init random
+	$(CNNFORGE) train-fixed --init model
 
 eval: $(STAMP)
 	$(CNNFORGE) eval

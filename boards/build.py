@@ -156,7 +156,14 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         "nextpnr_opts": "--report nextpnr.json --timing-allow-fail",
     }
     if spec.family == "ice40":
-        opts["synth_opts"] = "-dsp"
+        # No -dsp: the convolution's SB_MAC16 are explicit instances (two int8 products each);
+        # the other products (requantization, dense) would take the rest of the 8 DSPs.
+        opts["synth_opts"] = ""
+    elif os.environ.get("CNNFORGE_ECP5_DSP", "0") != "1":
+        # synth_ecp5 maps every product to a MULT18X18D and cannot be told which ones: the
+        # ecp5-85f configuration has 208 (144 + 32 + 2 x 16), the 85F 156. All in LUTs instead
+        # (CNNFORGE_ECP5_DSP=1 lets Yosys map them, for configurations that fit).
+        opts["synth_opts"] = "-nodsp"
     log(f"{spec.name}: building {spec.device} at {top.clk_freq / 1e6:.2f} MHz in {folder}")
     start = time.perf_counter()
     plan = platform.build(top, name="top", do_build=False, **opts)

@@ -257,3 +257,138 @@ class SoftmaxFormat:
     def t_max(self):
         """Distances at or above this underflow the Q15 exponential to zero."""
         return self.exp_bits << self.frac_bits
+
+
+@dataclass(frozen=True)
+class TrainFormat:
+    """Fixed-point formats of the on-chip SGD trainer (``sim/trainer.py``, the golden trainer).
+
+    Batch 1: one image + label -> forward, backward, update. Every update is
+    ``M <- sat(M - R(g >> s))`` with ``g`` an integer gradient, ``s`` a per-tensor shift and
+    ``R`` round-to-nearest (half up: ``(g + 2**(s-1)) >> s``) or stochastic rounding
+    (``(g + r) >> s``, ``r`` the low ``s`` bits of a 32-bit leap-forward LFSR state).
+
+    =====================  ==========================  ==========================================
+    quantity               format                      notes
+    =====================  ==========================  ==========================================
+    weight master          int16, ``master_frac``      forward reads ``(M + 2**(frac-1)) >> frac``
+                           fraction bits               (int8, no clip: ``M`` saturates at
+                                                       ``master_min..master_max``)
+    bias                   int, no fraction            updated in place, clipped to the
+                                                       :class:`Widths` bias bounds
+    output error delta     int16, Q15                  ``p - one_hot`` saturated to int16
+    dense gradient         delta x uint8 act           ``dense_grad_bits`` (24)
+    back-propagated error  sum delta x int8 weight     ``err_acc_bits``, then ``>> err_shift``
+                                                       rounded, saturated to ``err_bits``
+    conv gradient          sum err x uint8 pixel       over the pooled positions of one channel
+    =====================  ==========================  ==========================================
+
+    The learning rate is ``2**-lr_shift`` in float terms (the float network with the fixed
+    scales ``2**conv_scale_log2`` (conv weight LSB), ``2**dense_scale_log2`` (dense weight LSB),
+    ``2**act_scale_log2`` (activation LSB) and pixels / 255); the per-tensor shifts follow from
+    it (255 is taken as 2**8 there: the conv learning rate is 0.4 % above the float one).
+    """
+    master_bits: int = 16        # int16 master weights (conv and dense)
+    master_frac: int = 8         # fraction bits below the int8 forward weight
+    delta_bits: int = 16         # output error, Q15 saturated to int16
+    err_shift: int = 8           # back-propagated error: drop this many LSBs (rounded)
+    err_bits: int = 16           # ... and saturate to this many bits
+    lr_shift: int = 6            # eta = 2**-6 (float-equivalent)
+    rounding: str = "nearest"    # "nearest" (half up) or "stochastic" (LFSR)
+    seed: int = 0xACE1           # LFSR seed: random init and stochastic rounding
+    # Fixed scales of the random-init network (log2); requantization and softmax constants
+    # follow from them and stay fixed during training.
+    conv_scale_log2: int = -8
+    dense_scale_log2: int = -9
+    act_scale_log2: int = -7
+    # Random init: masters uniform on [-2**(bits-1), 2**(bits-1)) from the LFSR.
+    conv_init_bits: int = 14     # +-32 int8 LSB = +-0.125 (Glorot limit: 0.142)
+    dense_init_bits: int = 13    # +-16 int8 LSB = +-0.031 (Glorot limit: 0.033)
+
+    weight_max = 127
+    lfsr_bits = 32
+    lfsr_taps = 0x80200003       # Galois, x^32 + x^22 + x^2 + x + 1 (maximal length)
+    lfsr_leap = 32               # states advance 32 steps per draw: 32 fresh bits each
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "rounding":
+                if value not in ("nearest", "stochastic"):
+                    raise ConfigError(f"train format: rounding must be 'nearest' or "
+                                      f"'stochastic', not {value!r}")
+                continue
+            try:
+                operator.index(value)
+            except TypeError:
+                raise ConfigError(f"train format: {f.name} must be an integer, "
+                                  f"not {value!r}") from None
+        if not 1 <= self.seed < (1 << self.lfsr_bits):
+            raise ConfigError(f"train format: seed must be in 1..2**32-1, not {self.seed!r}")
+        if self.master_bits - self.master_frac < 8:
+            raise ConfigError(f"train format: master_bits - master_frac must be at least 8, "
+                              f"not {self.master_bits - self.master_frac!r}")
+        for name in ("dense_w_shift", "dense_b_shift", "conv_w_shift", "conv_b_shift"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train format: {name} is negative "
+                                  f"({getattr(self, name)}); raise lr_shift")
+
+    # Master range: the rounded read (M + 2**(frac-1)) >> frac stays within +-127.
+    @property
+    def master_max(self):
+        return (self.weight_max << self.master_frac) + max(0, (1 << self.master_frac >> 1) - 1)
+
+    @property
+    def master_min(self):
+        return -(self.weight_max << self.master_frac) - (1 << self.master_frac >> 1)
+
+    @property
+    def delta_max(self):
+        return (1 << self.delta_bits - 1) - 1
+
+    @property
+    def delta_min(self):
+        return -(1 << self.delta_bits - 1)
+
+    @property
+    def err_max(self):
+        return (1 << self.err_bits - 1) - 1
+
+    @property
+    def err_min(self):
+        return -(1 << self.err_bits - 1)
+
+    # Per-tensor update shifts (see the class docstring for the float equivalence).
+    @property
+    def dense_w_shift(self):
+        return self.lr_shift + 15 - self.master_frac - (self.act_scale_log2 - self.dense_scale_log2)
+
+    @property
+    def dense_b_shift(self):
+        return self.lr_shift + 15 + self.act_scale_log2 + self.dense_scale_log2
+
+    @property
+    def conv_w_shift(self):
+        return (self.lr_shift - self.dense_scale_log2 + 8 + self.conv_scale_log2 - self.err_shift
+                + 15 - self.master_frac)
+
+    @property
+    def conv_b_shift(self):
+        return self.lr_shift - self.dense_scale_log2 - 8 + self.conv_scale_log2 - self.err_shift + 15
+
+    # Datapath widths.
+    @property
+    def dense_grad_bits(self):
+        """delta (signed) x uint8 activation."""
+        return self.delta_bits + 8
+
+    def err_acc_bits(self, config):
+        """sum over classes of delta x int8 dense weight."""
+        return signed_bits(config.classes * (1 << self.delta_bits - 1) * 128)
+
+    def conv_grad_bits(self, config):
+        """sum over the pooled positions of one channel of err x uint8 pixel."""
+        return signed_bits(config.pool_size ** 2 * (1 << self.err_bits - 1) * 255)
+
+    def conv_bias_grad_bits(self, config):
+        return signed_bits(config.pool_size ** 2 * (1 << self.err_bits - 1))

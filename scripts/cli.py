@@ -57,6 +57,14 @@ def cmd_sim_full(args):
     bench.sim_full(mnist_dir=_mnist_dir(args), images=args.images, preset=args.preset)
 
 
+def cmd_train_fixed(args):
+    from .sim import trainer
+    _, accuracy = trainer.train_fixed(_mnist_dir(args), init=args.init, epochs=args.epochs,
+                                      limit=args.limit, progress=not args.quiet)
+    print(f"fixed-point SGD ({args.init} init, {args.epochs} epoch(s)): "
+          f"{100 * accuracy:.2f} % on the test set")
+
+
 def cmd_bitstream(args):
     from .boards import build
     build.build(args.board, args.out)
@@ -159,6 +167,14 @@ def build_parser():
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--preset", default="up5k")
     p.set_defaults(func=cmd_sim_full)
+
+    p = sub.add_parser("train-fixed", help="the golden fixed-point SGD trainer (batch 1), "
+                                           "then test accuracy")
+    p.add_argument("--init", choices=("random", "model"), default="random",
+                   help="LFSR random init, or fine-tune the committed model")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--limit", type=int, default=None, help="only the first N training images")
+    p.set_defaults(func=cmd_train_fixed)
 
     p = sub.add_parser("bitstream", help="synthesize, place and route a board build, with report")
     p.add_argument("--board", default="icebreaker", help="icebreaker, ulx3s or orangecrab")
