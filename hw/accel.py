@@ -124,8 +124,8 @@ class Parallelism:
 
 #: Named configurations: the UP5K's 16 conv multipliers (8 dual SB_MAC16) with an 8-wide dense
 #: engine (the bandwidth of four 16-bit SPRAMs); for the ECP5-85F the window engine (16 lanes x
-#: 9 taps = 144 of its 156 MULT18X18D) with a 32-wide dense engine, so both stages need about
-#: 1,400-1,700 cycles per image; a 25F-sized tap-serial configuration.
+#: 9 taps = 144 of its 156 MULT18X18D: 1,352 cycles per image) with a 32-wide dense engine
+#: (1,690, the limit); a 25F-sized tap-serial configuration.
 PRESETS = {
     "up5k": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ice40"),
     "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=4, dense_mults=8, target="ecp5"),

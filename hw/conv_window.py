@@ -1,61 +1,183 @@
 """A tap-parallel convolution engine: line buffers, a KxK window and one filter group per cycle."""
 
-from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .conv import _bias_shape, _check_lanes, check_conv_arrays, weight_words
+from .conv import _bias_shape, _check_lanes, bias_words, check_conv_arrays, weight_words
 from .mac import MACArray
 from .params import NetworkConfig, Widths
 
 
-__all__ = ["WindowConvEngine"]
+__all__ = ["WindowConvEngine", "weight_words", "bias_words"]
+
+
+#: Reads and writes of every memory here never touch the same word in the same cycle (writes go
+#: to the bank no image reads, line buffers are written behind the read address).
+_NO_RW_CHECK = {"no_rw_check": 1}
+
+
+def _index(count):
+    """Shape of a counter over ``range(count)``, at least one bit."""
+    return unsigned(max(1, ceil_log2(count)))
+
+
+def _banked(m, name, words, en, addr, swap):
+    """Per-word bank bits of a double-banked memory set (the ConvEngine scheme).
+
+    ``cur[a]`` is the bank the running image reads, ``new[a]`` the bank holding the latest write
+    of word ``a``. ``swap`` (an image's first read cycle) makes ``new`` current: the image
+    reads bank ``use = swap ? new : cur`` from that cycle on. A write goes to ``~use[a]``, the
+    bank no image reads from now on, and becomes the newest; so a write in the swap cycle
+    itself goes to the next image. Returns ``(use, write, write_bank)``.
+    """
+    cur = Signal(words, name=f"{name}_cur", reset_less=True)
+    new = Signal(words, name=f"{name}_new", reset_less=True)
+    use = Signal(words, name=f"{name}_use")
+    write = Signal(name=f"{name}_write")
+    wbank = Signal(name=f"{name}_wbank")
+    new_next = Signal(words, name=f"{name}_new_next")
+    m.d.comb += [
+        use.eq(Mux(swap, new, cur)),
+        write.eq(en & (addr < words)),
+        wbank.eq(~use.bit_select(addr, 1)),
+        new_next.eq(new),
+    ]
+    with m.If(write):
+        m.d.comb += new_next.bit_select(addr, 1).eq(wbank)
+    m.d.sync += new.eq(new_next)
+    with m.If(swap):
+        m.d.sync += cur.eq(new)
+    return use, write, wbank
 
 
 class WindowConvEngine(wiring.Component):
     """'Valid' KxK convolution of a raster pixel stream: a whole window for ``lanes`` filters
     per cycle.
 
-    Same ports, word formats and output order as :class:`~cnnforge.hw.conv.ConvEngine`, so the
-    accelerator can take either; this one spends ``lanes * taps`` multipliers
-    (``taps = K*K*in_channels``) to finish a filter group in one cycle instead of ``taps``.
+    Same ports, word formats, write-port semantics and output order as
+    :class:`~cnnforge.hw.conv.ConvEngine`, so the accelerator can take either; this one spends
+    ``lanes * taps`` multipliers (``taps = K*K*in_channels``, a
+    ``MACArray(lanes, taps, a_signed=False, acc_width=Widths(config).conv_acc)``) to finish a
+    filter group in one cycle instead of ``taps``.
 
-    ``K-1`` line buffers (block RAM, ``input_size`` words of ``in_channels`` bytes) hold the
-    rows above the current one. Every accepted pixel reads its column from them (addressed one
-    pixel ahead, so the read costs no cycle), shifts the column into the live KxK window
-    register and rotates the column back into the line buffers. A pixel that completes a window
-    (``x, y >= K-1``) copies the window into a pending register, and from there into the issue
-    register, from which the ``filters // lanes`` groups are issued on consecutive cycles to a
-    ``MACArray(lanes, taps)``. The input runs up to one window ahead of the issue, so the
-    pixels that complete no window (row starts, the first rows) cost no issue cycles. Biases
-    are added as results leave the array, on their way into the output FIFO; a group is issued
-    only with a FIFO place reserved (credit counting).
+    Datapath
+    --------
+    ``K-1`` line buffers (``amaranth.lib.memory.Memory``, ``input_size`` words of
+    ``in_channels`` bytes: block RAM) hold the rows above the current one. Every accepted pixel
+    reads its column from them (the read port is addressed one pixel ahead, so the read costs no
+    cycle), shifts the column into the live KxK window register and writes the column, moved up
+    by one row, back into the line buffers. A pixel that completes a window (``x, y >= K-1``)
+    pushes the window (bytes in the golden tap order ``(ky, kx, c)``, plus an "image's first
+    window" flag) into a window FIFO of :attr:`window_fifo_depth` entries. The window at the
+    FIFO head is issued to the MAC array ``filters // lanes`` times, one filter group per cycle
+    (group ``g``: the weights of filters ``g*lanes ..``), then popped. The FIFO lets the input
+    run ahead of the array by the pixels that complete no window (an image's first ``K-1`` rows
+    and ``K-1`` pixels, the ``K-1`` pixels starting each row), so that back-to-back images keep
+    the array busy.
 
-    Weight and bias writes (the ConvEngine formats, see :func:`~cnnforge.hw.conv.weight_words`
-    and :func:`~cnnforge.hw.conv.bias_words`) take effect in the next cycle: write between
-    images for a coherent result.
+    Weights live in ``taps`` memories (one per tap, ``2 * groups`` words of ``lanes`` int8: two
+    banks), all read in the issue cycle. Biases live in ``chunks`` memories (two banks of
+    ``groups`` words of ``per`` biases) and are read as the group's sums leave the array; sums
+    plus biases go into an output FIFO of :attr:`fifo_depth` entries. The MAC pipeline cannot
+    stall: a group is issued only with a place in the output FIFO reserved for its result
+    (credit counting; no combinational path from ``o.ready`` to the issue logic or ``i.ready``).
+
+    Weight and bias write ports
+    ---------------------------
+    The ConvEngine word formats (:func:`weight_words` and :func:`bias_words` are
+    :mod:`cnnforge.hw.conv`'s), so the accelerator's model write port serves both engines:
+    weight address ``g * taps + t`` holds, in lane ``l``, the weight of filter ``g * lanes + l``
+    at tap ``t = (ky * K + kx) * in_channels + c``; bias address ``g * chunks + j``, element
+    ``e`` holds the bias of filter ``g * lanes + j * per + e``, ``(chunks, per) =``
+    :attr:`bias_word_shape`. A write is one cycle with ``w_en`` (``b_en``); out-of-range
+    addresses are ignored. As in ConvEngine every word is double-banked (per-word bank bits)
+    and the banks switch when an image's first window is issued: a write takes effect from the
+    first image whose first group is issued after the write cycle. So everything written
+    before an image's first pixel is accepted applies to it, and nothing written after the
+    last pixel of image ``n`` was accepted affects image ``n`` (for
+    ``conv_size**2 > window_fifo_depth + 1``: image ``n`` has started issuing by then). Bias
+    writes travel ``MACArray.LATENCY`` cycles of delay, in step with the bias reads (a group's
+    biases are read ``LATENCY`` cycles after its weights). A reset does not undo writes.
 
     Latency
     -------
-    With an idle engine, the first group of a window is offered on ``o``
-    ``MACArray.LATENCY + 4`` cycles after the pixel completing the window was accepted.
+    With an idle engine, the first beat of a window is offered on ``o`` :attr:`LATENCY`
+    (``MACArray.LATENCY + 5`` = 8) cycles after the pixel completing the window was accepted
+    (window FIFO 2, weight read 1, MAC array 3, output FIFO 2); the window's other groups
+    follow in the next cycles.
 
     Throughput
     ----------
     One filter group (``lanes * taps`` multiply-accumulates) per cycle while windows are
-    available and one pixel per cycle. Back to back, an image takes :attr:`cycles_per_image`
-    cycles: the ``conv_size**2 * filters // lanes`` issue cycles, plus the part of the next
-    image's first ``K-1`` rows (``(K-1) * (input_size + 1)`` pixels that complete no window)
-    that the one pending window cannot hide; or one cycle per pixel if that is more. The
-    reference network at 16 lanes: 1,352 issue cycles + 56 = 1,408 cycles per image.
+    available; at most one pixel per cycle. Back to back (input every cycle, output never
+    stalled) an image takes :attr:`cycles_per_image` =
+    ``max(input_size**2, conv_size**2 * filters // lanes)`` cycles, no idle cycle between
+    images: the window FIFO is deep enough that the next image's fill is taken while the last
+    windows of the current one are computed. When the array is the bottleneck a run of ``N``
+    images, first pixel to last output beat, takes ``N * cycles_per_image + (K-1) * input_size
+    + K + LATENCY`` cycles (the first image's fill, the last window's latency); when the pixels
+    are, ``N * input_size**2`` plus the windows still queued at the last pixel (up to
+    ``window_fifo_depth * groups`` cycles) plus ``LATENCY``. The reference network (28x28, 32
+    filters of 3x3): at 16 lanes (144 multipliers) 1,352 cycles per image (measured in the
+    stream harness: 5,475 cycles for 4 MNIST images back to back = 4 * 1,352 + 58 + 9); at 8
+    lanes (72) 2,704 (5,475 for 2 images); at 32 lanes (288) the pixels limit it to 784 (676
+    issue cycles).
 
-    Parameters, members
-    -------------------
-    As :class:`~cnnforge.hw.conv.ConvEngine` (``target`` selects the MAC array variant).
+    Resources
+    ---------
+    ``lanes * taps`` multipliers (one MULT18X18D each on ECP5), ``lanes`` adder trees of
+    ``taps`` products. Memories: ``K-1`` line buffers of ``input_size x 8*in_channels`` bits,
+    the window FIFO (``window_fifo_depth - 1`` words of ``8*taps + 1`` bits; reference at 16
+    lanes: 31 x 73), ``taps`` weight memories of ``2*groups x 8*lanes`` bits, ``chunks`` bias
+    memories of ``2*groups x per*conv_bias`` bits, the output FIFO (``fifo_depth - 1`` words of
+    ``lanes * conv_acc`` bits). Registers: the KxK window and the FIFOs' output registers,
+    one issue window (``8*taps``), ``2*groups*(taps + chunks)`` bank bits, the bias write
+    delay line.
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        The network; ``input_size``, ``in_channels``, ``kernel`` and ``filters`` are used.
+    lanes : int
+        Filters computed in parallel; must divide ``config.filters``.
+    conv_w : numpy array ``(F, K, K, Cin)`` of int8
+        Initial weights (both banks).
+    conv_b : numpy array ``(F,)`` of integers within ``Widths(config).conv_bias_max``
+        Initial biases (both banks).
+    target : str
+        MAC array target, one of ``MACArray.TARGETS``, as ConvEngine: ``"generic"`` (plain
+        products: one MULT18X18D each on ECP5) or ``"ice40"`` (two 8x8 products per SB_MAC16).
+
+    Members
+    -------
+    i : ``In(stream.Signature(data.ArrayLayout(unsigned(8), in_channels)))``
+        Pixels, raster order, images back to back.
+    o : ``Out(stream.Signature(data.ArrayLayout(signed(Widths(config).conv_acc), lanes)))``
+        For every output position (raster order) ``filters // lanes`` beats; beat ``g``
+        carries the accumulators (bias included) of filters ``g*lanes .. g*lanes + lanes-1``.
+    w_en : ``In(1)``, w_addr : ``In(unsigned(max(1, ceil_log2(filters // lanes * taps))))``,
+    w_data : ``In(data.ArrayLayout(signed(8), lanes))``
+        Weight write port.
+    b_en : ``In(1)``, b_addr : ``In(unsigned(max(1, ceil_log2(filters // lanes * chunks))))``,
+    b_data : ``In(data.ArrayLayout(signed(Widths(config).conv_bias), per))``
+        Bias write port.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`NetworkConfig` or ``lanes`` is not an integer.
+    ValueError
+        If ``lanes`` does not divide the filters, the weight/bias arrays have the wrong shape
+        or out-of-range values, or ``target`` is unknown.
     """
+
+    #: Cycles from accepting the pixel that completes a window to its first beat on ``o``
+    #: (idle engine).
+    LATENCY = MACArray.LATENCY + 5
 
     def __init__(self, config, *, lanes, conv_w, conv_b, target="generic"):
         if not isinstance(config, NetworkConfig):
@@ -70,9 +192,21 @@ class WindowConvEngine(wiring.Component):
         self._groups = config.filters // lanes
         self._taps = config.taps
         self._b_chunks, self._b_per = _bias_shape(lanes, self._taps)
-        # Issue to FIFO: 1 (weight read) + LATENCY cycles, and the FIFO's own two; margin for
-        # a consumer that holds a beat.
+        # Output FIFO: a group's place is reserved at issue and freed when its beat leaves;
+        # issue -> FIFO write is 1 + LATENCY cycles, FIFO write -> offered 2, and one to see
+        # the credit come back: 7 cycles of round trip, 8 places keep the array busy.
         self._fifo_depth = MACArray.LATENCY + 5
+        # Window FIFO: at an image boundary the input takes the next image's fill
+        # ((K-1)*N + K pixels, one per cycle) while the array works through the buffered
+        # windows (`groups` cycles each), plus the FIFO's own 2-cycle latency (32 windows for
+        # the reference network at 16 lanes, found enough in simulation). With one group
+        # per window the array keeps up with the pixels and a short FIFO does.
+        n, k = config.input_size, config.kernel
+        fill = (k - 1) * n + k
+        if self._groups == 1:
+            self._wfifo_depth = 4
+        else:
+            self._wfifo_depth = max(4, -(-(fill + 2) // self._groups) + 1)
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(8), config.in_channels))),
             "o": Out(stream.Signature(data.ArrayLayout(signed(widths.conv_acc), lanes))),
@@ -84,59 +218,91 @@ class WindowConvEngine(wiring.Component):
             "b_data": In(data.ArrayLayout(signed(widths.conv_bias), self._b_per)),
         })
 
+    # -- derived numbers, for tests and reports ---------------------------------------------------
+
     @property
     def config(self):
         return self._config
 
     @property
+    def lanes(self):
+        return self._lanes
+
+    @property
+    def target(self):
+        return self._target
+
+    @property
     def groups(self):
+        """Filter groups (output beats, issue cycles) per output position."""
         return self._groups
 
     @property
     def bias_word_shape(self):
+        """``(chunks, per)``: bias words per filter group, biases per word (as ConvEngine)."""
         return self._b_chunks, self._b_per
 
     @property
     def multipliers(self):
+        """int8 multipliers of the MAC array: ``lanes * taps``."""
         return self._lanes * self._taps
+
+    @property
+    def fifo_depth(self):
+        """Output FIFO entries (credits)."""
+        return self._fifo_depth
+
+    @property
+    def window_fifo_depth(self):
+        """Windows the input may run ahead of the issue (window FIFO entries)."""
+        return self._wfifo_depth
+
+    @property
+    def cycles_per_position(self):
+        """Issue cycles per output position: ``filters // lanes``."""
+        return self._groups
 
     @property
     def cycles_per_image(self):
         """Sustained cycles per image, back to back (see Throughput)."""
         cfg = self._config
-        fill = (cfg.kernel - 1) * (cfg.input_size + 1)
-        return max(cfg.conv_size ** 2 * self._groups + max(0, fill - self._groups),
-                   cfg.input_size ** 2)
+        return max(cfg.conv_size ** 2 * self._groups, cfg.input_size ** 2)
+
+    # -- hardware ---------------------------------------------------------------------------------
 
     def elaborate(self, platform):
         m = Module()
         cfg, widths = self._config, self._widths
         k, n, cin = cfg.kernel, cfg.input_size, cfg.in_channels
         lanes, groups, taps = self._lanes, self._groups, self._taps
+        chunks, per = self._b_chunks, self._b_per
+        bias_w, acc_w = widths.conv_bias, widths.conv_acc
         pixel = data.ArrayLayout(unsigned(8), cin)
 
         # --- Input position and line buffers. -------------------------------------------------
-        x = Signal(range(max(2, n)))
-        y = Signal(range(max(2, n)))
+        x = Signal(_index(n))
+        y = Signal(_index(n))
         x_next = Signal.like(x)
         m.d.comb += x_next.eq(Mux(x == n - 1, 0, x + 1))
         accept = Signal()
         completes = Signal()       # the pixel at (x, y) completes a window
-        m.d.comb += completes.eq((x >= k - 1) & (y >= k - 1))
+        first = Signal()           # ... the image's first window
+        m.d.comb += [completes.eq(((x >= k - 1) & (y >= k - 1)) if k > 1 else 1),
+                     first.eq((x == k - 1) & (y == k - 1))]
 
-        # lines[j] holds row y-(K-1)+j at column x (j = 0 the oldest).
-        lines = []
+        # Line buffer j holds row y-(K-1)+j at column x (j = 0 the oldest).
         column = []                # pixels of column x, top (row y-K+1) to bottom (row y)
+        ports = []
         for j in range(k - 1):
-            mem = Memory(shape=pixel, depth=n, init=[], attrs={"no_rw_check": 1})
+            mem = Memory(shape=pixel, depth=n, init=[], attrs=_NO_RW_CHECK)
             m.submodules[f"line{j}"] = mem
             rd, wr = mem.read_port(), mem.write_port()
             # Read one pixel ahead: on an accept the port takes the next column.
             m.d.comb += rd.addr.eq(Mux(accept, x_next, x))
-            lines.append((rd, wr))
+            ports.append(wr)
             column.append(rd.data)
         column.append(self.i.payload)
-        for j, (rd, wr) in enumerate(lines):
+        for j, wr in enumerate(ports):
             m.d.comb += [wr.addr.eq(x), wr.data.eq(column[j + 1]), wr.en.eq(accept)]
 
         # Live window: window[r][c], r = ky, c = kx; the new column enters at c = K-1.
@@ -152,90 +318,112 @@ class WindowConvEngine(wiring.Component):
             with m.If(x == n - 1):
                 m.d.sync += y.eq(Mux(y == n - 1, 0, y + 1))
 
-        # --- Issue: windows wait in a one-window pending register, so the input runs a window
-        # ahead and the pixels that complete no window hide behind issue cycles. Taps in the
-        # golden order (ky, kx, c): byte t of the MAC operand.
-        window_shape = data.ArrayLayout(unsigned(8), taps)
-        pending = Signal(window_shape, reset_less=True)
-        pending_valid = Signal()
-        issue_window = Signal(window_shape, reset_less=True)
-        busy = Signal()
-        group = Signal(range(max(2, groups)))
-        credit = Signal(range(self._fifo_depth + 1))
-        issue = Signal()
-        last_issue = Signal()
-        move = Signal()            # pending -> issue register
+        # --- Window FIFO: taps bytes in the golden order (ky, kx, c), then the first flag. -----
+        m.submodules.windows = wfifo = SyncFIFOBuffered(width=8 * taps + 1,
+                                                         depth=self._wfifo_depth)
         m.d.comb += [
-            issue.eq(busy & (credit < self._fifo_depth)),
-            last_issue.eq(issue & (group == groups - 1)),
-            move.eq(pending_valid & (~busy | last_issue)),
-            self.i.ready.eq(~completes | ~pending_valid | move),
+            wfifo.w_data.eq(Cat(*(shifted[r][c] for r in range(k) for c in range(k)), first)),
+            wfifo.w_en.eq(accept & completes),
+            self.i.ready.eq(~completes | wfifo.w_rdy),
             accept.eq(self.i.valid & self.i.ready),
         ]
-        with m.If(accept & completes):
-            m.d.sync += [pending_valid.eq(1),
-                         pending.eq(Cat(*(shifted[r][c] for r in range(k) for c in range(k))))]
-        with m.Elif(move):
-            m.d.sync += pending_valid.eq(0)
-        with m.If(move):
-            m.d.sync += [busy.eq(1), group.eq(0), issue_window.eq(pending)]
-        with m.Elif(last_issue):
-            m.d.sync += busy.eq(0)
-        with m.Elif(issue):
-            m.d.sync += group.eq(group + 1)
+        head = wfifo.r_data[:8 * taps]
+        head_first = wfifo.r_data[8 * taps]
 
-        # Weights: one memory per tap, word g = the lanes' weights of group g at that tap.
-        words = weight_words(cfg, lanes, self._conv_w)
+        # --- Issue (cycle 0): group g of the head window, a place in the output FIFO reserved.
+        group = Signal(_index(groups))
+        credit = Signal(range(self._fifo_depth + 1))
+        issue = Signal()
+        last_group = Signal()
+        swap = Signal()            # an image's first issue: the weight/bias banks switch
+        m.d.comb += [
+            issue.eq(wfifo.r_rdy & (credit < self._fifo_depth)),
+            last_group.eq(group == groups - 1),
+            wfifo.r_en.eq(issue & last_group),
+            swap.eq(issue & (group == 0) & head_first),
+        ]
+        with m.If(issue):
+            m.d.sync += group.eq(Mux(last_group, 0, group + 1))
+        xfer = Signal()
+        m.d.comb += xfer.eq(self.o.valid & self.o.ready)
+        m.d.sync += credit.eq(credit + issue - xfer)
+
+        # Weights: memory t holds, at (bank, g), the lanes' weights of group g at tap t.
+        w_words = weight_words(cfg, lanes, self._conv_w)
+        w_use, w_write, w_wbank = _banked(m, "w", groups * taps, self.w_en, self.w_addr, swap)
+        w_group, w_tap = self.w_addr // taps, self.w_addr % taps
         w_rows = []
         for t in range(taps):
-            mem = Memory(shape=data.ArrayLayout(signed(8), lanes), depth=groups,
-                         init=[[int(v) for v in words[g * taps + t]] for g in range(groups)])
+            init = [w_words[g * taps + t] for g in range(groups)]
+            mem = Memory(shape=data.ArrayLayout(signed(8), lanes), depth=2 * groups,
+                         init=init + init, attrs=_NO_RW_CHECK)
             m.submodules[f"weights{t}"] = mem
             rd, wr = mem.read_port(), mem.write_port()
+            bank = Cat(*(w_use[g * taps + t] for g in range(groups))).bit_select(group, 1)
             m.d.comb += [
-                rd.addr.eq(group),
-                wr.addr.eq(self.w_addr // taps), wr.data.eq(self.w_data),
-                wr.en.eq(self.w_en & (self.w_addr % taps == t)),
+                rd.addr.eq(Mux(bank, groups, 0) + group),
+                wr.addr.eq(Mux(w_wbank, groups, 0) + w_group),
+                wr.data.eq(self.w_data),
+                wr.en.eq(w_write & (w_tap == t)),
             ]
             w_rows.append(rd.data)
 
-        # Stage 1 (weights read): present the group to the array.
+        # --- Cycle 1: weights read; the group enters the MAC array (sums valid in cycle 4). --
         valid1 = Signal()
-        window1 = Signal.like(issue_window, reset_less=True)
-        m.d.sync += [valid1.eq(issue), window1.eq(issue_window)]
+        window1 = Signal(8 * taps, reset_less=True)
+        m.d.sync += [valid1.eq(issue), window1.eq(head)]
         m.submodules.mac = mac = MACArray(lanes=lanes, taps=taps, a_signed=False,
-                                          acc_width=widths.conv_acc, target=self._target)
+                                          acc_width=acc_w, target=self._target)
         m.d.comb += [mac.i_valid.eq(valid1), mac.i_first.eq(1), mac.i_last.eq(1),
                      mac.a.eq(window1)]
         for lane in range(lanes):
             for t in range(taps):
                 m.d.comb += mac.b[lane][t].eq(w_rows[t][lane])
 
-        # --- Biases (registers, the ConvEngine word format) and the output FIFO. -------------
-        chunks, per = self._b_chunks, self._b_per
-        bias = Array(Array(Signal(signed(widths.conv_bias), name=f"bias_{g}_{l}",
-                                  init=int(self._conv_b[g * lanes + l]))
-                           for l in range(lanes)) for g in range(groups))
-        with m.If(self.b_en):
-            for g in range(groups):
-                for j in range(chunks):
-                    with m.If(self.b_addr == g * chunks + j):
-                        for e in range(per):
-                            if j * per + e < lanes:
-                                m.d.sync += bias[g][j * per + e].eq(self.b_data[e])
+        # --- Biases: the whole bank machinery runs MACArray.LATENCY cycles behind the issue
+        # (group, swap and the write port delayed alike), so a group's biases are read in
+        # cycle LATENCY, arrive with its sums, and come from the bank its weights came from.
+        b_group, b_swap = group, swap
+        b_en, b_addr, b_data = self.b_en, self.b_addr, self.b_data
+        for d in range(1, MACArray.LATENCY + 1):
+            nxt = (Signal.like(b_group, name=f"b_group_{d}", reset_less=True),
+                   Signal(name=f"b_swap_{d}", reset_less=True),
+                   Signal(name=f"b_en_{d}", reset_less=True),
+                   Signal.like(self.b_addr, name=f"b_addr_{d}", reset_less=True),
+                   Signal.like(self.b_data, name=f"b_data_{d}", reset_less=True))
+            m.d.sync += [nxt[0].eq(b_group), nxt[1].eq(b_swap), nxt[2].eq(b_en),
+                         nxt[3].eq(b_addr), nxt[4].eq(b_data)]
+            b_group, b_swap, b_en, b_addr, b_data = nxt
+        b_use, b_write, b_wbank = _banked(m, "b", groups * chunks, b_en, b_addr, b_swap)
+        jbits = ceil_log2(chunks)
+        b_wgroup = b_addr[jbits:]
+        b_words = bias_words(cfg, lanes, self._conv_b)
+        b_rows = []
+        for j in range(chunks):
+            init = [b_words[g * chunks + j] for g in range(groups)]
+            mem = Memory(shape=data.ArrayLayout(signed(bias_w), per), depth=2 * groups,
+                         init=init + init, attrs=_NO_RW_CHECK)
+            m.submodules[f"biases{j}"] = mem
+            rd, wr = mem.read_port(), mem.write_port()
+            bank = Cat(*(b_use[g * chunks + j] for g in range(groups))).bit_select(b_group, 1)
+            m.d.comb += [
+                rd.addr.eq(Mux(bank, groups, 0) + b_group),
+                wr.addr.eq(Mux(b_wbank, groups, 0) + b_wgroup),
+                wr.data.eq(b_data),
+                wr.en.eq(b_write & ((b_addr[:jbits] == j) if jbits else 1)),
+            ]
+            b_rows.append(rd.data)
 
-        out_group = Signal(range(max(2, groups)))
-        with m.If(mac.o_valid):
-            m.d.sync += out_group.eq(Mux(out_group == groups - 1, 0, out_group + 1))
-        out_shape = data.ArrayLayout(signed(widths.conv_acc), lanes)
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=out_shape.size, depth=self._fifo_depth)
+        # --- Output FIFO. ----------------------------------------------------------------------
+        out_shape = data.ArrayLayout(signed(acc_w), lanes)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=out_shape.size,
+                                                    depth=self._fifo_depth)
         result = Signal(out_shape)
         for lane in range(lanes):
-            m.d.comb += result[lane].eq(mac.acc[lane] + bias[out_group][lane])
+            m.d.comb += result[lane].eq(mac.acc[lane] + b_rows[lane // per][lane % per])
         m.d.comb += [
             fifo.w_data.eq(result), fifo.w_en.eq(mac.o_valid),
             self.o.payload.eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy),
             fifo.r_en.eq(self.o.ready),
         ]
-        m.d.sync += credit.eq(credit + issue - (self.o.valid & self.o.ready))
         return m

@@ -8,8 +8,6 @@ import pytest
 
 from cnnforge.errors import ModelError
 from cnnforge.hw.conv import ConvEngine, bias_words, weight_words
-from cnnforge.hw.conv_window import WindowConvEngine
-from cnnforge.hw.mac import MACArray
 from cnnforge.hw.util import pack_fields as pack
 from cnnforge.hw.params import NetworkConfig, Widths
 from cnnforge.sim import golden
@@ -67,14 +65,11 @@ def sustained_bound(engine, images):
     """No-stall cycles the engine may take for ``images`` back-to-back images."""
     cfg = engine.config
     fill = (cfg.kernel - 1) * cfg.input_size + cfg.kernel
-    if isinstance(engine, WindowConvEngine):
-        return images * engine.cycles_per_image + fill + MACArray.LATENCY + 8
     latency = cfg.taps + 8
     return images * engine.cycles_per_image + fill + latency
 
 
-def check_stream(name, config, lanes, conv_w, conv_b, images, *, acc=None, stalls=STALL_SWEEP,
-                 engine_class=ConvEngine):
+def check_stream(name, config, lanes, conv_w, conv_b, images, *, acc=None, stalls=STALL_SWEEP):
     """Stream ``images`` through a ConvEngine in the harness; every word against ``acc``
     (default: golden ``conv_acc``); the no-stall run within the sustained-throughput bound."""
     images = np.asarray(images)
@@ -84,7 +79,7 @@ def check_stream(name, config, lanes, conv_w, conv_b, images, *, acc=None, stall
     built = []
 
     def factory():
-        built.append(engine_class(config, lanes=lanes, conv_w=conv_w, conv_b=conv_b))
+        built.append(ConvEngine(config, lanes=lanes, conv_w=conv_w, conv_b=conv_b))
         return built[-1]
 
     result = run_stream_test(name, factory, inputs=pixel_words(images), expected=expected,
@@ -287,79 +282,3 @@ def test_reference_throughput(lanes):
                              random_images(REFERENCE, rng, 2),
                              stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:])
     assert engine.cycles_per_position * REFERENCE.conv_size ** 2 == 12_168 * 16 // lanes
-
-
-# -- the tap-parallel engine: same formats, same order, one group per cycle ----------------------
-
-WINDOW_CASES = [
-    ("k3_l2", NetworkConfig(input_size=8, in_channels=1, filters=4, kernel=3, pool=2, classes=2),
-     2, 8),
-    ("k5_c2_l4", NetworkConfig(input_size=9, in_channels=2, filters=8, kernel=5, pool=5,
-                               classes=2), 4, 4),
-    # one group per position: the pixel rate is the limit
-    ("k3_l4_g1", NetworkConfig(input_size=8, in_channels=1, filters=4, kernel=3, pool=2,
-                               classes=2), 4, 4),
-    ("k1_c2_l1", NetworkConfig(input_size=6, in_channels=2, filters=4, kernel=1, pool=2,
-                               classes=2), 1, 3),
-]
-
-
-@pytest.mark.parametrize("name, config, lanes, count", WINDOW_CASES,
-                         ids=[c[0] for c in WINDOW_CASES])
-def test_window_random_back_to_back(name, config, lanes, count):
-    rng = np.random.default_rng(sum(map(ord, name)) + 1)
-    w, b = random_weights(config, rng)
-    images = random_images(config, rng, count)
-    images[0] = 255
-    check_stream(f"convw_{name}", config, lanes, w, b, images, engine_class=WindowConvEngine)
-
-
-def test_window_extremes():
-    cfg = NetworkConfig(input_size=6, in_channels=2, filters=4, kernel=5, pool=2, classes=2)
-    bmax = Widths(cfg).conv_bias_max
-    w = np.empty((4, 5, 5, 2), np.int8)
-    w[0], w[1], w[2], w[3] = -128, 127, -128, 127
-    b = np.array([-bmax, bmax, bmax, -bmax], np.int32)
-    images = np.concatenate([np.full((2, 6, 6, 2), 255, np.uint8),
-                             np.zeros((1, 6, 6, 2), np.uint8)])
-    check_stream("convw_extremes", cfg, 2, w, b, images, engine_class=WindowConvEngine)
-
-
-def test_window_write_port():
-    """Weights and biases rewritten between images (after the previous image's results) apply
-    to the next image; the word formats are the ConvEngine's."""
-    cfg = NetworkConfig(input_size=8, in_channels=1, filters=4, kernel=3, pool=2, classes=2)
-    lanes, wb = 2, Widths(cfg).conv_bias
-    rng = np.random.default_rng(12)
-    w0, b0 = random_weights(cfg, rng)
-    w1, b1 = random_weights(cfg, rng)
-    images = random_images(cfg, rng, 2)
-    beat = PortLoader.beat
-
-    def model(w, b):
-        return ([beat(1, a, pack(v, 8)) for a, v in enumerate(weight_words(cfg, lanes, w))]
-                + [beat(2, a, pack(v, wb)) for a, v in enumerate(bias_words(cfg, lanes, b))])
-
-    idle = [beat(3, 0, 0)] * 64
-    inputs = (model(w1, b1) + [beat(0, 0, v) for v in pixel_words(images[:1])] + idle
-              + model(w0, b0) + [beat(0, 0, v) for v in pixel_words(images[1:])])
-    expected = (output_words(golden.conv_acc(conv_model(cfg, w1, b1), images[:1]), lanes, cfg)
-                + output_words(golden.conv_acc(conv_model(cfg, w0, b0), images[1:]), lanes,
-                               cfg))
-    result = run_stream_test(
-        "convw_write_port",
-        lambda: PortLoader(WindowConvEngine(cfg, lanes=lanes, conv_w=w0, conv_b=b0)),
-        inputs=inputs, expected=expected, stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:])
-    result.assert_ok()
-
-
-def test_window_mnist_reference_lanes16():
-    """MNIST through the committed model at 16 lanes (144 multipliers): word for word, and
-    back-to-back images at 1,408 cycles per image (1,352 of them issue cycles)."""
-    model = _reference_model()
-    images = _mnist_test_images(4)
-    acc = golden.infer_int(model, images).conv_acc
-    _, engine = check_stream("convw_mnist_l16", model.config, 16, model.conv_w, model.conv_b,
-                             images, acc=acc, stalls=STALL_SWEEP[:1] + STALL_SWEEP[-2:],
-                             engine_class=WindowConvEngine)
-    assert engine.cycles_per_image == 1_408 and engine.multipliers == 144
