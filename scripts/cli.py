@@ -67,7 +67,8 @@ def cmd_train_fixed(args):
 
 def cmd_bitstream(args):
     from .boards import build
-    build.build(args.board, args.out)
+    par = build.parse_parallelism(args.parallelism, args.board) if args.parallelism else None
+    build.build(args.board, args.out, parallelism=par)
 
 
 def cmd_program(args):
@@ -96,13 +97,18 @@ def cmd_classify(args):
             names.append(f"MNIST test #{index} (label {test_y[index]})")
     if not images:
         raise CnnforgeError("nothing to classify: give image files or --mnist-index N")
+    preset = get_board(args.board).preset
     if args.sim:
-        _, results = host.simulate(images, model, get_board(args.board).preset)
+        target = "generic" if args.sim_datapath == "generic" else None
+        _, results = host.simulate(images, args.model, preset, target=target)
         where = "simulated board"
     else:
         if not args.port:
             raise CnnforgeError("give --port (the board's serial port) or --sim")
-        results = [host.classify(args.port, image, baud=args.baud) for image in images]
+        from .hw.accel import PRESETS
+        # The model is uploaded first when the board has none (iCE40: SPRAM starts empty).
+        results = host.classify(args.port, images, baud=args.baud, model=model,
+                                parallelism=PRESETS[preset])
         where = args.port
     for name, r in zip(names, results):
         probs = " ".join(f"{p / 32768:.3f}" for p in r.probs)
@@ -179,6 +185,9 @@ def build_parser():
     p = sub.add_parser("bitstream", help="synthesize, place and route a board build, with report")
     p.add_argument("--board", default="icebreaker", help="icebreaker, ulx3s or orangecrab")
     p.add_argument("--out", default="build", help="output folder (the build goes to OUT/BOARD)")
+    p.add_argument("--parallelism", default=None,
+                   help="override fields of the board's preset, e.g. "
+                        "conv_lanes=4,requant_parallel=1,dense_mults=4")
     p.set_defaults(func=cmd_bitstream)
 
     p = sub.add_parser("program", help="load the board's bitstream (iceprog / openFPGALoader)")
@@ -195,6 +204,9 @@ def build_parser():
     p.add_argument("--board", default="icebreaker", help="board (its preset, for --sim)")
     p.add_argument("--sim", action="store_true",
                    help="run the protocol against the board core in RTL simulation")
+    p.add_argument("--sim-datapath", choices=("generic", "board"), default="generic",
+                   help="--sim with the portable datapath, or the board's (vendor primitives "
+                        "through Yosys's cell models; slower)")
     p.add_argument("--model", default=None, help="model file (default: the committed one)")
     p.set_defaults(func=cmd_classify)
 

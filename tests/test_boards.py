@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cnnforge.boards.build import TimingError, build, link_images_per_second, tool_env
+from cnnforge.boards.build import (TimingError, build, estimate_cycles, ice40_dsps,
+                                   link_images_per_second, parse_parallelism, tool_env)
 from cnnforge.boards.top import (BOARDS, BoardTop, ecp5_pll_params, get_board,
                                  ice40_pll_params)
 from cnnforge.errors import CnnforgeError, ToolError
@@ -73,6 +74,22 @@ def test_pll_settings():
 def test_link_bound_rate():
     # 790 + 6 + 6 + 67 bytes per image, 10 bits each, at 3 Mbaud.
     assert round(link_images_per_second(NetworkConfig(), 3_000_000)) == 345
+
+
+def test_parallelism_override_and_estimates():
+    par = parse_parallelism("conv_lanes=4, requant_parallel=1,dense_mults=4", "icebreaker")
+    assert par.to_dict() == {"conv_lanes": 4, "conv_window": False, "requant_parallel": 1,
+                             "dense_mults": 4, "target": "ice40"}
+    # 676 positions x 9 taps x 8 filter groups + the bank switch; requant 21,632; dense 13,520.
+    assert estimate_cycles(NetworkConfig(), par) == 48_675
+    assert ice40_dsps(par) == {"conv": 2, "requant": 2, "dense": 4, "total": 8}
+    assert estimate_cycles(NetworkConfig(), parse_parallelism("", "icebreaker")) == 12_171
+    with pytest.raises(CnnforgeError, match="--parallelism: 'lanes=2' is not one of conv_lanes"):
+        parse_parallelism("lanes=2", "icebreaker")
+    with pytest.raises(CnnforgeError, match="--parallelism: conv_lanes must be an integer"):
+        parse_parallelism("conv_lanes=x", "icebreaker")
+    with pytest.raises(CnnforgeError, match="unknown board 'de0'"):
+        parse_parallelism("", "de0")
 
 
 BITSTREAMS = {"icebreaker": "top.bin", "ulx3s": "top.bit"}

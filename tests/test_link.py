@@ -96,8 +96,11 @@ def check_board_scenario(out, images, fault_images, check):
     """Assertions shared with tests/test_board_top.py: ``check(result, image, where)``."""
     job = out["result"]
     assert out["framing_errors"] == 0
-    assert job["info"] == {"version": PROTOCOL_VERSION, "input_size": CONFIG.input_size,
-                           "in_channels": CONFIG.in_channels, "classes": CONFIG.classes}
+    info = job["info"]
+    assert {k: info[k] for k in ("version", "input_size", "in_channels", "classes")} == \
+        {"version": PROTOCOL_VERSION, "input_size": CONFIG.input_size,
+         "in_channels": CONFIG.in_channels, "classes": CONFIG.classes}
+    assert info["model_loaded"]
     assert len(job["images"]) == len(images)
     for n, (got, image) in enumerate(zip(job["images"], images)):
         check(got, image, f"image {n}")
@@ -119,11 +122,27 @@ def check_board_scenario(out, images, fault_images, check):
     nak(f["unknown_command"]["reply"], Error.UNKNOWN_COMMAND, 0x42)
     nak(f["bad_length"]["reply"], Error.BAD_LENGTH, Command.PING.value)
     nak(f["oversized_length"]["reply"], Error.BAD_LENGTH, Command.PING.value)
-    nak(f["write_weights"]["reply"], Error.UNSUPPORTED, Command.WRITE_WEIGHTS.value)
     nak(f["read_weights"]["reply"], Error.UNSUPPORTED, Command.READ_WEIGHTS.value)
-    for name in ("flipped_length", "truncated", "garbage", "unknown_command", "bad_length",
-                 "oversized_length", "write_weights", "read_weights"):
-        assert f[name]["after"] == job["info"], name
+    pinged = ["flipped_length", "truncated", "garbage", "unknown_command", "bad_length",
+              "oversized_length", "read_weights"]
+    if not info["writable"]:
+        assert info["word_bytes"] == 0
+        nak(f["write_weights"]["reply"], Error.UNSUPPORTED, Command.WRITE_WEIGHTS.value)
+        pinged.append("write_weights")
+    elif "weights_bad_crc" in f:
+        nak(f["weights_bad_crc"]["reply"], Error.BAD_CRC, Command.WRITE_WEIGHTS.value)
+        nak(f["weights_bad_crc"]["classify"], Error.NO_IMAGE, Command.CLASSIFY.value)
+        check(f["weights_bad_crc"]["after"], img_a, "after a weight frame with a bad CRC")
+        nak(f["weights_bad_memory"]["reply"], Error.BAD_MEMORY, Command.WRITE_WEIGHTS.value)
+        nak(f["weights_bad_length"]["reply"], Error.BAD_LENGTH, Command.WRITE_WEIGHTS.value)
+        pinged += ["weights_bad_memory", "weights_bad_length"]
+        busy = f["weights_busy"]
+        assert busy["naks"] == [[Error.BUSY.value, Command.WRITE_WEIGHTS.value]], busy["naks"]
+        assert len(busy["results"]) == 1
+        check(busy["results"][0], img_a, "classify during a WRITE_WEIGHTS")
+        check(busy["after"], img_a, "model and image unchanged by a BUSY WRITE_WEIGHTS")
+    for name in pinged:
+        assert f[name]["after"] == info, name
     nak(f["busy_ping"]["first"], Error.BUSY, Command.PING.value)
     check(f["busy_ping"]["second"], img_a, "classify answered after a BUSY")
     assert f["busy_ping"]["cycles"] > 0

@@ -4,10 +4,13 @@ import struct
 
 import pytest
 
-from cnnforge.boards.protocol import (SYNC, ClassifyResult, Command, Error, Frame, FrameDecoder,
-                                      FrameError, NakError, check_reply, classify_reply_bytes,
-                                      crc16, decode, encode, image_bytes, max_payload,
-                                      parse_ping, ping_payload, request_length_ok)
+from cnnforge.boards.protocol import (SYNC, FLAG_MODEL, FLAG_WRITABLE, LAST, ClassifyResult,
+                                      Command, Error, Frame, FrameDecoder, FrameError,
+                                      NakError, check_reply, classify_reply_bytes, crc16,
+                                      decode, encode, image_bytes, max_payload,
+                                      max_weight_words, parse_ping, ping_payload,
+                                      request_length_ok, weight_frames)
+from cnnforge.hw.accel import ModelMemory
 from cnnforge.hw.params import NetworkConfig
 
 CONFIG = NetworkConfig()
@@ -93,10 +96,14 @@ def test_payload_helpers():
     assert image_bytes(CONFIG) == 784
     assert max_payload(CONFIG) == 1024
     assert classify_reply_bytes(CONFIG) == 61
-    assert parse_ping(ping_payload(CONFIG)) == {"version": 1, "input_size": 28,
-                                                "in_channels": 1, "classes": 10}
+    assert parse_ping(ping_payload(CONFIG, FLAG_MODEL | FLAG_WRITABLE, 16)) == {
+        "version": 2, "input_size": 28, "in_channels": 1, "classes": 10, "model_loaded": True,
+        "writable": True, "word_bytes": 16}
+    assert parse_ping(ping_payload(CONFIG))["model_loaded"] is False
     with pytest.raises(FrameError, match="PING reply of 3 bytes"):
-        parse_ping(b"abc")
+        parse_ping(bytes([2, 0, 0]))
+    with pytest.raises(FrameError, match="the device speaks protocol version 1, this host 2"):
+        parse_ping(bytes([1, 28, 1, 10]))
     r = ClassifyResult(7, list(range(-5, 5)), list(range(100, 110)))
     assert ClassifyResult.from_payload(r.to_payload(), 10) == r
     with pytest.raises(FrameError, match="CLASSIFY reply of 60 bytes"):
@@ -104,5 +111,47 @@ def test_payload_helpers():
     assert request_length_ok(Command.LOAD_IMAGE, 784, CONFIG)
     assert not request_length_ok(Command.LOAD_IMAGE, 783, CONFIG)
     assert not request_length_ok(Command.PING, 1, CONFIG)
-    assert request_length_ok(Command.WRITE_WEIGHTS, 5, CONFIG)
+    assert request_length_ok(Command.WRITE_WEIGHTS, 3 + 16, CONFIG, word_bytes=16)
+    assert request_length_ok(Command.WRITE_WEIGHTS, 3 + 49 * 16, CONFIG, word_bytes=16)
+    assert not request_length_ok(Command.WRITE_WEIGHTS, 3 + 50 * 16, CONFIG, word_bytes=16)
+    assert not request_length_ok(Command.WRITE_WEIGHTS, 3 + 17, CONFIG, word_bytes=16)
+    assert not request_length_ok(Command.WRITE_WEIGHTS, 3, CONFIG, word_bytes=16)
+    assert not request_length_ok(Command.WRITE_WEIGHTS, 19, CONFIG)      # no write port
     assert not request_length_ok(Command.NAK, 2, CONFIG)
+    assert max_weight_words(CONFIG, 16) == 49
+
+
+def test_weight_frames():
+    writes = [(ModelMemory.CONV_B, a, a + 1) for a in range(5)] + \
+        [(ModelMemory.DENSE_B, 0, 0xFFFF), (ModelMemory.DENSE_B, 2, 7)]
+    frames = weight_frames(writes, 2, max_words=3)
+    assert frames == [
+        bytes([1, 0, 0, 1, 0, 2, 0, 3, 0]),              # CONV_B at 0: words 1, 2, 3
+        bytes([1, 3, 0, 4, 0, 5, 0]),                    # at 3: 4, 5 (3 words a frame at most)
+        bytes([4, 0, 0, 0xFF, 0xFF]),                    # DENSE_B at 0
+        bytes([4 | LAST, 2, 0, 7, 0]),                   # a gap in the addresses: a new frame
+    ]
+    for payload in frames:
+        assert request_length_ok(Command.WRITE_WEIGHTS, len(payload), CONFIG, word_bytes=2)
+    with pytest.raises(FrameError, match="model word 0x10000 is wider than 2 bytes"):
+        weight_frames([(ModelMemory.CONV_W, 0, 1 << 16)], 2, 3)
+
+
+def test_model_upload_frames_cover_model_writes():
+    """Every word of model_writes() is in exactly one frame, at its address."""
+    from cnnforge.hw.accel import PRESETS, Accelerator, model_writes
+    from cnnforge.sim import model as model_file
+    model = model_file.load()
+    par = PRESETS["up5k"]
+    word = (Accelerator(model, par).mw_data_bits + 7) // 8
+    writes = model_writes(model, par)
+    frames = weight_frames(writes, word, max_weight_words(CONFIG, word))
+    got = []
+    for n, payload in enumerate(frames):
+        assert (payload[0] & LAST != 0) == (n == len(frames) - 1)
+        address = payload[1] | payload[2] << 8
+        body = payload[3:]
+        got += [(payload[0] & ~LAST, address + k,
+                 int.from_bytes(body[k * word:(k + 1) * word], "little"))
+                for k in range(len(body) // word)]
+    assert got == [(m.value, a, w) for m, a, w in writes]
