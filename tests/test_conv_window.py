@@ -3,13 +3,10 @@ stream harness: random models with extreme weights and pixels, the stall sweep, 
 configuration, the weight/bias write port, MNIST through the committed model, and the sustained
 cycles per image of the no-stall runs."""
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cnnforge.errors import ModelError
 from cnnforge.hw import conv
 from cnnforge.hw.conv_window import WindowConvEngine, bias_words, weight_words
 from cnnforge.hw.params import NetworkConfig, Widths
@@ -17,9 +14,11 @@ from cnnforge.hw.util import pack_fields as pack
 from cnnforge.sim import golden
 from cnnforge.sim.harness import PortLoader
 from cnnforge.sim.rtl_runner import STALL_SWEEP, run_stream_test
+# The stream words, golden model and MNIST helpers are the ConvEngine tests' (same formats).
+from test_conv import (_mnist_test_images, _reference_model, conv_model, output_words,
+                       pixel_words)
 
 
-MNIST_DIR = os.environ.get("MNIST_DIR")
 REFERENCE = NetworkConfig()
 
 # Engines built only to read their derived numbers are never elaborated.
@@ -27,13 +26,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-def conv_model(config, conv_w, conv_b):
-    """A QuantModel holding only what ``golden.conv_acc`` needs."""
-    return golden.QuantModel(config=config, conv_w=conv_w, conv_b=conv_b, requant_mult=None,
-                             requant_shift=1, dense_w=None, dense_b=None, softmax_mult=0,
-                             softmax_shift=0)
-
 
 def extreme_weights(config, rng, p_extreme=0.5):
     """int8 weights, about half of them -128 or 127; biases uniform, some at +-conv_bias_max."""
@@ -52,22 +44,6 @@ def extreme_images(config, rng, count, p_extreme=0.5):
     img = rng.integers(0, 256, shape)
     img = np.where(rng.random(shape) < p_extreme, rng.choice([0, 255], shape), img)
     return img.astype(np.uint8)
-
-
-def pixel_words(images):
-    """Raster stream of input payload words (channels packed, channel 0 in the low byte)."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    return [pack(p, 8) for p in images.reshape(-1, images.shape[-1])]
-
-
-def output_words(acc, lanes, config):
-    """Expected output beats from golden ``conv_acc`` ``(N, H', W', F)``: raster, groups inner."""
-    width = Widths(config).conv_acc
-    flat = np.asarray(acc).reshape(-1, config.filters)
-    return [pack(row[g * lanes:(g + 1) * lanes], width)
-            for row in flat for g in range(config.filters // lanes)]
 
 
 def no_stall_bound(engine, images):
@@ -275,22 +251,6 @@ def test_write_port_applies_to_next_image():
 
 
 # -- the reference network: MNIST through the committed model, throughput per lane count ------
-
-def _reference_model():
-    from cnnforge.sim import model as model_file
-    try:
-        return model_file.load()
-    except ModelError as e:
-        pytest.skip(f"no committed model: {e}")
-
-
-def _mnist_test_images(count):
-    if not MNIST_DIR or not Path(MNIST_DIR).is_dir():
-        pytest.skip("MNIST_DIR is not set to the MNIST folder")
-    from cnnforge import mnist
-    images, _ = mnist.load("test", MNIST_DIR)
-    return images[:count]
-
 
 def test_mnist_lanes16():
     """MNIST test images through the committed model at 16 lanes (144 multipliers), against
