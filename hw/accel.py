@@ -156,6 +156,12 @@ class Accelerator(wiring.Component):
         images (see :class:`~cnnforge.hw.conv.ConvEngine`); the other memories take effect at
         once, so write them while no image is in flight. With ``target="ice40"`` the dense
         weights live in SPRAM, which starts empty: write them before the first image.
+    pool_valid : ``Out(1)``, pool_value : ``Out(data.ArrayLayout(unsigned(8), conv_lanes))``,
+    pool_argmax : ``Out(data.ArrayLayout(unsigned(pool_index), conv_lanes))``
+        Observation tap of the MaxPool output (for the trainer, :mod:`cnnforge.hw.train`):
+        ``pool_valid`` is high in the cycle a pooled beat transfers into the dense engine, with
+        its values and argmax positions (beats in the golden flatten order ``(y, x, c)``).
+        Unused outputs cost nothing after synthesis.
     """
 
     def __init__(self, model, parallelism):
@@ -173,6 +179,10 @@ class Accelerator(wiring.Component):
             "mw_memory": In(ModelMemory),
             "mw_addr": In(16),
             "mw_data": In(self.mw_data_bits),
+            "pool_valid": Out(1),
+            "pool_value": Out(data.ArrayLayout(unsigned(8), parallelism.conv_lanes)),
+            "pool_argmax": Out(data.ArrayLayout(unsigned(widths.pool_index),
+                                                parallelism.conv_lanes)),
         })
 
     def elaborate(self, platform):
@@ -217,6 +227,9 @@ class Accelerator(wiring.Component):
             dense.i.payload.eq(pool.o.payload.value),
             dense.i.valid.eq(pool.o.valid),
             pool.o.ready.eq(dense.i.ready),
+            self.pool_valid.eq(pool.o.valid & dense.i.ready),
+            self.pool_value.eq(pool.o.payload.value),
+            self.pool_argmax.eq(pool.o.payload.argmax),
         ]
 
         # The logits go both to the softmax and, through a FIFO, to the result stream; the
