@@ -86,16 +86,13 @@ def lfsr_leap_columns(fmt, count):
     return powers
 
 
-def _gf2_apply(m, cols, state, bits=32):
-    """The low ``bits`` of ``A s`` as an Amaranth value: one XOR tree per output bit."""
-    outs = []
+def _gf2_apply(m, cols, state, bits=32, name="draw"):
+    """A Signal holding the low ``bits`` of ``A s``: one XOR reduction per output bit."""
+    out = Signal(bits, name=name)
     for i in range(bits):
-        terms = [state[b] for b, col in enumerate(cols) if (col >> i) & 1]
-        v = Const(0, 1)
-        for t in terms:
-            v = v ^ t
-        outs.append(v)
-    return Cat(*outs)
+        mask = sum(1 << b for b, col in enumerate(cols) if (col >> i) & 1)
+        m.d.comb += out[i].eq((state & mask).xor())
+    return out
 
 
 def _clip(x, lo, hi):
@@ -264,7 +261,12 @@ class Trainer(wiring.Component):
         # --- LFSR ---------------------------------------------------------------------------
         lfsr = Signal(32, init=int(state.lfsr.state))
         powers = lfsr_leap_columns(fmt, max(mults, 1))
-        draws = [_gf2_apply(m, powers[j], lfsr) for j in range(mults)]
+        # Draw j of a cycle is A**(j+1) s; only the first (one step) and the last (the next
+        # state after `mults` draws) need all 32 bits, the others only the rounding bits.
+        low = max(1, s_dw, s_db, s_cw, s_cb)
+        draws = [_gf2_apply(m, powers[j], lfsr, 32 if j in (0, mults - 1) else min(32, low),
+                               name=f"draw{j}")
+                 for j in range(mults)]
         adv_mults = Signal()
         adv_one = Signal()
         with m.If(adv_mults):
@@ -769,7 +771,8 @@ class Trainer(wiring.Component):
             cm_wr.en.eq(Mux(u_v1, Const(1, lanes) << uj1, 0)),
         ]
         if stochastic and s_cw > 0:
-            m.d.comb += adv_one.eq(u_v1)
+            with m.If(u_v1):
+                m.d.comb += adv_one.eq(1)
         with m.If(o_v1):
             m.d.comb += [mw_en.eq(1), mw_mem.eq(ModelMemory.CONV_W), mw_addr.eq(ua1),
                          mw_data.eq(Cat(*(read8(cm_rdata[j])[:8] for j in range(lanes))))]

@@ -1,0 +1,168 @@
+"""On-chip training (hw/train.py) against the golden trainer (sim/trainer.py), bit for bit.
+
+Every test trains in RTL (Verilator) and compares every master, bias and the LFSR state after
+every step (the trainer's DUMP stream) with ``sim/trainer.py``; the forward results of the
+training images and of inference images after training are compared too.
+"""
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnforge.hw.accel import PRESETS, Parallelism
+from cnnforge.hw.params import NetworkConfig, TrainFormat, Widths
+from cnnforge.hw.train import Trainer, TrainingAccelerator, dump_order
+from cnnforge.sim import golden
+from cnnforge.sim.trainer import init_random
+from cnnforge.sim.train_system import compare_dumps, golden_training, simulate_training
+
+MNIST_DIR = os.environ.get("MNIST_DIR")
+needs_mnist = pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),
+                                 reason="MNIST_DIR is not set to the MNIST folder")
+
+SMALL = NetworkConfig(input_size=12, filters=4, kernel=3, classes=10)
+SMALL_PAR = Parallelism(conv_lanes=2, requant_parallel=2, dense_mults=4)
+
+
+def mnist_train(count, crop=None):
+    from cnnforge import mnist
+    x, y = mnist.load("train", MNIST_DIR)
+    x = x[:count]
+    if crop is not None:
+        lo = (28 - crop) // 2
+        x = x[:, lo:lo + crop, lo:lo + crop]
+    return x, y[:count]
+
+
+def mnist_test(count):
+    from cnnforge import mnist
+    x, y = mnist.load("test", MNIST_DIR)
+    return x[:count], y[:count]
+
+
+def check_run(run, state, images, labels, infer=(), dump_first=False):
+    """Every dump, every forward result, and the inference after training."""
+    assert not run.timed_out, f"timed out after {run.cycles} cycles"
+    final, ref, logits, probs = golden_training(state, images, labels, dump_first=dump_first)
+    problem = compare_dumps(run.dumps, ref)
+    assert problem is None, problem
+    n = len(images)
+    assert run.logits.shape[0] == n + len(infer)
+    assert np.array_equal(run.logits[:n], logits), "forward logits of the training images"
+    assert np.array_equal(run.probs[:n], probs), "forward probabilities of the training images"
+    if len(infer):
+        inf = golden.infer_int(final.model(), np.asarray(infer))
+        assert np.array_equal(run.logits[n:], inf.logits)
+        assert np.array_equal(run.cls[n:], inf.cls)
+    assert len(run.step_cycles) == n
+    return final, ref
+
+
+# --- argument checks ---------------------------------------------------------------------------
+
+def test_grad_lanes_is_checked():
+    state = init_random(SMALL)
+    with pytest.raises(ValueError, match="grad_lanes must divide dense_mults"):
+        Trainer(state, SMALL_PAR, grad_lanes=3)
+    with pytest.raises(ValueError, match=r"grad_lanes must divide filters // 2 \(2\)"):
+        Trainer(state, Parallelism(conv_lanes=4, requant_parallel=2, dense_mults=4),
+                grad_lanes=4)
+    with pytest.raises(TypeError, match="grad_lanes must be an integer"):
+        Trainer(state, SMALL_PAR, grad_lanes=1.5)
+    with pytest.raises(TypeError, match="parallelism must be a Parallelism"):
+        Trainer(state, {"conv_lanes": 2})
+
+
+def test_dump_order_counts():
+    assert dump_order(NetworkConfig()) == [("dense_m", 54080), ("dense_b", 10),
+                                           ("conv_m", 288), ("conv_b", 32), ("lfsr", 1)]
+
+
+# --- small network: extremes -------------------------------------------------------------------
+
+def _saturating_state(rounding):
+    """lr 2**-1 (every shift small; dense_b_shift 0) and biases started near their bounds."""
+    fmt = TrainFormat(rounding=rounding, lr_shift=1)
+    state = init_random(SMALL, fmt)
+    w = Widths(SMALL)
+    sign = np.where(np.arange(SMALL.classes) % 2, 1, -1)
+    state.dense_b = sign * (w.dense_bias_max - 3000)
+    sign = np.where(np.arange(SMALL.filters) % 2, 1, -1)
+    state.conv_b = sign * (w.conv_bias_max - 2000)
+    return state
+
+
+@needs_mnist
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_small_network_saturation(rounding):
+    """Large learning rate: masters and biases saturate; a shift of 0 (dense biases)."""
+    state = _saturating_state(rounding)
+    assert state.fmt.dense_b_shift == 0
+    images, labels = mnist_train(6, crop=12)
+    infer, _ = mnist_test(3)
+    infer = infer[:, 8:20, 8:20]
+    run = simulate_training(f"train_small_sat_{rounding}", state, SMALL_PAR, images, labels,
+                            grad_lanes=2, dump_first=True, infer_images=infer)
+    final, ref = check_run(run, state, images, labels, infer, dump_first=True)
+    fmt, w = state.fmt, Widths(SMALL)
+    # The test covers what it claims: saturated masters and biases in the golden run.
+    assert (ref["dense_m"] == fmt.master_max).any() and (ref["dense_m"] == fmt.master_min).any()
+    assert (np.abs(ref["dense_b"]) == w.dense_bias_max).any()
+    assert (np.abs(ref["conv_b"]) == w.conv_bias_max).any()
+    assert (np.abs(ref["conv_m"]) >= fmt.master_max).any()
+
+
+@needs_mnist
+def test_small_network_stalls():
+    """Random input gaps and backpressure on the result and dump streams; stochastic
+    rounding; one gradient lane."""
+    state = init_random(SMALL, TrainFormat(rounding="stochastic", lr_shift=3))
+    images, labels = mnist_train(5, crop=12)
+    run = simulate_training("train_small_stalls", state, SMALL_PAR, images, labels,
+                            grad_lanes=1, in_gap=0.3, out_stall=0.5, seed=7)
+    check_run(run, state, images, labels)
+
+
+# --- the reference network ---------------------------------------------------------------------
+
+REF_STEPS = int(os.environ.get("CNNFORGE_TRAIN_STEPS", "50"))
+
+
+@needs_mnist
+def test_reference_network_up5k():
+    """The reference network, UP5K parallelism (8 dense multipliers, 4 gradient lanes), from
+    the LFSR random init: every master after each of 50 MNIST training steps, then inference
+    of test images with the trained weights."""
+    state = init_random(NetworkConfig(), TrainFormat())
+    images, labels = mnist_train(REF_STEPS)
+    infer, infer_labels = mnist_test(10)
+    run = simulate_training("train_ref_up5k", state, PRESETS["up5k"], images, labels,
+                            grad_lanes=4, infer_images=infer)
+    final, _ = check_run(run, state, images, labels, infer)
+    print(f"up5k: {np.mean(run.step_cycles):.0f} cycles per training step "
+          f"({run.step_cycles.min()}..{run.step_cycles.max()}), {run.seconds} s")
+    assert run.step_cycles.max() <= 2.5 * 12_207
+
+
+@needs_mnist
+@pytest.mark.slow
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_reference_network_ecp5_long(rounding):
+    """ECP5-85F parallelism (32 dense multipliers, 8 gradient lanes), 300 steps, every master
+    after every 10th step, accuracy of the RTL-trained weights on 200 test images."""
+    state = init_random(NetworkConfig(), TrainFormat(rounding=rounding))
+    images, labels = mnist_train(300)
+    infer, infer_labels = mnist_test(200)
+    run = simulate_training(f"train_ref_ecp5_{rounding}", state, PRESETS["ecp5-85f"], images,
+                            labels, grad_lanes=8, dump_every=10, infer_images=infer)
+    final, ref, logits, probs = golden_training(state, images, labels, dump_every=10)
+    problem = compare_dumps(run.dumps, ref)
+    assert problem is None, problem
+    inf = golden.infer_int(final.model(), infer)
+    assert np.array_equal(run.cls[len(images):], inf.cls)
+    acc = float(np.mean(run.cls[len(images):] == infer_labels))
+    print(f"ecp5-85f: {np.mean(run.step_cycles):.0f} cycles per training step, "
+          f"accuracy after {len(images)} steps {100 * acc:.1f} %, {run.seconds} s")
