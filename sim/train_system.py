@@ -8,6 +8,7 @@ stream and a per-step cycle count are written to files by a simulation-only sink
 """
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,35 @@ class TrainHarness(wiring.Component):
                 "cnnforge_sink", p_WIDTH=len(value), p_FILE=str(self._folder / f"{name}.txt"),
                 i_clk=ClockSignal("sync"), i_en=en, i_flush=self.done, i_data=value)
         return m
+
+
+_INIT_BLOCK = re.compile(r"  initial begin\n((?:    (\S+)\[(\d+)\] = (\d+)'h([0-9a-fA-F]+);\n)+)  end\n")
+
+
+def readmemh_large_inits(text, folder, min_words=64):
+    """Swap every memory ``initial`` block of ``min_words`` or more words in any module for a
+    ``$readmemh`` of a hex file in ``folder``: the simulator's C++ compiler then never sees
+    the (tens of thousands of) initial words of the masters and weights."""
+    folder = Path(folder)
+    count = [0]
+
+    def swap(match):
+        lines = match.group(1).splitlines()
+        if len(lines) < min_words:
+            return match.group(0)
+        name = match.group(2)
+        words = {}
+        for line in lines:
+            lhs, rhs = line.strip().rstrip(";").split(" = ")
+            words[int(lhs[lhs.index("[") + 1:-1])] = rhs.split("'h")[1]
+        if sorted(words) != list(range(len(words))):
+            return match.group(0)
+        count[0] += 1
+        path = folder / f"init{count[0]}_{name}.hex"
+        path.write_text("".join(words[i] + "\n" for i in range(len(words))))
+        return f'  initial $readmemh("{path}", {name});\n'
+
+    return _INIT_BLOCK.sub(swap, text)
 
 
 def _pack(layout, columns):
@@ -212,6 +242,7 @@ def simulate_training(name, state, parallelism, images, labels, *, grad_lanes=1,
     for f in ("results", "dump", "steps"):
         (folder / f"{f}.txt").unlink(missing_ok=True)
     path = build_verilog(harness, name)
+    path.write_text(readmemh_large_inits(path.read_text(), folder.resolve()))
     if max_cycles is None:
         per_image = 40 * config.input_size ** 2 + 4 * config.classes * config.features \
             + 2 * dut.trainer.dump_words + 20_000
