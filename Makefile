@@ -17,7 +17,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 CNNFORGE = PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(VENV)/bin/cnnforge
 
-.PHONY: setup data train eval test demo verilog sim sim-full bench bitstream program test-bitstreams train-fixed clean
+.PHONY: setup data train eval test demo verilog sim sim-full bench bitstream program test-bitstreams train-fixed train-sim clean
 
 setup: $(STAMP)
 $(STAMP): pyproject.toml
@@ -38,6 +38,13 @@ train-fixed: $(STAMP)
 	$(CNNFORGE) train-fixed --init random
 	$(CNNFORGE) train-fixed --init model
 
+# On-chip training in RTL (hw/train.py): training steps on the up5k and ecp5-85f presets from
+# the random init, final masters and every forward result checked against the golden trainer,
+# cycles per training step. TRAIN_SIM_ARGS e.g. "--steps 50 --rounding stochastic --test-images 100".
+TRAIN_SIM_ARGS ?= --steps 10
+train-sim: $(STAMP)
+	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m cnnforge.sim.train_system $(TRAIN_SIM_ARGS)
+
 eval: $(STAMP)
 	$(CNNFORGE) eval
 
@@ -51,7 +58,7 @@ demo: $(STAMP)
 
 # Real board builds (pytest -m bitstream) are not in `make test` yet: `make test-bitstreams`.
 test: $(STAMP)
-	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m pytest -n $(JOBS) -q -rs -m "not bitstream"
+	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m pytest -n $(JOBS) -q -rs -m "not bitstream and not slow"
 
 test-bitstreams: $(STAMP)
 	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m pytest -q -rs -s -m bitstream

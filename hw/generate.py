@@ -25,7 +25,11 @@ def block_factories(model, lanes=16, requant_parallel=2, dense_mults=8):
     from .dense import DenseEngine
     from .softmax import Softmax
     from .accel import Accelerator, Parallelism
+    from .train import Trainer, TrainingAccelerator
+    from .params import TrainFormat
+    from ..sim.trainer import init_from_model
     config = model.config
+    par = Parallelism(conv_lanes=lanes, requant_parallel=requant_parallel, dense_mults=dense_mults)
     widths = Widths(config)
     return {
         "mac_array": lambda: MACArray(lanes=lanes, taps=1, a_signed=False,
@@ -44,11 +48,14 @@ def block_factories(model, lanes=16, requant_parallel=2, dense_mults=8):
                                    softmax_shift=model.softmax_shift),
         "accelerator": lambda: Accelerator(model, Parallelism(
             conv_lanes=lanes, requant_parallel=requant_parallel, dense_mults=dense_mults)),
+        "trainer": lambda: Trainer(init_from_model(model, TrainFormat()), par, grad_lanes=4),
+        "training_accelerator": lambda: TrainingAccelerator(
+            init_from_model(model, TrainFormat(rounding="stochastic")), par, grad_lanes=4),
     }
 
 
 BLOCKS = ("mac_array", "conv_engine", "window_conv_engine", "requantize", "maxpool",
-          "dense_engine", "softmax", "accelerator")
+          "dense_engine", "softmax", "accelerator", "trainer", "training_accelerator")
 
 
 def write_all(out, model=None):

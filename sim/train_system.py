@@ -27,6 +27,7 @@ from .trainer import train_step
 
 
 __all__ = ["TrainHarness", "input_words", "parse_dump", "simulate_training", "golden_training",
+           "state_from_dump", "train_bench", "GRAD_LANES", "readmemh_large_inits",
            "TrainRun", "compare_dumps", "SINK_MODEL"]
 
 SINK_MODEL = Path(__file__).parent / "sink.v"
@@ -319,3 +320,89 @@ def compare_dumps(rtl, ref):
             return (f"{name}: {len(bad)} values differ; first at dump {idx[0]} index {idx[1:]}: "
                     f"RTL {a[idx]}, golden {b[idx]}")
     return None
+
+
+def state_from_dump(state, dumps, index=-1):
+    """A copy of ``state`` with the masters, biases and LFSR state of dump ``index``."""
+    from .trainer import LFSR
+    out = state.copy()
+    cfg = state.config
+    out.dense_m = np.asarray(dumps["dense_m"][index], np.int64).copy()
+    out.dense_b = np.asarray(dumps["dense_b"][index], np.int64).copy()
+    out.conv_m = np.asarray(dumps["conv_m"][index], np.int64).reshape(
+        cfg.filters, cfg.kernel, cfg.kernel, cfg.in_channels).copy()
+    out.conv_b = np.asarray(dumps["conv_b"][index], np.int64).copy()
+    out.lfsr.state = int(dumps["lfsr"][index])
+    return out
+
+
+#: Gradient lanes per preset: the conv-gradient phase takes features / grad_lanes cycles.
+GRAD_LANES = {"up5k": 4, "ecp5-25f": 4, "ecp5-85f": 8}
+
+
+def train_bench(preset, steps=10, *, grad_lanes=None, rounding="nearest", mnist_dir=None,
+                check=True, test_images=0, log=print):
+    """Cycles per training step of a preset in RTL (random init, the first ``steps`` MNIST
+    training images, a dump after the last step); with ``check`` the final masters and every
+    forward result are compared with the golden trainer. Returns a dict for ``make bench``."""
+    from .. import mnist
+    from ..hw.accel import PRESETS
+    from ..hw.params import NetworkConfig, TrainFormat
+    from .trainer import init_random
+    grad_lanes = GRAD_LANES.get(preset, 1) if grad_lanes is None else grad_lanes
+    x, y = mnist.load("train", mnist_dir)
+    state = init_random(NetworkConfig(), TrainFormat(rounding=rounding))
+    infer = ()
+    if test_images:
+        tx, ty = mnist.load("test", mnist_dir)
+        infer, infer_labels = tx[:test_images], ty[:test_images]
+    run = simulate_training(f"train_bench_{preset}_{rounding}_g{grad_lanes}", state,
+                            PRESETS[preset], x[:steps], y[:steps], grad_lanes=grad_lanes,
+                            dump_every=steps, infer_images=infer)
+    out = {"preset": preset, "grad_lanes": grad_lanes, "rounding": rounding, "steps": steps,
+           "cycles_per_step": float(np.mean(run.step_cycles)),
+           "cycles_per_step_max": int(run.step_cycles.max()), "seconds": run.seconds}
+    if check:
+        final, ref, logits, probs = golden_training(state, x[:steps], y[:steps],
+                                                    dump_every=steps)
+        problem = compare_dumps(run.dumps, ref)
+        out["bit_exact"] = problem is None and np.array_equal(run.logits[:steps], logits) \
+            and np.array_equal(run.probs[:steps], probs)
+        if problem:
+            log(f"MISMATCH: {problem}")
+        if test_images:
+            out["test_accuracy"] = float(np.mean(run.cls[steps:] == infer_labels))
+            out["test_accuracy_golden"] = float(np.mean(
+                golden.predict_int(final.model(), infer) == infer_labels))
+    log(f"{preset} (grad_lanes {grad_lanes}, {rounding}): {out['cycles_per_step']:.0f} cycles "
+        f"per training step over {steps} steps" +
+        (f", bit-exact: {out['bit_exact']}" if check else "") + f" ({run.seconds} s)")
+    return out
+
+
+def main(argv=None):
+    """``python -m cnnforge.sim.train_system [--preset P ...] [--steps N] [--grad-lanes G]
+    [--rounding nearest|stochastic] [--test-images N]``: ``make train-sim``."""
+    import argparse
+    from ..hw.accel import PRESETS
+    ap = argparse.ArgumentParser(prog="python -m cnnforge.sim.train_system",
+                                 description="On-chip training in RTL simulation vs the golden "
+                                             "trainer; cycles per training step")
+    ap.add_argument("--preset", action="append", choices=sorted(PRESETS), default=None)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--grad-lanes", type=int, default=None)
+    ap.add_argument("--rounding", choices=("nearest", "stochastic"), default="nearest")
+    ap.add_argument("--test-images", type=int, default=0)
+    ap.add_argument("--mnist-dir", default=None)
+    args = ap.parse_args(argv)
+    ok = True
+    for preset in args.preset or ["up5k", "ecp5-85f"]:
+        r = train_bench(preset, args.steps, grad_lanes=args.grad_lanes, rounding=args.rounding,
+                        mnist_dir=args.mnist_dir, test_images=args.test_images)
+        ok &= bool(r.get("bit_exact", True))
+        print(json.dumps(r))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
