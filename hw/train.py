@@ -122,7 +122,9 @@ class Trainer(wiring.Component):
        the error accumulators, ``M <- sat(M - R(delta[k] * pooled, dense_w_shift))``, and the new
        int8 word goes out on the model write port (``DENSE_W``);
     2. *dense biases* (``classes`` cycles, ``DENSE_B`` words);
-    3. *conv gradients* (``features / grad_lanes`` cycles): per pooled feature the error
+    3. *conv gradients* (``features / grad_lanes`` cycles, started two cycles into the last
+       class of phase 1, whose writes finalize the error accumulators one word per cycle, and
+       running alongside it and phase 2): per pooled feature the error
        ``e = sat(round(e_acc >> err_shift))``, masked by ``0 < pooled < 255``, times the
        ``taps`` pixels of the winning window (all taps in one cycle, ``grad_lanes`` features
        per cycle) accumulated per channel, and ``e`` into the bias gradient;
@@ -135,8 +137,26 @@ class Trainer(wiring.Component):
 
     Latency
     -------
-    ``classes * features / mults + classes + features / grad_lanes + filters * (taps + 1)
-    + filters / conv_lanes * (taps + chunks) + ~40`` cycles from ``start`` to ``done``.
+    :meth:`cycles_per_update`: ``(classes - 1) * features / mults + max(features / mults,
+    features / grad_lanes) + filters * (taps + 1) + filters / conv_lanes * (taps + chunks)``
+    plus 32 cycles of pipeline drains, from ``start`` to ``done`` (within a few cycles).
+    Reference network: 7,822 cycles at the UP5K preset (8 dense multipliers, 4 gradient
+    lanes), 2,583 at the ECP5-85F preset (32 dense multipliers, 8 gradient lanes; 2,245 with
+    16). A training step adds the forward latency of one image on the accelerator.
+
+    Throughput
+    ----------
+    One training step at a time (batch 1): the next image is taken after ``done``.
+
+    Resources
+    ---------
+    ``2 * mults`` multipliers (16 x 8) in the dense phase, ``grad_lanes * taps`` (16 x 8) in the
+    conv-gradient phase, 1 (32 x 8 .. 16) in the conv update; masters
+    ``(classes * features + filters * taps) x master_bits`` bits; the image buffer
+    ``grad_lanes`` copies of ``input_size**2`` bytes; the pooled values and argmax positions of
+    one image; the error accumulators ``features x err_acc_bits``; the conv gradients
+    ``filters x (taps + 1) x conv_grad_bits``. The pooled-value and error-accumulator
+    memories have two read ports (the conv-gradient phase overlaps the dense phase).
 
     Parameters
     ----------
@@ -235,8 +255,9 @@ class Trainer(wiring.Component):
         """Cycles from ``start`` to ``done`` (exact up to the drain gaps)."""
         cfg, par = self._config, self._par
         chunks = _bias_shape(par.conv_lanes, cfg.taps)[0]
-        return (cfg.classes * cfg.features // par.dense_mults + cfg.classes
-                + cfg.features // self._g + cfg.filters * (cfg.taps + 1)
+        steps = cfg.features // par.dense_mults
+        return ((cfg.classes - 1) * steps + max(steps + cfg.classes, cfg.features // self._g)
+                + cfg.filters * (cfg.taps + 1)
                 + cfg.filters // par.conv_lanes * (cfg.taps + chunks) + 8 * self.DRAIN)
 
     def elaborate(self, platform):
@@ -320,11 +341,12 @@ class Trainer(wiring.Component):
         # bank b % banks, word b // banks; argmax positions: one memory, word b.
         banks = max(1, mults // lanes)
         chunks = max(1, lanes // mults)
-        pv_rd, pv_wr = [], []
+        pv_rd, pv_rd2, pv_wr = [], [], []
         for n in range(banks):
             mem = Memory(shape=data.ArrayLayout(unsigned(8), lanes), depth=beats // banks, init=[])
             m.submodules[f"pooled{n}"] = mem
             pv_rd.append(mem.read_port())
+            pv_rd2.append(mem.read_port())      # the conv-gradient phase (overlaps dense)
             pv_wr.append(mem.write_port())
         m.submodules.argmax = am_mem = Memory(
             shape=data.ArrayLayout(unsigned(widths.pool_index), lanes), depth=beats, init=[])
@@ -381,7 +403,7 @@ class Trainer(wiring.Component):
         # c % G at word c // G, taps accumulators and the bias gradient).
         m.submodules.e_acc = ea_mem = Memory(shape=data.ArrayLayout(signed(ea_bits), mults),
                                              depth=steps, init=[])
-        ea_rd, ea_wr = ea_mem.read_port(), ea_mem.write_port()
+        ea_rd, ea_rd2, ea_wr = ea_mem.read_port(), ea_mem.read_port(), ea_mem.write_port()
         gc_rd, gc_wr = [], []
         for l in range(G):
             mem = Memory(shape=data.ArrayLayout(signed(cg_bits), taps + 1), depth=F // G, init=[])
@@ -426,6 +448,7 @@ class Trainer(wiring.Component):
         gword = Signal(range(max(2, beats // banks)))
         gch = Signal(range(max(2, lanes // G)))
         c_v1, c_v2, c_v3 = Signal(), Signal(), Signal()
+        cg_run = Signal()
 
         # Conv update: channel c (group cgr, lane cj), tap ct; grad lane c % G, word c // G.
         uc = Signal(range(F))
@@ -469,6 +492,13 @@ class Trainer(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 with m.If(go):
                     m.d.comb += d_issue.eq(1)
+                    # The last class finalizes the error accumulators one word per cycle: the
+                    # conv-gradient phase runs behind it (one cycle later than the write of
+                    # each word at the earliest, at most one word per cycle).
+                    with m.If((k0 == classes - 1) & (s0 == 1)):
+                        m.d.sync += [cg_run.eq(1), cn.eq(0), cg.eq(0), cpx.eq(0), cpy.eq(0),
+                                     ew.eq(0), ech.eq(0), gb.eq(0), gbank.eq(0), gword.eq(0),
+                                     gch.eq(0)]
                     with m.If(s0 == steps - 1):
                         m.d.sync += [s0.eq(0), ch0.eq(0), sw0.eq(0), k0.eq(k0 + 1)]
                         with m.If(k0 == classes - 1):
@@ -496,54 +526,13 @@ class Trainer(wiring.Component):
                         m.d.comb += adv_one.eq(1)
                     m.d.sync += k0.eq(k0 + 1)
                     with m.If(k0 == classes - 1):
-                        m.d.sync += [drain.eq(self.DRAIN), cn.eq(0), cg.eq(0), cpx.eq(0),
-                                     cpy.eq(0), ew.eq(0), ech.eq(0), gb.eq(0), gbank.eq(0),
-                                     gword.eq(0), gch.eq(0)]
                         m.next = "CONV_G"
             with m.State("CONV_G"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(go):
-                    m.d.comb += c_issue.eq(1)
-                    m.d.sync += cn.eq(cn + 1)
-                    # channel group / position
-                    with m.If(cg == F // G - 1):
-                        m.d.sync += cg.eq(0)
-                        with m.If(cpx == P - 1):
-                            m.d.sync += [cpx.eq(0), cpy.eq(cpy + 1)]
-                        with m.Else():
-                            m.d.sync += cpx.eq(cpx + 1)
-                    with m.Else():
-                        m.d.sync += cg.eq(cg + 1)
-                    # e_acc word/chunk
-                    if mults // G > 1:
-                        with m.If(ech == mults // G - 1):
-                            m.d.sync += [ech.eq(0), ew.eq(ew + 1)]
-                        with m.Else():
-                            m.d.sync += ech.eq(ech + 1)
-                    else:
-                        m.d.sync += ew.eq(ew + 1)
-                    # pooled beat / chunk
-                    def next_beat():
-                        m.d.sync += gb.eq(gb + 1)
-                        if banks > 1:
-                            with m.If(gbank == banks - 1):
-                                m.d.sync += [gbank.eq(0), gword.eq(gword + 1)]
-                            with m.Else():
-                                m.d.sync += gbank.eq(gbank + 1)
-                        else:
-                            m.d.sync += gword.eq(gword + 1)
-                    if lanes // G > 1:
-                        with m.If(gch == lanes // G - 1):
-                            m.d.sync += gch.eq(0)
-                            next_beat()
-                        with m.Else():
-                            m.d.sync += gch.eq(gch + 1)
-                    else:
-                        next_beat()
-                    with m.If(cn == n_groups - 1):
-                        m.d.sync += [drain.eq(self.DRAIN), uc.eq(0), ut.eq(0), ua.eq(0),
-                                     uj.eq(0), ul.eq(0), uw.eq(0)]
-                        m.next = "CONV_W"
+                with m.If(~cg_run & ~c_v1 & ~c_v2 & ~c_v3):
+                    m.d.sync += [drain.eq(self.DRAIN), uc.eq(0), ut.eq(0), ua.eq(0),
+                                 uj.eq(0), ul.eq(0), uw.eq(0)]
+                    m.next = "CONV_W"
             with m.State("CONV_W"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(go):
@@ -645,16 +634,58 @@ class Trainer(wiring.Component):
                     m.d.sync += dv1.eq(1)
                     m.next = "IDLE"
 
+        # Conv-gradient issue: runs while cg_run, alongside the last dense class and the biases.
+        with m.If(cg_run):
+            m.d.comb += c_issue.eq(1)
+            m.d.sync += cn.eq(cn + 1)
+            # channel group / position
+            with m.If(cg == F // G - 1):
+                m.d.sync += cg.eq(0)
+                with m.If(cpx == P - 1):
+                    m.d.sync += [cpx.eq(0), cpy.eq(cpy + 1)]
+                with m.Else():
+                    m.d.sync += cpx.eq(cpx + 1)
+            with m.Else():
+                m.d.sync += cg.eq(cg + 1)
+            # e_acc word/chunk
+            if mults // G > 1:
+                with m.If(ech == mults // G - 1):
+                    m.d.sync += [ech.eq(0), ew.eq(ew + 1)]
+                with m.Else():
+                    m.d.sync += ech.eq(ech + 1)
+            else:
+                m.d.sync += ew.eq(ew + 1)
+            # pooled beat / chunk
+            def next_beat():
+                m.d.sync += gb.eq(gb + 1)
+                if banks > 1:
+                    with m.If(gbank == banks - 1):
+                        m.d.sync += [gbank.eq(0), gword.eq(gword + 1)]
+                    with m.Else():
+                        m.d.sync += gbank.eq(gbank + 1)
+                else:
+                    m.d.sync += gword.eq(gword + 1)
+            if lanes // G > 1:
+                with m.If(gch == lanes // G - 1):
+                    m.d.sync += gch.eq(0)
+                    next_beat()
+                with m.Else():
+                    m.d.sync += gch.eq(gch + 1)
+            else:
+                next_beat()
+            with m.If(cn == n_groups - 1):
+                m.d.sync += cg_run.eq(0)
 
         # --- Memory read addresses (one phase at a time) -------------------------------------
         m.d.comb += [
             dm_rd.addr.eq(a0),
-            ea_rd.addr.eq(Mux(c_issue, ew, s0)),
+            ea_rd.addr.eq(s0),
+            ea_rd2.addr.eq(ew),
             am_rd.addr.eq(gb),
             cm_rd.addr.eq(ua),
         ]
         for n in range(banks):
-            m.d.comb += pv_rd[n].addr.eq(Mux(c_issue, gword, sw0))
+            m.d.comb += [pv_rd[n].addr.eq(sw0), pv_rd2[n].addr.eq(gword)]
 
         # --- Dense phase, stage 1 ------------------------------------------------------------
         m.d.sync += [v1.eq(d_issue), k1.eq(k0), s1.eq(s0), a1.eq(a0), ch1.eq(ch0)]
@@ -696,10 +727,10 @@ class Trainer(wiring.Component):
                      cg1.eq(cg), cpx1.eq(cpx), cpy1.eq(cpy), first1.eq((cpx == 0) & (cpy == 0))]
         # Stage 1: errors and window addresses of the G features.
         ea_chunk = data.ArrayLayout(signed(ea_bits), G)(
-            ea_rd.data.as_value().word_select(ech1, G * ea_bits) if mults > G
-            else ea_rd.data.as_value())
-        pv_word = (Array(pv_rd[n].data.as_value() for n in range(banks))[gbank1] if banks > 1
-                   else pv_rd[0].data.as_value())
+            ea_rd2.data.as_value().word_select(ech1, G * ea_bits) if mults > G
+            else ea_rd2.data.as_value())
+        pv_word = (Array(pv_rd2[n].data.as_value() for n in range(banks))[gbank1] if banks > 1
+                   else pv_rd2[0].data.as_value())
         pv_chunk = data.ArrayLayout(unsigned(8), G)(
             pv_word.word_select(gch1, 8 * G) if lanes > G else pv_word)
         pi = widths.pool_index
