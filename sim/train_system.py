@@ -145,8 +145,9 @@ def _pack(layout, columns):
     return word
 
 
-def input_words(config, images, labels, *, dump_every=1, dump_first=False, infer_images=()):
-    """Input words: per training image its pixels (``TRAIN``, with the label), a ``DUMP`` beat
+def input_words(config, images, labels, *, dump_every=1, dump_first=False, infer_images=(),
+                infer_first=()):
+    """Input words: ``infer_first`` images (``INFER``, back to back), then per training image its pixels (``TRAIN``, with the label), a ``DUMP`` beat
     after every ``dump_every``-th step (and before the first if ``dump_first``), then the
     ``INFER`` images. Returns a list of raw ints."""
     layout = TrainInputLayout(config)
@@ -160,6 +161,8 @@ def input_words(config, images, labels, *, dump_every=1, dump_first=False, infer
                               "cmd": np.full(len(pixel), cmd.value)}).tolist()
 
     dump = _pack(layout, {"pixel": [0], "label": [0], "cmd": [TrainCommand.DUMP.value]}).tolist()
+    for image in infer_first:
+        chunks.append(image_words(image, TrainCommand.INFER, 0))
     if dump_first:
         chunks.append(dump)
     for n, (image, label) in enumerate(zip(images, labels)):
@@ -211,13 +214,14 @@ class TrainRun:
 
 
 def simulate_training(name, state, parallelism, images, labels, *, grad_lanes=1, dump_every=1,
-                      dump_first=False, infer_images=(), in_gap=0.0, out_stall=0.0, seed=1,
-                      max_cycles=None):
+                      dump_first=False, infer_images=(), infer_first=(), in_gap=0.0,
+                      out_stall=0.0, seed=1, max_cycles=None):
     """Train on ``images``/``labels`` in RTL (from ``state``, which is not changed).
 
     Returns a :class:`TrainRun`: the dumped masters (every ``dump_every`` steps), the result
     words of every image (the training images' forward passes, then ``infer_images``), the
-    cycles of every training step. The ``ice40`` target's SPRAM is not simulated here (the
+    cycles of every training step. Result rows: ``infer_first``, the training images, then
+    ``infer_images``. The ``ice40`` target's SPRAM is not simulated here (the
     trainer writes only the words it updates): ``target`` is taken as ``generic``.
     """
     start = time.perf_counter()
@@ -230,10 +234,10 @@ def simulate_training(name, state, parallelism, images, labels, *, grad_lanes=1,
     folder = BUILD / name
     folder.mkdir(parents=True, exist_ok=True)
     words = input_words(config, images, labels, dump_every=dump_every, dump_first=dump_first,
-                        infer_images=infer_images)
+                        infer_images=infer_images, infer_first=infer_first)
     rom_file = (folder / "rom.hex").resolve()
     rom_file.write_text("".join(f"{w:x}\n" for w in words))
-    n_images = len(images) + len(infer_images)
+    n_images = len(images) + len(infer_images) + len(infer_first)
     n_dumps = (len(images) // dump_every if dump_every else 0) + int(dump_first)
     dut = TrainingAccelerator(state, parallelism, grad_lanes=grad_lanes)
     n_dump_words = n_dumps * dut.trainer.dump_words

@@ -127,12 +127,20 @@ def test_small_network_saturation(rounding, variant):
 @needs_mnist
 def test_small_network_stalls():
     """Random input gaps and backpressure on the result and dump streams; stochastic
-    rounding; one gradient lane."""
+    rounding; one gradient lane. Inference images stream back to back before the first
+    training image (which waits until they are out) and after the last."""
     state = init_random(SMALL, TrainFormat(rounding="stochastic", lr_shift=3))
     images, labels = mnist_train(5, crop=12)
+    first = mnist_test(4)[0][:, 8:20, 8:20]
+    after = mnist_test(7)[0][4:, 8:20, 8:20]
     run = simulate_training("train_small_stalls", state, SMALL_PAR, images, labels,
-                            grad_lanes=1, in_gap=0.3, out_stall=0.5, seed=7)
-    check_run(run, state, images, labels)
+                            grad_lanes=1, in_gap=0.3, out_stall=0.5, seed=7,
+                            infer_first=first, infer_images=after)
+    before = golden.infer_int(state.model(), first)
+    assert np.array_equal(run.logits[:len(first)], before.logits)
+    assert np.array_equal(run.probs[:len(first)], before.probs)
+    run.logits, run.probs, run.cls = (a[len(first):] for a in (run.logits, run.probs, run.cls))
+    check_run(run, state, images, labels, after)
 
 
 # --- the reference network ---------------------------------------------------------------------
