@@ -196,3 +196,18 @@ def test_reference_network_ecp5_long(rounding):
     acc = float(np.mean(run.cls[len(images):] == infer_labels))
     print(f"ecp5-85f: {np.mean(run.step_cycles):.0f} cycles per training step, "
           f"accuracy after {len(images)} steps {100 * acc:.1f} %, {run.seconds} s")
+
+
+@needs_mnist
+@pytest.mark.slow
+@pytest.mark.parametrize("conv_lanes, dense_mults, grad_lanes", [(4, 4, 4), (2, 8, 2)])
+def test_small_network_geometries(conv_lanes, dense_mults, grad_lanes):
+    """Lane geometries the presets do not cover: grad_lanes == dense_mults == conv_lanes
+    (8 filters, two channel groups), and dense words wider than pooled beats (two banks)."""
+    config = NetworkConfig(input_size=12, filters=8, kernel=3, classes=10)
+    state = init_random(config, TrainFormat(lr_shift=3))
+    par = Parallelism(conv_lanes=conv_lanes, requant_parallel=2, dense_mults=dense_mults)
+    images, labels = mnist_train(4, crop=12)
+    run = simulate_training(f"train_small_geom_{conv_lanes}_{dense_mults}_{grad_lanes}", state,
+                            par, images, labels, grad_lanes=grad_lanes)
+    check_run(run, state, images, labels)
