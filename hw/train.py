@@ -156,6 +156,9 @@ class Trainer(wiring.Component):
     Stochastic rounding draws ``mults`` LFSR states per cycle in phase 1 (a fixed XOR network
     per draw) and one per update otherwise: the golden update order.
 
+    Masters, biases and the LFSR state survive a reset (memories and reset-less registers);
+    they start from ``state`` at configuration.
+
     Latency
     -------
     :meth:`cycles_per_update`: ``(classes - 1) * features / mults + max(features / mults,
@@ -301,7 +304,8 @@ class Trainer(wiring.Component):
             return (master + (1 << frac >> 1)) >> frac
 
         # --- LFSR ---------------------------------------------------------------------------
-        lfsr = Signal(32, init=int(state.lfsr.state))
+        # Reset-less, like the masters in memory: a reset keeps the training state coherent.
+        lfsr = Signal(32, init=int(state.lfsr.state), reset_less=True)
         powers = lfsr_leap_columns(fmt, max(mults, 1))
         # Draw j of a cycle is A**(j+1) s; only the first (one step) and the last (the next
         # state after `mults` draws) need all 32 bits, the others only the rounding bits.
@@ -415,9 +419,11 @@ class Trainer(wiring.Component):
                                               init=cm_init)
         cm_rd, cm_wr = cm_mem.read_port(), cm_mem.write_port(granularity=MB)
         cm_rdata = data.ArrayLayout(signed(MB), lanes)(cm_rd.data)
-        dense_b = Array(Signal(signed(widths.dense_bias), init=int(b), name=f"dense_b{k}")
+        dense_b = Array(Signal(signed(widths.dense_bias), init=int(b), name=f"dense_b{k}",
+                               reset_less=True)
                         for k, b in enumerate(state.dense_b))
-        conv_b = Array(Signal(signed(widths.conv_bias), init=int(b), name=f"conv_b{c}")
+        conv_b = Array(Signal(signed(widths.conv_bias), init=int(b), name=f"conv_b{c}",
+                              reset_less=True)
                        for c, b in enumerate(state.conv_b))
 
         # Error accumulators (dense phase) and conv gradients (per grad lane: channel c in lane
