@@ -41,7 +41,7 @@ train-fixed: $(STAMP)
 # On-chip training in RTL (hw/train.py): training steps on the up5k and ecp5-85f presets from
 # the random init, final masters and every forward result checked against the golden trainer,
 # cycles per training step. TRAIN_SIM_ARGS e.g. "--steps 50 --rounding stochastic --test-images 100".
-TRAIN_SIM_ARGS ?= --steps 10
+TRAIN_SIM_ARGS ?= --steps 200 --test-images 200
 train-sim: $(STAMP)
 	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m cnnforge.sim.train_system $(TRAIN_SIM_ARGS)
 

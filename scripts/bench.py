@@ -32,10 +32,12 @@ def golden_images_per_second(model, images):
     return len(images) / (time.perf_counter() - start)
 
 
-def bench(mnist_dir=None, images=200, presets=("up5k", "ecp5-85f"), out="build", log=print):
+def bench(mnist_dir=None, images=200, presets=("up5k", "ecp5-85f"), out="build", train_steps=10,
+          log=print):
     from .hw.accel import PRESETS
     from .sim import model as model_file
     from .sim.system import simulate
+    from .sim.train_system import train_bench
     model = model_file.load()
     test_x, test_y = mnist.load("test", mnist_dir)
     x, y = test_x[:images], test_y[:images]
@@ -52,15 +54,27 @@ def bench(mnist_dir=None, images=200, presets=("up5k", "ecp5-85f"), out="build",
                      "mismatches": stats["mismatches"],
                      "golden_cpu_images_per_s": round(cpu_rate, 1)})
         log(f"{name}: {stats['cycles_per_image']:.0f} cycles/image over {stats['images']} images")
+        if train_steps:
+            # On-chip training (hw/train.py): forward + backward + update of one image, from the
+            # random init, the final masters checked against the golden trainer.
+            t = train_bench(name, train_steps, mnist_dir=mnist_dir, log=log)
+            if not t["bit_exact"]:
+                raise CnnforgeError(f"{name}: the training RTL disagrees with the golden trainer")
+            rows[-1].update({"train_grad_lanes": t["grad_lanes"], "train_steps": t["steps"],
+                             "train_cycles_per_step": round(t["cycles_per_step"], 1),
+                             "train_to_inference": round(t["cycles_per_step"]
+                                                         / stats["cycles_per_image"], 2)})
     out = Path(out)
     atomic_write_text(out / "bench.json", json.dumps({"macs_per_image": model.config.macs,
                                                        "configs": rows}, indent=1))
     table = markdown_table(
         ["config", "multipliers", "cycles/image", "multiplier utilization", "images simulated",
-         "accuracy", "golden numpy images/s (CPU)"],
+         "accuracy", "training cycles/step", "training / inference", "golden numpy images/s (CPU)"],
         [(r["config"], r["multipliers"], r["cycles_per_image"],
           f"{100 * r['multiplier_utilization']:.1f} %", r["images"],
-          f"{100 * r['accuracy']:.2f} %", r["golden_cpu_images_per_s"]) for r in rows])
+          f"{100 * r['accuracy']:.2f} %", r.get("train_cycles_per_step", "-"),
+          f"{r['train_to_inference']:.2f} x" if "train_to_inference" in r else "-",
+          r["golden_cpu_images_per_s"]) for r in rows])
     atomic_write_text(out / "bench.md", table + "\n")
     log(table)
     return rows

@@ -49,7 +49,8 @@ def cmd_verilog(args):
 
 def cmd_bench(args):
     from . import bench
-    bench.bench(mnist_dir=_mnist_dir(args), images=args.images, presets=args.presets)
+    bench.bench(mnist_dir=_mnist_dir(args), images=args.images, presets=args.presets,
+                train_steps=args.train_steps)
 
 
 def cmd_sim_full(args):
@@ -167,6 +168,8 @@ def build_parser():
     p.add_argument("--images", type=int, default=200, help="MNIST test images per configuration")
     p.add_argument("--presets", nargs="+", default=["up5k", "ecp5-85f"],
                    help="parallelism presets (see hw/accel.py PRESETS)")
+    p.add_argument("--train-steps", type=int, default=10,
+                   help="on-chip training steps per configuration (0: skip training)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("sim-full", help="all MNIST test images through the RTL, checked")
