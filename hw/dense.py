@@ -154,7 +154,8 @@ class DenseEngine(wiring.Component):
 
     TARGETS = ("generic", "ice40", "ecp5")
 
-    def __init__(self, config, *, in_lanes, mults, dense_w, dense_b, target="generic"):
+    def __init__(self, config, *, in_lanes, mults, dense_w, dense_b, target="generic",
+                 buffer=None):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config must be a NetworkConfig, not {config!r}")
         in_lanes = check_int("in_lanes", in_lanes, 1)
@@ -169,6 +170,13 @@ class DenseEngine(wiring.Component):
         if target not in self.TARGETS:
             raise ValueError(f"target must be one of {', '.join(map(repr, self.TARGETS))}, "
                              f"not {target!r}")
+        if buffer is None:
+            buffer = target != "ice40"
+        if not isinstance(buffer, bool):
+            raise TypeError(f"buffer must be a bool or None, not {buffer!r}")
+        if not buffer and in_lanes % mults:
+            raise ValueError(f"without the activation buffer mults must divide in_lanes "
+                             f"({in_lanes}), not {mults!r}")
         widths = Widths(config)
         dense_w, dense_b = np.asarray(dense_w), np.asarray(dense_b)
         if dense_w.shape != (classes, features):
@@ -189,9 +197,14 @@ class DenseEngine(wiring.Component):
                              f"not mults={mults}, {classes * steps} words")
         self._config, self._widths = config, widths
         self._in_lanes, self._mults, self._steps, self._target = in_lanes, mults, steps, target
+        self._buffer = buffer
         self._dense_w, self._dense_b = dense_w.astype(np.int64), dense_b.astype(np.int64)
-        # At least 3: a SyncFIFOBuffered of depth 2 has a zero-width inner address.
-        self._fifo_depth = max(3, 1 + -(-(MACArray.LATENCY + 2) // steps))
+        # At least 3: a SyncFIFOBuffered of depth 2 has a zero-width inner address. Without the
+        # buffer an image's logits leave in one burst: room for all of them.
+        if buffer:
+            self._fifo_depth = max(3, 1 + -(-(MACArray.LATENCY + 2) // steps))
+        else:
+            self._fifo_depth = max(3, classes)
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(8), in_lanes))),
             "o": Out(stream.Signature(signed(widths.dense_acc))),
@@ -217,9 +230,147 @@ class DenseEngine(wiring.Component):
     def fifo_depth(self):
         return self._fifo_depth
 
+    @property
+    def buffer(self):
+        """``True``: ping-pong activation buffer; ``False``: the input stream is consumed
+        directly."""
+        return self._buffer
+
+    @property
+    def mac_target(self):
+        """The :class:`~cnnforge.hw.mac.MACArray` target: ``"ice40"`` (products two per
+        ``SB_MAC16``) for ``target="ice40"``, otherwise ``"generic"``."""
+        return "ice40" if self._target == "ice40" else "generic"
+
     def elaborate(self, platform):
         m = Module()
         config, widths = self._config, self._widths
+        classes, steps, mults = config.classes, self._steps, self._mults
+
+        # --- Weight and bias memories. ------------------------------------------------------
+        wshape = data.ArrayLayout(signed(8), mults)
+        if self._target == "ice40":
+            m.submodules.weight_mem = weights = _SPRAMWeights(8 * mults, classes * steps)
+            w_raddr, w_rdata = weights.r_addr, wshape(weights.r_data)
+            m.d.comb += [weights.w_en.eq(self.w_en), weights.w_addr.eq(self.w_addr),
+                         weights.w_data.eq(self.w_data)]
+            port_busy = self.w_en
+        else:
+            init = [pack_fields(word, 8) for word in weight_words(config, mults, self._dense_w)]
+            m.submodules.weight_mem = weight_mem = Memory(
+                shape=unsigned(8 * mults), depth=classes * steps, init=init)
+            w_wr = weight_mem.write_port()
+            w_rd = weight_mem.read_port()
+            m.d.comb += [w_wr.en.eq(self.w_en), w_wr.addr.eq(self.w_addr),
+                         w_wr.data.eq(self.w_data)]
+            w_raddr, w_rdata = w_rd.addr, wshape(w_rd.data)
+            port_busy = Const(0)
+
+        m.submodules.bias_mem = bias_mem = Memory(
+            shape=signed(widths.dense_bias), depth=classes, init=[int(b) for b in self._dense_b])
+        b_wr = bias_mem.write_port()
+        b_rd = bias_mem.read_port(domain="comb")
+        m.d.comb += [b_wr.en.eq(self.b_en), b_wr.addr.eq(self.b_addr), b_wr.data.eq(self.b_data)]
+
+        m.submodules.mac = mac = MACArray(lanes=1, taps=mults, a_signed=False,
+                                          acc_width=widths.dense_acc, target=self.mac_target)
+        m.d.comb += mac.b[0].eq(w_rdata)
+
+        # --- Output FIFO; `credit` counts logits reserved in it and not yet delivered. -------
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=widths.dense_acc,
+                                                    depth=self._fifo_depth)
+        credit = Signal(range(self._fifo_depth + 1))
+        m.d.comb += [
+            self.o.payload.eq(fifo.r_data),
+            self.o.valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(self.o.ready),
+        ]
+        if self._buffer:
+            reserve = self._elaborate_buffered(m, mac, fifo, b_rd, w_raddr, port_busy, credit)
+        else:
+            reserve = self._elaborate_streaming(m, mac, fifo, b_rd, w_raddr, port_busy, credit)
+        m.d.sync += credit.eq(credit + reserve - (self.o.valid & self.o.ready))
+        return m
+
+    def _elaborate_streaming(self, m, mac, fifo, b_rd, w_raddr, port_busy, credit):
+        """No activation buffer: each input beat is multiplied, while it is held on ``i``,
+        by the weights of every class; per-class partial sums wait in a small memory."""
+        config, widths = self._config, self._widths
+        classes, steps = config.classes, self._steps
+        in_lanes, mults = self._in_lanes, self._mults
+        beats = config.features // in_lanes
+        chunks = in_lanes // mults
+
+        # --- Scheduler: for beat b, class k, chunk j: weight word k * steps + b * chunks + j.
+        b = Signal(range(max(2, beats)))
+        k = Signal(range(max(2, classes)))
+        j = Signal(range(max(2, chunks)))
+        base = Signal(range(max(2, steps)))              # b * chunks
+        addr = Signal(range(classes * steps))
+        last_k = k == classes - 1
+        last_j = j == chunks - 1
+        # The last beat of an image sends `classes` logits into the FIFO: start it only when
+        # they all have a place.
+        opens_last = (b == beats - 1) & (k == 0) & (j == 0)
+        room = credit <= self._fifo_depth - classes
+        issue = Signal()
+        m.d.comb += [
+            issue.eq(self.i.valid & ~port_busy & (~opens_last | room)),
+            self.i.ready.eq(issue & last_k & last_j),
+            w_raddr.eq(addr),
+        ]
+        with m.If(issue):
+            with m.If(~last_j):
+                m.d.sync += [j.eq(j + 1), addr.eq(addr + 1)]
+            with m.Elif(~last_k):
+                m.d.sync += [j.eq(0), k.eq(k + 1), addr.eq(addr + (steps - chunks + 1))]
+            with m.Else():
+                m.d.sync += [j.eq(0), k.eq(0)]
+                with m.If(b == beats - 1):
+                    m.d.sync += [b.eq(0), base.eq(0), addr.eq(0)]
+                with m.Else():
+                    m.d.sync += [b.eq(b + 1), base.eq(base + chunks), addr.eq(base + chunks)]
+
+        # Stage 1: the weight word is read; the activation chunk waits beside it.
+        valid1 = Signal()
+        first1 = Signal(reset_less=True)
+        last1 = Signal(reset_less=True)
+        a1 = Signal(8 * mults, reset_less=True)
+        chunk = (self.i.payload.as_value().word_select(j, 8 * mults) if chunks > 1
+                 else self.i.payload.as_value())
+        m.d.sync += [valid1.eq(issue), first1.eq(j == 0), last1.eq(last_j)]
+        with m.If(issue):
+            m.d.sync += a1.eq(chunk)
+        m.d.comb += [mac.i_valid.eq(valid1), mac.i_first.eq(first1), mac.i_last.eq(last1),
+                     mac.a.eq(a1)]
+
+        # --- Per-class partial sums: the MAC array closes one (beat, class) sum per o_valid,
+        # in the issue order; out_k / out_b follow it. The first beat of an image starts from
+        # the bias, the last one sends the logit to the FIFO.
+        out_k = Signal(range(max(2, classes)))
+        out_b = Signal(range(max(2, beats)))
+        next_k = Mux(out_k == classes - 1, 0, out_k + 1)
+        # A sum is read in the cycle its predecessor (another class: classes >= 2) is written.
+        m.submodules.partial_mem = partial_mem = Memory(
+            shape=signed(widths.dense_acc), depth=classes, init=[], attrs=_NO_RW_CHECK)
+        p_wr = partial_mem.write_port()
+        p_rd = partial_mem.read_port()
+        total = Signal(signed(widths.dense_acc))
+        m.d.comb += [
+            p_rd.addr.eq(Mux(mac.o_valid, next_k, out_k)),
+            b_rd.addr.eq(out_k),
+            total.eq(Mux(out_b == 0, b_rd.data, p_rd.data) + mac.acc[0]),
+            p_wr.addr.eq(out_k), p_wr.data.eq(total), p_wr.en.eq(mac.o_valid),
+            fifo.w_data.eq(total), fifo.w_en.eq(mac.o_valid & (out_b == beats - 1)),
+        ]
+        with m.If(mac.o_valid):
+            m.d.sync += out_k.eq(next_k)
+            with m.If(out_k == classes - 1):
+                m.d.sync += out_b.eq(Mux(out_b == beats - 1, 0, out_b + 1))
+        return Mux(issue & opens_last, classes, 0)
+
+    def _elaborate_buffered(self, m, mac, fifo, b_rd, w_raddr, port_busy, credit):
+        config = self._config
         classes, steps = config.classes, self._steps
         in_lanes, mults = self._in_lanes, self._mults
         beats = config.features // in_lanes
@@ -231,7 +382,6 @@ class DenseEngine(wiring.Component):
         banks = max(1, mults // in_lanes)
         chunks = max(1, in_lanes // mults)
         side_words = beats // banks
-        act_mem = []
         act_rd = []
         act_wr = []
         for n in range(banks):
@@ -240,7 +390,6 @@ class DenseEngine(wiring.Component):
             m.submodules[f"act_mem{n}"] = mem
             act_wr.append(mem.write_port())
             act_rd.append(mem.read_port())
-            act_mem.append(mem)
 
         full = [Signal(name="full_0"), Signal(name="full_1")]
 
@@ -272,31 +421,6 @@ class DenseEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += full[0].eq(1)
 
-        # --- Weight and bias memories. ------------------------------------------------------
-        wshape = data.ArrayLayout(signed(8), mults)
-        if self._target == "ice40":
-            m.submodules.weight_mem = weights = _SPRAMWeights(8 * mults, classes * steps)
-            w_raddr, w_rdata = weights.r_addr, wshape(weights.r_data)
-            m.d.comb += [weights.w_en.eq(self.w_en), weights.w_addr.eq(self.w_addr),
-                         weights.w_data.eq(self.w_data)]
-            port_busy = self.w_en
-        else:
-            init = [pack_fields(word, 8) for word in weight_words(config, mults, self._dense_w)]
-            m.submodules.weight_mem = weight_mem = Memory(
-                shape=unsigned(8 * mults), depth=classes * steps, init=init)
-            w_wr = weight_mem.write_port()
-            w_rd = weight_mem.read_port()
-            m.d.comb += [w_wr.en.eq(self.w_en), w_wr.addr.eq(self.w_addr),
-                         w_wr.data.eq(self.w_data)]
-            w_raddr, w_rdata = w_rd.addr, wshape(w_rd.data)
-            port_busy = Const(0)
-
-        m.submodules.bias_mem = bias_mem = Memory(
-            shape=signed(widths.dense_bias), depth=classes, init=[int(b) for b in self._dense_b])
-        b_wr = bias_mem.write_port()
-        b_rd = bias_mem.read_port(domain="comb")
-        m.d.comb += [b_wr.en.eq(self.b_en), b_wr.addr.eq(self.b_addr), b_wr.data.eq(self.b_data)]
-
         # --- Scheduler: class k, step s of the side r_side. ---------------------------------
         r_side = Signal()
         k = Signal(range(max(2, classes)))
@@ -304,7 +428,6 @@ class DenseEngine(wiring.Component):
         s_word = Signal(range(max(2, steps // chunks)))
         s_chunk = Signal(range(max(2, chunks)))
         w_addr = Signal(range(classes * steps))
-        credit = Signal(range(self._fifo_depth + 1))   # classes started, logit not delivered
 
         ready_side = Mux(r_side, full[1], full[0])
         issue = Signal()
@@ -342,25 +465,17 @@ class DenseEngine(wiring.Component):
         chunk1 = Signal.like(s_chunk, reset_less=True)
         m.d.sync += [valid1.eq(issue), first1.eq(s == 0), last1.eq(s == steps - 1),
                      chunk1.eq(s_chunk)]
-
-        m.submodules.mac = mac = MACArray(lanes=1, taps=mults, a_signed=False,
-                                          acc_width=widths.dense_acc)
         if banks > 1:
             group = Cat(*(act_rd[n].data for n in range(banks)))
         elif chunks > 1:
             group = act_rd[0].data.as_value().word_select(chunk1, 8 * mults)
         else:
             group = act_rd[0].data
-        m.d.comb += [
-            mac.i_valid.eq(valid1), mac.i_first.eq(first1), mac.i_last.eq(last1),
-            mac.a.eq(group),
-            mac.b[0].eq(w_rdata),
-        ]
+        m.d.comb += [mac.i_valid.eq(valid1), mac.i_first.eq(first1), mac.i_last.eq(last1),
+                     mac.a.eq(group)]
 
         # --- Output: bias add into the FIFO. ------------------------------------------------
         out_k = Signal(range(max(2, classes)))
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=widths.dense_acc,
-                                                    depth=self._fifo_depth)
         m.d.comb += [
             b_rd.addr.eq(out_k),
             fifo.w_data.eq(mac.acc[0] + b_rd.data),
@@ -368,11 +483,4 @@ class DenseEngine(wiring.Component):
         ]
         with m.If(mac.o_valid):
             m.d.sync += out_k.eq(Mux(out_k == classes - 1, 0, out_k + 1))
-        xfer = self.o.valid & self.o.ready
-        m.d.comb += [
-            self.o.payload.eq(fifo.r_data),
-            self.o.valid.eq(fifo.r_rdy),
-            fifo.r_en.eq(self.o.ready),
-        ]
-        m.d.sync += credit.eq(credit + start - xfer)
-        return m
+        return start
