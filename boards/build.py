@@ -100,15 +100,15 @@ def _preset(name):
 
 
 def ice40_dsps(par, config=None):
-    """SB_MAC16 blocks a parallelism needs on the iCE40: the convolution's dual 8x8 instances,
-    two per requantization multiplier (a 21x17 product splits into 16x16 and 5x16), one per
-    dense multiplier."""
+    """SB_MAC16 blocks a parallelism needs on the iCE40: the convolution's and the dense
+    engine's dual 8x8 instances, two per requantization multiplier (a 21x16 product splits into
+    16x16 and 5x16)."""
     from ..hw.params import NetworkConfig, Widths
     config = config or NetworkConfig()
     acc = Widths(config).conv_acc
     conv = -(-par.conv_lanes * (config.taps if par.conv_window else 1) // 2)
     requant = par.requant_parallel * -(-acc // 16)
-    dense = par.dense_mults
+    dense = -(-par.dense_mults // 2)
     return {"conv": conv, "requant": requant, "dense": dense, "total": conv + requant + dense}
 
 
@@ -201,13 +201,19 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     }
     dsp_note = None
     if spec.family == "ice40":
-        # No -dsp: the convolution's SB_MAC16 are explicit instances (two int8 products each);
-        # the requantization and dense products stay in LUTs.
+        # The convolution's and dense engine's SB_MAC16 are explicit instances (two int8
+        # products each); `-dsp` lets Yosys map the requantization products (the only other
+        # multipliers) when the DSPs left suffice, otherwise they stay in LUTs.
         opts["synth_opts"] = ""
         if par is not None and accel is None:
             needed = ice40_dsps(par)
-            dsp_note = (f"SB_MAC16: {needed['conv']} convolution (dual 8x8); requantization "
-                        f"and dense products in LUTs (all would need {needed['total']})")
+            if needed["total"] <= ICE40_DSPS:
+                opts["synth_opts"] = "-dsp"
+                where = f"{needed['requant']} requantization (Yosys -dsp)"
+            else:
+                where = f"requantization in LUTs (all would need {needed['total']})"
+            dsp_note = (f"SB_MAC16: {needed['conv']} convolution, {needed['dense']} dense "
+                        f"(dual 8x8), {where}")
     elif os.environ.get("CNNFORGE_ECP5_DSP", "0") != "1":
         # synth_ecp5 maps every product to a MULT18X18D and cannot be told which ones: the
         # ecp5-85f configuration has 208 (144 + 32 + 2 x 16), the 85F 156. All in LUTs instead

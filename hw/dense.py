@@ -269,7 +269,9 @@ class DenseEngine(wiring.Component):
         m.submodules.bias_mem = bias_mem = Memory(
             shape=signed(widths.dense_bias), depth=classes, init=[int(b) for b in self._dense_b])
         b_wr = bias_mem.write_port()
-        b_rd = bias_mem.read_port(domain="comb")
+        # Without the buffer the bias is read ahead like the partial sums (block RAM, not
+        # classes x dense_bias flip-flops and a multiplexer).
+        b_rd = bias_mem.read_port(domain="comb" if self._buffer else "sync")
         m.d.comb += [b_wr.en.eq(self.b_en), b_wr.addr.eq(self.b_addr), b_wr.data.eq(self.b_data)]
 
         m.submodules.mac = mac = MACArray(lanes=1, taps=mults, a_signed=False,
@@ -293,13 +295,30 @@ class DenseEngine(wiring.Component):
         return m
 
     def _elaborate_streaming(self, m, mac, fifo, b_rd, w_raddr, port_busy, credit):
-        """No activation buffer: each input beat is multiplied, while it is held on ``i``,
-        by the weights of every class; per-class partial sums wait in a small memory."""
+        """No activation buffer: each input beat is multiplied by the weights of every class;
+        per-class partial sums wait in a small memory."""
         config, widths = self._config, self._widths
         classes, steps = config.classes, self._steps
         in_lanes, mults = self._in_lanes, self._mults
         beats = config.features // in_lanes
         chunks = in_lanes // mults
+
+        # --- Input: two beat registers, so that i.ready is a flip-flop (no combinational path
+        # from the scheduler back through the upstream blocks' handshakes) without a bubble:
+        # `nxt` takes a beat whenever it is empty, `cur` (the beat being multiplied) takes it
+        # from `nxt` when it is empty or its last step issues.
+        nxt = Signal(8 * in_lanes, reset_less=True)
+        nxt_valid = Signal()
+        cur = Signal(8 * in_lanes, reset_less=True)
+        cur_valid = Signal()
+        done = Signal()
+        m.d.comb += self.i.ready.eq(~nxt_valid)
+        with m.If(self.i.valid & ~nxt_valid):
+            m.d.sync += [nxt.eq(self.i.payload), nxt_valid.eq(1)]
+        with m.If(~cur_valid | done):
+            m.d.sync += [cur.eq(nxt), cur_valid.eq(nxt_valid)]
+            with m.If(nxt_valid):       # then i.ready is low: nothing is taken this cycle
+                m.d.sync += nxt_valid.eq(0)
 
         # --- Scheduler: for beat b, class k, chunk j: weight word k * steps + b * chunks + j.
         b = Signal(range(max(2, beats)))
@@ -315,8 +334,8 @@ class DenseEngine(wiring.Component):
         room = credit <= self._fifo_depth - classes
         issue = Signal()
         m.d.comb += [
-            issue.eq(self.i.valid & ~port_busy & (~opens_last | room)),
-            self.i.ready.eq(issue & last_k & last_j),
+            issue.eq(cur_valid & ~port_busy & (~opens_last | room)),
+            done.eq(issue & last_k & last_j),
             w_raddr.eq(addr),
         ]
         with m.If(issue):
@@ -336,8 +355,7 @@ class DenseEngine(wiring.Component):
         first1 = Signal(reset_less=True)
         last1 = Signal(reset_less=True)
         a1 = Signal(8 * mults, reset_less=True)
-        chunk = (self.i.payload.as_value().word_select(j, 8 * mults) if chunks > 1
-                 else self.i.payload.as_value())
+        chunk = cur.word_select(j, 8 * mults) if chunks > 1 else cur
         m.d.sync += [valid1.eq(issue), first1.eq(j == 0), last1.eq(last_j)]
         with m.If(issue):
             m.d.sync += a1.eq(chunk)
@@ -358,7 +376,7 @@ class DenseEngine(wiring.Component):
         total = Signal(signed(widths.dense_acc))
         m.d.comb += [
             p_rd.addr.eq(Mux(mac.o_valid, next_k, out_k)),
-            b_rd.addr.eq(out_k),
+            b_rd.addr.eq(Mux(mac.o_valid, next_k, out_k)),
             total.eq(Mux(out_b == 0, b_rd.data, p_rd.data) + mac.acc[0]),
             p_wr.addr.eq(out_k), p_wr.data.eq(total), p_wr.en.eq(mac.o_valid),
             fifo.w_data.eq(total), fifo.w_en.eq(mac.o_valid & (out_b == beats - 1)),

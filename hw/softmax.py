@@ -39,13 +39,17 @@ class Softmax(wiring.Component):
        ``t_max``; ``e = exp2_table[t mod 64] >> (t >> 6)``; ``S += e``;
     3. *normalize*: ``S`` shifted right into ``[2**15, 2**16)`` (``n - 15`` steps), the seed
        ``x0`` read, one Newton step ``x1 = x0 * (2**31 - m * x0) >> 30`` (two products);
-    4. *out*: per class ``p = (e * x1 + 2**(n-1)) >> n``, offered on ``o`` with the class.
+    4. *out*: per class ``p = (e * x1 + 2**(n-1)) >> n``, offered on ``o`` with the class;
+       computed as ``((e * x1 >> (n - 15)) + 2**14) >> 15`` (equal: the bits shifted out first
+       lie below the rounding bit), the first shift one bit per cycle in the product register
+       rather than by a barrel shifter.
 
     Latency and throughput
     ----------------------
     ``i.ready`` is high only in the load phase. After the last logit, the first output beat
-    follows in about ``(MUL_BITS + 4) * classes + 2 * MUL_BITS + 8`` cycles, the others every
-    ``MUL_BITS + 3`` cycles without backpressure: about 450 cycles per image for 10 classes,
+    follows in about ``(MUL_BITS + 4) * classes + 2 * MUL_BITS + 9 + (n - 15)`` cycles, the
+    others every ``MUL_BITS + 4 + (n - 15)`` cycles without backpressure (``n - 15`` is 0 to 3
+    for 10 classes): about 450 to 500 cycles per image for 10 classes,
     well within the time the dense layer takes per image (the accelerator buffers two logits
     in front of this block).
 
@@ -129,6 +133,7 @@ class Softmax(wiring.Component):
         total = Signal(sum_bits)
         norm = Signal(max(sum_bits, fmt.exp_bits + 1))   # S shifted into [2**15, 2**16)
         norm_shift = Signal(range(max(2, sum_bits)))     # n - 15
+        shift_left = Signal.like(norm_shift)
         t = Signal(range(fmt.t_max + 1))
         x0 = Signal(fmt.recip_bits)
         x1 = Signal(b_bits)
@@ -196,11 +201,19 @@ class Softmax(wiring.Component):
                         m.d.sync += [x1.eq(product >> 30), k.eq(0)]
                         m.next = "PROB_READ"
                     with m.Case(PROB):
-                        rounded = ((product + (Const(1, p_bits) << (norm_shift + 14)))
-                                   >> (norm_shift + 15))
-                        m.d.sync += [self.o.payload.prob.eq(rounded),
-                                     self.o.payload.cls.eq(best_k), self.o.valid.eq(1)]
-                        m.next = "PROB_SEND"
+                        m.d.sync += shift_left.eq(norm_shift)
+                        m.next = "PROB_SHIFT"
+
+            # (P + 2**(n-1)) >> n with n = norm_shift + 15 is ((P >> norm_shift) + 2**14) >> 15
+            # (the bits shifted out are below the rounding bit): norm_shift single-bit shifts
+            # of the product register instead of a barrel shifter.
+            with m.State("PROB_SHIFT"):
+                with m.If(shift_left == 0):
+                    m.d.sync += [self.o.payload.prob.eq((product + (1 << 14)) >> 15),
+                                 self.o.payload.cls.eq(best_k), self.o.valid.eq(1)]
+                    m.next = "PROB_SEND"
+                with m.Else():
+                    m.d.sync += [product.eq(product >> 1), shift_left.eq(shift_left - 1)]
 
             with m.State("EXP_TABLE"):          # exp2_rd.data valid: the table entry of t
                 e = Signal(fmt.exp_bits)

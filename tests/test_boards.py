@@ -82,8 +82,11 @@ def test_parallelism_override_and_estimates():
                              "dense_mults": 4, "target": "ice40"}
     # 676 positions x 9 taps x 8 filter groups + the bank switch; requant 21,632; dense 13,520.
     assert estimate_cycles(NetworkConfig(), par) == 48_675
-    assert ice40_dsps(par) == {"conv": 2, "requant": 2, "dense": 4, "total": 8}
-    assert estimate_cycles(NetworkConfig(), parse_parallelism("", "icebreaker")) == 12_171
+    assert ice40_dsps(par) == {"conv": 2, "requant": 2, "dense": 2, "total": 6}
+    # The up5k preset: 676 x 9 x 4 + 3 (conv lanes 8); all eight SB_MAC16.
+    up5k = parse_parallelism("", "icebreaker")
+    assert estimate_cycles(NetworkConfig(), up5k) == 24_339
+    assert ice40_dsps(up5k) == {"conv": 4, "requant": 2, "dense": 2, "total": 8}
     with pytest.raises(CnnforgeError, match="--parallelism: 'lanes=2' is not one of conv_lanes"):
         parse_parallelism("lanes=2", "icebreaker")
     with pytest.raises(CnnforgeError, match="--parallelism: conv_lanes must be an integer"):
