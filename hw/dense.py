@@ -1,4 +1,5 @@
-"""The dense (fully connected) layer: a ping-pong activation buffer and a wide dot-product lane."""
+"""The dense (fully connected) layer: a wide dot-product lane, behind a ping-pong activation buffer or
+fed straight from the pooled stream."""
 
 
 import numpy as np
@@ -73,45 +74,72 @@ class DenseEngine(wiring.Component):
 
     The input is the MaxPool output: an image is ``features // in_lanes`` beats of ``in_lanes``
     uint8 activations, in the golden flatten order ``(y, x, c)`` (beat ``b`` holds features
-    ``b*in_lanes ..``). Beats are written into one side of a ping-pong activation buffer while
-    the dot products of the previous image are computed from the other side, so the layer
-    overlaps the convolution of the next image and an image's buffer fill costs no time.
+    ``b*in_lanes ..``). Two architectures (``buffer``):
 
-    The computation runs class by class: for class ``k`` the ``steps = features // mults``
-    groups of ``mults`` activations are multiplied by the matching weight words, one group per
-    cycle, and summed into the single accumulator of a ``MACArray(lanes=1, taps=mults)``; the
-    bias is added as the sum leaves the array, on its way into a small output FIFO. The MAC
-    pipeline cannot stall, so a class is started only when a place in the FIFO is reserved for
-    its result (credit counting; no combinational path from ``o.ready`` to the scheduler).
+    *With the activation buffer* (``buffer=True``). Beats are written into one side of a
+    ping-pong activation buffer while the dot products of the previous image are computed from
+    the other side, so the layer overlaps the convolution of the next image and an image's
+    buffer fill costs no time. The computation runs class by class: for class ``k`` the
+    ``steps = features // mults`` groups of ``mults`` activations are multiplied by the matching
+    weight words, one group per cycle, and summed into the single accumulator of a
+    ``MACArray(lanes=1, taps=mults)``; the bias is added as the sum leaves the array, on its way
+    into a small output FIFO. The MAC pipeline cannot stall, so a class is started only when a
+    place in the FIFO is reserved for its result (credit counting; no combinational path from
+    ``o.ready`` to the scheduler).
+
+    *Without it* (``buffer=False``, the default for ``target="ice40"``). Each beat is multiplied
+    as it arrives by the weights of every class: for class ``k`` its ``chunks = in_lanes //
+    mults`` groups, one per cycle (weight word ``k * steps + b * chunks + j``), closed into one
+    partial sum by the ``MACArray``; the partial sums of the ``classes`` classes wait in a
+    ``classes``-word memory (read ahead, one cycle before the array delivers the next sum).
+    An image's first beat starts each sum from the bias, its last beat sends the ``classes``
+    logits to the output FIFO (``classes`` entries; that beat starts only when they all have a
+    place). The beat is taken into a register, ``i.ready`` is that register's "empty" flag (a
+    flip-flop: no combinational path through the upstream blocks' handshakes), at the cost of
+    two idle cycles per beat (freed by its last step, refilled the cycle after). No activation
+    memory at all; the engine takes a beat per ``classes * chunks + 2`` cycles, which must
+    keep up with the producer (it backpressures otherwise).
 
     Weight and bias write ports
     ---------------------------
     The weight memory holds ``classes * steps`` words of ``mults`` int8 weights, see
-    :func:`weight_words`: address ``k * steps + s``, element ``j`` is the weight of class ``k``
-    for feature ``s * mults + j``. The bias memory holds ``classes`` words. A write is one cycle
-    with ``w_en`` (``b_en``) high and takes effect at once (words read after it see it); write
-    between images for a coherent model. With ``target="ice40"`` the weights live in SPRAM,
-    which has no initial contents: they must be written after configuration (``dense_w`` is then
-    only used to check shapes), and a weight write holds the computation for that cycle.
+    :func:`weight_words` (the same layout for both architectures): address ``k * steps + s``,
+    element ``j`` is the weight of class ``k`` for feature ``s * mults + j``. The bias memory
+    holds ``classes`` words. A write is one cycle with ``w_en`` (``b_en``) high and takes effect
+    at once (words read after it see it); write between images for a coherent model. With
+    ``target="ice40"`` the weights live in SPRAM, which has no initial contents: they must be
+    written after configuration (``dense_w`` is then only used to check shapes), and a weight
+    write holds the computation for that cycle.
 
     Latency
     -------
-    ``steps + MACArray.LATENCY + 2`` cycles from the start of a class to its logit on ``o``
-    (the computation of an image starts the cycle after its last beat was accepted, if the
-    previous image's computation is finished).
+    With the buffer: ``steps + MACArray.LATENCY + 2`` cycles from the start of a class to its
+    logit on ``o`` (the computation of an image starts the cycle after its last beat was
+    accepted, if the previous image's computation is finished). Without: an image's last beat,
+    accepted in cycle ``t``, is multiplied from ``t + 1``; class ``k``'s logit is written into
+    the FIFO ``MACArray.LATENCY + 1`` cycles after its last group, ``(k + 1) * chunks - 1``
+    cycles after that beat's first group, and offered on ``o`` one cycle later (``o.ready``
+    permitting).
 
     Throughput
     ----------
-    ``mults`` multiply-accumulates per cycle, sustained: ``classes * steps`` cycles per image,
-    no idle cycle between images. The reference network (5,408 features, 10 classes): 6,760
-    cycles per image at 8 multipliers, 1,690 at 32. ``i.ready`` is high
-    whenever the fill side is free, so the producer sees no stall while the engine keeps up.
+    With the buffer: ``mults`` multiply-accumulates per cycle, sustained: ``classes * steps``
+    cycles per image (:attr:`cycles_per_image`), no idle cycle between images. The reference
+    network (5,408 features, 10 classes): 6,760 cycles per image at 8 multipliers, 1,690 at 32.
+    ``i.ready`` is high whenever the fill side is free, so the producer sees no stall while the
+    engine keeps up. Without it: one beat per ``classes * chunks + 2`` cycles,
+    ``(classes * steps) * (1 + 2 / (classes * chunks))`` cycles per image; the ``up5k`` preset
+    (4 lanes, 4 multipliers): 16,224 cycles of the 48,675 its convolution takes per image
+    (the pooled stream brings a beat per 36 cycles on average).
 
     Resources
     ---------
-    ``mults`` multipliers; weight memory ``classes * steps`` x ``8 * mults`` bits (UP5K: four
-    SPRAMs for 8 multipliers), activation buffer ``2 * features`` bytes in block RAM,
-    ``classes`` bias words.
+    ``mults`` multipliers (two per ``SB_MAC16`` for ``target="ice40"``); weight memory
+    ``classes * steps`` x ``8 * mults`` bits (UP5K: two SPRAMs for 4 multipliers, four for 8).
+    With the buffer: activation buffer ``2 * features`` bytes in block RAM (24 ``SB_RAM40_4K``
+    for the reference network), ``classes`` bias words in flip-flops. Without: ``classes``
+    partial sums and ``classes`` bias words in block RAM (2 + 2 ``SB_RAM40_4K`` on iCE40) and
+    one input beat register (``8 * in_lanes`` flip-flops).
 
     Parameters
     ----------
@@ -129,7 +157,12 @@ class DenseEngine(wiring.Component):
     target : str
         ``"generic"`` (block RAM weight memory initialized from ``dense_w``), ``"ice40"``
         (weights in ``SB_SPRAM256KA``, written after configuration; needs ``8 * mults`` a
-        multiple of 16 and ``classes * steps <= 16384``) or ``"ecp5"`` (same as generic).
+        multiple of 16 and ``classes * steps <= 16384``; products in dual 8x8 ``SB_MAC16``)
+        or ``"ecp5"`` (same as generic).
+    buffer : bool or None
+        With the ping-pong activation buffer (``True``) or consuming the input stream directly
+        (``False``; ``mults`` must divide ``in_lanes``). ``None``: ``False`` for
+        ``target="ice40"``, ``True`` otherwise.
 
     Members
     -------
@@ -146,10 +179,12 @@ class DenseEngine(wiring.Component):
     Raises
     ------
     TypeError
-        If ``config`` is not a :class:`NetworkConfig` or a count is not an integer.
+        If ``config`` is not a :class:`NetworkConfig`, a count is not an integer or ``buffer``
+        is not a bool or None.
     ValueError
-        If the lane counts do not fit the network, the arrays have the wrong shape or range,
-        or ``target`` is unknown.
+        If the lane counts do not fit the network (or, without the buffer, ``mults`` does not
+        divide ``in_lanes``), the arrays have the wrong shape or range, or ``target`` is
+        unknown.
     """
 
     TARGETS = ("generic", "ice40", "ecp5")
@@ -223,8 +258,12 @@ class DenseEngine(wiring.Component):
 
     @property
     def cycles_per_image(self):
-        """Sustained cycles per image: ``classes * steps``."""
-        return self._config.classes * self._steps
+        """Sustained cycles per image: ``classes * steps``, without the buffer plus two per
+        input beat."""
+        cycles = self._config.classes * self._steps
+        if not self._buffer:
+            cycles += 2 * (self._config.features // self._in_lanes)
+        return cycles
 
     @property
     def fifo_depth(self):
@@ -303,22 +342,17 @@ class DenseEngine(wiring.Component):
         beats = config.features // in_lanes
         chunks = in_lanes // mults
 
-        # --- Input: two beat registers, so that i.ready is a flip-flop (no combinational path
-        # from the scheduler back through the upstream blocks' handshakes) without a bubble:
-        # `nxt` takes a beat whenever it is empty, `cur` (the beat being multiplied) takes it
-        # from `nxt` when it is empty or its last step issues.
-        nxt = Signal(8 * in_lanes, reset_less=True)
-        nxt_valid = Signal()
+        # --- Input: the beat register `cur`, so that i.ready (= ~cur_valid) is a flip-flop: no
+        # combinational path from the scheduler back through the upstream blocks' handshakes.
+        # It is freed by the beat's last step and refilled from the next cycle on.
         cur = Signal(8 * in_lanes, reset_less=True)
         cur_valid = Signal()
         done = Signal()
-        m.d.comb += self.i.ready.eq(~nxt_valid)
-        with m.If(self.i.valid & ~nxt_valid):
-            m.d.sync += [nxt.eq(self.i.payload), nxt_valid.eq(1)]
-        with m.If(~cur_valid | done):
-            m.d.sync += [cur.eq(nxt), cur_valid.eq(nxt_valid)]
-            with m.If(nxt_valid):       # then i.ready is low: nothing is taken this cycle
-                m.d.sync += nxt_valid.eq(0)
+        m.d.comb += self.i.ready.eq(~cur_valid)
+        with m.If(self.i.valid & ~cur_valid):
+            m.d.sync += [cur.eq(self.i.payload), cur_valid.eq(1)]
+        with m.If(done):
+            m.d.sync += cur_valid.eq(0)
 
         # --- Scheduler: for beat b, class k, chunk j: weight word k * steps + b * chunks + j.
         b = Signal(range(max(2, beats)))
@@ -350,17 +384,16 @@ class DenseEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += [b.eq(b + 1), base.eq(base + chunks), addr.eq(base + chunks)]
 
-        # Stage 1: the weight word is read; the activation chunk waits beside it.
+        # Stage 1: the weight word is read. `cur` still holds the beat (it is refilled at the
+        # earliest at the end of the cycle after its last step): the chunk is selected there.
         valid1 = Signal()
         first1 = Signal(reset_less=True)
         last1 = Signal(reset_less=True)
-        a1 = Signal(8 * mults, reset_less=True)
-        chunk = cur.word_select(j, 8 * mults) if chunks > 1 else cur
-        m.d.sync += [valid1.eq(issue), first1.eq(j == 0), last1.eq(last_j)]
-        with m.If(issue):
-            m.d.sync += a1.eq(chunk)
+        j1 = Signal.like(j, reset_less=True)
+        m.d.sync += [valid1.eq(issue), first1.eq(j == 0), last1.eq(last_j), j1.eq(j)]
+        chunk = cur.word_select(j1, 8 * mults) if chunks > 1 else cur
         m.d.comb += [mac.i_valid.eq(valid1), mac.i_first.eq(first1), mac.i_last.eq(last1),
-                     mac.a.eq(a1)]
+                     mac.a.eq(chunk)]
 
         # --- Per-class partial sums: the MAC array closes one (beat, class) sum per o_valid,
         # in the issue order; out_k / out_b follow it. The first beat of an image starts from

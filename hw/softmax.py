@@ -47,9 +47,9 @@ class Softmax(wiring.Component):
     Latency and throughput
     ----------------------
     ``i.ready`` is high only in the load phase. After the last logit, the first output beat
-    follows in about ``(MUL_BITS + 4) * classes + 2 * MUL_BITS + 9 + (n - 15)`` cycles, the
+    follows in about ``(MUL_BITS + 6) * classes + 2 * MUL_BITS + 9 + (n - 15)`` cycles, the
     others every ``MUL_BITS + 4 + (n - 15)`` cycles without backpressure (``n - 15`` is 0 to 3
-    for 10 classes): about 450 to 500 cycles per image for 10 classes,
+    for 10 classes): about 470 to 520 cycles per image for 10 classes,
     well within the time the dense layer takes per image (the accelerator buffers two logits
     in front of this block).
 
@@ -146,14 +146,12 @@ class Softmax(wiring.Component):
         EXP, SEED, NEWTON, PROB = range(4)
 
         half = 1 << (self._shift - 1)
-        t_full = (product + half) >> self._shift
-        t_clamped = Mux(t_full >= fmt.t_max, fmt.t_max, t_full)
+        t_full = Signal(max(1, p_bits + 1 - self._shift))    # the rounded, shifted product
         m.d.comb += [
             logit_wr.addr.eq(k), logit_wr.data.eq(self.i.payload),
             logit_rd.addr.eq(k),
             exp_wr.addr.eq(k), exp_rd.addr.eq(k),
-            # Addressed from the product, so the entry is read as t is registered.
-            exp2_rd.addr.eq(t_clamped[:fmt.frac_bits]),
+            exp2_rd.addr.eq(t[:fmt.frac_bits]),
             recip_rd.addr.eq(norm[15 - fmt.recip_index_bits:15]),
         ]
 
@@ -193,8 +191,8 @@ class Softmax(wiring.Component):
             with m.State("MULTIPLIED"):
                 with m.Switch(mul_then):
                     with m.Case(EXP):
-                        m.d.sync += t.eq(t_clamped)
-                        m.next = "EXP_TABLE"
+                        m.d.sync += t_full.eq((product + half) >> self._shift)
+                        m.next = "EXP_CLAMP"
                     with m.Case(SEED):
                         start_multiply((1 << 31) - product[:32], x0, NEWTON)
                     with m.Case(NEWTON):
@@ -214,6 +212,14 @@ class Softmax(wiring.Component):
                     m.next = "PROB_SEND"
                 with m.Else():
                     m.d.sync += [product.eq(product >> 1), shift_left.eq(shift_left - 1)]
+
+            # The rounding add, the clamp and the table read in separate cycles (timing).
+            with m.State("EXP_CLAMP"):
+                m.d.sync += t.eq(Mux(t_full >= fmt.t_max, fmt.t_max, t_full))
+                m.next = "EXP_ADDR"
+
+            with m.State("EXP_ADDR"):           # the table is addressed from t
+                m.next = "EXP_TABLE"
 
             with m.State("EXP_TABLE"):          # exp2_rd.data valid: the table entry of t
                 e = Signal(fmt.exp_bits)
