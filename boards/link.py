@@ -56,8 +56,10 @@ class Link(wiring.Component):
     payload straight into the image memory. A checked request goes to the executor, which
     answers it or starts a classification: the image memory streams into ``accel.i`` and the
     ``classes`` result beats from ``accel.o`` are captured into the reply buffer, one byte per
-    cycle (``accel.o`` sees ``ready`` once per 7 cycles). Frames that arrive meanwhile are
-    answered ``BUSY``; the classification's reply follows when it completes.
+    cycle, straight from the held payload (``accel.o`` sees ``ready`` in the 7th cycle of each
+    beat, so the cycle count, which leaves out output stalls, pauses meanwhile). Frames that
+    arrive meanwhile are answered ``BUSY``; the classification's reply follows when it
+    completes.
 
     ``WRITE_WEIGHTS`` (when the accelerator has the model write port ``mw_en``, ``mw_memory``,
     ``mw_addr``, ``mw_data`` of :class:`~cnnforge.hw.accel.Accelerator`): the payload's words
@@ -306,6 +308,9 @@ class Link(wiring.Component):
                 # One cycle to register the frame's verdict (keeps the checks off the
                 # executor's paths).
                 m.d.sync += [p_code.eq(frame_code), p_busy.eq(p_busy | busy)]
+                m.next = "SETTLE"
+            with m.State("SETTLE"):
+                # And one for the executor's registered error code (`code_r`) to see them.
                 m.next = "REQUEST"
             with m.State("REQUEST"):
                 m.d.comb += req_valid.eq(1)
@@ -338,9 +343,13 @@ class Link(wiring.Component):
         count = Signal(32)
         cycles = Signal(32)
         result_ready = Signal()
+        # The beat being captured stays on accel.o (not taken until its last byte is written):
+        # its fields are read there, not copied into registers.
         c_logit = Signal(32)
         c_prob = Signal(16)
         c_cls = Signal(8)
+        m.d.comb += [c_logit.eq(accel.o.payload.logit.as_signed()),
+                     c_prob.eq(accel.o.payload.prob), c_cls.eq(accel.o.payload.cls)]
         c_beat = Signal(range(classes))
         c_byte = Signal(range(7))
         c_lbase = Signal(range(res_len))
@@ -353,16 +362,11 @@ class Link(wiring.Component):
         with m.FSM(name="capture"):
             with m.State("TAKE"):
                 # Outside a classification, stray beats are drained and dropped.
-                m.d.comb += accel.o.ready.eq(1)
+                m.d.comb += accel.o.ready.eq(~busy)
                 with m.If(start):
                     m.d.sync += [c_beat.eq(0), c_lbase.eq(1), c_pbase.eq(1 + 4 * classes)]
                 with m.If(accel.o.valid & busy):
-                    m.d.sync += [
-                        c_logit.eq(accel.o.payload.logit.as_signed()),
-                        c_prob.eq(accel.o.payload.prob),
-                        c_cls.eq(accel.o.payload.cls),
-                        c_byte.eq(0),
-                    ]
+                    m.d.sync += c_byte.eq(0)
                     with m.If(c_beat == classes - 1):
                         m.d.sync += [cycles.eq(count + 1), counting.eq(0)]
                     m.next = "WRITE"
@@ -381,6 +385,7 @@ class Link(wiring.Component):
                         m.d.comb += [res_wr.addr.eq(0), res_wr.data.eq(c_cls)]
                 m.d.sync += c_byte.eq(c_byte + 1)
                 with m.If(c_byte == 6):
+                    m.d.comb += accel.o.ready.eq(1)
                     m.d.sync += [c_lbase.eq(c_lbase + 4), c_pbase.eq(c_pbase + 2),
                                  c_beat.eq(c_beat + 1)]
                     with m.If(c_beat == classes - 1):
@@ -403,7 +408,13 @@ class Link(wiring.Component):
                          t_crc.eq(0xFFFF)]
             m.next = "LOAD"
 
+        # The request's error code, registered (timing: it is decided from the frame's fields,
+        # stable from SETTLE on, and from busy / model_ok / image_valid, which the executor
+        # changes only when it starts a reply or a copy, or starts a classification, after
+        # which no request can be pending in the next cycle).
         code = Signal(8)
+        code_r = Signal(8)
+        m.d.sync += code_r.eq(code)
         with m.If(p_code != 0):
             m.d.comb += code.eq(p_code)
         with m.Elif(busy | p_busy):
@@ -477,8 +488,8 @@ class Link(wiring.Component):
                     reply(Command.CLASSIFY.value | REPLY, res_len, SRC_RESULT)
                 with m.Elif(req_valid):
                     m.d.comb += req_ready.eq(1)
-                    with m.If(code != 0):
-                        m.d.sync += [r_code.eq(code), r_nak_cmd.eq(p_cmd)]
+                    with m.If(code_r != 0):
+                        m.d.sync += [r_code.eq(code_r), r_nak_cmd.eq(p_cmd)]
                         reply(Command.NAK.value, 2, SRC_NAK)
                     with m.Elif(p_cmd == Command.PING):
                         reply(Command.PING.value | REPLY, len(ping), SRC_PING)
