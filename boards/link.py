@@ -437,6 +437,10 @@ class Link(wiring.Component):
         tx_reg = Signal(8)
         tx_in_crc = Signal()
         tx_last = Signal()
+        # Where byte t_idx lies (payload, CRC high byte, last), registered in LOAD (timing).
+        t_payload = Signal()
+        t_crc_hi = Signal()
+        t_last = Signal()
         m.d.comb += [p.eq(t_idx - 4), res_rd.addr.eq(p)]
         with m.Switch(r_src):
             with m.Case(SRC_PING):
@@ -455,9 +459,9 @@ class Link(wiring.Component):
             m.d.comb += tx_byte.eq(r_len[:8])
         with m.Elif(t_idx == 3):
             m.d.comb += tx_byte.eq(r_len[8:])
-        with m.Elif(p < r_len):
+        with m.Elif(t_payload):
             m.d.comb += tx_byte.eq(payload_byte)
-        with m.Elif(p == r_len):
+        with m.Elif(t_crc_hi):
             m.d.comb += tx_byte.eq(t_crc[8:])
         with m.Else():
             m.d.comb += tx_byte.eq(t_crc[:8])
@@ -527,13 +531,16 @@ class Link(wiring.Component):
                 with m.Else():
                     m.next = "COPY_ADDR"
             with m.State("LOAD"):
-                # One cycle for the reply buffer's synchronous read of byte t_idx ...
+                # One cycle for the reply buffer's synchronous read of byte t_idx and to place
+                # the byte (payload: p < r_len only for t_idx >= 4, as p wraps below) ...
+                m.d.sync += [t_payload.eq(p < r_len), t_crc_hi.eq(p == r_len),
+                             t_last.eq(p == r_len + 1)]
                 m.next = "LATCH"
             with m.State("LATCH"):
                 # ... and one to register the byte and its place (off the CRC's path).
                 m.d.sync += [tx_reg.eq(tx_byte),
-                             tx_in_crc.eq((t_idx != 0) & ((t_idx < 4) | (p < r_len))),
-                             tx_last.eq(p == r_len + 1)]
+                             tx_in_crc.eq((t_idx != 0) & ((t_idx < 4) | t_payload)),
+                             tx_last.eq(t_last)]
                 m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += [txu.i.valid.eq(1), txu.i.payload.eq(tx_reg)]

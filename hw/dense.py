@@ -355,16 +355,16 @@ class DenseEngine(wiring.Component):
             m.d.sync += cur_valid.eq(0)
 
         # --- Scheduler: for beat b, class k, chunk j: weight word k * steps + b * chunks + j.
-        b = Signal(range(max(2, beats)))
         k = Signal(range(max(2, classes)))
         j = Signal(range(max(2, chunks)))
-        base = Signal(range(max(2, steps)))              # b * chunks
+        base = Signal(range(max(2, steps)))              # b * chunks for beat b
         addr = Signal(range(classes * steps))
         last_k = k == classes - 1
         last_j = j == chunks - 1
+        last_b = base == (beats - 1) * chunks
         # The last beat of an image sends `classes` logits into the FIFO: start it only when
         # they all have a place.
-        opens_last = (b == beats - 1) & (k == 0) & (j == 0)
+        opens_last = last_b & (k == 0) & (j == 0)
         room = credit <= self._fifo_depth - classes
         issue = Signal()
         m.d.comb += [
@@ -379,10 +379,10 @@ class DenseEngine(wiring.Component):
                 m.d.sync += [j.eq(0), k.eq(k + 1), addr.eq(addr + (steps - chunks + 1))]
             with m.Else():
                 m.d.sync += [j.eq(0), k.eq(0)]
-                with m.If(b == beats - 1):
-                    m.d.sync += [b.eq(0), base.eq(0), addr.eq(0)]
+                with m.If(last_b):
+                    m.d.sync += [base.eq(0), addr.eq(0)]
                 with m.Else():
-                    m.d.sync += [b.eq(b + 1), base.eq(base + chunks), addr.eq(base + chunks)]
+                    m.d.sync += [base.eq(base + chunks), addr.eq(base + chunks)]
 
         # Stage 1: the weight word is read. `cur` still holds the beat (it is refilled at the
         # earliest at the end of the cycle after its last step): the chunk is selected there.
