@@ -163,6 +163,10 @@ class Link(wiring.Component):
         p_cmd = Signal(8)
         p_len = Signal(16)
         p_count = Signal(16)
+        # The next payload byte is the last, registered (timing): fresh one cycle after p_count
+        # or p_len change, long before the next byte (a UART byte takes 10 bit times).
+        p_at_end = Signal()
+        m.d.sync += p_at_end.eq(p_count + 1 == p_len)
         p_crc = Signal(16)
         p_code = Signal(8)           # error found by the parser (0: none)
         p_busy = Signal()            # the frame started during a classification
@@ -291,7 +295,7 @@ class Link(wiring.Component):
                         m.d.sync += [w_lane.eq(0), w_pix.eq(w_pix + 1)]
                     with m.Else():
                         m.d.sync += w_lane.eq(w_lane + 1)
-                    with m.If(p_count + 1 == p_len):
+                    with m.If(p_at_end):
                         m.next = "CRC_HI"
             with m.State("CRC_HI"):
                 frame_byte()
