@@ -122,12 +122,14 @@ class Parallelism:
                 "target": self.target}
 
 
-#: Named configurations: for the UP5K 8 conv lanes (4 dual 8x8 SB_MAC16; 24,339 cycles per
-#: image), one requantization multiplier (2 SB_MAC16) and a 4-wide dense engine (2 SB_MAC16,
-#: weights in two SPRAMs) that consumes the pooled stream without an activation buffer: the 8
-#: DSPs, 5,280 logic cells and 30 EBR of the device; for the ECP5-85F the window engine (16
-#: lanes x 9 taps = 144 of its 156 MULT18X18D: 1,352 cycles per image) with a 32-wide dense
-#: engine (1,690, the limit); a 25F-sized tap-serial configuration.
+#: Named configurations: for the UP5K 4 conv lanes (2 dual 8x8 SB_MAC16; 48,675 cycles per
+#: image, the slowest stage), one requantization multiplier (2 SB_MAC16) and a 4-wide dense
+#: engine (2 SB_MAC16, weights in two SPRAMs) that consumes the pooled stream without an
+#: activation buffer: 4,956 of 5,280 logic cells, 22 of 30 EBR, 6 of 8 DSPs, 30.6 MHz Fmax
+#: (nextpnr) against 30 MHz (8 lanes, 24,339 cycles, did not fit: ~6,500 cells); for the
+#: ECP5-85F the window engine (16 lanes x 9 taps = 144 of its 156 MULT18X18D: 1,352 cycles
+#: per image) with a 32-wide dense engine (1,690, the limit); a 25F-sized tap-serial
+#: configuration.
 PRESETS = {
     "up5k": Parallelism(conv_lanes=4, requant_parallel=1, dense_mults=4, target="ice40"),
     "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=4, dense_mults=8, target="ecp5"),
