@@ -100,15 +100,15 @@ def _preset(name):
 
 
 def ice40_dsps(par, config=None):
-    """SB_MAC16 blocks a parallelism needs on the iCE40: the convolution's dual 8x8 instances,
-    two per requantization multiplier (a 21x17 product splits into 16x16 and 5x16), one per
-    dense multiplier."""
+    """SB_MAC16 blocks a parallelism needs on the iCE40: the convolution's and the dense
+    engine's dual 8x8 instances, two per requantization multiplier (a 21x16 product splits into
+    16x16 and 5x16)."""
     from ..hw.params import NetworkConfig, Widths
     config = config or NetworkConfig()
     acc = Widths(config).conv_acc
     conv = -(-par.conv_lanes * (config.taps if par.conv_window else 1) // 2)
     requant = par.requant_parallel * -(-acc // 16)
-    dense = par.dense_mults
+    dense = -(-par.dense_mults // 2)
     return {"conv": conv, "requant": requant, "dense": dense, "total": conv + requant + dense}
 
 
@@ -120,6 +120,38 @@ def estimate_cycles(config, par):
     requant = positions * config.filters // par.requant_parallel
     dense = config.features * config.classes // par.dense_mults
     return max(conv, requant, dense)
+
+
+#: Yosys commands (after `proc; splitnets`): the requantization's products onto SB_MAC16 like
+#: `synth_ice40 -dsp`, restricted to that module (see build()).
+_ICE40_REQUANT_DSP = "\n".join([
+    "opt_dff *requant",
+    "wreduce *requant",
+    "techmap -map +/mul2dsp.v -map +/ice40/dsp_map.v -D DSP_A_MAXWIDTH=16 -D DSP_B_MAXWIDTH=16 "
+    "-D DSP_A_MINWIDTH=2 -D DSP_B_MINWIDTH=2 -D DSP_Y_MINWIDTH=11 -D DSP_NAME=$__MUL16X16 "
+    "*requant/t:$mul",
+    "ice40_dsp *requant",
+    "chtype -set $mul *requant/t:$__soft_mul",
+])
+
+
+def _check_ice40_dsps(folder, expected_8x8):
+    """The synthesized netlist keeps the explicit dual 8x8 SB_MAC16 as instantiated (a guard
+    against Yosys passes that rewrite DSP parameters)."""
+    netlist = json.loads((folder / "top.json").read_text())
+    dual = 0
+    for module in netlist.get("modules", {}).values():
+        for cell in module.get("cells", {}).values():
+            if cell["type"] == "SB_MAC16":
+                params = cell["parameters"]
+                if int(str(params.get("MODE_8x8", "0")), 2) == 1:
+                    dual += 1
+                    if int(str(params.get("A_REG", "0")), 2) != 1 or \
+                            int(str(params.get("TOP_8x8_MULT_REG", "0")), 2) != 1:
+                        raise ToolError(f"{folder}: a dual 8x8 SB_MAC16 lost its registers")
+    if dual != expected_8x8:
+        raise ToolError(f"{folder}: {dual} dual 8x8 SB_MAC16 in the netlist, expected "
+                        f"{expected_8x8} (were their parameters rewritten?)")
 
 
 def _bench_cycles(preset, bench_path):
@@ -162,8 +194,9 @@ def _markdown(r):
                   f"{r['fmax_mhz']:.2f} MHz: timing {'met' if r['timing_met'] else 'NOT met'}"]
     if r["family"] == "ice40":
         lines.append("- nextpnr-ice40 does not time paths inside SB_MAC16 (its ports count as "
-                     "registers): the convolution's MAC inputs and outputs are registered; "
-                     "the figure covers every fabric path.")
+                     "registers): the convolution's and dense engine's MAC inputs and outputs "
+                     "are registered inside the DSP; the requantization's (when on SB_MAC16) "
+                     "only on the accumulator input, so its multiply is not in the figure.")
     if r.get("dsp_mapping"):
         lines.append(f"- {r['dsp_mapping']}")
     cpi = r.get("cycles_per_image")
@@ -201,13 +234,22 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     }
     dsp_note = None
     if spec.family == "ice40":
-        # No -dsp: the convolution's SB_MAC16 are explicit instances (two int8 products each);
-        # the requantization and dense products stay in LUTs.
+        # The convolution's and dense engine's SB_MAC16 are explicit instances (two int8
+        # products each). `synth_ice40 -dsp` must not be used: its ice40_dsp pass rewrites the
+        # parameters of every SB_MAC16, explicit ones included (dual 8x8 becomes 16x16, the
+        # input/product registers are dropped). When the DSPs left suffice, the requantization
+        # products (the only other multipliers) are mapped the same way as -dsp would, but in
+        # the requantization module only, before synthesis; otherwise they stay in LUTs.
         opts["synth_opts"] = ""
         if par is not None and accel is None:
             needed = ice40_dsps(par)
-            dsp_note = (f"SB_MAC16: {needed['conv']} convolution (dual 8x8); requantization "
-                        f"and dense products in LUTs (all would need {needed['total']})")
+            if needed["total"] <= ICE40_DSPS:
+                opts["script_after_read"] += "\n" + _ICE40_REQUANT_DSP
+                where = f"{needed['requant']} requantization (Yosys ice40_dsp, that module only)"
+            else:
+                where = f"requantization in LUTs (all would need {needed['total']})"
+            dsp_note = (f"SB_MAC16: {needed['conv']} convolution, {needed['dense']} dense "
+                        f"(dual 8x8), {where}")
     elif os.environ.get("CNNFORGE_ECP5_DSP", "0") != "1":
         # synth_ecp5 maps every product to a MULT18X18D and cannot be told which ones: the
         # ecp5-85f configuration has 208 (144 + 32 + 2 x 16), the 85F 156. All in LUTs instead
@@ -231,6 +273,9 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         raise ToolError(f"{spec.name}: the build failed: {tail or 'see ' + str(folder)}") \
             from None
     seconds = time.perf_counter() - start
+    if spec.family == "ice40" and par is not None and accel is None:
+        needed = ice40_dsps(par)
+        _check_ice40_dsps(folder, needed["conv"] + needed["dense"])
     report = json.loads((folder / "nextpnr.json").read_text())
     resources, fmax = _parse_report(spec.family, report)
     clock = min(fmax.values(), key=lambda f: f["achieved_mhz"]) if fmax else None

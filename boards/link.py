@@ -56,8 +56,10 @@ class Link(wiring.Component):
     payload straight into the image memory. A checked request goes to the executor, which
     answers it or starts a classification: the image memory streams into ``accel.i`` and the
     ``classes`` result beats from ``accel.o`` are captured into the reply buffer, one byte per
-    cycle (``accel.o`` sees ``ready`` once per 7 cycles). Frames that arrive meanwhile are
-    answered ``BUSY``; the classification's reply follows when it completes.
+    cycle, straight from the held payload (``accel.o`` sees ``ready`` in the 7th cycle of each
+    beat, so the cycle count, which leaves out output stalls, pauses meanwhile). Frames that
+    arrive meanwhile are answered ``BUSY``; the classification's reply follows when it
+    completes.
 
     ``WRITE_WEIGHTS`` (when the accelerator has the model write port ``mw_en``, ``mw_memory``,
     ``mw_addr``, ``mw_data`` of :class:`~cnnforge.hw.accel.Accelerator`): the payload's words
@@ -161,6 +163,10 @@ class Link(wiring.Component):
         p_cmd = Signal(8)
         p_len = Signal(16)
         p_count = Signal(16)
+        # The next payload byte is the last, registered (timing): fresh one cycle after p_count
+        # or p_len change, long before the next byte (a UART byte takes 10 bit times).
+        p_at_end = Signal()
+        m.d.sync += p_at_end.eq(p_count + 1 == p_len)
         p_crc = Signal(16)
         p_code = Signal(8)           # error found by the parser (0: none)
         p_busy = Signal()            # the frame started during a classification
@@ -289,7 +295,7 @@ class Link(wiring.Component):
                         m.d.sync += [w_lane.eq(0), w_pix.eq(w_pix + 1)]
                     with m.Else():
                         m.d.sync += w_lane.eq(w_lane + 1)
-                    with m.If(p_count + 1 == p_len):
+                    with m.If(p_at_end):
                         m.next = "CRC_HI"
             with m.State("CRC_HI"):
                 frame_byte()
@@ -306,6 +312,9 @@ class Link(wiring.Component):
                 # One cycle to register the frame's verdict (keeps the checks off the
                 # executor's paths).
                 m.d.sync += [p_code.eq(frame_code), p_busy.eq(p_busy | busy)]
+                m.next = "SETTLE"
+            with m.State("SETTLE"):
+                # And one for the executor's registered error code (`code_r`) to see them.
                 m.next = "REQUEST"
             with m.State("REQUEST"):
                 m.d.comb += req_valid.eq(1)
@@ -338,9 +347,13 @@ class Link(wiring.Component):
         count = Signal(32)
         cycles = Signal(32)
         result_ready = Signal()
+        # The beat being captured stays on accel.o (not taken until its last byte is written):
+        # its fields are read there, not copied into registers.
         c_logit = Signal(32)
         c_prob = Signal(16)
         c_cls = Signal(8)
+        m.d.comb += [c_logit.eq(accel.o.payload.logit.as_signed()),
+                     c_prob.eq(accel.o.payload.prob), c_cls.eq(accel.o.payload.cls)]
         c_beat = Signal(range(classes))
         c_byte = Signal(range(7))
         c_lbase = Signal(range(res_len))
@@ -353,16 +366,11 @@ class Link(wiring.Component):
         with m.FSM(name="capture"):
             with m.State("TAKE"):
                 # Outside a classification, stray beats are drained and dropped.
-                m.d.comb += accel.o.ready.eq(1)
+                m.d.comb += accel.o.ready.eq(~busy)
                 with m.If(start):
                     m.d.sync += [c_beat.eq(0), c_lbase.eq(1), c_pbase.eq(1 + 4 * classes)]
                 with m.If(accel.o.valid & busy):
-                    m.d.sync += [
-                        c_logit.eq(accel.o.payload.logit.as_signed()),
-                        c_prob.eq(accel.o.payload.prob),
-                        c_cls.eq(accel.o.payload.cls),
-                        c_byte.eq(0),
-                    ]
+                    m.d.sync += c_byte.eq(0)
                     with m.If(c_beat == classes - 1):
                         m.d.sync += [cycles.eq(count + 1), counting.eq(0)]
                     m.next = "WRITE"
@@ -381,6 +389,7 @@ class Link(wiring.Component):
                         m.d.comb += [res_wr.addr.eq(0), res_wr.data.eq(c_cls)]
                 m.d.sync += c_byte.eq(c_byte + 1)
                 with m.If(c_byte == 6):
+                    m.d.comb += accel.o.ready.eq(1)
                     m.d.sync += [c_lbase.eq(c_lbase + 4), c_pbase.eq(c_pbase + 2),
                                  c_beat.eq(c_beat + 1)]
                     with m.If(c_beat == classes - 1):
@@ -403,7 +412,13 @@ class Link(wiring.Component):
                          t_crc.eq(0xFFFF)]
             m.next = "LOAD"
 
+        # The request's error code, registered (timing: it is decided from the frame's fields,
+        # stable from SETTLE on, and from busy / model_ok / image_valid, which the executor
+        # changes only when it starts a reply or a copy, or starts a classification, after
+        # which no request can be pending in the next cycle).
         code = Signal(8)
+        code_r = Signal(8)
+        m.d.sync += code_r.eq(code)
         with m.If(p_code != 0):
             m.d.comb += code.eq(p_code)
         with m.Elif(busy | p_busy):
@@ -426,6 +441,10 @@ class Link(wiring.Component):
         tx_reg = Signal(8)
         tx_in_crc = Signal()
         tx_last = Signal()
+        # Where byte t_idx lies (payload, CRC high byte, last), registered in LOAD (timing).
+        t_payload = Signal()
+        t_crc_hi = Signal()
+        t_last = Signal()
         m.d.comb += [p.eq(t_idx - 4), res_rd.addr.eq(p)]
         with m.Switch(r_src):
             with m.Case(SRC_PING):
@@ -444,9 +463,9 @@ class Link(wiring.Component):
             m.d.comb += tx_byte.eq(r_len[:8])
         with m.Elif(t_idx == 3):
             m.d.comb += tx_byte.eq(r_len[8:])
-        with m.Elif(p < r_len):
+        with m.Elif(t_payload):
             m.d.comb += tx_byte.eq(payload_byte)
-        with m.Elif(p == r_len):
+        with m.Elif(t_crc_hi):
             m.d.comb += tx_byte.eq(t_crc[8:])
         with m.Else():
             m.d.comb += tx_byte.eq(t_crc[:8])
@@ -477,8 +496,8 @@ class Link(wiring.Component):
                     reply(Command.CLASSIFY.value | REPLY, res_len, SRC_RESULT)
                 with m.Elif(req_valid):
                     m.d.comb += req_ready.eq(1)
-                    with m.If(code != 0):
-                        m.d.sync += [r_code.eq(code), r_nak_cmd.eq(p_cmd)]
+                    with m.If(code_r != 0):
+                        m.d.sync += [r_code.eq(code_r), r_nak_cmd.eq(p_cmd)]
                         reply(Command.NAK.value, 2, SRC_NAK)
                     with m.Elif(p_cmd == Command.PING):
                         reply(Command.PING.value | REPLY, len(ping), SRC_PING)
@@ -516,13 +535,16 @@ class Link(wiring.Component):
                 with m.Else():
                     m.next = "COPY_ADDR"
             with m.State("LOAD"):
-                # One cycle for the reply buffer's synchronous read of byte t_idx ...
+                # One cycle for the reply buffer's synchronous read of byte t_idx and to place
+                # the byte (payload: p < r_len only for t_idx >= 4, as p wraps below) ...
+                m.d.sync += [t_payload.eq(p < r_len), t_crc_hi.eq(p == r_len),
+                             t_last.eq(p == r_len + 1)]
                 m.next = "LATCH"
             with m.State("LATCH"):
                 # ... and one to register the byte and its place (off the CRC's path).
                 m.d.sync += [tx_reg.eq(tx_byte),
-                             tx_in_crc.eq((t_idx != 0) & ((t_idx < 4) | (p < r_len))),
-                             tx_last.eq(p == r_len + 1)]
+                             tx_in_crc.eq((t_idx != 0) & ((t_idx < 4) | t_payload)),
+                             tx_last.eq(t_last)]
                 m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += [txu.i.valid.eq(1), txu.i.payload.eq(tx_reg)]

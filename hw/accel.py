@@ -122,12 +122,16 @@ class Parallelism:
                 "target": self.target}
 
 
-#: Named configurations: the UP5K's 16 conv multipliers (8 dual SB_MAC16) with an 8-wide dense
-#: engine (the bandwidth of four 16-bit SPRAMs); for the ECP5-85F the window engine (16 lanes x
-#: 9 taps = 144 of its 156 MULT18X18D: 1,352 cycles per image) with a 32-wide dense engine
-#: (1,690, the limit); a 25F-sized tap-serial configuration.
+#: Named configurations: for the UP5K 4 conv lanes (2 dual 8x8 SB_MAC16; 48,675 cycles per
+#: image, the slowest stage), one requantization multiplier (2 SB_MAC16) and a 4-wide dense
+#: engine (2 SB_MAC16, weights in two SPRAMs) that consumes the pooled stream without an
+#: activation buffer: 4,956 of 5,280 logic cells, 22 of 30 EBR, 6 of 8 DSPs, 30.6 MHz Fmax
+#: (nextpnr) against 30 MHz (8 lanes, 24,339 cycles, did not fit: ~6,500 cells); for the
+#: ECP5-85F the window engine (16 lanes x 9 taps = 144 of its 156 MULT18X18D: 1,352 cycles
+#: per image) with a 32-wide dense engine (1,690, the limit); a 25F-sized tap-serial
+#: configuration.
 PRESETS = {
-    "up5k": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ice40"),
+    "up5k": Parallelism(conv_lanes=4, requant_parallel=1, dense_mults=4, target="ice40"),
     "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=4, dense_mults=8, target="ecp5"),
     "ecp5-85f": Parallelism(conv_lanes=16, conv_window=True, requant_parallel=16,
                             dense_mults=32, target="ecp5"),

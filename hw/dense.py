@@ -1,4 +1,5 @@
-"""The dense (fully connected) layer: a ping-pong activation buffer and a wide dot-product lane."""
+"""The dense (fully connected) layer: a wide dot-product lane, behind a ping-pong activation buffer or
+fed straight from the pooled stream."""
 
 
 import numpy as np
@@ -73,45 +74,72 @@ class DenseEngine(wiring.Component):
 
     The input is the MaxPool output: an image is ``features // in_lanes`` beats of ``in_lanes``
     uint8 activations, in the golden flatten order ``(y, x, c)`` (beat ``b`` holds features
-    ``b*in_lanes ..``). Beats are written into one side of a ping-pong activation buffer while
-    the dot products of the previous image are computed from the other side, so the layer
-    overlaps the convolution of the next image and an image's buffer fill costs no time.
+    ``b*in_lanes ..``). Two architectures (``buffer``):
 
-    The computation runs class by class: for class ``k`` the ``steps = features // mults``
-    groups of ``mults`` activations are multiplied by the matching weight words, one group per
-    cycle, and summed into the single accumulator of a ``MACArray(lanes=1, taps=mults)``; the
-    bias is added as the sum leaves the array, on its way into a small output FIFO. The MAC
-    pipeline cannot stall, so a class is started only when a place in the FIFO is reserved for
-    its result (credit counting; no combinational path from ``o.ready`` to the scheduler).
+    *With the activation buffer* (``buffer=True``). Beats are written into one side of a
+    ping-pong activation buffer while the dot products of the previous image are computed from
+    the other side, so the layer overlaps the convolution of the next image and an image's
+    buffer fill costs no time. The computation runs class by class: for class ``k`` the
+    ``steps = features // mults`` groups of ``mults`` activations are multiplied by the matching
+    weight words, one group per cycle, and summed into the single accumulator of a
+    ``MACArray(lanes=1, taps=mults)``; the bias is added as the sum leaves the array, on its way
+    into a small output FIFO. The MAC pipeline cannot stall, so a class is started only when a
+    place in the FIFO is reserved for its result (credit counting; no combinational path from
+    ``o.ready`` to the scheduler).
+
+    *Without it* (``buffer=False``, the default for ``target="ice40"``). Each beat is multiplied
+    as it arrives by the weights of every class: for class ``k`` its ``chunks = in_lanes //
+    mults`` groups, one per cycle (weight word ``k * steps + b * chunks + j``), closed into one
+    partial sum by the ``MACArray``; the partial sums of the ``classes`` classes wait in a
+    ``classes``-word memory (read ahead, one cycle before the array delivers the next sum).
+    An image's first beat starts each sum from the bias, its last beat sends the ``classes``
+    logits to the output FIFO (``classes`` entries; that beat starts only when they all have a
+    place). The beat is taken into a register, ``i.ready`` is that register's "empty" flag (a
+    flip-flop: no combinational path through the upstream blocks' handshakes), at the cost of
+    two idle cycles per beat (freed by its last step, refilled the cycle after). No activation
+    memory at all; the engine takes a beat per ``classes * chunks + 2`` cycles, which must
+    keep up with the producer (it backpressures otherwise).
 
     Weight and bias write ports
     ---------------------------
     The weight memory holds ``classes * steps`` words of ``mults`` int8 weights, see
-    :func:`weight_words`: address ``k * steps + s``, element ``j`` is the weight of class ``k``
-    for feature ``s * mults + j``. The bias memory holds ``classes`` words. A write is one cycle
-    with ``w_en`` (``b_en``) high and takes effect at once (words read after it see it); write
-    between images for a coherent model. With ``target="ice40"`` the weights live in SPRAM,
-    which has no initial contents: they must be written after configuration (``dense_w`` is then
-    only used to check shapes), and a weight write holds the computation for that cycle.
+    :func:`weight_words` (the same layout for both architectures): address ``k * steps + s``,
+    element ``j`` is the weight of class ``k`` for feature ``s * mults + j``. The bias memory
+    holds ``classes`` words. A write is one cycle with ``w_en`` (``b_en``) high and takes effect
+    at once (words read after it see it); write between images for a coherent model. With
+    ``target="ice40"`` the weights live in SPRAM, which has no initial contents: they must be
+    written after configuration (``dense_w`` is then only used to check shapes), and a weight
+    write holds the computation for that cycle.
 
     Latency
     -------
-    ``steps + MACArray.LATENCY + 2`` cycles from the start of a class to its logit on ``o``
-    (the computation of an image starts the cycle after its last beat was accepted, if the
-    previous image's computation is finished).
+    With the buffer: ``steps + MACArray.LATENCY + 2`` cycles from the start of a class to its
+    logit on ``o`` (the computation of an image starts the cycle after its last beat was
+    accepted, if the previous image's computation is finished). Without: an image's last beat,
+    accepted in cycle ``t``, is multiplied from ``t + 1``; class ``k``'s logit is written into
+    the FIFO ``MACArray.LATENCY + 1`` cycles after its last group, ``(k + 1) * chunks - 1``
+    cycles after that beat's first group, and offered on ``o`` one cycle later (``o.ready``
+    permitting).
 
     Throughput
     ----------
-    ``mults`` multiply-accumulates per cycle, sustained: ``classes * steps`` cycles per image,
-    no idle cycle between images. The reference network (5,408 features, 10 classes): 6,760
-    cycles per image at 8 multipliers, 1,690 at 32. ``i.ready`` is high
-    whenever the fill side is free, so the producer sees no stall while the engine keeps up.
+    With the buffer: ``mults`` multiply-accumulates per cycle, sustained: ``classes * steps``
+    cycles per image (:attr:`cycles_per_image`), no idle cycle between images. The reference
+    network (5,408 features, 10 classes): 6,760 cycles per image at 8 multipliers, 1,690 at 32.
+    ``i.ready`` is high whenever the fill side is free, so the producer sees no stall while the
+    engine keeps up. Without it: one beat per ``classes * chunks + 2`` cycles,
+    ``(classes * steps) * (1 + 2 / (classes * chunks))`` cycles per image; the ``up5k`` preset
+    (4 lanes, 4 multipliers): 16,224 cycles of the 48,675 its convolution takes per image
+    (the pooled stream brings a beat per 36 cycles on average).
 
     Resources
     ---------
-    ``mults`` multipliers; weight memory ``classes * steps`` x ``8 * mults`` bits (UP5K: four
-    SPRAMs for 8 multipliers), activation buffer ``2 * features`` bytes in block RAM,
-    ``classes`` bias words.
+    ``mults`` multipliers (two per ``SB_MAC16`` for ``target="ice40"``); weight memory
+    ``classes * steps`` x ``8 * mults`` bits (UP5K: two SPRAMs for 4 multipliers, four for 8).
+    With the buffer: activation buffer ``2 * features`` bytes in block RAM (24 ``SB_RAM40_4K``
+    for the reference network), ``classes`` bias words in flip-flops. Without: ``classes``
+    partial sums and ``classes`` bias words in block RAM (2 + 2 ``SB_RAM40_4K`` on iCE40) and
+    one input beat register (``8 * in_lanes`` flip-flops).
 
     Parameters
     ----------
@@ -129,7 +157,12 @@ class DenseEngine(wiring.Component):
     target : str
         ``"generic"`` (block RAM weight memory initialized from ``dense_w``), ``"ice40"``
         (weights in ``SB_SPRAM256KA``, written after configuration; needs ``8 * mults`` a
-        multiple of 16 and ``classes * steps <= 16384``) or ``"ecp5"`` (same as generic).
+        multiple of 16 and ``classes * steps <= 16384``; products in dual 8x8 ``SB_MAC16``)
+        or ``"ecp5"`` (same as generic).
+    buffer : bool or None
+        With the ping-pong activation buffer (``True``) or consuming the input stream directly
+        (``False``; ``mults`` must divide ``in_lanes``). ``None``: ``False`` for
+        ``target="ice40"``, ``True`` otherwise.
 
     Members
     -------
@@ -146,15 +179,18 @@ class DenseEngine(wiring.Component):
     Raises
     ------
     TypeError
-        If ``config`` is not a :class:`NetworkConfig` or a count is not an integer.
+        If ``config`` is not a :class:`NetworkConfig`, a count is not an integer or ``buffer``
+        is not a bool or None.
     ValueError
-        If the lane counts do not fit the network, the arrays have the wrong shape or range,
-        or ``target`` is unknown.
+        If the lane counts do not fit the network (or, without the buffer, ``mults`` does not
+        divide ``in_lanes``), the arrays have the wrong shape or range, or ``target`` is
+        unknown.
     """
 
     TARGETS = ("generic", "ice40", "ecp5")
 
-    def __init__(self, config, *, in_lanes, mults, dense_w, dense_b, target="generic"):
+    def __init__(self, config, *, in_lanes, mults, dense_w, dense_b, target="generic",
+                 buffer=None):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config must be a NetworkConfig, not {config!r}")
         in_lanes = check_int("in_lanes", in_lanes, 1)
@@ -169,6 +205,13 @@ class DenseEngine(wiring.Component):
         if target not in self.TARGETS:
             raise ValueError(f"target must be one of {', '.join(map(repr, self.TARGETS))}, "
                              f"not {target!r}")
+        if buffer is None:
+            buffer = target != "ice40"
+        if not isinstance(buffer, bool):
+            raise TypeError(f"buffer must be a bool or None, not {buffer!r}")
+        if not buffer and in_lanes % mults:
+            raise ValueError(f"without the activation buffer mults must divide in_lanes "
+                             f"({in_lanes}), not {mults!r}")
         widths = Widths(config)
         dense_w, dense_b = np.asarray(dense_w), np.asarray(dense_b)
         if dense_w.shape != (classes, features):
@@ -189,9 +232,14 @@ class DenseEngine(wiring.Component):
                              f"not mults={mults}, {classes * steps} words")
         self._config, self._widths = config, widths
         self._in_lanes, self._mults, self._steps, self._target = in_lanes, mults, steps, target
+        self._buffer = buffer
         self._dense_w, self._dense_b = dense_w.astype(np.int64), dense_b.astype(np.int64)
-        # At least 3: a SyncFIFOBuffered of depth 2 has a zero-width inner address.
-        self._fifo_depth = max(3, 1 + -(-(MACArray.LATENCY + 2) // steps))
+        # At least 3: a SyncFIFOBuffered of depth 2 has a zero-width inner address. Without the
+        # buffer an image's logits leave in one burst: room for all of them.
+        if buffer:
+            self._fifo_depth = max(3, 1 + -(-(MACArray.LATENCY + 2) // steps))
+        else:
+            self._fifo_depth = max(3, classes)
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(8), in_lanes))),
             "o": Out(stream.Signature(signed(widths.dense_acc))),
@@ -210,16 +258,170 @@ class DenseEngine(wiring.Component):
 
     @property
     def cycles_per_image(self):
-        """Sustained cycles per image: ``classes * steps``."""
-        return self._config.classes * self._steps
+        """Sustained cycles per image: ``classes * steps``, without the buffer plus two per
+        input beat."""
+        cycles = self._config.classes * self._steps
+        if not self._buffer:
+            cycles += 2 * (self._config.features // self._in_lanes)
+        return cycles
 
     @property
     def fifo_depth(self):
         return self._fifo_depth
 
+    @property
+    def buffer(self):
+        """``True``: ping-pong activation buffer; ``False``: the input stream is consumed
+        directly."""
+        return self._buffer
+
+    @property
+    def mac_target(self):
+        """The :class:`~cnnforge.hw.mac.MACArray` target: ``"ice40"`` (products two per
+        ``SB_MAC16``) for ``target="ice40"``, otherwise ``"generic"``."""
+        return "ice40" if self._target == "ice40" else "generic"
+
     def elaborate(self, platform):
         m = Module()
         config, widths = self._config, self._widths
+        classes, steps, mults = config.classes, self._steps, self._mults
+
+        # --- Weight and bias memories. ------------------------------------------------------
+        wshape = data.ArrayLayout(signed(8), mults)
+        if self._target == "ice40":
+            m.submodules.weight_mem = weights = _SPRAMWeights(8 * mults, classes * steps)
+            w_raddr, w_rdata = weights.r_addr, wshape(weights.r_data)
+            m.d.comb += [weights.w_en.eq(self.w_en), weights.w_addr.eq(self.w_addr),
+                         weights.w_data.eq(self.w_data)]
+            port_busy = self.w_en
+        else:
+            init = [pack_fields(word, 8) for word in weight_words(config, mults, self._dense_w)]
+            m.submodules.weight_mem = weight_mem = Memory(
+                shape=unsigned(8 * mults), depth=classes * steps, init=init)
+            w_wr = weight_mem.write_port()
+            w_rd = weight_mem.read_port()
+            m.d.comb += [w_wr.en.eq(self.w_en), w_wr.addr.eq(self.w_addr),
+                         w_wr.data.eq(self.w_data)]
+            w_raddr, w_rdata = w_rd.addr, wshape(w_rd.data)
+            port_busy = Const(0)
+
+        m.submodules.bias_mem = bias_mem = Memory(
+            shape=signed(widths.dense_bias), depth=classes, init=[int(b) for b in self._dense_b])
+        b_wr = bias_mem.write_port()
+        # Without the buffer the bias is read ahead like the partial sums (block RAM, not
+        # classes x dense_bias flip-flops and a multiplexer).
+        b_rd = bias_mem.read_port(domain="comb" if self._buffer else "sync")
+        m.d.comb += [b_wr.en.eq(self.b_en), b_wr.addr.eq(self.b_addr), b_wr.data.eq(self.b_data)]
+
+        m.submodules.mac = mac = MACArray(lanes=1, taps=mults, a_signed=False,
+                                          acc_width=widths.dense_acc, target=self.mac_target)
+        m.d.comb += mac.b[0].eq(w_rdata)
+
+        # --- Output FIFO; `credit` counts logits reserved in it and not yet delivered. -------
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=widths.dense_acc,
+                                                    depth=self._fifo_depth)
+        credit = Signal(range(self._fifo_depth + 1))
+        m.d.comb += [
+            self.o.payload.eq(fifo.r_data),
+            self.o.valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(self.o.ready),
+        ]
+        if self._buffer:
+            reserve = self._elaborate_buffered(m, mac, fifo, b_rd, w_raddr, port_busy, credit)
+        else:
+            reserve = self._elaborate_streaming(m, mac, fifo, b_rd, w_raddr, port_busy, credit)
+        m.d.sync += credit.eq(credit + reserve - (self.o.valid & self.o.ready))
+        return m
+
+    def _elaborate_streaming(self, m, mac, fifo, b_rd, w_raddr, port_busy, credit):
+        """No activation buffer: each input beat is multiplied by the weights of every class;
+        per-class partial sums wait in a small memory."""
+        config, widths = self._config, self._widths
+        classes, steps = config.classes, self._steps
+        in_lanes, mults = self._in_lanes, self._mults
+        beats = config.features // in_lanes
+        chunks = in_lanes // mults
+
+        # --- Input: the beat register `cur`, so that i.ready (= ~cur_valid) is a flip-flop: no
+        # combinational path from the scheduler back through the upstream blocks' handshakes.
+        # It is freed by the beat's last step and refilled from the next cycle on.
+        cur = Signal(8 * in_lanes, reset_less=True)
+        cur_valid = Signal()
+        done = Signal()
+        m.d.comb += self.i.ready.eq(~cur_valid)
+        with m.If(self.i.valid & ~cur_valid):
+            m.d.sync += [cur.eq(self.i.payload), cur_valid.eq(1)]
+        with m.If(done):
+            m.d.sync += cur_valid.eq(0)
+
+        # --- Scheduler: for beat b, class k, chunk j: weight word k * steps + b * chunks + j.
+        k = Signal(range(max(2, classes)))
+        j = Signal(range(max(2, chunks)))
+        base = Signal(range(max(2, steps)))              # b * chunks for beat b
+        addr = Signal(range(classes * steps))
+        last_k = k == classes - 1
+        last_j = j == chunks - 1
+        last_b = base == (beats - 1) * chunks
+        # The last beat of an image sends `classes` logits into the FIFO: start it only when
+        # they all have a place.
+        opens_last = last_b & (k == 0) & (j == 0)
+        room = credit <= self._fifo_depth - classes
+        issue = Signal()
+        m.d.comb += [
+            issue.eq(cur_valid & ~port_busy & (~opens_last | room)),
+            done.eq(issue & last_k & last_j),
+            w_raddr.eq(addr),
+        ]
+        with m.If(issue):
+            with m.If(~last_j):
+                m.d.sync += [j.eq(j + 1), addr.eq(addr + 1)]
+            with m.Elif(~last_k):
+                m.d.sync += [j.eq(0), k.eq(k + 1), addr.eq(addr + (steps - chunks + 1))]
+            with m.Else():
+                m.d.sync += [j.eq(0), k.eq(0)]
+                with m.If(last_b):
+                    m.d.sync += [base.eq(0), addr.eq(0)]
+                with m.Else():
+                    m.d.sync += [base.eq(base + chunks), addr.eq(base + chunks)]
+
+        # Stage 1: the weight word is read. `cur` still holds the beat (it is refilled at the
+        # earliest at the end of the cycle after its last step): the chunk is selected there.
+        valid1 = Signal()
+        first1 = Signal(reset_less=True)
+        last1 = Signal(reset_less=True)
+        j1 = Signal.like(j, reset_less=True)
+        m.d.sync += [valid1.eq(issue), first1.eq(j == 0), last1.eq(last_j), j1.eq(j)]
+        chunk = cur.word_select(j1, 8 * mults) if chunks > 1 else cur
+        m.d.comb += [mac.i_valid.eq(valid1), mac.i_first.eq(first1), mac.i_last.eq(last1),
+                     mac.a.eq(chunk)]
+
+        # --- Per-class partial sums: the MAC array closes one (beat, class) sum per o_valid,
+        # in the issue order; out_k / out_b follow it. The first beat of an image starts from
+        # the bias, the last one sends the logit to the FIFO.
+        out_k = Signal(range(max(2, classes)))
+        out_b = Signal(range(max(2, beats)))
+        next_k = Mux(out_k == classes - 1, 0, out_k + 1)
+        # A sum is read in the cycle its predecessor (another class: classes >= 2) is written.
+        m.submodules.partial_mem = partial_mem = Memory(
+            shape=signed(widths.dense_acc), depth=classes, init=[], attrs=_NO_RW_CHECK)
+        p_wr = partial_mem.write_port()
+        p_rd = partial_mem.read_port()
+        total = Signal(signed(widths.dense_acc))
+        m.d.comb += [
+            p_rd.addr.eq(Mux(mac.o_valid, next_k, out_k)),
+            b_rd.addr.eq(Mux(mac.o_valid, next_k, out_k)),
+            total.eq(Mux(out_b == 0, b_rd.data, p_rd.data) + mac.acc[0]),
+            p_wr.addr.eq(out_k), p_wr.data.eq(total), p_wr.en.eq(mac.o_valid),
+            fifo.w_data.eq(total), fifo.w_en.eq(mac.o_valid & (out_b == beats - 1)),
+        ]
+        with m.If(mac.o_valid):
+            m.d.sync += out_k.eq(next_k)
+            with m.If(out_k == classes - 1):
+                m.d.sync += out_b.eq(Mux(out_b == beats - 1, 0, out_b + 1))
+        return Mux(issue & opens_last, classes, 0)
+
+    def _elaborate_buffered(self, m, mac, fifo, b_rd, w_raddr, port_busy, credit):
+        config = self._config
         classes, steps = config.classes, self._steps
         in_lanes, mults = self._in_lanes, self._mults
         beats = config.features // in_lanes
@@ -231,7 +433,6 @@ class DenseEngine(wiring.Component):
         banks = max(1, mults // in_lanes)
         chunks = max(1, in_lanes // mults)
         side_words = beats // banks
-        act_mem = []
         act_rd = []
         act_wr = []
         for n in range(banks):
@@ -240,7 +441,6 @@ class DenseEngine(wiring.Component):
             m.submodules[f"act_mem{n}"] = mem
             act_wr.append(mem.write_port())
             act_rd.append(mem.read_port())
-            act_mem.append(mem)
 
         full = [Signal(name="full_0"), Signal(name="full_1")]
 
@@ -272,31 +472,6 @@ class DenseEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += full[0].eq(1)
 
-        # --- Weight and bias memories. ------------------------------------------------------
-        wshape = data.ArrayLayout(signed(8), mults)
-        if self._target == "ice40":
-            m.submodules.weight_mem = weights = _SPRAMWeights(8 * mults, classes * steps)
-            w_raddr, w_rdata = weights.r_addr, wshape(weights.r_data)
-            m.d.comb += [weights.w_en.eq(self.w_en), weights.w_addr.eq(self.w_addr),
-                         weights.w_data.eq(self.w_data)]
-            port_busy = self.w_en
-        else:
-            init = [pack_fields(word, 8) for word in weight_words(config, mults, self._dense_w)]
-            m.submodules.weight_mem = weight_mem = Memory(
-                shape=unsigned(8 * mults), depth=classes * steps, init=init)
-            w_wr = weight_mem.write_port()
-            w_rd = weight_mem.read_port()
-            m.d.comb += [w_wr.en.eq(self.w_en), w_wr.addr.eq(self.w_addr),
-                         w_wr.data.eq(self.w_data)]
-            w_raddr, w_rdata = w_rd.addr, wshape(w_rd.data)
-            port_busy = Const(0)
-
-        m.submodules.bias_mem = bias_mem = Memory(
-            shape=signed(widths.dense_bias), depth=classes, init=[int(b) for b in self._dense_b])
-        b_wr = bias_mem.write_port()
-        b_rd = bias_mem.read_port(domain="comb")
-        m.d.comb += [b_wr.en.eq(self.b_en), b_wr.addr.eq(self.b_addr), b_wr.data.eq(self.b_data)]
-
         # --- Scheduler: class k, step s of the side r_side. ---------------------------------
         r_side = Signal()
         k = Signal(range(max(2, classes)))
@@ -304,7 +479,6 @@ class DenseEngine(wiring.Component):
         s_word = Signal(range(max(2, steps // chunks)))
         s_chunk = Signal(range(max(2, chunks)))
         w_addr = Signal(range(classes * steps))
-        credit = Signal(range(self._fifo_depth + 1))   # classes started, logit not delivered
 
         ready_side = Mux(r_side, full[1], full[0])
         issue = Signal()
@@ -342,25 +516,17 @@ class DenseEngine(wiring.Component):
         chunk1 = Signal.like(s_chunk, reset_less=True)
         m.d.sync += [valid1.eq(issue), first1.eq(s == 0), last1.eq(s == steps - 1),
                      chunk1.eq(s_chunk)]
-
-        m.submodules.mac = mac = MACArray(lanes=1, taps=mults, a_signed=False,
-                                          acc_width=widths.dense_acc)
         if banks > 1:
             group = Cat(*(act_rd[n].data for n in range(banks)))
         elif chunks > 1:
             group = act_rd[0].data.as_value().word_select(chunk1, 8 * mults)
         else:
             group = act_rd[0].data
-        m.d.comb += [
-            mac.i_valid.eq(valid1), mac.i_first.eq(first1), mac.i_last.eq(last1),
-            mac.a.eq(group),
-            mac.b[0].eq(w_rdata),
-        ]
+        m.d.comb += [mac.i_valid.eq(valid1), mac.i_first.eq(first1), mac.i_last.eq(last1),
+                     mac.a.eq(group)]
 
         # --- Output: bias add into the FIFO. ------------------------------------------------
         out_k = Signal(range(max(2, classes)))
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=widths.dense_acc,
-                                                    depth=self._fifo_depth)
         m.d.comb += [
             b_rd.addr.eq(out_k),
             fifo.w_data.eq(mac.acc[0] + b_rd.data),
@@ -368,11 +534,4 @@ class DenseEngine(wiring.Component):
         ]
         with m.If(mac.o_valid):
             m.d.sync += out_k.eq(Mux(out_k == classes - 1, 0, out_k + 1))
-        xfer = self.o.valid & self.o.ready
-        m.d.comb += [
-            self.o.payload.eq(fifo.r_data),
-            self.o.valid.eq(fifo.r_rdy),
-            fifo.r_en.eq(self.o.ready),
-        ]
-        m.d.sync += credit.eq(credit + start - xfer)
-        return m
+        return start

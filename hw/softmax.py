@@ -39,13 +39,17 @@ class Softmax(wiring.Component):
        ``t_max``; ``e = exp2_table[t mod 64] >> (t >> 6)``; ``S += e``;
     3. *normalize*: ``S`` shifted right into ``[2**15, 2**16)`` (``n - 15`` steps), the seed
        ``x0`` read, one Newton step ``x1 = x0 * (2**31 - m * x0) >> 30`` (two products);
-    4. *out*: per class ``p = (e * x1 + 2**(n-1)) >> n``, offered on ``o`` with the class.
+    4. *out*: per class ``p = (e * x1 + 2**(n-1)) >> n``, offered on ``o`` with the class;
+       computed as ``((e * x1 >> (n - 15)) + 2**14) >> 15`` (equal: the bits shifted out first
+       lie below the rounding bit), the first shift one bit per cycle in the product register
+       rather than by a barrel shifter.
 
     Latency and throughput
     ----------------------
     ``i.ready`` is high only in the load phase. After the last logit, the first output beat
-    follows in about ``(MUL_BITS + 4) * classes + 2 * MUL_BITS + 8`` cycles, the others every
-    ``MUL_BITS + 3`` cycles without backpressure: about 450 cycles per image for 10 classes,
+    follows in about ``(MUL_BITS + 7) * classes + 2 * MUL_BITS + 9 + (n - 15)`` cycles, the
+    others every ``MUL_BITS + 4 + (n - 15)`` cycles without backpressure (``n - 15`` is 0 to 3
+    for 10 classes): about 480 to 530 cycles per image for 10 classes,
     well within the time the dense layer takes per image (the accelerator buffers two logits
     in front of this block).
 
@@ -129,6 +133,8 @@ class Softmax(wiring.Component):
         total = Signal(sum_bits)
         norm = Signal(max(sum_bits, fmt.exp_bits + 1))   # S shifted into [2**15, 2**16)
         norm_shift = Signal(range(max(2, sum_bits)))     # n - 15
+        shift_left = Signal.like(norm_shift)
+        e_r = Signal(fmt.exp_bits)
         t = Signal(range(fmt.t_max + 1))
         x0 = Signal(fmt.recip_bits)
         x1 = Signal(b_bits)
@@ -141,14 +147,12 @@ class Softmax(wiring.Component):
         EXP, SEED, NEWTON, PROB = range(4)
 
         half = 1 << (self._shift - 1)
-        t_full = (product + half) >> self._shift
-        t_clamped = Mux(t_full >= fmt.t_max, fmt.t_max, t_full)
+        t_full = Signal(max(1, p_bits + 1 - self._shift))    # the rounded, shifted product
         m.d.comb += [
             logit_wr.addr.eq(k), logit_wr.data.eq(self.i.payload),
             logit_rd.addr.eq(k),
             exp_wr.addr.eq(k), exp_rd.addr.eq(k),
-            # Addressed from the product, so the entry is read as t is registered.
-            exp2_rd.addr.eq(t_clamped[:fmt.frac_bits]),
+            exp2_rd.addr.eq(t[:fmt.frac_bits]),
             recip_rd.addr.eq(norm[15 - fmt.recip_index_bits:15]),
         ]
 
@@ -188,28 +192,44 @@ class Softmax(wiring.Component):
             with m.State("MULTIPLIED"):
                 with m.Switch(mul_then):
                     with m.Case(EXP):
-                        m.d.sync += t.eq(t_clamped)
-                        m.next = "EXP_TABLE"
+                        m.d.sync += t_full.eq((product + half) >> self._shift)
+                        m.next = "EXP_CLAMP"
                     with m.Case(SEED):
                         start_multiply((1 << 31) - product[:32], x0, NEWTON)
                     with m.Case(NEWTON):
                         m.d.sync += [x1.eq(product >> 30), k.eq(0)]
                         m.next = "PROB_READ"
                     with m.Case(PROB):
-                        rounded = ((product + (Const(1, p_bits) << (norm_shift + 14)))
-                                   >> (norm_shift + 15))
-                        m.d.sync += [self.o.payload.prob.eq(rounded),
-                                     self.o.payload.cls.eq(best_k), self.o.valid.eq(1)]
-                        m.next = "PROB_SEND"
+                        m.d.sync += shift_left.eq(norm_shift)
+                        m.next = "PROB_SHIFT"
+
+            # (P + 2**(n-1)) >> n with n = norm_shift + 15 is ((P >> norm_shift) + 2**14) >> 15
+            # (the bits shifted out are below the rounding bit): norm_shift single-bit shifts
+            # of the product register instead of a barrel shifter.
+            with m.State("PROB_SHIFT"):
+                with m.If(shift_left == 0):
+                    m.d.sync += [self.o.payload.prob.eq((product + (1 << 14)) >> 15),
+                                 self.o.payload.cls.eq(best_k), self.o.valid.eq(1)]
+                    m.next = "PROB_SEND"
+                with m.Else():
+                    m.d.sync += [product.eq(product >> 1), shift_left.eq(shift_left - 1)]
+
+            # The rounding add, the clamp and the table read in separate cycles (timing).
+            with m.State("EXP_CLAMP"):
+                m.d.sync += t.eq(Mux(t_full >= fmt.t_max, fmt.t_max, t_full))
+                m.next = "EXP_ADDR"
+
+            with m.State("EXP_ADDR"):           # the table is addressed from t
+                m.next = "EXP_TABLE"
 
             with m.State("EXP_TABLE"):          # exp2_rd.data valid: the table entry of t
-                e = Signal(fmt.exp_bits)
                 int_part = t >> fmt.frac_bits
-                m.d.comb += [
-                    e.eq(Mux(int_part >= fmt.exp_bits, 0, exp2_rd.data >> int_part)),
-                    exp_wr.data.eq(e), exp_wr.en.eq(1),
-                ]
-                m.d.sync += total.eq(total + e)
+                m.d.sync += e_r.eq(Mux(int_part >= fmt.exp_bits, 0, exp2_rd.data >> int_part))
+                m.next = "EXP_SUM"
+
+            with m.State("EXP_SUM"):            # e stored and summed a cycle later (timing)
+                m.d.comb += [exp_wr.data.eq(e_r), exp_wr.en.eq(1)]
+                m.d.sync += total.eq(total + e_r)
                 with m.If(k == classes - 1):
                     m.next = "NORMALIZE_LOAD"
                 with m.Else():

