@@ -109,7 +109,9 @@ class Parallelism:
 
     @property
     def mac_target(self):
-        return "ice40" if self.target == "ice40" else "generic"
+        """The convolution's :class:`~cnnforge.hw.mac.MACArray` target: its products in SB_MAC16
+        (``"ice40"``) or MULT18X18D (``"ecp5"``, board builds only: behavioural in simulation)."""
+        return self.target
 
     def multipliers(self, config):
         """int8 multipliers of the convolution and dense engines for ``config``."""
