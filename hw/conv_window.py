@@ -150,7 +150,9 @@ class WindowConvEngine(wiring.Component):
         Initial biases (both banks).
     target : str
         MAC array target, one of ``MACArray.TARGETS``, as ConvEngine: ``"generic"`` (plain
-        products: one MULT18X18D each on ECP5) or ``"ice40"`` (two 8x8 products per SB_MAC16).
+        products: Yosys infers one MULT18X18D each on ECP5 unless ``-nodsp``), ``"ice40"`` (two
+        8x8 products per SB_MAC16) or ``"ecp5"`` (one explicit MULT18X18D each in a board
+        build, so that ``synth_ecp5 -nodsp`` keeps every other product in LUTs).
 
     Members
     -------
