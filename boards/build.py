@@ -219,6 +219,8 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             conv = par.conv_lanes * (model.config.taps if par.conv_window else 1)
             dsp_note = (f"MULT18X18D: {conv} convolution (explicit, registered); "
                         f"requantization and dense products in LUTs (-nodsp)")
+        elif par is not None and accel is None:
+            dsp_note = "all products in LUTs (-nodsp, MAC target generic)"
     log(f"{spec.name}: building {spec.device} at {top.clk_freq / 1e6:.2f} MHz in {folder}")
     start = time.perf_counter()
     plan = platform.build(top, name="top", do_build=False, **opts)

@@ -126,13 +126,17 @@ class Parallelism:
 
 #: Named configurations: the UP5K's 16 conv multipliers (8 dual SB_MAC16) with an 8-wide dense
 #: engine (the bandwidth of four 16-bit SPRAMs); for the ECP5-85F the window engine (16 lanes x
-#: 9 taps = 144 of its 156 MULT18X18D: 1,352 cycles per image) with a 32-wide dense engine
-#: (1,690, the limit); a 25F-sized tap-serial configuration.
+#: 9 taps = 144 multipliers: 1,352 cycles per image) with a 32-wide dense engine (1,690, the
+#: limit), all products in pipelined LUT multipliers (``target="generic"``, built
+#: ``-nodsp``): with the 144 in explicit MULT18X18D (``target="ecp5"``, 144 of 156) nextpnr's
+#: placement estimate was 46.9 MHz and routing congested around the DSP rows; a 25F-sized
+#: tap-serial configuration with its 16 conv products in MULT18X18D (16 of 28) and 2
+#: requantization multipliers (10,816 cycles per image, under the convolution's 12,171).
 PRESETS = {
     "up5k": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ice40"),
-    "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=4, dense_mults=8, target="ecp5"),
+    "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ecp5"),
     "ecp5-85f": Parallelism(conv_lanes=16, conv_window=True, requant_parallel=16,
-                            dense_mults=32, target="ecp5"),
+                            dense_mults=32, target="generic"),
 }
 
 

@@ -33,10 +33,12 @@ class Requantize(wiring.Component):
     its content moves on, so bubbles collapse and backpressure stalls every stage)::
 
         part cycle: i.payload part s selected, multiplier memory word addressed
-        stage 1:    accumulator part and multipliers registered (operand registers)
-        stage 2:    partial products acc * digit registered, one per DIGIT (8) bits of the
+        stage 1:    accumulator part registered, multipliers read (the memory's register)
+        stage 2:    operand registers: both copied, so that they can sit beside their
+                    multiplier while the memory's register sits with the memory
+        stage 3:    partial products acc * digit registered, one per DIGIT (8) bits of the
                     multiplier (two 21 x 8 products for the reference widths)
-        stage 3:    partial products summed (shifted) plus the rounding constant, registered
+        stage 4:    partial products summed (shifted) plus the rounding constant, registered
         output:     shift and clip (a sign test and an OR of high bits); the last part of a
                     beat loads o.payload, o.valid
 
@@ -45,8 +47,8 @@ class Requantize(wiring.Component):
 
     Latency
     -------
-    :attr:`LATENCY` = 4 cycles: an input beat transferred (``i.valid & i.ready``, which happens
-    with its last part) in cycle ``t`` is offered on ``o`` (``o.valid``) in cycle ``t + 4``.
+    :attr:`LATENCY` = 5 cycles: an input beat transferred (``i.valid & i.ready``, which happens
+    with its last part) in cycle ``t`` is offered on ``o`` (``o.valid``) in cycle ``t + 5``.
 
     Throughput
     ----------
@@ -60,7 +62,7 @@ class Requantize(wiring.Component):
     network), each built as ``requant_mult / DIGIT`` LUT multipliers of ``conv_acc x DIGIT``
     and one adder (no DSP: Yosys maps none with ``synth_ice40`` without ``-dsp`` or
     ``synth_ecp5 -nodsp``), the multiplier memory (``filters // parallel`` words of
-    ``parallel * 16`` bits), the pipeline registers (per multiplier ``conv_acc + 16`` +
+    ``parallel * 16`` bits), the pipeline registers (per multiplier ``2 * conv_acc + 16`` +
     ``2 * (conv_acc + DIGIT)`` + ``requant_product + 1`` bits) and ``lanes - parallel``
     reassembly bytes.
 
@@ -103,7 +105,7 @@ class Requantize(wiring.Component):
         out of range.
     """
 
-    LATENCY = 4
+    LATENCY = 5
     #: Multiplier bits per partial product (stage 2).
     DIGIT = 8
 
@@ -201,7 +203,7 @@ class Requantize(wiring.Component):
         # Handshake: a stage advances (takes new content) when it is empty or its content moves
         # on; the last stage's content moves on into asm (not the last part) or into the output
         # register (free, or leaving this cycle).
-        n = 3
+        n = 4
         v = [Signal(name=f"v{k + 1}") for k in range(n)]
         last = [Signal(name=f"last{k + 1}") for k in range(n)]
         adv = [Signal(name=f"adv{k + 1}") for k in range(n)]
@@ -241,33 +243,40 @@ class Requantize(wiring.Component):
                 if steps > 1:
                     m.d.sync += parts[k].eq(parts[k - 1])
 
-        # Stage 1: operand registers (the multipliers are the memory's read register).
+        # Stage 1: the accumulator part registered, the multipliers in the memory's read register.
         acc1 = Signal(data.ArrayLayout(signed(acc_w), par), reset_less=True)
         with m.If(adv[0]):
             m.d.sync += acc1.eq(selected)
 
-        # Stage 2: partial products acc * (DIGIT-bit digit d of the multiplier), registered.
+        # Stage 2: operand registers, a pure copy: the memory's read register sits with the
+        # memory, these with their multiplier, so no stage has both a long route and logic.
+        acc2 = Signal(data.ArrayLayout(signed(acc_w), par), reset_less=True)
+        mult2 = Signal(mult_row, reset_less=True)
+        with m.If(adv[1]):
+            m.d.sync += [acc2.eq(acc1), mult2.eq(rd.data)]
+
+        # Stage 3: partial products acc * (DIGIT-bit digit d of the multiplier), registered.
         # |acc| * digit < 2**(acc_w - 1) * 2**DIGIT: fits acc_w + DIGIT signed bits.
         digits = [(lo, min(self.DIGIT, mult_w - lo)) for lo in range(0, mult_w, self.DIGIT)]
-        pp2 = [[Signal(signed(acc_w + width), name=f"pp2_{k}_{d}", reset_less=True)
+        pp3 = [[Signal(signed(acc_w + width), name=f"pp3_{k}_{d}", reset_less=True)
                 for d, (lo, width) in enumerate(digits)] for k in range(par)]
-        with m.If(adv[1]):
+        with m.If(adv[2]):
             for k in range(par):
                 for d, (lo, width) in enumerate(digits):
-                    m.d.sync += pp2[k][d].eq(acc1[k] * rd.data[k][lo:lo + width])
+                    m.d.sync += pp3[k][d].eq(acc2[k] * mult2[k][lo:lo + width])
 
-        # Stage 3: the product (the partial products summed, < 2**(requant_product - 1) in
+        # Stage 4: the product (the partial products summed, < 2**(requant_product - 1) in
         # magnitude) plus the rounding constant 2**(shift-1), registered.
         half = 1 << (self._shift - 1)
         rounded_w = max(w.requant_product, self._shift) + 1
-        rounded3 = [Signal(signed(rounded_w), name=f"rounded3_{k}", reset_less=True)
+        rounded4 = [Signal(signed(rounded_w), name=f"rounded4_{k}", reset_less=True)
                     for k in range(par)]
-        with m.If(adv[2]):
+        with m.If(adv[3]):
             for k in range(par):
                 total = half
                 for d, (lo, width) in enumerate(digits):
-                    total = (pp2[k][d] << lo) + total
-                m.d.sync += rounded3[k].eq(total)
+                    total = (pp3[k][d] << lo) + total
+                m.d.sync += rounded4[k].eq(total)
 
         # Output (combinational into asm / o.payload): arithmetic shift, clip to 0..255.
         act_max = (1 << act_w) - 1
@@ -276,7 +285,7 @@ class Requantize(wiring.Component):
             q = Signal(signed(max(rounded_w - self._shift, 1) + 1), name=f"q_{k}")
             r = Signal(unsigned(act_w), name=f"res_{k}")
             m.d.comb += [
-                q.eq(rounded3[k] >> self._shift),
+                q.eq(rounded4[k] >> self._shift),
                 r.eq(Mux(q < 0, 0, Mux(q > act_max, act_max, q[:act_w]))),
             ]
             res.append(r)
