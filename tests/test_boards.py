@@ -92,7 +92,8 @@ def test_parallelism_override_and_estimates():
         parse_parallelism("", "de0")
 
 
-BITSTREAMS = {"icebreaker": "top.bin", "ulx3s": "top.bit"}
+#: The OrangeCrab (25F) build is the quick ECP5 one (about 5 minutes on 2 cores): CI's.
+BITSTREAMS = {"icebreaker": "top.bin", "ulx3s": "top.bit", "orangecrab": "top.bit"}
 
 
 @pytest.mark.bitstream
