@@ -34,16 +34,18 @@ class Requantize(wiring.Component):
 
         part cycle: i.payload part s selected, multiplier memory word addressed
         stage 1:    accumulator part registered, multipliers read (the memory's register)
-        stage 2:    operand registers: both copied, so that they can sit beside their
-                    multiplier while the memory's register sits with the memory
+        stage 2:    operand registers: the multipliers copied, the accumulator clamped at 0
+                    (ReLU before the product: exact, see the code), so that they can sit
+                    beside their multiplier while the memory's register sits with the memory
         stage 3:    partial products acc * digit registered, one per DIGIT (8) bits of the
-                    multiplier (two 21 x 8 products for the reference widths)
+                    multiplier (two unsigned 20 x 8 products for the reference widths)
         stage 4:    partial products summed (shifted) plus the rounding constant, registered
-        output:     shift and clip (a sign test and an OR of high bits); the last part of a
-                    beat loads o.payload, o.valid
+        output:     shift and saturate (an OR of high bits); the last part of a beat loads
+                    o.payload, o.valid
 
-    No stage holds more than one LUT multiplier of ``conv_acc x DIGIT`` bits or one
-    ``requant_product``-bit adder, so the products are not what limits Fmax.
+    No stage holds more than one LUT multiplier of ``(conv_acc - 1) x DIGIT`` bits or one
+    ``requant_product``-bit adder, and no stage both routes far and computes, so the products
+    are not what limits Fmax.
 
     Latency
     -------
@@ -58,13 +60,13 @@ class Requantize(wiring.Component):
 
     Resources
     ---------
-    ``parallel`` multipliers of ``conv_acc x requant_mult`` bits (21 x 16 for the reference
-    network), each built as ``requant_mult / DIGIT`` LUT multipliers of ``conv_acc x DIGIT``
-    and one adder (no DSP: Yosys maps none with ``synth_ice40`` without ``-dsp`` or
-    ``synth_ecp5 -nodsp``), the multiplier memory (``filters // parallel`` words of
-    ``parallel * 16`` bits), the pipeline registers (per multiplier ``2 * conv_acc + 16`` +
-    ``2 * (conv_acc + DIGIT)`` + ``requant_product + 1`` bits) and ``lanes - parallel``
-    reassembly bytes.
+    ``parallel`` unsigned multipliers of ``(conv_acc - 1) x requant_mult`` bits (20 x 16 for
+    the reference network), each built as ``requant_mult / DIGIT`` LUT multipliers of
+    ``(conv_acc - 1) x DIGIT`` and one adder (no DSP: Yosys maps none with ``synth_ice40``
+    without ``-dsp`` or ``synth_ecp5 -nodsp``), the multiplier memory (``filters // parallel``
+    words of ``parallel * 16`` bits), the pipeline registers (per multiplier
+    ``2 * conv_acc + 15`` + ``2 * (conv_acc - 1 + DIGIT)`` + ``requant_product`` bits) and
+    ``lanes - parallel`` reassembly bytes.
 
     Parameters
     ----------
@@ -248,28 +250,34 @@ class Requantize(wiring.Component):
         with m.If(adv[0]):
             m.d.sync += acc1.eq(selected)
 
-        # Stage 2: operand registers, a pure copy: the memory's read register sits with the
+        # Stage 2: operand registers, near-copies: the memory's read register sits with the
         # memory, these with their multiplier, so no stage has both a long route and logic.
-        acc2 = Signal(data.ArrayLayout(signed(acc_w), par), reset_less=True)
+        # ReLU first: the multiplier is >= 0, so a negative accumulator gives a product <= 0,
+        # (product + 2**(shift-1)) >> shift <= 0 and the output 0, exactly as an accumulator
+        # of 0 does; the multiplier then only sees conv_acc - 1 unsigned bits.
+        mag_w = acc_w - 1
+        acc2 = Signal(data.ArrayLayout(unsigned(mag_w), par), reset_less=True)
         mult2 = Signal(mult_row, reset_less=True)
         with m.If(adv[1]):
-            m.d.sync += [acc2.eq(acc1), mult2.eq(rd.data)]
+            m.d.sync += mult2.eq(rd.data)
+            for k in range(par):
+                m.d.sync += acc2[k].eq(Mux(acc1[k] < 0, 0, acc1[k][:mag_w]))
 
-        # Stage 3: partial products acc * (DIGIT-bit digit d of the multiplier), registered.
-        # |acc| * digit < 2**(acc_w - 1) * 2**DIGIT: fits acc_w + DIGIT signed bits.
+        # Stage 3: partial products acc * (DIGIT-bit digit d of the multiplier), registered
+        # (unsigned, conv_acc - 1 + DIGIT bits).
         digits = [(lo, min(self.DIGIT, mult_w - lo)) for lo in range(0, mult_w, self.DIGIT)]
-        pp3 = [[Signal(signed(acc_w + width), name=f"pp3_{k}_{d}", reset_less=True)
+        pp3 = [[Signal(unsigned(mag_w + width), name=f"pp3_{k}_{d}", reset_less=True)
                 for d, (lo, width) in enumerate(digits)] for k in range(par)]
         with m.If(adv[2]):
             for k in range(par):
                 for d, (lo, width) in enumerate(digits):
                     m.d.sync += pp3[k][d].eq(acc2[k] * mult2[k][lo:lo + width])
 
-        # Stage 4: the product (the partial products summed, < 2**(requant_product - 1) in
-        # magnitude) plus the rounding constant 2**(shift-1), registered.
+        # Stage 4: the product (the partial products summed, < 2**(requant_product - 1)) plus
+        # the rounding constant 2**(shift-1), registered.
         half = 1 << (self._shift - 1)
-        rounded_w = max(w.requant_product, self._shift) + 1
-        rounded4 = [Signal(signed(rounded_w), name=f"rounded4_{k}", reset_less=True)
+        rounded_w = max(w.requant_product - 1, self._shift) + 1
+        rounded4 = [Signal(unsigned(rounded_w), name=f"rounded4_{k}", reset_less=True)
                     for k in range(par)]
         with m.If(adv[3]):
             for k in range(par):
@@ -278,15 +286,15 @@ class Requantize(wiring.Component):
                     total = (pp3[k][d] << lo) + total
                 m.d.sync += rounded4[k].eq(total)
 
-        # Output (combinational into asm / o.payload): arithmetic shift, clip to 0..255.
+        # Output (combinational into asm / o.payload): shift, saturate at 255.
         act_max = (1 << act_w) - 1
         res = []
         for k in range(par):
-            q = Signal(signed(max(rounded_w - self._shift, 1) + 1), name=f"q_{k}")
+            q = Signal(unsigned(max(rounded_w - self._shift, 1)), name=f"q_{k}")
             r = Signal(unsigned(act_w), name=f"res_{k}")
             m.d.comb += [
                 q.eq(rounded4[k] >> self._shift),
-                r.eq(Mux(q < 0, 0, Mux(q > act_max, act_max, q[:act_w]))),
+                r.eq(Mux(q > act_max, act_max, q[:act_w])),
             ]
             res.append(r)
         res = Cat(*res)
