@@ -127,11 +127,12 @@ class Parallelism:
 #: Named configurations: the UP5K's 16 conv multipliers (8 dual SB_MAC16) with an 8-wide dense
 #: engine (the bandwidth of four 16-bit SPRAMs); for the ECP5-85F the window engine (16 lanes x
 #: 9 taps = 144 multipliers: 1,352 cycles per image) with a 32-wide dense engine (1,690, the
-#: limit), all products in pipelined LUT multipliers (``target="generic"``, built
-#: ``-nodsp``): with the 144 in explicit MULT18X18D (``target="ecp5"``, 144 of 156) nextpnr's
-#: placement estimate was 46.9 MHz and routing congested around the DSP rows; a 25F-sized
-#: tap-serial configuration with its 16 conv products in MULT18X18D (16 of 28) and 2
-#: requantization multipliers (10,816 cycles per image, under the convolution's 12,171).
+#: limit), all products in LUTs (``target="generic"``, built ``-nodsp``: 60.0k LUT4, routed,
+#: 50.6 MHz, the conv weight-write decode critical, since registered). ``target="ecp5"`` puts
+#: the 144 in explicit MULT18X18D (144 of 156): 36.7k LUT4, but a 46.9 MHz placement estimate
+#: and congested routing (not finished); neither meets 100 MHz yet. A 25F-sized tap-serial
+#: configuration with its 16 conv products in MULT18X18D (16 of 28) and 2 requantization
+#: multipliers (10,816 cycles per image, under the convolution's 12,171): meets 72 MHz.
 PRESETS = {
     "up5k": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ice40"),
     "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ecp5"),
