@@ -252,9 +252,17 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                         f"(dual 8x8), {where}")
     elif os.environ.get("CNNFORGE_ECP5_DSP", "0") != "1":
         # synth_ecp5 maps every product to a MULT18X18D and cannot be told which ones: the
-        # ecp5-85f configuration has 208 (144 + 32 + 2 x 16), the 85F 156. All in LUTs instead
-        # (CNNFORGE_ECP5_DSP=1 lets Yosys map them, for configurations that fit).
+        # ecp5-85f configuration has 208 (144 + 32 + 2 x 16), the 85F 156. -nodsp keeps Yosys
+        # from inferring any; the convolution's products are explicit MULT18X18D instances
+        # (MACArray target "ecp5"), the rest in LUTs (CNNFORGE_ECP5_DSP=1 lets Yosys map them
+        # too, for configurations that fit).
         opts["synth_opts"] = "-nodsp"
+        if par is not None and accel is None and par.target == "ecp5":
+            conv = par.conv_lanes * (model.config.taps if par.conv_window else 1)
+            dsp_note = (f"MULT18X18D: {conv} convolution (explicit, registered); "
+                        f"requantization and dense products in LUTs (-nodsp)")
+        elif par is not None and accel is None:
+            dsp_note = "all products in LUTs (-nodsp, MAC target generic)"
     log(f"{spec.name}: building {spec.device} at {top.clk_freq / 1e6:.2f} MHz in {folder}")
     start = time.perf_counter()
     plan = platform.build(top, name="top", do_build=False, **opts)

@@ -109,7 +109,9 @@ class Parallelism:
 
     @property
     def mac_target(self):
-        return "ice40" if self.target == "ice40" else "generic"
+        """The convolution's :class:`~cnnforge.hw.mac.MACArray` target: its products in SB_MAC16
+        (``"ice40"``) or MULT18X18D (``"ecp5"``, board builds only: behavioural in simulation)."""
+        return self.target
 
     def multipliers(self, config):
         """int8 multipliers of the convolution and dense engines for ``config``."""
@@ -123,18 +125,22 @@ class Parallelism:
 
 
 #: Named configurations: for the UP5K 4 conv lanes (2 dual 8x8 SB_MAC16; 48,675 cycles per
-#: image, the slowest stage), one requantization multiplier (2 SB_MAC16) and a 4-wide dense
+#: image, the slowest stage), one requantization multiplier (SB_MAC16) and a 4-wide dense
 #: engine (2 SB_MAC16, weights in two SPRAMs) that consumes the pooled stream without an
-#: activation buffer: 4,956 of 5,280 logic cells, 22 of 30 EBR, 6 of 8 DSPs, 30.6 MHz Fmax
-#: (nextpnr) against 30 MHz (8 lanes, 24,339 cycles, did not fit: ~6,500 cells); for the
-#: ECP5-85F the window engine (16 lanes x 9 taps = 144 of its 156 MULT18X18D: 1,352 cycles
-#: per image) with a 32-wide dense engine (1,690, the limit); a 25F-sized tap-serial
-#: configuration.
+#: activation buffer (8 lanes, 24,339 cycles, did not fit: ~6,500 cells); for the ECP5-85F the
+#: window engine (16 lanes x 9 taps = 144 multipliers: 1,352 cycles per image) with a 32-wide
+#: dense engine (1,690, the limit), all products in LUTs (``target="generic"``, built
+#: ``-nodsp``: 60.0k LUT4, routed, 50.6 MHz, the conv weight-write decode critical, since
+#: registered). ``target="ecp5"`` puts the 144 in explicit MULT18X18D (144 of 156): 36.7k LUT4,
+#: but a 46.9 MHz placement estimate and congested routing (not finished); neither meets
+#: 100 MHz yet. A 25F-sized tap-serial configuration with its 16 conv products in MULT18X18D
+#: (16 of 28) and 2 requantization multipliers (10,816 cycles per image, under the
+#: convolution's 12,171): meets 72 MHz. Build numbers: README, "Boards".
 PRESETS = {
     "up5k": Parallelism(conv_lanes=4, requant_parallel=1, dense_mults=4, target="ice40"),
-    "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=4, dense_mults=8, target="ecp5"),
+    "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ecp5"),
     "ecp5-85f": Parallelism(conv_lanes=16, conv_window=True, requant_parallel=16,
-                            dense_mults=32, target="ecp5"),
+                            dense_mults=32, target="generic"),
 }
 
 

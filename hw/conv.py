@@ -170,7 +170,8 @@ class ConvEngine(wiring.Component):
     conv_b : numpy array ``(F,)`` of integers within ``Widths(config).conv_bias_max``
         Initial contents of the bias memory.
     target : str
-        MAC array target (``"generic"`` or ``"ice40"``), see :class:`~cnnforge.hw.mac.MACArray`.
+        MAC array target (``"generic"``, ``"ice40"`` or ``"ecp5"``), see
+        :class:`~cnnforge.hw.mac.MACArray`.
 
     Members
     -------

@@ -96,7 +96,9 @@ class WindowConvEngine(wiring.Component):
     :attr:`bias_word_shape`. A write is one cycle with ``w_en`` (``b_en``); out-of-range
     addresses are ignored. As in ConvEngine every word is double-banked (per-word bank bits)
     and the banks switch when an image's first window is issued: a write takes effect from the
-    first image whose first group is issued after the write cycle. So everything written
+    first image whose first group is issued after the write reaches the banks (weight writes
+    are registered twice on the way, so two cycles after the write cycle; an image's first
+    issue comes at least ``(K-1)*N + K`` cycles after its first pixel). So everything written
     before an image's first pixel is accepted applies to it, and nothing written after the
     last pixel of image ``n`` was accepted affects image ``n`` (for
     ``conv_size**2 > window_fifo_depth + 1``: image ``n`` has started issuing by then). Bias
@@ -150,7 +152,9 @@ class WindowConvEngine(wiring.Component):
         Initial biases (both banks).
     target : str
         MAC array target, one of ``MACArray.TARGETS``, as ConvEngine: ``"generic"`` (plain
-        products: one MULT18X18D each on ECP5) or ``"ice40"`` (two 8x8 products per SB_MAC16).
+        products: Yosys infers one MULT18X18D each on ECP5 unless ``-nodsp``), ``"ice40"`` (two
+        8x8 products per SB_MAC16) or ``"ecp5"`` (one explicit MULT18X18D each in a board
+        build, so that ``synth_ecp5 -nodsp`` keeps every other product in LUTs).
 
     Members
     -------
@@ -350,8 +354,23 @@ class WindowConvEngine(wiring.Component):
 
         # Weights: memory t holds, at (bank, g), the lanes' weights of group g at tap t.
         w_words = weight_words(cfg, lanes, self._conv_w)
-        w_use, w_write, w_wbank = _banked(m, "w", groups * taps, self.w_en, self.w_addr, swap)
-        w_group, w_tap = self.w_addr // taps, self.w_addr % taps
+        # The write port is registered twice before the bank machinery: the port's sources may
+        # sit far away, and the division of the address by taps (a constant: group and tap)
+        # gets a cycle of its own (unregistered it was the ECP5-85F's critical path, 19.8 ns).
+        # Writes take effect two cycles later, far less than an image's fill before its swap.
+        w_en1, w_en2 = Signal(name="w_en1"), Signal(name="w_en2")
+        w_addr1 = Signal.like(self.w_addr, name="w_addr1", reset_less=True)
+        w_addr2 = Signal.like(self.w_addr, name="w_addr2", reset_less=True)
+        w_data1 = Signal.like(self.w_data, name="w_data1", reset_less=True)
+        w_data2 = Signal.like(self.w_data, name="w_data2", reset_less=True)
+        w_group = Signal(range(max(2, groups)), name="w_group2", reset_less=True)
+        w_tap = Signal(range(max(2, taps)), name="w_tap2", reset_less=True)
+        m.d.sync += [
+            w_en1.eq(self.w_en), w_addr1.eq(self.w_addr), w_data1.eq(self.w_data),
+            w_en2.eq(w_en1), w_addr2.eq(w_addr1), w_data2.eq(w_data1),
+            w_group.eq(w_addr1 // taps), w_tap.eq(w_addr1 % taps),
+        ]
+        w_use, w_write, w_wbank = _banked(m, "w", groups * taps, w_en2, w_addr2, swap)
         w_rows = []
         for t in range(taps):
             init = [w_words[g * taps + t] for g in range(groups)]
@@ -363,7 +382,7 @@ class WindowConvEngine(wiring.Component):
             m.d.comb += [
                 rd.addr.eq(Mux(bank, groups, 0) + group),
                 wr.addr.eq(Mux(w_wbank, groups, 0) + w_group),
-                wr.data.eq(self.w_data),
+                wr.data.eq(w_data2),
                 wr.en.eq(w_write & (w_tap == t)),
             ]
             w_rows.append(rd.data)

@@ -26,11 +26,12 @@ class MACArray(wiring.Component):
     (it holds until the next group reaches the accumulator, at least one cycle).
     ``i_valid`` may drop in any cycle; the accumulation resumes with the next valid group.
 
-    Pipeline (identical for both targets, so they are cycle-for-cycle interchangeable)::
+    Pipeline (identical for all targets, so they are cycle-for-cycle interchangeable)::
 
         cycle 0: a, b, i_valid/first/last presented
-        cycle 1: operand registers (the DSP's A/B input registers on iCE40)
-        cycle 2: product registers (the DSP's 8x8 / 16x16 multiplier pipeline registers)
+        cycle 1: operand registers (the DSP's A/B input registers on iCE40 and ECP5)
+        cycle 2: product registers (the SB_MAC16's 8x8 multiplier pipeline registers, the
+                 MULT18X18D's output register)
         cycle 3: accumulators in the fabric (tap sum + accumulate), o_valid
 
     Latency
@@ -62,6 +63,15 @@ class MACArray(wiring.Component):
         ``"ice40"``: products packed two per ``SB_MAC16`` in 8x8 mode (``ceil(lanes*taps/2)``
         DSPs); the Amaranth simulator ignores the instance, so simulate this target with
         Yosys's ``ice40/cells_sim.v``.
+        ``"ecp5"``: one explicit ``MULT18X18D`` per product (input and output registers on
+        ``CLK0``: the same two stages), so that these products, and only these, use DSPs while
+        the rest of the design is synthesized with ``synth_ecp5 -nodsp``. See ``primitives``.
+    primitives : bool or None
+        ``target="ecp5"`` only. ``None`` (default): the ``MULT18X18D`` instances when elaborated
+        for a platform (a board build), the behavioural ``"generic"`` products without one
+        (Amaranth's simulator, which ignores instances, and ``verilog.convert`` for Verilator);
+        ``True``: instances always (to simulate them with a ``MULT18X18D`` model,
+        ``sim/ecp5_cells.v``: Yosys ships none); ``False``: never.
 
     Members
     -------
@@ -83,15 +93,17 @@ class MACArray(wiring.Component):
     Raises
     ------
     TypeError
-        If an integer argument is not an integer or ``a_signed`` is not a bool.
+        If an integer argument is not an integer, ``a_signed`` is not a bool or
+        ``primitives`` is not None or a bool.
     ValueError
         If ``lanes``/``taps`` < 1, ``acc_width`` < 16, or ``target`` is unknown.
     """
 
     LATENCY = 3
-    TARGETS = ("generic", "ice40")
+    TARGETS = ("generic", "ice40", "ecp5")
 
-    def __init__(self, *, lanes, taps=1, a_signed=False, acc_width, target="generic"):
+    def __init__(self, *, lanes, taps=1, a_signed=False, acc_width, target="generic",
+                 primitives=None):
         self._lanes = check_int("lanes", lanes, 1)
         self._taps = check_int("taps", taps, 1)
         self._acc_width = check_int("acc_width", acc_width, 16)
@@ -100,8 +112,11 @@ class MACArray(wiring.Component):
         if target not in self.TARGETS:
             raise ValueError(f"target must be one of {', '.join(map(repr, self.TARGETS))}, "
                              f"not {target!r}")
+        if primitives is not None and not isinstance(primitives, bool):
+            raise TypeError(f"primitives must be None or a bool, not {primitives!r}")
         self._a_signed = a_signed
         self._target = target
+        self._primitives = primitives
         a_shape = signed(8) if a_signed else unsigned(8)
         super().__init__({
             "i_valid": In(1),
@@ -145,6 +160,14 @@ class MACArray(wiring.Component):
             return (self.multipliers + 1) // 2
         return self.multipliers
 
+    def uses_instances(self, platform):
+        """Whether :meth:`elaborate` with ``platform`` instantiates vendor primitives."""
+        if self._target == "ice40":
+            return True
+        if self._target == "ecp5":
+            return platform is not None if self._primitives is None else self._primitives
+        return False
+
     def elaborate(self, platform):
         m = Module()
         lanes = self._lanes
@@ -162,10 +185,12 @@ class MACArray(wiring.Component):
         m.d.comb += self.o_valid.eq(valid[2])
 
         # products[l][t]: signed(16) product registers (stage 2).
-        if self._target == "generic":
-            products = self._generic_products(m)
-        else:
+        if self._target == "ice40":
             products = self._ice40_products(m)
+        elif self.uses_instances(platform):
+            products = self._ecp5_products(m)
+        else:
+            products = self._generic_products(m)
 
         # Stage 3: tap sum and accumulate in the fabric.
         acc = [Signal(signed(self._acc_width), name=f"acc_{l}", reset_less=True)
@@ -248,4 +273,34 @@ class MACArray(wiring.Component):
             products[lo[0]][lo[1]] = o[0:16].as_signed()
             if hi is not None:
                 products[hi[0]][hi[1]] = o[16:32].as_signed()
+        return products
+
+    def _ecp5_products(self, m):
+        # One MULT18X18D per product: A = activation, B = weight, both extended to 18 bits and
+        # multiplied as signed (a uint8 activation zero-extended is a positive signed number),
+        # P[15:0] the signed(16) product. REG_INPUTA/B (stage 1) and REG_OUTPUT (stage 2) on
+        # CLK0, as nextpnr-ecp5 requires for its register timing (MULT18X18D_REGS_ALL), so
+        # both the fabric -> DSP and DSP -> fabric paths start and end at registers.
+        lanes, taps = self._lanes, self._taps
+        products = [[None] * taps for _ in range(lanes)]
+        for l in range(lanes):
+            for t in range(taps):
+                a = Signal(signed(18), name=f"dsp_a{l}_{t}")
+                b = Signal(signed(18), name=f"dsp_b{l}_{t}")
+                p = Signal(36, name=f"dsp_p{l}_{t}")
+                m.d.comb += [a.eq(self.a[t]), b.eq(self.b[l][t])]
+                ports = {f"i_A{k}": a[k] for k in range(18)}
+                ports.update({f"i_B{k}": b[k] for k in range(18)})
+                ports.update({f"o_P{k}": p[k] for k in range(36)})
+                m.submodules[f"dsp{l}_{t}"] = Instance(
+                    "MULT18X18D",
+                    p_REG_INPUTA_CLK="CLK0", p_REG_INPUTB_CLK="CLK0",
+                    p_REG_PIPELINE_CLK="NONE", p_REG_OUTPUT_CLK="CLK0",
+                    p_GSR="DISABLED", p_RESETMODE="SYNC",
+                    i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
+                    i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
+                    i_CLK0=ClockSignal("sync"), i_CE0=Const(1, 1), i_RST0=Const(0, 1),
+                    **ports,
+                )
+                products[l][t] = p[0:16].as_signed()
         return products

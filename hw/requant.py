@@ -33,14 +33,24 @@ class Requantize(wiring.Component):
     its content moves on, so bubbles collapse and backpressure stalls every stage)::
 
         part cycle: i.payload part s selected, multiplier memory word addressed
-        stage 1:    accumulator part and multipliers registered (operand registers)
-        stage 2:    products registered (signed(requant_product), reset_less)
-        stage 3:    round, shift, clip; the last part of a beat loads o.payload, o.valid
+        stage 1:    accumulator part registered, multipliers read (the memory's register)
+        stage 2:    operand registers: the multipliers copied, the accumulator clamped at 0
+                    (ReLU before the product: exact, see the code), so that they can sit
+                    beside their multiplier while the memory's register sits with the memory
+        stage 3:    partial products acc * digit registered, one per DIGIT (8) bits of the
+                    multiplier (two unsigned 20 x 8 products for the reference widths)
+        stage 4:    partial products summed (shifted) plus the rounding constant, registered
+        output:     shift and saturate (an OR of high bits); the last part of a beat loads
+                    o.payload, o.valid
+
+    No stage holds more than one LUT multiplier of ``(conv_acc - 1) x DIGIT`` bits or one
+    ``requant_product``-bit adder, and no stage both routes far and computes, so the products
+    are not what limits Fmax.
 
     Latency
     -------
-    :attr:`LATENCY` = 3 cycles: an input beat transferred (``i.valid & i.ready``, which happens
-    with its last part) in cycle ``t`` is offered on ``o`` (``o.valid``) in cycle ``t + 3``.
+    :attr:`LATENCY` = 5 cycles: an input beat transferred (``i.valid & i.ready``, which happens
+    with its last part) in cycle ``t`` is offered on ``o`` (``o.valid``) in cycle ``t + 5``.
 
     Throughput
     ----------
@@ -50,9 +60,12 @@ class Requantize(wiring.Component):
 
     Resources
     ---------
-    ``parallel`` multipliers of ``conv_acc x requant_mult`` bits (21 x 16 for the reference
-    network, wider than a 16 x 16 DSP: ``synth_ice40 -dsp`` uses two ``SB_MAC16`` for each),
-    the multiplier memory (``filters // parallel`` words of ``parallel * 16`` bits) and
+    ``parallel`` unsigned multipliers of ``(conv_acc - 1) x requant_mult`` bits (20 x 16 for
+    the reference network), each built as ``requant_mult / DIGIT`` LUT multipliers of
+    ``(conv_acc - 1) x DIGIT`` and one adder (no DSP: Yosys maps none with ``synth_ice40``
+    without ``-dsp`` or ``synth_ecp5 -nodsp``), the multiplier memory (``filters // parallel``
+    words of ``parallel * 16`` bits), the pipeline registers (per multiplier
+    ``2 * conv_acc + 15`` + ``2 * (conv_acc - 1 + DIGIT)`` + ``requant_product`` bits) and
     ``lanes - parallel`` reassembly bytes.
 
     Parameters
@@ -94,7 +107,9 @@ class Requantize(wiring.Component):
         out of range.
     """
 
-    LATENCY = 3
+    LATENCY = 5
+    #: Multiplier bits per partial product (stage 2).
+    DIGIT = 8
 
     def __init__(self, config, *, lanes, requant_mult, requant_shift, parallel=None):
         if not isinstance(config, NetworkConfig):
@@ -187,85 +202,112 @@ class Requantize(wiring.Component):
         for k in range(par):
             m.d.comb += wr.data[k].eq(self.mult_data)
 
-        # Handshake: a stage advances (takes new content) when it is empty or its content moves on.
-        v1 = Signal()
-        v2 = Signal()
-        last1 = Signal()
-        last2 = Signal()
-        adv2 = Signal()
-        adv1 = Signal()
-        m.d.comb += [
-            adv2.eq(~v2 | ~last2 | ~self.o.valid | self.o.ready),
-            adv1.eq(~v1 | adv2),
-        ]
+        # Handshake: a stage advances (takes new content) when it is empty or its content moves
+        # on; the last stage's content moves on into asm (not the last part) or into the output
+        # register (free, or leaving this cycle).
+        n = 4
+        v = [Signal(name=f"v{k + 1}") for k in range(n)]
+        last = [Signal(name=f"last{k + 1}") for k in range(n)]
+        adv = [Signal(name=f"adv{k + 1}") for k in range(n)]
+        m.d.comb += adv[n - 1].eq(~v[n - 1] | ~last[n - 1] | ~self.o.valid | self.o.ready)
+        for k in reversed(range(n - 1)):
+            m.d.comb += adv[k].eq(~v[k] | adv[k + 1])
 
         # Part cycle: which part of the presented beat goes next, and its multiplier word.
         word = Signal(range(words))
         is_last = Signal()
         m.d.comb += [
-            self.i.ready.eq(adv1 & is_last),
+            self.i.ready.eq(adv[0] & is_last),
             rd.addr.eq(word),
-            rd.en.eq(adv1),
+            rd.en.eq(adv[0]),
         ]
-        with m.If(adv1 & self.i.valid):
+        with m.If(adv[0] & self.i.valid):
             m.d.sync += word.eq(Mux(word == words - 1, 0, word + 1))
         if steps > 1:
             part = Signal(range(steps))
-            part1 = Signal(range(steps))
-            part2 = Signal(range(steps))
+            parts = [Signal(range(steps), name=f"part{k + 1}") for k in range(n)]
             m.d.comb += is_last.eq(part == steps - 1)
-            with m.If(adv1 & self.i.valid):
+            with m.If(adv[0] & self.i.valid):
                 m.d.sync += part.eq(Mux(is_last, 0, part + 1))
             selected = self.i.payload.as_value().word_select(part, par * acc_w)
         else:
             m.d.comb += is_last.eq(1)
             selected = self.i.payload.as_value()
 
-        # Stage 1: operand registers (the multipliers are the memory's read register).
+        # Control of every stage: valid, last part, part number.
+        with m.If(adv[0]):
+            m.d.sync += [v[0].eq(self.i.valid), last[0].eq(is_last)]
+            if steps > 1:
+                m.d.sync += parts[0].eq(part)
+        for k in range(1, n):
+            with m.If(adv[k]):
+                m.d.sync += [v[k].eq(v[k - 1]), last[k].eq(last[k - 1])]
+                if steps > 1:
+                    m.d.sync += parts[k].eq(parts[k - 1])
+
+        # Stage 1: the accumulator part registered, the multipliers in the memory's read register.
         acc1 = Signal(data.ArrayLayout(signed(acc_w), par), reset_less=True)
-        with m.If(adv1):
-            m.d.sync += [v1.eq(self.i.valid), last1.eq(is_last), acc1.eq(selected)]
-            if steps > 1:
-                m.d.sync += part1.eq(part)
+        with m.If(adv[0]):
+            m.d.sync += acc1.eq(selected)
 
-        # Stage 2: product registers. |acc| * mult < 2**(acc_w - 1) * 2**mult_w: fits
-        # requant_product = acc_w + mult_w bits (the truncation below drops only sign copies).
-        prod2 = [Signal(signed(w.requant_product), name=f"prod2_{k}", reset_less=True)
-                 for k in range(par)]
-        with m.If(adv2):
-            m.d.sync += [v2.eq(v1), last2.eq(last1)]
-            if steps > 1:
-                m.d.sync += part2.eq(part1)
+        # Stage 2: operand registers, near-copies: the memory's read register sits with the
+        # memory, these with their multiplier, so no stage has both a long route and logic.
+        # ReLU first: the multiplier is >= 0, so a negative accumulator gives a product <= 0,
+        # (product + 2**(shift-1)) >> shift <= 0 and the output 0, exactly as an accumulator
+        # of 0 does; the multiplier then only sees conv_acc - 1 unsigned bits.
+        mag_w = acc_w - 1
+        acc2 = Signal(data.ArrayLayout(unsigned(mag_w), par), reset_less=True)
+        mult2 = Signal(mult_row, reset_less=True)
+        with m.If(adv[1]):
+            m.d.sync += mult2.eq(rd.data)
             for k in range(par):
-                m.d.sync += prod2[k].eq(acc1[k] * rd.data[k])
+                m.d.sync += acc2[k].eq(Mux(acc1[k] < 0, 0, acc1[k][:mag_w]))
 
-        # Stage 3: round half up, arithmetic shift, clip to 0..255.
+        # Stage 3: partial products acc * (DIGIT-bit digit d of the multiplier), registered
+        # (unsigned, conv_acc - 1 + DIGIT bits).
+        digits = [(lo, min(self.DIGIT, mult_w - lo)) for lo in range(0, mult_w, self.DIGIT)]
+        pp3 = [[Signal(unsigned(mag_w + width), name=f"pp3_{k}_{d}", reset_less=True)
+                for d, (lo, width) in enumerate(digits)] for k in range(par)]
+        with m.If(adv[2]):
+            for k in range(par):
+                for d, (lo, width) in enumerate(digits):
+                    m.d.sync += pp3[k][d].eq(acc2[k] * mult2[k][lo:lo + width])
+
+        # Stage 4: the product (the partial products summed, < 2**(requant_product - 1)) plus
+        # the rounding constant 2**(shift-1), registered.
         half = 1 << (self._shift - 1)
+        rounded_w = max(w.requant_product - 1, self._shift) + 1
+        rounded4 = [Signal(unsigned(rounded_w), name=f"rounded4_{k}", reset_less=True)
+                    for k in range(par)]
+        with m.If(adv[3]):
+            for k in range(par):
+                total = half
+                for d, (lo, width) in enumerate(digits):
+                    total = (pp3[k][d] << lo) + total
+                m.d.sync += rounded4[k].eq(total)
+
+        # Output (combinational into asm / o.payload): shift, saturate at 255.
         act_max = (1 << act_w) - 1
-        rounded_w = max(w.requant_product, self._shift) + 1
         res = []
         for k in range(par):
-            rounded = Signal(signed(rounded_w), name=f"rounded_{k}")
-            q = Signal(signed(max(rounded_w - self._shift, 1) + 1), name=f"q_{k}")
+            q = Signal(unsigned(max(rounded_w - self._shift, 1)), name=f"q_{k}")
             r = Signal(unsigned(act_w), name=f"res_{k}")
             m.d.comb += [
-                rounded.eq(prod2[k] + half),
-                q.eq(rounded >> self._shift),
-                r.eq(Mux(q < 0, 0, Mux(q > act_max, act_max, q[:act_w]))),
+                q.eq(rounded4[k] >> self._shift),
+                r.eq(Mux(q > act_max, act_max, q[:act_w])),
             ]
             res.append(r)
         res = Cat(*res)
-
         # Reassembly: parts 0..steps-2 wait in asm; the last part loads the output register.
         if steps > 1:
             asm = Signal((lanes - par) * act_w, reset_less=True)
             for p in range(steps - 1):
-                with m.If(v2 & (part2 == p)):
+                with m.If(v[n - 1] & (parts[n - 1] == p)):
                     m.d.sync += asm.word_select(p, par * act_w).eq(res)
             beat = Cat(asm, res)
         else:
             beat = res
-        with m.If(v2 & last2 & adv2):
+        with m.If(v[n - 1] & last[n - 1] & adv[n - 1]):
             m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(beat)]
         with m.Elif(self.o.ready):
             m.d.sync += self.o.valid.eq(0)

@@ -191,6 +191,9 @@ class StreamResult:
 #: The harness's file-backed ROM (see StreamHarness ``rom_file``).
 ROM_MODEL = Path(__file__).parent / "rom.v"
 
+#: Our behavioural model of the ECP5 MULT18X18D (Yosys has none), for MACArray(target="ecp5").
+ECP5_CELLS = Path(__file__).parent / "ecp5_cells.v"
+
 
 def ice40_cells_sim():
     """Yosys's iCE40 simulation models (SB_MAC16, SB_SPRAM256KA), or None when not installed."""

@@ -118,7 +118,8 @@ def test_ice40_dsp_guard(tmp_path):
         _check_ice40_dsps(tmp_path, 2)
 
 
-BITSTREAMS = {"icebreaker": "top.bin", "ulx3s": "top.bit"}
+#: The OrangeCrab (25F) build is the quick ECP5 one (about 5 minutes on 2 cores): CI's.
+BITSTREAMS = {"icebreaker": "top.bin", "ulx3s": "top.bit", "orangecrab": "top.bit"}
 
 
 @pytest.mark.bitstream

