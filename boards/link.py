@@ -407,9 +407,10 @@ class Link(wiring.Component):
         t_idx = Signal(16)
         t_crc = Signal(16)
 
+        # The CRC starts over in LOAD of byte 0, not here: every request decision would
+        # otherwise reach the CRC register's enable (the iCE40 critical path).
         def reply(command, length, src):
-            m.d.sync += [r_cmd.eq(command), r_len.eq(length), r_src.eq(src), t_idx.eq(0),
-                         t_crc.eq(0xFFFF)]
+            m.d.sync += [r_cmd.eq(command), r_len.eq(length), r_src.eq(src), t_idx.eq(0)]
             m.next = "LOAD"
 
         # The request's error code, registered (timing: it is decided from the frame's fields,
@@ -539,6 +540,8 @@ class Link(wiring.Component):
                 # the byte (payload: p < r_len only for t_idx >= 4, as p wraps below) ...
                 m.d.sync += [t_payload.eq(p < r_len), t_crc_hi.eq(p == r_len),
                              t_last.eq(p == r_len + 1)]
+                with m.If(t_idx == 0):
+                    m.d.sync += t_crc.eq(0xFFFF)
                 m.next = "LATCH"
             with m.State("LATCH"):
                 # ... and one to register the byte and its place (off the CRC's path).

@@ -205,7 +205,9 @@ class Accelerator(wiring.Component):
                                           conv_b=model.conv_b, target=target)
         m.submodules.requant = requant = Requantize(
             config, lanes=par.conv_lanes, requant_mult=model.requant_mult,
-            requant_shift=model.requant_shift, parallel=par.requant_parallel)
+            requant_shift=model.requant_shift, parallel=par.requant_parallel,
+            # iCE40: whole products, which ice40_dsp maps onto SB_MAC16 (boards/build.py).
+            digit=Widths(config).requant_mult if par.target == "ice40" else None)
         m.submodules.pool = pool = MaxPool(config, lanes=par.conv_lanes)
         m.submodules.dense = dense = DenseEngine(config, in_lanes=par.conv_lanes,
                                                  mults=par.dense_mults, dense_w=model.dense_w,

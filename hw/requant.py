@@ -56,7 +56,8 @@ class Requantize(wiring.Component):
     ----------
     ``parallel / lanes`` beats per cycle sustained (one beat every ``steps`` cycles; one per
     cycle when ``parallel == lanes``), under no backpressure, with no idle cycle between beats,
-    positions or images.
+    positions or images. ``i.ready`` depends combinationally on ``o.ready`` through one
+    pipeline-wide advance signal (stages stall together).
 
     Resources
     ---------
@@ -81,6 +82,11 @@ class Requantize(wiring.Component):
         The right shift, ``1 .. Widths.requant_shift_max`` (an elaboration constant).
     parallel : int or None
         Number of multipliers; must divide ``lanes``. Default: ``lanes``.
+    digit : int or None
+        Multiplier bits per partial product, ``1 .. requant_mult``; default :attr:`DIGIT`.
+        ``digit=requant_mult`` makes one whole product per multiplier (stage 3), which is what
+        Yosys's ``ice40_dsp`` maps onto SB_MAC16 (the iCE40 target); 8-bit digits keep LUT
+        multipliers short (ECP5 ``-nodsp``). The latency and the results do not depend on it.
 
     Members
     -------
@@ -103,15 +109,15 @@ class Requantize(wiring.Component):
         integer.
     ValueError
         If ``lanes`` does not divide ``filters``, ``parallel`` does not divide ``lanes``,
-        ``requant_mult`` has the wrong shape or a value out of range, or ``requant_shift`` is
-        out of range.
+        ``requant_mult`` has the wrong shape or a value out of range, or ``requant_shift`` or
+        ``digit`` is out of range.
     """
 
     LATENCY = 5
     #: Multiplier bits per partial product (stage 2).
     DIGIT = 8
 
-    def __init__(self, config, *, lanes, requant_mult, requant_shift, parallel=None):
+    def __init__(self, config, *, lanes, requant_mult, requant_shift, parallel=None, digit=None):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config must be a NetworkConfig, not {config!r}")
         widths = Widths(config)
@@ -121,6 +127,10 @@ class Requantize(wiring.Component):
         parallel = lanes if parallel is None else check_int("parallel", parallel, 1)
         if lanes % parallel:
             raise ValueError(f"parallel must divide lanes ({lanes}), not {parallel!r}")
+        digit = self.DIGIT if digit is None else check_int("digit", digit, 1)
+        if digit > widths.requant_mult:
+            raise ValueError(f"digit must be at most {widths.requant_mult}, not {digit!r}")
+        self._digit = digit
         shift = check_int("requant_shift", requant_shift, 1)
         if shift > widths.requant_shift_max:
             raise ValueError(f"requant_shift must be at most {widths.requant_shift_max}, "
@@ -202,16 +212,18 @@ class Requantize(wiring.Component):
         for k in range(par):
             m.d.comb += wr.data[k].eq(self.mult_data)
 
-        # Handshake: a stage advances (takes new content) when it is empty or its content moves
-        # on; the last stage's content moves on into asm (not the last part) or into the output
-        # register (free, or leaving this cycle).
+        # Handshake: the whole pipeline advances together, when the last stage's content moves
+        # on into asm (not the last part) or into the output register (free, or leaving this
+        # cycle). Empty stages are not squeezed out under backpressure: a per-stage
+        # `empty | next advances` chain would put every stage between o.ready and i.ready
+        # (the iCE40 critical path, through the convolution's output enables).
         n = 4
         v = [Signal(name=f"v{k + 1}") for k in range(n)]
         last = [Signal(name=f"last{k + 1}") for k in range(n)]
         adv = [Signal(name=f"adv{k + 1}") for k in range(n)]
         m.d.comb += adv[n - 1].eq(~v[n - 1] | ~last[n - 1] | ~self.o.valid | self.o.ready)
         for k in reversed(range(n - 1)):
-            m.d.comb += adv[k].eq(~v[k] | adv[k + 1])
+            m.d.comb += adv[k].eq(adv[k + 1])
 
         # Part cycle: which part of the presented beat goes next, and its multiplier word.
         word = Signal(range(words))
@@ -265,7 +277,7 @@ class Requantize(wiring.Component):
 
         # Stage 3: partial products acc * (DIGIT-bit digit d of the multiplier), registered
         # (unsigned, conv_acc - 1 + DIGIT bits).
-        digits = [(lo, min(self.DIGIT, mult_w - lo)) for lo in range(0, mult_w, self.DIGIT)]
+        digits = [(lo, min(self._digit, mult_w - lo)) for lo in range(0, mult_w, self._digit)]
         pp3 = [[Signal(unsigned(mag_w + width), name=f"pp3_{k}_{d}", reset_less=True)
                 for d, (lo, width) in enumerate(digits)] for k in range(par)]
         with m.If(adv[2]):

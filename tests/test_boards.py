@@ -118,12 +118,15 @@ def test_ice40_dsp_guard(tmp_path):
         _check_ice40_dsps(tmp_path, 2)
 
 
-#: The OrangeCrab (25F) build is the quick ECP5 one (about 5 minutes on 2 cores): CI's.
+#: One build per FPGA family runs in `make test` (CI): the iCEBreaker and the OrangeCrab (the
+#: quick ECP5 one, about 5 minutes on 2 cores). The ULX3S build (20-30 minutes) is `slow`:
+#: `make test-bitstreams` runs all three.
 BITSTREAMS = {"icebreaker": "top.bin", "ulx3s": "top.bit", "orangecrab": "top.bit"}
 
 
 @pytest.mark.bitstream
-@pytest.mark.parametrize("name", list(BITSTREAMS))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name == "ulx3s" else [])
+                                  for name in BITSTREAMS])
 def test_bitstream(name, tmp_path):
     spec = get_board(name)
     try:

@@ -138,6 +138,8 @@ MODEL_MULT = np.arange(F) + 100
     ({"lanes": True}, TypeError, r"lanes must be an integer, not True"),
     ({"parallel": 3}, ValueError, r"parallel must divide lanes \(4\), not 3"),
     ({"parallel": 0}, ValueError, r"parallel must be at least 1, not 0"),
+    ({"digit": 0}, ValueError, r"digit must be at least 1, not 0"),
+    ({"digit": 17}, ValueError, r"digit must be at most 16, not 17"),
     ({"requant_shift": 0}, ValueError, r"requant_shift must be at least 1, not 0"),
     ({"requant_shift": 41}, ValueError, r"requant_shift must be at most 40, not 41"),
     ({"requant_shift": "8"}, TypeError, r"requant_shift must be an integer, not '8'"),
@@ -248,16 +250,18 @@ def test_largest_shifts(shift):
 # -- hardware-harness regressions -----------------------------------------------------------------
 
 RANDOM_CASES = [
-    # name, lanes, parallel, shift
-    ("l1_p1_s1", 1, 1, 1),
-    ("l4_p2_s28", 4, 2, 28),
-    ("l16_p16_s23", 16, 16, 23),
+    # name, lanes, parallel, shift, digit (None: Requantize.DIGIT; 16: whole products, iCE40)
+    ("l1_p1_s1", 1, 1, 1, None),
+    ("l4_p2_s28", 4, 2, 28, None),
+    ("l16_p16_s23", 16, 16, 23, None),
+    ("l4_p1_s23_d16", 4, 1, 23, 16),
+    ("l4_p4_s9_d5", 4, 4, 9, 5),
 ]
 
 
-@pytest.mark.parametrize("name, lanes, parallel, shift", RANDOM_CASES,
+@pytest.mark.parametrize("name, lanes, parallel, shift, digit", RANDOM_CASES,
                          ids=[c[0] for c in RANDOM_CASES])
-def test_random_and_edges(name, lanes, parallel, shift):
+def test_random_and_edges(name, lanes, parallel, shift, digit):
     rng = np.random.default_rng(sum(map(ord, name)))
     mult = special_mults(rng)
     edges = edge_acc(mult, shift, rng)
@@ -273,7 +277,7 @@ def test_random_and_edges(name, lanes, parallel, shift):
     ins, exp = stream_words(acc, mult, shift, lanes)
     assert len(ins) >= 1000 + len(beats(edges, lanes))
     make = lambda: Requantize(CONFIG, lanes=lanes, parallel=parallel, requant_mult=mult,
-                              requant_shift=shift)
+                              requant_shift=shift, digit=digit)
     result = run_stream_test(f"requant_{name}", make, inputs=ins, expected=exp,
                              stalls=STALL_SWEEP)
     result.assert_ok()

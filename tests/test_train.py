@@ -159,12 +159,14 @@ def _reference_up5k(steps, name):
     check_run(run, state, images, labels, infer)
     print(f"up5k: {np.mean(run.step_cycles):.0f} cycles per training step "
           f"({run.step_cycles.min()}..{run.step_cycles.max()}), {run.seconds} s")
-    assert run.step_cycles.max() <= 2.5 * 12_207
+    # Against the preset's sustained inference cycles per image (its slowest stage).
+    from cnnforge.boards.build import estimate_cycles
+    assert run.step_cycles.max() <= 2.5 * estimate_cycles(NetworkConfig(), PRESETS["up5k"])
 
 
 @needs_mnist
 def test_reference_network_up5k():
-    """The reference network, UP5K parallelism (8 dense multipliers, 4 gradient lanes), from
+    """The reference network, UP5K parallelism (its preset, 4 gradient lanes), from
     the LFSR random init: every master after each MNIST training step, the forward results,
     then inference of test images with the trained weights; <= 2.5x the inference cycles."""
     _reference_up5k(REF_STEPS, "train_ref_up5k")
