@@ -14,11 +14,13 @@ import numpy as np
 
 from ..errors import CnnforgeError, ToolError
 from .protocol import (SYNC, HEADER_BYTES, Command, ClassifyResult, FrameError, check_reply,
-                       decode, encode, max_weight_words, parse_ping, weight_frames)
+                       VALUE_BYTES, decode, encode, max_weight_words, parse_ping,
+                       parse_values, read_weights_payload, train_payload, weight_frames)
 
 
 __all__ = ["DEFAULT_BAUD", "LinkError", "SerialTransport", "Client", "Classification",
-           "classify", "simulate", "sim_classify_job", "load_image_file"]
+           "classify", "simulate", "sim_classify_job", "load_image_file", "train_session",
+           "train_board", "simulate_training", "sim_train_job"]
 
 DEFAULT_BAUD = 3_000_000
 
@@ -140,14 +142,7 @@ class Client:
         return self.info
 
     def load_image(self, image):
-        info = self._config()
-        image = np.asarray(image)
-        shape = (info["input_size"], info["input_size"])
-        if info["in_channels"] > 1:
-            shape += (info["in_channels"],)
-        if image.shape != shape or image.dtype != np.uint8:
-            raise CnnforgeError(f"image must be uint8 of shape {shape} for this device, not "
-                                f"{image.dtype} {image.shape}")
+        image = self._check_image(image)
         self.request(Command.LOAD_IMAGE, image.tobytes())
 
     def classify_loaded(self, timeout=None):
@@ -196,6 +191,57 @@ class Client:
             sent += len(payload)
         self.info["model_loaded"] = True
         return sent
+
+    def _check_image(self, image):
+        info = self._config()
+        image = np.asarray(image)
+        shape = (info["input_size"], info["input_size"])
+        if info["in_channels"] > 1:
+            shape += (info["in_channels"],)
+        if image.shape != shape or image.dtype != np.uint8:
+            raise CnnforgeError(f"image must be uint8 of shape {shape} for this device, not "
+                                f"{image.dtype} {image.shape}")
+        return image
+
+    def _check_trainable(self):
+        if not self._config()["trainable"]:
+            raise CnnforgeError("the device does not train on chip: build the bitstream with "
+                                "training (make bitstream BOARD=... TRAIN=random|model)")
+
+    def train(self, image, label, timeout=None):
+        """One on-chip training step; the forward pass's :class:`ClassifyResult` (before the
+        update). The image stays loaded (``classify_loaded`` then uses the new weights)."""
+        self._check_trainable()
+        image = self._check_image(image)
+        classes = self._config()["classes"]
+        payload = self.request(Command.TRAIN, train_payload(image.tobytes(), label, classes),
+                               timeout)
+        return ClassifyResult.from_payload(payload, classes)
+
+    def read_values(self, first, count):
+        """Values ``first .. first + count - 1`` of the trainer's dump (any count: several
+        ``READ_WEIGHTS`` frames of at most :func:`~.protocol.max_read_values` values)."""
+        self._check_trainable()
+        info = self._config()
+        per = info["input_size"] ** 2 * info["in_channels"] // VALUE_BYTES  # max_read_values
+        out = []
+        while count > 0:
+            n = min(per, count)
+            out += parse_values(self.request(Command.READ_WEIGHTS,
+                                             read_weights_payload(first, n)), n)
+            first += n
+            count -= n
+        return out
+
+    def read_state(self, like):
+        """The trainer's state (masters, biases, LFSR state) as a
+        :class:`~cnnforge.sim.trainer.TrainState`; ``like``: the state the device was built
+        with (its network, format and constants)."""
+        from ..hw.train import dump_order
+        from ..sim.train_system import parse_dump, state_from_dump
+        words = sum(n for _, n in dump_order(like.config))
+        values = np.asarray(self.read_values(0, words), np.int64) & 0xFFFFFFFF
+        return state_from_dump(like, parse_dump(like.config, values))
 
     def classify(self, image):
         start = self.transport.now()
@@ -308,3 +354,140 @@ def simulate(images, model_path=None, preset="up5k", name=None, target="generic"
                       divisor=SIM_CLK_FREQ // SIM_BAUD, extra_sources=extra)
     job = out["result"]
     return job["info"], [Classification(**r) for r in job["results"]]
+
+
+# ---- on-chip training -------------------------------------------------------------------------
+
+def train_session(client, images, labels, like, *, test_images=(), test_labels=(),
+                  device_checks=0, verify=True, log=None, every=100):
+    """Train on the device, read its state back, evaluate it.
+
+    ``like``: the :class:`~cnnforge.sim.trainer.TrainState` the device was built with. With
+    ``verify`` the golden trainer runs alongside: every step's reply (the forward pass) must
+    equal its forward pass, and the read-back state its state, else :class:`CnnforgeError`.
+    The read-back weights are evaluated on ``test_images`` with the golden integer model, and
+    ``device_checks`` of them are also classified on the device (bit-exact with that model).
+
+    Returns a dict: ``steps``, ``train_accuracy`` (predictions before each update),
+    ``step_cycles`` (of the last step), ``seconds`` (training, host time), ``read_seconds``,
+    ``matches_golden`` (None without ``verify``), ``test_accuracy``, ``device_checks`` and
+    ``state`` (the read-back TrainState).
+    """
+    from ..sim import golden
+    from ..sim.trainer import forward, train_step
+    log = log or (lambda *_: None)
+    info = client.ping()
+    if not info["trainable"]:
+        raise CnnforgeError("the device does not train on chip: build the bitstream with "
+                            "training (make bitstream BOARD=... TRAIN=random|model)")
+    cfg = like.config
+    if (info["input_size"], info["in_channels"], info["classes"]) != \
+            (cfg.input_size, cfg.in_channels, cfg.classes):
+        raise CnnforgeError("the device runs another network than the training state")
+    reference = like.copy() if verify else None
+    correct = 0
+    start = client.transport.now()
+    cycles = 0
+    for n, (image, label) in enumerate(zip(images, labels)):
+        result = client.train(np.asarray(image, np.uint8), int(label))
+        correct += result.cls == int(label)
+        if reference is not None:
+            step = forward(reference, image)
+            if result.logits != [int(x) for x in step.logits] or \
+                    result.probs != [int(x) for x in step.probs]:
+                raise CnnforgeError(f"training step {n}: the device's forward pass differs from "
+                                    f"the golden trainer's (wrong bitstream or init?)")
+            train_step(reference, image, int(label))
+        if (n + 1) % every == 0 or n + 1 == len(images):
+            log(f"step {n + 1}/{len(images)}: training accuracy so far "
+                f"{100 * correct / (n + 1):.2f} %")
+    steps = len(images)
+    seconds = client.transport.now() - start
+    if steps:
+        cycles = client.read_cycles()
+    start = client.transport.now()
+    state = client.read_state(like)
+    read_seconds = client.transport.now() - start
+    matches = None
+    if reference is not None:
+        matches = all(np.array_equal(getattr(state, k), getattr(reference, k))
+                      for k in ("dense_m", "dense_b", "conv_m", "conv_b")) \
+            and state.lfsr.state == reference.lfsr.state
+        if not matches:
+            raise CnnforgeError("the state read back from the device differs from the golden "
+                                "trainer's")
+    model = state.model()
+    test_images = np.asarray(test_images, np.uint8)
+    test_acc = None
+    if len(test_images):
+        test_acc = float(np.mean(golden.predict_int(model, test_images)
+                                 == np.asarray(test_labels)))
+    checked = 0
+    for image in test_images[:device_checks]:
+        got = client.classify(image)
+        ref = golden.infer_int(model, image)
+        if got.logits != [int(x) for x in ref.logits[0]] or \
+                got.probs != [int(x) for x in ref.probs[0]]:
+            raise CnnforgeError(f"test image {checked}: the device's classification differs "
+                                f"from the read-back weights' golden model")
+        checked += 1
+    return {"steps": steps, "train_accuracy": correct / steps if steps else None,
+            "step_cycles": cycles, "seconds": seconds, "read_seconds": read_seconds,
+            "matches_golden": matches, "test_accuracy": test_acc, "device_checks": checked,
+            "state": state}
+
+
+def train_board(port, like, images, labels, *, baud=DEFAULT_BAUD, timeout=2.0, **kwargs):
+    """:func:`train_session` on the board at serial ``port``."""
+    transport = SerialTransport(port, baud)
+    try:
+        return train_session(Client(transport, timeout), images, labels, like, **kwargs)
+    finally:
+        transport.close()
+
+
+def sim_train_job(transport, init, images, labels, test_images, test_labels, device_checks,
+                  verify):
+    """Job run inside the simulation: :func:`train_session` (the state as plain lists)."""
+    from ..sim.trainer import initial_state
+    try:
+        out = train_session(Client(transport, timeout=0.05), images, labels,
+                            initial_state(init), test_images=test_images,
+                            test_labels=test_labels, device_checks=device_checks,
+                            verify=verify, every=10 ** 9)
+    except CnnforgeError as e:
+        return {"error": str(e)}
+    state = out.pop("state")
+    out["state"] = {k: np.asarray(getattr(state, k)).tolist()
+                    for k in ("dense_m", "dense_b", "conv_m", "conv_b")}
+    out["state"]["lfsr"] = int(state.lfsr.state)
+    return out
+
+
+def simulate_training(init, images, labels, *, preset="up5k", test_images=(), test_labels=(),
+                      device_checks=0, verify=True, name=None):
+    """``cnnforge train-board --sim``: :func:`train_session` against the training board core
+    in RTL simulation (portable datapath). Returns its dict (``state`` a TrainState; seconds
+    are simulated host time)."""
+    from ..sim.trainer import initial_state
+    from .top import sim_core
+    like = initial_state(init)
+    link = sim_core(like.model(), preset, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD,
+                    train_init=init)
+    as_list = lambda a: np.asarray(a).tolist()
+    out = run_sim_job(name or f"host_train_{preset}_{init}", link,
+                      "cnnforge.boards.host:sim_train_job",
+                      {"init": init, "images": as_list(images),
+                       "labels": [int(y) for y in labels], "test_images": as_list(test_images),
+                       "test_labels": [int(y) for y in test_labels],
+                       "device_checks": device_checks, "verify": verify},
+                      divisor=SIM_CLK_FREQ // SIM_BAUD)
+    job = out["result"]
+    if "error" in job:
+        raise CnnforgeError(job["error"])
+    state = like.copy()
+    for k in ("dense_m", "dense_b", "conv_m", "conv_b"):
+        setattr(state, k, np.asarray(job["state"][k], np.int64))
+    state.lfsr.state = job["state"]["lfsr"]
+    job["state"] = state
+    return job

@@ -11,9 +11,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..hw.params import NetworkConfig
-from .protocol import (SYNC, REPLY, LAST, FLAG_MODEL, FLAG_WRITABLE, WEIGHTS_HEADER_BYTES,
+from .protocol import (SYNC, REPLY, LAST, FLAG_MODEL, FLAG_WRITABLE, FLAG_TRAINABLE,
+                       WEIGHTS_HEADER_BYTES, TRAIN_HEADER_BYTES, READ_HEADER_BYTES, VALUE_BYTES,
                        Command, Error, classify_reply_bytes, image_bytes, max_payload,
-                       max_weight_words, ping_payload)
+                       max_read_values, max_weight_words, ping_payload)
 from .uart import UARTRx, UARTTx, _check_divisor
 
 
@@ -67,6 +68,14 @@ class Link(wiring.Component):
     assembles them (one byte per 2 cycles) and writes one word per ``word_bytes`` bytes through
     the port, at consecutive addresses. Without the port it is NAKed ``UNSUPPORTED``.
 
+    ``TRAIN`` and ``READ_WEIGHTS`` (when ``accel`` is a
+    :class:`~cnnforge.hw.train.TrainingAccelerator`: its input beats carry ``cmd`` and ``label``,
+    and it has ``step_done`` and the ``dump`` stream): a ``TRAIN`` payload's label goes into a
+    register and its image into the image memory; the pixels stream with ``cmd=TRAIN`` and the
+    reply waits for ``step_done``. ``READ_WEIGHTS`` sends one ``DUMP`` beat and takes the whole
+    dump stream, writing the requested values into the image memory (4 bytes each, one byte per
+    cycle); the reply is sent from there. Without a trainer both are NAKed ``UNSUPPORTED``.
+
     Parameters
     ----------
     accel : wiring.Component
@@ -119,6 +128,12 @@ class Link(wiring.Component):
         self._model_loaded = model_loaded
         members = getattr(getattr(accel, "signature", None), "members", {})
         self._writable = "mw_en" in members
+        self._trainable = "step_done" in members and "dump" in members
+        if self._trainable:
+            from ..hw.train import dump_order
+            self.dump_words = sum(n for _, n in dump_order(config))
+        else:
+            self.dump_words = 0
         self.word_bytes = (accel.mw_data_bits + 7) // 8 if self._writable else 0
         if self.word_bytes > 255:
             raise ValueError(f"model words must be at most 255 bytes, not {self.word_bytes!r}")
@@ -171,9 +186,16 @@ class Link(wiring.Component):
         p_code = Signal(8)           # error found by the parser (0: none)
         p_busy = Signal()            # the frame started during a classification
         p_load = Signal()            # payload goes into the image memory
-        p_weights = Signal()         # a WRITE_WEIGHTS frame: header bytes, then staged words
-        w_mem = Signal(8)            # WRITE_WEIGHTS: memory byte (LAST in bit 7) ...
-        w_addr = Signal(16)          # ... and first address
+        # The first payload bytes of some commands are fields (p_hdr_len of them, kept in
+        # `hdr`): WRITE_WEIGHTS memory (LAST in bit 7) and first address, TRAIN label,
+        # READ_WEIGHTS first value and count. Only the bytes after them are staged.
+        p_hdr_len = Signal(range(8))
+        hdr = Signal(8 * READ_HEADER_BYTES)
+        w_mem = hdr[:8]
+        w_addr = hdr[8:24]
+        t_label = hdr[:8]
+        rw_first = hdr[:32]
+        rw_count = hdr[32:48]
         word_bytes = max(1, self.word_bytes)
         w_byte = Signal(range(word_bytes))      # staged bytes modulo the word size
         max_words = max_weight_words(config, word_bytes)
@@ -204,7 +226,11 @@ class Link(wiring.Component):
                 m.d.comb += [known.eq(1), len_ok.eq((p_len >= wt_min) & (p_len <= wt_max)
                                                     & (w_byte == 0))]
             with m.Case(Command.READ_WEIGHTS):
-                m.d.comb += [known.eq(1), len_ok.eq(1)]
+                m.d.comb += [known.eq(1),
+                             len_ok.eq((p_len == READ_HEADER_BYTES) | (not self._trainable))]
+            with m.Case(Command.TRAIN):
+                m.d.comb += [known.eq(1), len_ok.eq((p_len == TRAIN_HEADER_BYTES + img_len)
+                                                    | (not self._trainable))]
         frame_code = Signal(8)
         with m.If(p_code != 0):
             m.d.comb += frame_code.eq(p_code)
@@ -212,7 +238,8 @@ class Link(wiring.Component):
             m.d.comb += frame_code.eq(Error.UNKNOWN_COMMAND)
         with m.Elif(~len_ok):
             m.d.comb += frame_code.eq(Error.BAD_LENGTH)
-        with m.Elif(p_cmd == Command.READ_WEIGHTS):
+        with m.Elif(((p_cmd == Command.READ_WEIGHTS) | (p_cmd == Command.TRAIN))
+                    & (not self._trainable)):
             m.d.comb += frame_code.eq(Error.UNSUPPORTED)
         with m.Elif((p_cmd == Command.WRITE_WEIGHTS) & (not self._writable)):
             m.d.comb += frame_code.eq(Error.UNSUPPORTED)
@@ -233,7 +260,7 @@ class Link(wiring.Component):
                 m.d.comb += rxu.o.ready.eq(1)
                 with m.If(got & (byte == SYNC)):
                     m.d.sync += [p_crc.eq(0xFFFF), p_cmd.eq(0), p_code.eq(0), p_load.eq(0),
-                                 p_weights.eq(0), idle.eq(0)]
+                                 p_hdr_len.eq(0), idle.eq(0)]
                     m.next = "CMD"
             with m.State("CMD"):
                 frame_byte()
@@ -250,14 +277,24 @@ class Link(wiring.Component):
                 length = Cat(p_len[:8], byte)
                 with m.If(got):
                     m.d.sync += [p_len[8:].eq(byte), p_crc.eq(crc_next), p_count.eq(0),
-                                 p_busy.eq(busy), w_pix.eq(0), w_lane.eq(0), w_byte.eq(0),
-                                 p_weights.eq(p_cmd == Command.WRITE_WEIGHTS)]
+                                 p_busy.eq(busy), w_pix.eq(0), w_lane.eq(0), w_byte.eq(0)]
+                    with m.Switch(p_cmd):
+                        with m.Case(Command.WRITE_WEIGHTS):
+                            m.d.sync += p_hdr_len.eq(WEIGHTS_HEADER_BYTES)
+                        with m.Case(Command.TRAIN):
+                            m.d.sync += p_hdr_len.eq(TRAIN_HEADER_BYTES)
+                        with m.Case(Command.READ_WEIGHTS):
+                            m.d.sync += p_hdr_len.eq(READ_HEADER_BYTES)
                     with m.If(length > max_len):
                         m.d.sync += p_code.eq(Error.BAD_LENGTH)
                         m.next = "DECIDE"
                     with m.Else():
                         with m.If((p_cmd == Command.LOAD_IMAGE) & (length == img_len) & ~busy):
                             m.d.sync += [p_load.eq(1), image_valid.eq(0)]
+                        if self._trainable:
+                            with m.If((p_cmd == Command.TRAIN)
+                                      & (length == TRAIN_HEADER_BYTES + img_len) & ~busy):
+                                m.d.sync += [p_load.eq(1), image_valid.eq(0)]
                         if self._writable:
                             # The words are staged where the image was: it is gone.
                             with m.If((p_cmd == Command.WRITE_WEIGHTS) & (length <= wt_max)
@@ -269,16 +306,12 @@ class Link(wiring.Component):
                             m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
                 frame_byte()
-                # WRITE_WEIGHTS: the first bytes are the memory and the address.
-                header = p_weights & (p_count < WEIGHTS_HEADER_BYTES)
+                header = p_count < p_hdr_len
                 with m.If(got & header):
-                    with m.Switch(p_count[:2]):
-                        with m.Case(0):
-                            m.d.sync += w_mem.eq(byte)
-                        with m.Case(1):
-                            m.d.sync += w_addr[:8].eq(byte)
-                        with m.Case(2):
-                            m.d.sync += w_addr[8:].eq(byte)
+                    with m.Switch(p_count[:3]):
+                        for j in range(READ_HEADER_BYTES):
+                            with m.Case(j):
+                                m.d.sync += hdr.word_select(j, 8).eq(byte)
                 with m.If(got):
                     m.d.sync += [p_count.eq(p_count + 1), p_crc.eq(crc_next)]
                 with m.If(got & ~header):
@@ -295,8 +328,8 @@ class Link(wiring.Component):
                         m.d.sync += [w_lane.eq(0), w_pix.eq(w_pix + 1)]
                     with m.Else():
                         m.d.sync += w_lane.eq(w_lane + 1)
-                    with m.If(p_at_end):
-                        m.next = "CRC_HI"
+                with m.If(got & p_at_end):
+                    m.next = "CRC_HI"
             with m.State("CRC_HI"):
                 frame_byte()
                 with m.If(got):
@@ -328,12 +361,27 @@ class Link(wiring.Component):
         f_active = Signal()
         f_addr = Signal(range(n_pix + 1))
         f_valid = Signal()
+        s_train = Signal()           # the running image is a TRAIN step
+        s_label = Signal(8)
+        dump_req = Signal()          # READ_WEIGHTS: the DUMP beat is offered
         m.d.comb += [
             img_rd.addr.eq(f_addr),
             img_rd.en.eq(~f_valid | accel.i.ready),
-            accel.i.valid.eq(f_valid),
-            accel.i.payload.eq(img_rd.data),
         ]
+        if self._trainable:
+            from ..hw.train import TrainCommand
+            m.d.comb += [
+                accel.i.valid.eq(f_valid | dump_req),
+                accel.i.payload.pixel.eq(img_rd.data),
+                accel.i.payload.label.eq(s_label),
+                accel.i.payload.cmd.eq(Mux(dump_req, TrainCommand.DUMP,
+                                           Mux(s_train, TrainCommand.TRAIN, TrainCommand.INFER))),
+            ]
+        else:
+            m.d.comb += [
+                accel.i.valid.eq(f_valid),
+                accel.i.payload.eq(img_rd.data),
+            ]
         with m.If(start):
             m.d.sync += [f_active.eq(1), f_addr.eq(0), f_valid.eq(0)]
         with m.Elif(f_active & img_rd.en):
@@ -358,10 +406,15 @@ class Link(wiring.Component):
         c_byte = Signal(range(7))
         c_lbase = Signal(range(res_len))
         c_pbase = Signal(range(res_len))
+        # A TRAIN step's reply waits for the update (step_done); its cycle count includes it.
+        step_pending = Signal()
+        step_done = accel.step_done if self._trainable else C(0)
         with m.If(start):
-            m.d.sync += [counting.eq(1), count.eq(0)]
+            m.d.sync += [counting.eq(1), count.eq(0), step_pending.eq(s_train)]
         with m.Elif(counting & ~(accel.o.valid & ~accel.o.ready)):
             m.d.sync += count.eq(count + 1)
+        with m.If(step_pending & step_done):
+            m.d.sync += [step_pending.eq(0), cycles.eq(count + 1), counting.eq(0)]
 
         with m.FSM(name="capture"):
             with m.State("TAKE"):
@@ -371,7 +424,7 @@ class Link(wiring.Component):
                     m.d.sync += [c_beat.eq(0), c_lbase.eq(1), c_pbase.eq(1 + 4 * classes)]
                 with m.If(accel.o.valid & busy):
                     m.d.sync += c_byte.eq(0)
-                    with m.If(c_beat == classes - 1):
+                    with m.If((c_beat == classes - 1) & ~s_train):
                         m.d.sync += [cycles.eq(count + 1), counting.eq(0)]
                     m.next = "WRITE"
             with m.State("WRITE"):
@@ -398,10 +451,10 @@ class Link(wiring.Component):
                     m.next = "TAKE"
 
         # ---- executor and transmitter ------------------------------------------------------
-        SRC_NONE, SRC_PING, SRC_NAK, SRC_CYCLES, SRC_RESULT = range(5)
+        SRC_NONE, SRC_PING, SRC_NAK, SRC_CYCLES, SRC_RESULT, SRC_STAGED = range(6)
         r_cmd = Signal(8)
         r_len = Signal(16)
-        r_src = Signal(range(5))
+        r_src = Signal(range(6))
         r_code = Signal(8)
         r_nak_cmd = Signal(8)
         t_idx = Signal(16)
@@ -409,8 +462,12 @@ class Link(wiring.Component):
 
         # The CRC starts over in LOAD of byte 0, not here: every request decision would
         # otherwise reach the CRC register's enable (the iCE40 critical path).
+        t_pix = Signal(range(n_pix))     # SRC_STAGED: where payload byte t_idx - 4 is staged
+        t_lane = Signal(range(chans))
+
         def reply(command, length, src):
-            m.d.sync += [r_cmd.eq(command), r_len.eq(length), r_src.eq(src), t_idx.eq(0)]
+            m.d.sync += [r_cmd.eq(command), r_len.eq(length), r_src.eq(src), t_idx.eq(0),
+                         t_pix.eq(0), t_lane.eq(0)]
             m.next = "LOAD"
 
         # The request's error code, registered (timing: it is decided from the frame's fields,
@@ -424,15 +481,22 @@ class Link(wiring.Component):
             m.d.comb += code.eq(p_code)
         with m.Elif(busy | p_busy):
             m.d.comb += code.eq(Error.BUSY)
-        with m.Elif((p_cmd == Command.CLASSIFY) & ~model_ok):
+        with m.Elif(((p_cmd == Command.CLASSIFY) | (p_cmd == Command.TRAIN)) & ~model_ok):
             m.d.comb += code.eq(Error.NO_MODEL)
+        with m.Elif((p_cmd == Command.TRAIN) & (t_label >= classes)):
+            m.d.comb += code.eq(Error.BAD_ARGUMENT)
+        with m.Elif((p_cmd == Command.READ_WEIGHTS)
+                    & ((rw_count == 0) | (rw_count > max_read_values(config))
+                       | (rw_first >= self.dump_words)
+                       | (rw_first + rw_count > self.dump_words))):
+            m.d.comb += code.eq(Error.BAD_ARGUMENT)
         with m.Elif((p_cmd == Command.CLASSIFY) & ~image_valid):
             m.d.comb += code.eq(Error.NO_IMAGE)
         with m.Elif((p_cmd == Command.WRITE_WEIGHTS) & ((w_mem & ~LAST) >= n_memories)):
             m.d.comb += code.eq(Error.BAD_MEMORY)
 
-        ping_bytes = ping_payload(config, FLAG_WRITABLE if self._writable else 0,
-                                  self.word_bytes)
+        ping_bytes = ping_payload(config, (FLAG_WRITABLE if self._writable else 0)
+                                  | (FLAG_TRAINABLE if self._trainable else 0), self.word_bytes)
         ping = Array([*(C(b, 8) for b in ping_bytes[:4]),
                       C(ping_bytes[4], 8) | Mux(model_ok, FLAG_MODEL, 0),
                       C(ping_bytes[5], 8)])
@@ -456,6 +520,8 @@ class Link(wiring.Component):
                 m.d.comb += payload_byte.eq(cycles.word_select(p[:2], 8))
             with m.Case(SRC_RESULT):
                 m.d.comb += payload_byte.eq(res_rd.data)
+            with m.Case(SRC_STAGED):
+                m.d.comb += payload_byte.eq(img_rd.data.word_select(t_lane, 8))
         with m.If(t_idx == 0):
             m.d.comb += tx_byte.eq(SYNC)
         with m.Elif(t_idx == 1):
@@ -479,6 +545,11 @@ class Link(wiring.Component):
         k_word = Signal(8 * word_bytes)          # shift register, the first byte ends lowest
         k_en = Signal()
         k_addr = Signal(16)
+        # READ_WEIGHTS: dump values taken, the byte of the current value, the range kept.
+        d_idx = Signal(range(max(2, self.dump_words + 1)))
+        d_byte = Signal(range(VALUE_BYTES))
+        d_first = Signal(32)
+        d_end = Signal(33)
         if self._writable:
             m.d.comb += [
                 accel.mw_en.eq(k_en),
@@ -492,9 +563,10 @@ class Link(wiring.Component):
 
         with m.FSM(name="executor"):
             with m.State("IDLE"):
-                with m.If(result_ready):
+                with m.If(result_ready & ~step_pending):
                     m.d.sync += [result_ready.eq(0), busy.eq(0)]
-                    reply(Command.CLASSIFY.value | REPLY, res_len, SRC_RESULT)
+                    reply(Mux(s_train, Command.TRAIN.value | REPLY, Command.CLASSIFY.value | REPLY),
+                          res_len, SRC_RESULT)
                 with m.Elif(req_valid):
                     m.d.comb += req_ready.eq(1)
                     with m.If(code_r != 0):
@@ -509,7 +581,18 @@ class Link(wiring.Component):
                         reply(Command.READ_CYCLES.value | REPLY, 4, SRC_CYCLES)
                     with m.Elif(p_cmd == Command.CLASSIFY):
                         m.d.comb += start_req.eq(1)
-                        m.d.sync += busy.eq(1)
+                        m.d.sync += [busy.eq(1), s_train.eq(0)]
+                    if self._trainable:
+                        with m.Elif(p_cmd == Command.TRAIN):
+                            m.d.comb += start_req.eq(1)
+                            m.d.sync += [busy.eq(1), s_train.eq(1), s_label.eq(t_label),
+                                         image_valid.eq(1)]
+                        with m.Elif(p_cmd == Command.READ_WEIGHTS):
+                            # The values are staged where the image was: it is gone.
+                            m.d.sync += [busy.eq(1), image_valid.eq(0), d_idx.eq(0),
+                                         d_byte.eq(0), k_pix.eq(0), k_lane.eq(0),
+                                         d_first.eq(rw_first), d_end.eq(rw_first + rw_count)]
+                            m.next = "DUMP_REQ"
                     if self._writable:
                         with m.Elif(p_cmd == Command.WRITE_WEIGHTS):
                             m.d.sync += [model_ok.eq(w_mem[7]), k_pix.eq(0), k_lane.eq(0),
@@ -535,9 +618,39 @@ class Link(wiring.Component):
                     reply(Command.WRITE_WEIGHTS.value | REPLY, 0, SRC_NONE)
                 with m.Else():
                     m.next = "COPY_ADDR"
+            if self._trainable:
+                with m.State("DUMP_REQ"):
+                    m.d.comb += dump_req.eq(1)
+                    with m.If(accel.i.ready):
+                        m.next = "DUMP_TAKE"
+                with m.State("DUMP_TAKE"):
+                    # Every value of the dump is taken (the trainer streams them all); those in
+                    # [d_first, d_end) are written into the image memory, a byte per cycle,
+                    # least significant first, the value held on `dump` until its last byte.
+                    keep = (d_idx >= d_first) & (d_idx < d_end)
+                    m.d.comb += [
+                        img_wr.addr.eq(k_pix),
+                        img_wr.data.eq(accel.dump.payload.word_select(d_byte, 8).replicate(chans)),
+                        img_wr.en.eq(Mux(accel.dump.valid & keep, 1 << k_lane, 0)),
+                        accel.dump.ready.eq(~keep | (d_byte == VALUE_BYTES - 1)),
+                    ]
+                    with m.If(accel.dump.valid & keep):
+                        m.d.sync += d_byte.eq(d_byte + 1)
+                        with m.If(k_lane == chans - 1):
+                            m.d.sync += [k_lane.eq(0), k_pix.eq(k_pix + 1)]
+                        with m.Else():
+                            m.d.sync += k_lane.eq(k_lane + 1)
+                    with m.If(accel.dump.valid & accel.dump.ready):
+                        m.d.sync += d_idx.eq(d_idx + 1)
+                        with m.If(d_idx == self.dump_words - 1):
+                            reply(Command.READ_WEIGHTS.value | REPLY,
+                                  (d_end - d_first) * VALUE_BYTES, SRC_STAGED)
             with m.State("LOAD"):
                 # One cycle for the reply buffer's synchronous read of byte t_idx and to place
                 # the byte (payload: p < r_len only for t_idx >= 4, as p wraps below) ...
+                with m.If(r_src == SRC_STAGED):
+                    # (only then: a NAK may be sent while the feeder reads the image)
+                    m.d.comb += img_rd.addr.eq(t_pix)
                 m.d.sync += [t_payload.eq(p < r_len), t_crc_hi.eq(p == r_len),
                              t_last.eq(p == r_len + 1)]
                 with m.If(t_idx == 0):
@@ -555,7 +668,16 @@ class Link(wiring.Component):
                     with m.If(tx_in_crc):
                         m.d.sync += t_crc.eq(crc16_byte(t_crc, tx_reg))
                     m.d.sync += t_idx.eq(t_idx + 1)
+                    with m.If(t_payload):
+                        with m.If(t_lane == chans - 1):
+                            m.d.sync += [t_lane.eq(0), t_pix.eq(t_pix + 1)]
+                        with m.Else():
+                            m.d.sync += t_lane.eq(t_lane + 1)
                     with m.If(tx_last):
+                        with m.If(r_src == SRC_STAGED):
+                            # (busy until the staged values are sent: a LOAD_IMAGE meanwhile
+                            # would overwrite them)
+                            m.d.sync += busy.eq(0)
                         m.next = "IDLE"
                     with m.Else():
                         m.next = "LOAD"

@@ -24,12 +24,29 @@ request             request payload                          reply payload
 ``WRITE_WEIGHTS``   memory (u8), address (u16 LE), then      none
                     N >= 1 model words of ``word bytes``
                     bytes each (LE), consecutive addresses
-``READ_WEIGHTS``    (always NAKed ``UNSUPPORTED``)           -
+``READ_WEIGHTS``    first (u32 LE), count (u16 LE): values   ``count`` values (i32 LE)
+                    of the training dump
+``TRAIN``           label (u8), then the image (as           as ``CLASSIFY``: the forward pass
+                    ``LOAD_IMAGE``)                          before the update
 ==================  =======================================  ====================================
 
 PING flags: bit 0 (``FLAG_MODEL``) the device holds a complete model, bit 1 (``FLAG_WRITABLE``)
-it takes ``WRITE_WEIGHTS``; ``word bytes`` is the size of one model word (the accelerator's
+it takes ``WRITE_WEIGHTS``, bit 2 (``FLAG_TRAINABLE``) it trains on chip (``TRAIN``,
+``READ_WEIGHTS``); ``word bytes`` is the size of one model word (the accelerator's
 ``mw_data_bits`` rounded up to bytes; 0 without a write port).
+
+On-chip training (devices built with :class:`~cnnforge.hw.train.TrainingAccelerator`).
+``TRAIN`` loads its image into the image buffer (a following ``CLASSIFY`` classifies it with the
+updated weights), runs the forward pass, the backward pass and the SGD update, and replies when
+the new weights are in place, with the forward pass's class, logits and probabilities (the
+prediction before the update). ``READ_CYCLES`` after a ``TRAIN`` gives the cycles of the whole
+step. A label of ``classes`` or more is NAKed ``BAD_ARGUMENT``. ``READ_WEIGHTS`` reads the
+trainer's state: values ``first .. first + count - 1`` of the stream of
+:func:`cnnforge.hw.train.dump_order` (int16 masters and biases sign-extended, the LFSR state as
+its 32 bits), at most :func:`max_read_values` per frame; a range outside the dump, or a count
+of 0, is NAKed ``BAD_ARGUMENT``. The values are staged in the image buffer, which discards the
+loaded image (like ``WRITE_WEIGHTS``). ``WRITE_WEIGHTS`` on such a device writes only the int8
+forward copies, not the trainer's masters. Devices without a trainer NAK both ``UNSUPPORTED``.
 
 Model upload (``WRITE_WEIGHTS``). The words are those of
 :func:`cnnforge.hw.accel.model_writes` for the device's parallelism: ``memory`` is the
@@ -44,8 +61,7 @@ initialized by the bitstream start with a model; on the iCE40 (dense weights in 
 starts empty) the host must upload the model first (:meth:`cnnforge.boards.host.Client.load_model`;
 ``Client.classify`` does it when PING says there is no model). A memory value that is not a
 model memory is NAKed ``BAD_MEMORY``; a payload that is not a whole number of words, or larger
-than the staging buffer, ``BAD_LENGTH``. Reading the weights back would need read ports on
-every model memory of the accelerator: ``READ_WEIGHTS`` is NAKed ``UNSUPPORTED``.
+than the staging buffer, ``BAD_LENGTH``.
 
 A request the device cannot serve gets a ``NAK`` frame instead, payload ``[error, command]``
 (:class:`Error`; ``command`` is the offending request's command byte, 0 if unknown).
@@ -73,15 +89,21 @@ __all__ = ["SYNC", "REPLY", "PROTOCOL_VERSION", "HEADER_BYTES", "OVERHEAD_BYTES"
            "FrameDecoder", "check_reply", "max_payload", "image_bytes", "request_length_ok",
            "classify_reply_bytes", "ClassifyResult", "ping_payload", "parse_ping", "LAST",
            "FLAG_MODEL", "FLAG_WRITABLE", "WEIGHTS_HEADER_BYTES", "max_weight_words",
-           "weight_frames"]
+           "weight_frames", "FLAG_TRAINABLE", "TRAIN_HEADER_BYTES", "READ_HEADER_BYTES",
+           "VALUE_BYTES", "max_read_values", "train_payload", "read_weights_payload",
+           "parse_values"]
 
 SYNC = 0xA5
 REPLY = 0x80
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 LAST = 0x80               # WRITE_WEIGHTS memory byte: the final frame of a model upload
 FLAG_MODEL = 0x01         # PING flags: the device holds a complete model
 FLAG_WRITABLE = 0x02      # PING flags: the device takes WRITE_WEIGHTS
+FLAG_TRAINABLE = 0x04     # PING flags: the device trains on chip (TRAIN, READ_WEIGHTS)
 WEIGHTS_HEADER_BYTES = 3  # WRITE_WEIGHTS: memory, address (u16)
+TRAIN_HEADER_BYTES = 1    # TRAIN: label
+READ_HEADER_BYTES = 6     # READ_WEIGHTS: first (u32), count (u16)
+VALUE_BYTES = 4           # READ_WEIGHTS: one value (i32)
 HEADER_BYTES = 4          # sync, command, length (2)
 OVERHEAD_BYTES = 6        # header and CRC
 
@@ -94,6 +116,7 @@ class Command(enum.Enum, shape=8):
     READ_CYCLES = 0x04
     WRITE_WEIGHTS = 0x05
     READ_WEIGHTS = 0x06
+    TRAIN = 0x07
     NAK = 0x15            # device -> host only
 
 
@@ -108,6 +131,7 @@ class Error(enum.Enum, shape=8):
     NO_IMAGE = 7
     NO_MODEL = 8
     BAD_MEMORY = 9
+    BAD_ARGUMENT = 10     # TRAIN label or READ_WEIGHTS range out of range
 
 
 class FrameError(CnnforgeError):
@@ -146,11 +170,20 @@ def max_weight_words(config, word_bytes):
     return image_bytes(config) // word_bytes
 
 
+def max_read_values(config):
+    """Most values in one ``READ_WEIGHTS`` reply (the image buffer stages them)."""
+    return image_bytes(config) // VALUE_BYTES
+
+
 def request_length_ok(command, length, config, word_bytes=None):
     """Whether ``length`` is a valid request payload length for ``command`` (``word_bytes``:
     the device's model word size, for ``WRITE_WEIGHTS``)."""
     if command == Command.LOAD_IMAGE:
         return length == image_bytes(config)
+    if command == Command.TRAIN:
+        return length == TRAIN_HEADER_BYTES + image_bytes(config)
+    if command == Command.READ_WEIGHTS:
+        return length == READ_HEADER_BYTES
     if command in (Command.PING, Command.CLASSIFY, Command.READ_CYCLES):
         return length == 0
     if command == Command.WRITE_WEIGHTS:
@@ -299,7 +332,32 @@ def parse_ping(payload):
     version, size, channels, classes, flags, word_bytes = payload
     return {"version": version, "input_size": size, "in_channels": channels, "classes": classes,
             "model_loaded": bool(flags & FLAG_MODEL), "writable": bool(flags & FLAG_WRITABLE),
-            "word_bytes": word_bytes}
+            "trainable": bool(flags & FLAG_TRAINABLE), "word_bytes": word_bytes}
+
+
+def train_payload(image, label, classes=None):
+    """``TRAIN`` payload: the label, then the image bytes (``image``: uint8 array)."""
+    label = int(label)
+    if not 0 <= label <= 0xFF or (classes is not None and label >= classes):
+        raise FrameError(f"label {label} is not a class of this network"
+                         + (f" (0..{classes - 1})" if classes else ""))
+    return bytes([label]) + bytes(image)
+
+
+def read_weights_payload(first, count):
+    """``READ_WEIGHTS`` payload: values ``first .. first + count - 1`` of the dump."""
+    if not 0 <= first <= 0xFFFFFFFF or not 1 <= count <= 0xFFFF:
+        raise FrameError(f"READ_WEIGHTS range first={first} count={count} does not fit its "
+                         f"fields")
+    return struct.pack("<IH", first, count)
+
+
+def parse_values(payload, count):
+    """The ``count`` values (int) of a ``READ_WEIGHTS`` reply."""
+    if len(payload) != VALUE_BYTES * count:
+        raise FrameError(f"READ_WEIGHTS reply of {len(payload)} bytes (expected "
+                         f"{VALUE_BYTES * count} for {count} values)")
+    return list(struct.unpack(f"<{count}i", payload))
 
 
 def weight_frames(writes, word_bytes, max_words):

@@ -38,7 +38,7 @@ from .uart import divisor_for
 
 
 __all__ = ["Board", "BOARDS", "get_board", "ice40_pll_params", "ecp5_pll_params", "BoardTop",
-           "board_core", "sim_core"]
+           "board_core", "sim_core", "training_accelerator"]
 
 _ECP5_TOOLS = ["yosys", "nextpnr-ecp5", "ecppack"]
 
@@ -152,8 +152,22 @@ def ecp5_pll_params(f_in, f_out):
     return best[1:]
 
 
+def training_accelerator(train_init, parallelism, preset):
+    """The :class:`~cnnforge.hw.train.TrainingAccelerator` of a training build, starting from
+    :func:`cnnforge.sim.trainer.initial_state` ``(train_init)``, with the preset's gradient
+    lanes."""
+    from ..hw.train import TrainingAccelerator
+    from ..sim.train_system import GRAD_LANES
+    from ..sim.trainer import initial_state
+    if train_init not in ("random", "model"):
+        raise CnnforgeError(f"training init must be 'random' or 'model', not {train_init!r}")
+    return TrainingAccelerator(initial_state(train_init), parallelism,
+                               grad_lanes=GRAD_LANES.get(preset, 1))
+
+
 def board_core(model, parallelism, *, clk_freq, baud, timeout_s=0.1, accel=None):
-    """The link serving ``Accelerator(model, parallelism)`` (or a given ``accel``).
+    """The link serving ``Accelerator(model, parallelism)`` (or a given ``accel``, e.g. a
+    :func:`training_accelerator`).
 
     With the ``ice40`` target the dense weights live in SPRAM, which starts empty: the core
     then starts without a model (``CLASSIFY`` is NAKed ``NO_MODEL`` until the host uploads it).
@@ -166,15 +180,18 @@ def board_core(model, parallelism, *, clk_freq, baud, timeout_s=0.1, accel=None)
                 timeout=max(1, round(timeout_s * clk_freq)), model_loaded=model_loaded)
 
 
-def sim_core(model, preset, *, clk_freq, baud, timeout_s=0.002, target="generic"):
+def sim_core(model, preset, *, clk_freq, baud, timeout_s=0.002, target="generic",
+             train_init=None):
     """A board core for simulation: the preset's parallelism, by default with the portable
     datapath (``target=None`` keeps the preset's: vendor primitives, simulated with Yosys's
-    cell models)."""
+    cell models); with ``train_init`` (``"random"``, ``"model"``) a training core."""
     from ..hw.accel import PRESETS, Parallelism
     par = PRESETS[preset]
     if target is not None:
         par = Parallelism(**{**par.to_dict(), "target": target})
-    return board_core(model, par, clk_freq=clk_freq, baud=baud, timeout_s=timeout_s)
+    accel = None if train_init is None else training_accelerator(train_init, par, preset)
+    return board_core(model, par, clk_freq=clk_freq, baud=baud, timeout_s=timeout_s,
+                      accel=accel)
 
 
 class BoardTop(Elaboratable):
@@ -192,15 +209,21 @@ class BoardTop(Elaboratable):
     baud : int, optional
     accel : wiring.Component, optional
         Replaces the accelerator (smoke tests of the board side only).
+    train_init : {None, "random", "model"}
+        Build with on-chip training (:func:`training_accelerator`) from this starting point.
     """
 
-    def __init__(self, board, model, *, parallelism=None, clk_freq=None, baud=None, accel=None):
+    def __init__(self, board, model, *, parallelism=None, clk_freq=None, baud=None, accel=None,
+                 train_init=None):
         self.board = board
         self._model = model
         if parallelism is None and accel is None:
             from ..hw.accel import PRESETS
             parallelism = PRESETS[board.preset]
         self.parallelism = self._par = parallelism
+        if train_init is not None and accel is None:
+            accel = training_accelerator(train_init, parallelism, board.preset)
+        self.train_init = train_init
         self.baud = self._baud = baud or board.baud
         self._accel = accel
         target = clk_freq or board.clk_freq

@@ -936,6 +936,11 @@ class TrainingAccelerator(wiring.Component):
     def trainer(self):
         return self._trainer
 
+    @property
+    def mw_data_bits(self):
+        """Width of a model word on the write port (the accelerator's)."""
+        return self._accel.mw_data_bits
+
     def elaborate(self, platform):
         m = Module()
         cfg = self._config

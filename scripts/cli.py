@@ -116,9 +116,67 @@ def cmd_classify(args):
         print(f"{name}: class {r.cls}  [{probs}]  {r.cycles} cycles  ({where})")
 
 
+def cmd_train_board(args):
+    import numpy as np
+
+    from . import mnist
+    from .boards import host
+    from .boards.top import get_board
+    from .sim import golden
+    from .sim.trainer import data_order, initial_state
+    board = get_board(args.board)
+    if args.steps < 0 or args.eval < 0 or args.device_checks < 0:
+        raise CnnforgeError("--steps, --eval and --device-checks must not be negative")
+    if not args.sim and not args.port:
+        raise CnnforgeError("give --port (the board's serial port) or --sim")
+    train_x, train_y = mnist.load("train", _mnist_dir(args))
+    test_x, test_y = mnist.load("test", _mnist_dir(args))
+    order = data_order(len(train_x), -(-args.steps // len(train_x)) if args.steps else 0)
+    order = order[:args.steps]
+    images, labels = train_x[order], train_y[order]
+    test_x, test_y = test_x[:args.eval], test_y[:args.eval]
+    like = initial_state(args.init)
+    before = float(np.mean(golden.predict_int(like.model(), test_x) == test_y)) \
+        if len(test_x) else None
+    kwargs = dict(test_images=test_x, test_labels=test_y, device_checks=args.device_checks,
+                  verify=not args.no_verify)
+    if args.sim:
+        where = f"simulated {board.preset} board core"
+        print(f"{where}: {len(order)} training steps from the {args.init} init (RTL "
+              f"simulation: minutes)")
+        out = host.simulate_training(args.init, images, labels, preset=board.preset, **kwargs)
+    else:
+        where = args.port
+        out = host.train_board(args.port, like, images, labels, baud=args.baud,
+                               log=None if args.quiet else print, **kwargs)
+    print(f"{where}: {out['steps']} steps in {out['seconds']:.2f} s "
+          f"({out['step_cycles']} cycles in the last step); training accuracy (prediction "
+          f"before each update) {100 * (out['train_accuracy'] or 0):.2f} %")
+    print(f"state read back in {out['read_seconds']:.2f} s"
+          + ("" if out["matches_golden"] is None else
+             "; bit-identical with the golden trainer"))
+    if out["test_accuracy"] is not None:
+        print(f"test accuracy on {len(test_x)} images: {100 * before:.2f} % before, "
+              f"{100 * out['test_accuracy']:.2f} % after; {out['device_checks']} classified "
+              f"on the device, bit-exact")
+    if args.out:
+        from .sim import model as model_file
+        model_file.save(out["state"].model(), args.out,
+                        info={"trained_on": where, "init": args.init, "steps": out["steps"]})
+        print(f"trained model written to {args.out}")
+
+
 def cmd_report(args):
     from . import report
     print(report.sim_summary(args.records))
+
+
+def link_options(p, board, sim_help):
+    """The options of a subcommand that talks to a board: port, baud rate, board, --sim."""
+    p.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB1")
+    p.add_argument("--baud", type=int, default=3_000_000)
+    p.add_argument("--board", default=board, help="board (its preset, also for --sim)")
+    p.add_argument("--sim", action="store_true", help=sim_help)
 
 
 def build_parser():
@@ -202,16 +260,28 @@ def build_parser():
     p.add_argument("images", nargs="*", help="image files (PNG, ...), scaled to the input size")
     p.add_argument("--mnist-index", type=int, action="append", default=[],
                    help="an MNIST test image by index (repeatable)")
-    p.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB1")
-    p.add_argument("--baud", type=int, default=3_000_000)
-    p.add_argument("--board", default="icebreaker", help="board (its preset, for --sim)")
-    p.add_argument("--sim", action="store_true",
-                   help="run the protocol against the board core in RTL simulation")
+    link_options(p, "icebreaker", "run the protocol against the board core in RTL simulation")
     p.add_argument("--sim-datapath", choices=("generic", "board"), default="generic",
                    help="--sim with the portable datapath, or the board's (vendor primitives "
                         "through Yosys's cell models; slower)")
     p.add_argument("--model", default=None, help="model file (default: the committed one)")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("train-board", help="train on the board (or its simulation) over UART, "
+                                           "read the weights back and evaluate them")
+    link_options(p, "ulx3s", "train the board core in RTL simulation instead")
+    p.add_argument("--init", choices=("random", "model"), default="random",
+                   help="the starting point the bitstream was built with (TRAIN=...)")
+    p.add_argument("--steps", type=int, default=60000,
+                   help="training images (batch 1; the host-side order of train-fixed)")
+    p.add_argument("--eval", type=int, default=10000,
+                   help="test images to evaluate the read-back weights on")
+    p.add_argument("--device-checks", type=int, default=20,
+                   help="of those, classified on the device too and compared bit for bit")
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not run the golden trainer alongside")
+    p.add_argument("--out", default=None, help="write the trained int8 model file here")
+    p.set_defaults(func=cmd_train_board)
 
     p = sub.add_parser("report", help="summary table of the last `make sim` run")
     p.add_argument("--records", default="build/sim/summary.jsonl", help="simulation records")

@@ -138,6 +138,13 @@ def _nak(frame):
     return None
 
 
+def _reply(client, data):
+    """Send raw bytes; the record of the next frame (its NAK ``[code, command]`` or None)."""
+    client.send(data)
+    frame = client.read_frame()
+    return {"nak": _nak(frame), "command": frame.command, "payload": frame.payload.hex()}
+
+
 def board_scenario(transport, images, fault_images, upload=None):
     """Optionally upload a model, classify ``images``, then the fault cases, each followed by
     a good request.
@@ -161,9 +168,7 @@ def board_scenario(transport, images, fault_images, upload=None):
     out = {"info_at_start": c.ping(), "images": [], "faults": {}}
 
     def reply(data):
-        c.send(data)
-        frame = c.read_frame()
-        return {"nak": _nak(frame), "command": frame.command, "payload": frame.payload.hex()}
+        return _reply(c, data)
 
     weights = None
     if upload is not None:
@@ -259,4 +264,71 @@ def board_scenario(transport, images, fault_images, upload=None):
     faults["busy_load"] = {"naks": [n for n in naks if n], "results": results,
                            "after": asdict(c.classify_loaded())}
     faults["final"] = {"ping": c.ping(), "after": asdict(c.classify(img_b))}
+    return out
+
+
+def board_train_scenario(transport, images, labels, check_image, ranges):
+    """On-chip training through the protocol: ``TRAIN`` steps (each reply and the step's
+    cycles), ``READ_WEIGHTS`` of the value ``ranges`` (``[(first, count)]``), a ``CLASSIFY``
+    with the new weights, then the fault cases of training, each followed by a good request.
+
+    Returns ``{"info", "steps": [{"result", "cycles"}], "values": [[...]], "after": result,
+    "faults": {...}, "values_after": [[...]]}``; the pytest side compares with the golden
+    trainer.
+    """
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from cnnforge.boards.host import Client
+    from cnnforge.boards.protocol import (ClassifyResult, Command, encode, max_read_values,
+                                          read_weights_payload, train_payload)
+    from cnnforge.hw.params import NetworkConfig
+    from cnnforge.hw.train import dump_order
+
+    config = NetworkConfig()
+    dump_words = sum(n for _, n in dump_order(config))
+    c = Client(transport, timeout=0.05)
+    out = {"info": c.ping(), "steps": [], "faults": {}}
+
+    def reply(data):
+        return _reply(c, data)
+
+    for image, label in zip(images, labels):
+        result = c.train(np.asarray(image, np.uint8), label)
+        out["steps"].append({"result": asdict(result), "cycles": c.read_cycles()})
+    out["values"] = [c.read_values(first, count) for first, count in ranges]
+    check = np.asarray(check_image, np.uint8)
+    # READ_WEIGHTS staged its values where the image was: NO_IMAGE until the next load.
+    out["no_image"] = reply(encode(Command.CLASSIFY))
+    out["after"] = asdict(c.classify(check))
+    f = out["faults"]
+    img = np.asarray(images[0], np.uint8)
+    f["bad_label"] = {"reply": reply(encode(Command.TRAIN, train_payload(img.tobytes(), 200))),
+                      "after": c.ping()}
+    f["train_bad_length"] = {"reply": reply(encode(Command.TRAIN, bytes(10))), "after": c.ping()}
+    bad = bytearray(encode(Command.TRAIN, train_payload(img.tobytes(), labels[0])))
+    bad[300] ^= 0x04
+    f["train_bad_crc"] = {"reply": reply(bad), "classify": reply(encode(Command.CLASSIFY)),
+                          "after": c.ping()}
+    f["read_count_0"] = {"reply": reply(encode(Command.READ_WEIGHTS, bytes(6))),
+                         "after": c.ping()}
+    f["read_past_end"] = {
+        "reply": reply(encode(Command.READ_WEIGHTS, read_weights_payload(dump_words - 3, 4))),
+        "after": c.ping()}
+    f["read_too_many"] = {
+        "reply": reply(encode(Command.READ_WEIGHTS,
+                              read_weights_payload(0, max_read_values(config) + 1))),
+        "after": c.ping()}
+    f["read_bad_length"] = {"reply": reply(encode(Command.READ_WEIGHTS, bytes(5))),
+                            "after": c.ping()}
+    # A PING during a training step: BUSY, then the step's reply.
+    c.send(encode(Command.TRAIN, train_payload(img.tobytes(), labels[0])) + encode(Command.PING))
+    frames = [c.read_frame(), c.read_frame()]
+    f["busy_train"] = {"naks": [n for n in map(_nak, frames) if n],
+                       "commands": [fr.command for fr in frames],
+                       "results": [asdict(ClassifyResult.from_payload(fr.payload, config.classes))
+                                   for fr in frames if _nak(fr) is None]}
+    out["values_after"] = [c.read_values(first, count) for first, count in ranges]
+    out["final"] = asdict(c.classify(check))
     return out

@@ -38,7 +38,7 @@ from .quantize import mult_shift
 
 __all__ = ["TrainFormat", "LFSR", "TrainState", "Step", "init_random", "init_from_model",
            "format_for_model", "forward", "backward", "apply_update", "train_step", "train",
-           "float_twin", "train_float_sgd", "weights_sha256", "train_fixed", "main"]
+           "float_twin", "train_float_sgd", "weights_sha256", "initial_state", "train_fixed", "main"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,6 +372,20 @@ def data_order(n, epochs, seed=1):
     return np.concatenate([rng.permutation(n) for _ in range(epochs)]) if epochs else np.zeros(0, int)
 
 
+def initial_state(init="random", fmt=None):
+    """The trainer's starting point: ``"random"`` (:func:`init_random`, ``TrainFormat()``) or
+    ``"model"`` (the committed model file, :func:`format_for_model` with
+    ``FINE_TUNE_LR_SHIFT``); ``fmt`` replaces the format."""
+    from . import model as model_file
+    if init == "random":
+        return init_random(NetworkConfig(), fmt or TrainFormat())
+    if init == "model":
+        qmodel, info = model_file.load(with_info=True)
+        fmt = fmt or format_for_model(qmodel, FINE_TUNE_LR_SHIFT, act_scale=info["act_scale"])
+        return init_from_model(qmodel, fmt)
+    raise ValueError(f"init must be 'random' or 'model', not {init!r}")
+
+
 def train_fixed(mnist_dir=None, init="random", epochs=1, limit=None, progress=True, fmt=None,
                 test_limit=None, log=print):
     """Train with the golden trainer and evaluate on the MNIST test set.
@@ -401,16 +415,10 @@ def train_fixed(mnist_dir=None, init="random", epochs=1, limit=None, progress=Tr
     test_x, test_y = mnist.load("test", mnist_dir)
     if test_limit is not None:
         test_x, test_y = test_x[:test_limit], test_y[:test_limit]
-    if init == "random":
-        state = init_random(NetworkConfig(), fmt or TrainFormat())
-    elif init == "model":
-        qmodel, info = model_file.load(with_info=True)
-        fmt = fmt or format_for_model(qmodel, FINE_TUNE_LR_SHIFT, act_scale=info["act_scale"])
-        state = init_from_model(qmodel, fmt)
-        before = float(np.mean(predict_int(qmodel, test_x) == test_y))
+    state = initial_state(init, fmt)
+    if init == "model":
+        before = float(np.mean(predict_int(model_file.load(), test_x) == test_y))
         log(f"committed model: {100 * before:.2f} % on {len(test_x)} test images")
-    else:
-        raise ValueError(f"init must be 'random' or 'model', not {init!r}")
     order = data_order(len(train_x), epochs)
     if limit is not None:
         order = order[:limit]

@@ -1,6 +1,8 @@
 """The command line reports bad input in one line with a non-zero exit."""
 
 import gzip
+import os
+
 import pytest
 
 from cnnforge import cli
@@ -40,3 +42,23 @@ def test_eval_with_bad_model_file(tmp_path, capsys):
 def test_report_without_records(tmp_path, capsys):
     code, out, err = run(capsys, "report", "--records", str(tmp_path / "none.jsonl"))
     assert code == 1 and "no simulation records" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train-board"], "give --port (the board's serial port) or --sim"),
+    (["train-board", "--sim", "--board", "de10"], "unknown board 'de10'; boards: icebreaker"),
+    (["train-board", "--sim", "--steps", "-1"], "--steps, --eval and --device-checks must not "
+                                                "be negative"),
+])
+def test_train_board_bad_arguments(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("cnnforge train-board: error: ") and message in err
+
+
+@pytest.mark.skipif(not os.environ.get("MNIST_DIR"), reason="MNIST_DIR is not set")
+def test_train_board_missing_port(tmp_path, capsys):
+    code, out, err = run(capsys, "train-board", "--port", str(tmp_path / "ttyNONE"),
+                         "--steps", "1", "--eval", "0")
+    assert code == 1 and err.count("\n") == 1
+    assert "ttyNONE" in err

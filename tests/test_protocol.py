@@ -4,12 +4,13 @@ import struct
 
 import pytest
 
-from cnnforge.boards.protocol import (SYNC, FLAG_MODEL, FLAG_WRITABLE, LAST, ClassifyResult,
-                                      Command, Error, Frame, FrameDecoder, FrameError,
-                                      NakError, check_reply, classify_reply_bytes, crc16,
-                                      decode, encode, image_bytes, max_payload,
-                                      max_weight_words, parse_ping, ping_payload,
-                                      request_length_ok, weight_frames)
+from cnnforge.boards.protocol import (SYNC, FLAG_MODEL, FLAG_TRAINABLE, FLAG_WRITABLE, LAST,
+                                      ClassifyResult, Command, Error, Frame, FrameDecoder,
+                                      FrameError, NakError, check_reply, classify_reply_bytes,
+                                      crc16, decode, encode, image_bytes, max_payload,
+                                      max_read_values, max_weight_words, parse_ping,
+                                      parse_values, ping_payload, read_weights_payload,
+                                      request_length_ok, train_payload, weight_frames)
 from cnnforge.hw.accel import ModelMemory
 from cnnforge.hw.params import NetworkConfig
 
@@ -97,13 +98,14 @@ def test_payload_helpers():
     assert max_payload(CONFIG) == 1024
     assert classify_reply_bytes(CONFIG) == 61
     assert parse_ping(ping_payload(CONFIG, FLAG_MODEL | FLAG_WRITABLE, 16)) == {
-        "version": 2, "input_size": 28, "in_channels": 1, "classes": 10, "model_loaded": True,
-        "writable": True, "word_bytes": 16}
+        "version": 3, "input_size": 28, "in_channels": 1, "classes": 10, "model_loaded": True,
+        "writable": True, "trainable": False, "word_bytes": 16}
     assert parse_ping(ping_payload(CONFIG))["model_loaded"] is False
+    assert parse_ping(ping_payload(CONFIG, FLAG_TRAINABLE))["trainable"] is True
     with pytest.raises(FrameError, match="PING reply of 3 bytes"):
-        parse_ping(bytes([2, 0, 0]))
-    with pytest.raises(FrameError, match="the device speaks protocol version 1, this host 2"):
-        parse_ping(bytes([1, 28, 1, 10]))
+        parse_ping(bytes([3, 0, 0]))
+    with pytest.raises(FrameError, match="the device speaks protocol version 2, this host 3"):
+        parse_ping(bytes([2, 28, 1, 10]))
     r = ClassifyResult(7, list(range(-5, 5)), list(range(100, 110)))
     assert ClassifyResult.from_payload(r.to_payload(), 10) == r
     with pytest.raises(FrameError, match="CLASSIFY reply of 60 bytes"):
@@ -119,6 +121,29 @@ def test_payload_helpers():
     assert not request_length_ok(Command.WRITE_WEIGHTS, 19, CONFIG)      # no write port
     assert not request_length_ok(Command.NAK, 2, CONFIG)
     assert max_weight_words(CONFIG, 16) == 49
+    assert request_length_ok(Command.TRAIN, 785, CONFIG)
+    assert not request_length_ok(Command.TRAIN, 784, CONFIG)
+    assert request_length_ok(Command.READ_WEIGHTS, 6, CONFIG)
+    assert not request_length_ok(Command.READ_WEIGHTS, 5, CONFIG)
+    assert max_read_values(CONFIG) == 196
+
+
+def test_training_payloads():
+    image = bytes(range(256)) * 3 + bytes(16)
+    assert train_payload(image, 9, 10) == bytes([9]) + image
+    with pytest.raises(FrameError, match="label 10 is not a class of this network"):
+        train_payload(image, 10, 10)
+    with pytest.raises(FrameError, match="label -1"):
+        train_payload(image, -1)
+    assert read_weights_payload(54080, 331) == bytes([0x40, 0xD3, 0, 0, 0x4B, 0x01])
+    with pytest.raises(FrameError, match="count=0"):
+        read_weights_payload(0, 0)
+    with pytest.raises(FrameError, match="first=-1"):
+        read_weights_payload(-1, 1)
+    values = [-(1 << 31), -1, 0, 1, (1 << 31) - 1]
+    assert parse_values(b"".join(v.to_bytes(4, "little", signed=True) for v in values), 5) == values
+    with pytest.raises(FrameError, match="READ_WEIGHTS reply of 19 bytes"):
+        parse_values(bytes(19), 5)
 
 
 def test_weight_frames():
