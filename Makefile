@@ -84,9 +84,10 @@ sim-full: $(STAMP)
 bench: $(STAMP)
 	$(CNNFORGE) bench
 
-# Board builds: build/$(BOARD)/ with the bitstream and report.md (icebreaker, ulx3s, orangecrab).
+# Board builds: build/$(BOARD)/ with the bitstream and report.md (icebreaker, ulx3s, orangecrab);
+# TRAIN=random|model adds on-chip training (build/$(BOARD)-train/, for `cnnforge train-board`).
 bitstream: $(STAMP)
-	$(CNNFORGE) bitstream --board $(BOARD) $(if $(PARALLELISM),--parallelism $(PARALLELISM))
+	$(CNNFORGE) bitstream --board $(BOARD) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(TRAIN),--train $(TRAIN))
 
 program: $(STAMP)
 	$(CNNFORGE) program --board $(BOARD)

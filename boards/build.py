@@ -185,6 +185,8 @@ def _markdown(r):
         what += (f" (conv_lanes {par['conv_lanes']}{', window' if par['conv_window'] else ''}, "
                  f"requant_parallel {par['requant_parallel']}, dense_mults "
                  f"{par['dense_mults']}, target {par['target']})")
+    if r.get("training"):
+        what += f", with on-chip training ({r['training']} init)"
     lines = [f"# {r['board']}: {r['device']}, {what}", "",
              "| resource | used | available | % |", "|---|---:|---:|---:|"]
     for row in r["resources"]:
@@ -212,17 +214,29 @@ def _markdown(r):
 
 
 def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, parallelism=None,
-          accel=None, bench_path=None, log=print):
-    """Synthesize, place and route, pack; write the report. Returns the report dict."""
+          accel=None, bench_path=None, train_init=None, log=print):
+    """Synthesize, place and route, pack; write the report. Returns the report dict.
+
+    ``train_init`` (``"random"``, ``"model"``): build with on-chip training
+    (:class:`~cnnforge.hw.train.TrainingAccelerator`, ``TRAIN``/``READ_WEIGHTS`` on the link)
+    from that starting point; the build folder is then ``<board>-train``.
+    """
     from ..sim import model as model_file
     spec = get_board(board)
+    if train_init is not None and spec.family == "ice40":
+        # 54,411 int16 masters (870 kbit) do not fit the UP5K's SPRAM (1 Mbit) beside the int8
+        # dense weights (433 kbit, 2 of its 4 SPRAMs): the forward pass would have to read the
+        # masters' high bytes instead.
+        raise CnnforgeError(f"{spec.name}: on-chip training does not fit the iCE40UP5K: its "
+                            f"int16 masters (870 kbit) and the int8 dense weights (433 kbit) "
+                            f"exceed the 1 Mbit of SPRAM; build it for ulx3s")
     env = tool_env(spec.family)
     model = model if model is not None else model_file.load()
     top = BoardTop(spec, model, parallelism=parallelism, clk_freq=clk_freq, baud=baud,
-                   accel=accel)
+                   accel=accel, train_init=train_init)
     par = top.parallelism
     custom = parallelism is not None and par.to_dict() != _preset(spec.preset).to_dict()
-    folder = Path(out_dir) / spec.name
+    folder = Path(out_dir) / (spec.name + ("-train" if train_init else ""))
     folder.mkdir(parents=True, exist_ok=True)
     for stale in ("report.json", "nextpnr.json", "top.tim"):
         (folder / stale).unlink(missing_ok=True)
@@ -298,6 +312,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         "board": spec.name, "device": spec.device, "family": spec.family,
         "preset": ("(replaced accelerator)" if accel is not None else
                    "custom" if custom else spec.preset),
+        "training": train_init,
         "parallelism": par.to_dict() if par is not None else None,
         "dsp_mapping": dsp_note, "cycles_source": cycles_source,
         "target_mhz": target, "fmax_mhz": fmax_mhz, "fmax": fmax,

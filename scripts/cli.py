@@ -69,7 +69,7 @@ def cmd_train_fixed(args):
 def cmd_bitstream(args):
     from .boards import build
     par = build.parse_parallelism(args.parallelism, args.board) if args.parallelism else None
-    build.build(args.board, args.out, parallelism=par)
+    build.build(args.board, args.out, parallelism=par, train_init=args.train)
 
 
 def cmd_program(args):
@@ -249,6 +249,9 @@ def build_parser():
     p.add_argument("--parallelism", default=None,
                    help="override fields of the board's preset, e.g. "
                         "conv_lanes=4,requant_parallel=1,dense_mults=4")
+    p.add_argument("--train", choices=("random", "model"), default=None,
+                   help="build with on-chip training from this starting point (cnnforge "
+                        "train-board); the build goes to OUT/BOARD-train")
     p.set_defaults(func=cmd_bitstream)
 
     p = sub.add_parser("program", help="load the board's bitstream (iceprog / openFPGALoader)")

@@ -223,6 +223,8 @@ def board_scenario(transport, images, fault_images, upload=None):
                                   "after": c.ping()}
     faults["read_weights"] = {"reply": reply(encode(Command.READ_WEIGHTS, bytes(6))),
                               "after": c.ping()}
+    faults["train"] = {"reply": reply(encode(Command.TRAIN, bytes([3]) + img_a.tobytes())),
+                       "after": c.ping()}
     word = out["info"]["word_bytes"]
     if not out["info"]["writable"]:
         faults["write_weights"] = {"reply": reply(encode(Command.WRITE_WEIGHTS, bytes(8))),

@@ -62,3 +62,9 @@ def test_train_board_missing_port(tmp_path, capsys):
                          "--steps", "1", "--eval", "0")
     assert code == 1 and err.count("\n") == 1
     assert "ttyNONE" in err
+
+
+def test_training_bitstream_for_the_up5k(capsys):
+    code, out, err = run(capsys, "bitstream", "--board", "icebreaker", "--train", "random")
+    assert code == 1 and err.count("\n") == 1
+    assert "on-chip training does not fit the iCE40UP5K" in err

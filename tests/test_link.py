@@ -123,8 +123,10 @@ def check_board_scenario(out, images, fault_images, check):
     nak(f["bad_length"]["reply"], Error.BAD_LENGTH, Command.PING.value)
     nak(f["oversized_length"]["reply"], Error.BAD_LENGTH, Command.PING.value)
     nak(f["read_weights"]["reply"], Error.UNSUPPORTED, Command.READ_WEIGHTS.value)
+    nak(f["train"]["reply"], Error.UNSUPPORTED, Command.TRAIN.value)
+    assert not info["trainable"]
     pinged = ["flipped_length", "truncated", "garbage", "unknown_command", "bad_length",
-              "oversized_length", "read_weights"]
+              "oversized_length", "read_weights", "train"]
     if not info["writable"]:
         assert info["word_bytes"] == 0
         nak(f["write_weights"]["reply"], Error.UNSUPPORTED, Command.WRITE_WEIGHTS.value)
