@@ -16,7 +16,7 @@ import os
 import cocotb
 from cocotb.clock import Clock
 from cocotb.task import bridge, resume
-from cocotb.triggers import ClockCycles, FallingEdge, Timer
+from cocotb.triggers import ClockCycles, Event, FallingEdge, First, Timer
 
 
 __all__ = ["UartModel", "SimTransport"]
@@ -33,6 +33,7 @@ class UartModel:
         self.bit_ns = divisor * PERIOD_NS
         self.received = bytearray()
         self.framing_errors = 0
+        self._byte_event = Event()
         dut.rx.value = 1
 
     async def send(self, data):
@@ -59,13 +60,17 @@ class UartModel:
                 self.framing_errors += 1
                 continue
             self.received.append(byte)
+            self._byte_event.set()
 
     async def recv(self, n, timeout_ns):
-        waited = 0
-        step = 10 * self.bit_ns
-        while len(self.received) < n and waited < timeout_ns:
-            await Timer(step, "ns")
-            waited += step
+        # Woken by each byte the monitor decodes (no polling while the device computes).
+        deadline = cocotb.simtime.get_sim_time("ns") + timeout_ns
+        while len(self.received) < n:
+            left = deadline - cocotb.simtime.get_sim_time("ns")
+            if left <= 0:
+                break
+            self._byte_event.clear()
+            await First(self._byte_event.wait(), Timer(max(1, round(left)), "ns"))
         data = bytes(self.received[:n])
         del self.received[:n]
         return data
