@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import CnnforgeError, ToolError
 from .protocol import (SYNC, HEADER_BYTES, Command, ClassifyResult, FrameError, check_reply,
-                       VALUE_BYTES, decode, encode, max_weight_words, parse_ping,
+                       MAX_READ_VALUES, decode, encode, max_weight_words, parse_ping,
                        parse_values, read_weights_payload, train_payload, weight_frames)
 
 
@@ -220,13 +220,11 @@ class Client:
 
     def read_values(self, first, count):
         """Values ``first .. first + count - 1`` of the trainer's dump (any count: several
-        ``READ_WEIGHTS`` frames of at most :func:`~.protocol.max_read_values` values)."""
+        ``READ_WEIGHTS`` frames of at most ``MAX_READ_VALUES`` values)."""
         self._check_trainable()
-        info = self._config()
-        per = info["input_size"] ** 2 * info["in_channels"] // VALUE_BYTES  # max_read_values
         out = []
         while count > 0:
-            n = min(per, count)
+            n = min(MAX_READ_VALUES, count)
             out += parse_values(self.request(Command.READ_WEIGHTS,
                                              read_weights_payload(first, n)), n)
             first += n

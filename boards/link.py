@@ -13,8 +13,8 @@ from amaranth.lib.wiring import In, Out
 from ..hw.params import NetworkConfig
 from .protocol import (SYNC, REPLY, LAST, FLAG_MODEL, FLAG_WRITABLE, FLAG_TRAINABLE,
                        WEIGHTS_HEADER_BYTES, TRAIN_HEADER_BYTES, READ_HEADER_BYTES, VALUE_BYTES,
-                       Command, Error, classify_reply_bytes, image_bytes, max_payload,
-                       max_read_values, max_weight_words, ping_payload)
+                       MAX_READ_VALUES, Command, Error, classify_reply_bytes, image_bytes,
+                       max_payload, max_weight_words, ping_payload)
 from .uart import UARTRx, UARTTx, _check_divisor
 
 
@@ -73,8 +73,9 @@ class Link(wiring.Component):
     and it has ``step_done`` and the ``dump`` stream): a ``TRAIN`` payload's label goes into a
     register and its image into the image memory; the pixels stream with ``cmd=TRAIN`` and the
     reply waits for ``step_done``. ``READ_WEIGHTS`` sends one ``DUMP`` beat and takes the whole
-    dump stream, writing the requested values into the image memory (4 bytes each, one byte per
-    cycle); the reply is sent from there. Without a trainer both are NAKed ``UNSUPPORTED``.
+    dump stream: the values before ``first`` are skipped, the requested ones are the reply's
+    payload, sent straight from ``dump`` (no buffer), the rest are drained. Without a trainer
+    both are NAKed ``UNSUPPORTED``.
 
     Parameters
     ----------
@@ -364,6 +365,12 @@ class Link(wiring.Component):
         s_train = Signal()           # the running image is a TRAIN step
         s_label = Signal(8)
         dump_req = Signal()          # READ_WEIGHTS: the DUMP beat is offered
+        # READ_WEIGHTS: dump values taken, the byte of the current value, the range sent.
+        d_idx = Signal(range(max(2, self.dump_words + 1)))
+        d_byte = Signal(range(VALUE_BYTES))
+        d_first = Signal(32)
+        d_count = Signal(16)
+        accel_dump_valid = accel.dump.valid if self._trainable else C(0)
         m.d.comb += [
             img_rd.addr.eq(f_addr),
             img_rd.en.eq(~f_valid | accel.i.ready),
@@ -451,7 +458,7 @@ class Link(wiring.Component):
                     m.next = "TAKE"
 
         # ---- executor and transmitter ------------------------------------------------------
-        SRC_NONE, SRC_PING, SRC_NAK, SRC_CYCLES, SRC_RESULT, SRC_STAGED = range(6)
+        SRC_NONE, SRC_PING, SRC_NAK, SRC_CYCLES, SRC_RESULT, SRC_DUMP = range(6)
         r_cmd = Signal(8)
         r_len = Signal(16)
         r_src = Signal(range(6))
@@ -462,12 +469,8 @@ class Link(wiring.Component):
 
         # The CRC starts over in LOAD of byte 0, not here: every request decision would
         # otherwise reach the CRC register's enable (the iCE40 critical path).
-        t_pix = Signal(range(n_pix))     # SRC_STAGED: where payload byte t_idx - 4 is staged
-        t_lane = Signal(range(chans))
-
         def reply(command, length, src):
-            m.d.sync += [r_cmd.eq(command), r_len.eq(length), r_src.eq(src), t_idx.eq(0),
-                         t_pix.eq(0), t_lane.eq(0)]
+            m.d.sync += [r_cmd.eq(command), r_len.eq(length), r_src.eq(src), t_idx.eq(0)]
             m.next = "LOAD"
 
         # The request's error code, registered (timing: it is decided from the frame's fields,
@@ -486,7 +489,7 @@ class Link(wiring.Component):
         with m.Elif((p_cmd == Command.TRAIN) & (t_label >= classes)):
             m.d.comb += code.eq(Error.BAD_ARGUMENT)
         with m.Elif((p_cmd == Command.READ_WEIGHTS)
-                    & ((rw_count == 0) | (rw_count > max_read_values(config))
+                    & ((rw_count == 0) | (rw_count > MAX_READ_VALUES)
                        | (rw_first >= self.dump_words)
                        | (rw_first + rw_count > self.dump_words))):
             m.d.comb += code.eq(Error.BAD_ARGUMENT)
@@ -520,8 +523,9 @@ class Link(wiring.Component):
                 m.d.comb += payload_byte.eq(cycles.word_select(p[:2], 8))
             with m.Case(SRC_RESULT):
                 m.d.comb += payload_byte.eq(res_rd.data)
-            with m.Case(SRC_STAGED):
-                m.d.comb += payload_byte.eq(img_rd.data.word_select(t_lane, 8))
+            if self._trainable:
+                with m.Case(SRC_DUMP):
+                    m.d.comb += payload_byte.eq(accel.dump.payload.word_select(d_byte, 8))
         with m.If(t_idx == 0):
             m.d.comb += tx_byte.eq(SYNC)
         with m.Elif(t_idx == 1):
@@ -545,11 +549,6 @@ class Link(wiring.Component):
         k_word = Signal(8 * word_bytes)          # shift register, the first byte ends lowest
         k_en = Signal()
         k_addr = Signal(16)
-        # READ_WEIGHTS: dump values taken, the byte of the current value, the range kept.
-        d_idx = Signal(range(max(2, self.dump_words + 1)))
-        d_byte = Signal(range(VALUE_BYTES))
-        d_first = Signal(32)
-        d_end = Signal(33)
         if self._writable:
             m.d.comb += [
                 accel.mw_en.eq(k_en),
@@ -588,10 +587,8 @@ class Link(wiring.Component):
                             m.d.sync += [busy.eq(1), s_train.eq(1), s_label.eq(t_label),
                                          image_valid.eq(1)]
                         with m.Elif(p_cmd == Command.READ_WEIGHTS):
-                            # The values are staged where the image was: it is gone.
-                            m.d.sync += [busy.eq(1), image_valid.eq(0), d_idx.eq(0),
-                                         d_byte.eq(0), k_pix.eq(0), k_lane.eq(0),
-                                         d_first.eq(rw_first), d_end.eq(rw_first + rw_count)]
+                            m.d.sync += [busy.eq(1), d_idx.eq(0), d_byte.eq(0),
+                                         d_first.eq(rw_first), d_count.eq(rw_count)]
                             m.next = "DUMP_REQ"
                     if self._writable:
                         with m.Elif(p_cmd == Command.WRITE_WEIGHTS):
@@ -619,43 +616,39 @@ class Link(wiring.Component):
                 with m.Else():
                     m.next = "COPY_ADDR"
             if self._trainable:
+                # The trainer streams the whole dump: the values before `d_first` are skipped,
+                # the requested ones go out as the reply's payload straight from `dump` (each
+                # held there until its 4th byte is sent), the rest are drained.
                 with m.State("DUMP_REQ"):
                     m.d.comb += dump_req.eq(1)
                     with m.If(accel.i.ready):
-                        m.next = "DUMP_TAKE"
-                with m.State("DUMP_TAKE"):
-                    # Every value of the dump is taken (the trainer streams them all); those in
-                    # [d_first, d_end) are written into the image memory, a byte per cycle,
-                    # least significant first, the value held on `dump` until its last byte.
-                    keep = (d_idx >= d_first) & (d_idx < d_end)
-                    m.d.comb += [
-                        img_wr.addr.eq(k_pix),
-                        img_wr.data.eq(accel.dump.payload.word_select(d_byte, 8).replicate(chans)),
-                        img_wr.en.eq(Mux(accel.dump.valid & keep, 1 << k_lane, 0)),
-                        accel.dump.ready.eq(~keep | (d_byte == VALUE_BYTES - 1)),
-                    ]
-                    with m.If(accel.dump.valid & keep):
-                        m.d.sync += d_byte.eq(d_byte + 1)
-                        with m.If(k_lane == chans - 1):
-                            m.d.sync += [k_lane.eq(0), k_pix.eq(k_pix + 1)]
-                        with m.Else():
-                            m.d.sync += k_lane.eq(k_lane + 1)
-                    with m.If(accel.dump.valid & accel.dump.ready):
-                        m.d.sync += d_idx.eq(d_idx + 1)
-                        with m.If(d_idx == self.dump_words - 1):
-                            reply(Command.READ_WEIGHTS.value | REPLY,
-                                  (d_end - d_first) * VALUE_BYTES, SRC_STAGED)
+                        m.next = "DUMP_SKIP"
+                with m.State("DUMP_SKIP"):
+                    with m.If(d_idx == d_first):
+                        reply(Command.READ_WEIGHTS.value | REPLY, d_count * VALUE_BYTES,
+                              SRC_DUMP)
+                    with m.Else():
+                        m.d.comb += accel.dump.ready.eq(1)
+                        with m.If(accel.dump.valid):
+                            m.d.sync += d_idx.eq(d_idx + 1)
+                with m.State("DUMP_DRAIN"):
+                    # (not busy: the host's next request waits in the parser until IDLE)
+                    with m.If(d_idx == self.dump_words):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.comb += accel.dump.ready.eq(1)
+                        with m.If(accel.dump.valid):
+                            m.d.sync += d_idx.eq(d_idx + 1)
             with m.State("LOAD"):
                 # One cycle for the reply buffer's synchronous read of byte t_idx and to place
                 # the byte (payload: p < r_len only for t_idx >= 4, as p wraps below) ...
-                with m.If(r_src == SRC_STAGED):
-                    # (only then: a NAK may be sent while the feeder reads the image)
-                    m.d.comb += img_rd.addr.eq(t_pix)
                 m.d.sync += [t_payload.eq(p < r_len), t_crc_hi.eq(p == r_len),
                              t_last.eq(p == r_len + 1)]
                 with m.If(t_idx == 0):
                     m.d.sync += t_crc.eq(0xFFFF)
-                m.next = "LATCH"
+                # (a dump value must be on `dump` before its bytes are latched)
+                with m.If((r_src != SRC_DUMP) | (t_idx < 4) | (p >= r_len) | accel_dump_valid):
+                    m.next = "LATCH"
             with m.State("LATCH"):
                 # ... and one to register the byte and its place (off the CRC's path).
                 m.d.sync += [tx_reg.eq(tx_byte),
@@ -668,17 +661,18 @@ class Link(wiring.Component):
                     with m.If(tx_in_crc):
                         m.d.sync += t_crc.eq(crc16_byte(t_crc, tx_reg))
                     m.d.sync += t_idx.eq(t_idx + 1)
-                    with m.If(t_payload):
-                        with m.If(t_lane == chans - 1):
-                            m.d.sync += [t_lane.eq(0), t_pix.eq(t_pix + 1)]
-                        with m.Else():
-                            m.d.sync += t_lane.eq(t_lane + 1)
+                    if self._trainable:
+                        with m.If(t_payload & (r_src == SRC_DUMP)):
+                            m.d.sync += d_byte.eq(d_byte + 1)
+                            with m.If(d_byte == VALUE_BYTES - 1):
+                                m.d.comb += accel.dump.ready.eq(1)
+                                m.d.sync += d_idx.eq(d_idx + 1)
                     with m.If(tx_last):
-                        with m.If(r_src == SRC_STAGED):
-                            # (busy until the staged values are sent: a LOAD_IMAGE meanwhile
-                            # would overwrite them)
-                            m.d.sync += busy.eq(0)
                         m.next = "IDLE"
+                        if self._trainable:
+                            with m.If(r_src == SRC_DUMP):
+                                m.d.sync += busy.eq(0)
+                                m.next = "DUMP_DRAIN"
                     with m.Else():
                         m.next = "LOAD"
         return m

@@ -43,10 +43,10 @@ prediction before the update). ``READ_CYCLES`` after a ``TRAIN`` gives the cycle
 step. A label of ``classes`` or more is NAKed ``BAD_ARGUMENT``. ``READ_WEIGHTS`` reads the
 trainer's state: values ``first .. first + count - 1`` of the stream of
 :func:`cnnforge.hw.train.dump_order` (int16 masters and biases sign-extended, the LFSR state as
-its 32 bits), at most :func:`max_read_values` per frame; a range outside the dump, or a count
-of 0, is NAKed ``BAD_ARGUMENT``. The values are staged in the image buffer, which discards the
-loaded image (like ``WRITE_WEIGHTS``). ``WRITE_WEIGHTS`` on such a device writes only the int8
-forward copies, not the trainer's masters. Devices without a trainer NAK both ``UNSUPPORTED``.
+its 32 bits), at most ``MAX_READ_VALUES`` (16,383) per frame, sent as the trainer streams them
+(the loaded image stays); a range outside the dump, or a count of 0, is NAKed
+``BAD_ARGUMENT``. ``WRITE_WEIGHTS`` on such a device writes only the int8 forward copies, not
+the trainer's masters. Devices without a trainer NAK both ``UNSUPPORTED``.
 
 Model upload (``WRITE_WEIGHTS``). The words are those of
 :func:`cnnforge.hw.accel.model_writes` for the device's parallelism: ``memory`` is the
@@ -90,7 +90,7 @@ __all__ = ["SYNC", "REPLY", "PROTOCOL_VERSION", "HEADER_BYTES", "OVERHEAD_BYTES"
            "classify_reply_bytes", "ClassifyResult", "ping_payload", "parse_ping", "LAST",
            "FLAG_MODEL", "FLAG_WRITABLE", "WEIGHTS_HEADER_BYTES", "max_weight_words",
            "weight_frames", "FLAG_TRAINABLE", "TRAIN_HEADER_BYTES", "READ_HEADER_BYTES",
-           "VALUE_BYTES", "max_read_values", "train_payload", "read_weights_payload",
+           "VALUE_BYTES", "MAX_READ_VALUES", "train_payload", "read_weights_payload",
            "parse_values"]
 
 SYNC = 0xA5
@@ -104,6 +104,7 @@ WEIGHTS_HEADER_BYTES = 3  # WRITE_WEIGHTS: memory, address (u16)
 TRAIN_HEADER_BYTES = 1    # TRAIN: label
 READ_HEADER_BYTES = 6     # READ_WEIGHTS: first (u32), count (u16)
 VALUE_BYTES = 4           # READ_WEIGHTS: one value (i32)
+MAX_READ_VALUES = 0xFFFF // VALUE_BYTES   # READ_WEIGHTS: values per reply (u16 length)
 HEADER_BYTES = 4          # sync, command, length (2)
 OVERHEAD_BYTES = 6        # header and CRC
 
@@ -168,11 +169,6 @@ def classify_reply_bytes(config):
 def max_weight_words(config, word_bytes):
     """Most model words in one ``WRITE_WEIGHTS`` frame (the image buffer stages them)."""
     return image_bytes(config) // word_bytes
-
-
-def max_read_values(config):
-    """Most values in one ``READ_WEIGHTS`` reply (the image buffer stages them)."""
-    return image_bytes(config) // VALUE_BYTES
 
 
 def request_length_ok(command, length, config, word_bytes=None):

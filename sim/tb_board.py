@@ -288,7 +288,7 @@ def board_train_scenario(transport, images, labels, check_image, ranges):
     import numpy as np
 
     from cnnforge.boards.host import Client
-    from cnnforge.boards.protocol import (ClassifyResult, Command, encode, max_read_values,
+    from cnnforge.boards.protocol import (MAX_READ_VALUES, ClassifyResult, Command, encode,
                                           read_weights_payload, train_payload)
     from cnnforge.hw.params import NetworkConfig
     from cnnforge.hw.train import dump_order
@@ -306,8 +306,8 @@ def board_train_scenario(transport, images, labels, check_image, ranges):
         out["steps"].append({"result": asdict(result), "cycles": c.read_cycles()})
     out["values"] = [c.read_values(first, count) for first, count in ranges]
     check = np.asarray(check_image, np.uint8)
-    # READ_WEIGHTS staged its values where the image was: NO_IMAGE until the next load.
-    out["no_image"] = reply(encode(Command.CLASSIFY))
+    # The last training image is still loaded: classified with the weights after its step.
+    out["loaded"] = asdict(c.classify_loaded())
     out["after"] = asdict(c.classify(check))
     f = out["faults"]
     img = np.asarray(images[0], np.uint8)
@@ -325,7 +325,7 @@ def board_train_scenario(transport, images, labels, check_image, ranges):
         "after": c.ping()}
     f["read_too_many"] = {
         "reply": reply(encode(Command.READ_WEIGHTS,
-                              read_weights_payload(0, max_read_values(config) + 1))),
+                              read_weights_payload(0, MAX_READ_VALUES + 1))),
         "after": c.ping()}
     f["read_bad_length"] = {"reply": reply(encode(Command.READ_WEIGHTS, bytes(5))),
                             "after": c.ping()}

@@ -8,7 +8,7 @@ from cnnforge.boards.protocol import (SYNC, FLAG_MODEL, FLAG_TRAINABLE, FLAG_WRI
                                       ClassifyResult, Command, Error, Frame, FrameDecoder,
                                       FrameError, NakError, check_reply, classify_reply_bytes,
                                       crc16, decode, encode, image_bytes, max_payload,
-                                      max_read_values, max_weight_words, parse_ping,
+                                      MAX_READ_VALUES, max_weight_words, parse_ping,
                                       parse_values, ping_payload, read_weights_payload,
                                       request_length_ok, train_payload, weight_frames)
 from cnnforge.hw.accel import ModelMemory
@@ -125,7 +125,7 @@ def test_payload_helpers():
     assert not request_length_ok(Command.TRAIN, 784, CONFIG)
     assert request_length_ok(Command.READ_WEIGHTS, 6, CONFIG)
     assert not request_length_ok(Command.READ_WEIGHTS, 5, CONFIG)
-    assert max_read_values(CONFIG) == 196
+    assert MAX_READ_VALUES == 16383
 
 
 def test_training_payloads():
