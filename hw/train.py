@@ -18,19 +18,18 @@ its forward results go out on ``o`` like an inference's; ``step_done`` pulses wh
 weights are in the accelerator; only then is the next beat taken. ``DUMP`` streams
 :func:`dump_order` (54,411 values for the reference network) on ``dump``.
 
-Board protocol (proposal for ``boards/link.py``, not implemented there yet):
+Board protocol (``boards/link.py``, ``boards/protocol.py``):
 
-* ``TRAIN`` (new command 0x07): payload label (u8) + the image (as ``LOAD_IMAGE``); the link
-  sends the pixels with ``cmd=TRAIN``, waits for ``step_done`` and replies like ``CLASSIFY``
-  (class, logits, probabilities of the forward pass before the update); frames during the
-  step are NAKed ``BUSY``.
+* ``TRAIN`` (0x07): payload label (u8) + the image (as ``LOAD_IMAGE``); the link sends the
+  pixels with ``cmd=TRAIN``, waits for ``step_done`` and replies like ``CLASSIFY`` (class,
+  logits, probabilities of the forward pass before the update); frames during the step are
+  NAKed ``BUSY``.
 * ``READ_WEIGHTS`` (0x06): payload first (u32 LE), count (u16 LE): value indices in
-  :func:`dump_order`; the link sends one ``DUMP`` beat, keeps the values ``first ..
-  first + count - 1`` of the dump stream and replies with them as i32 LE (the LFSR state as
-  u32). The host reads the 54,411 values in ``max_payload // 4``-value chunks.
+  :func:`dump_order`; the link sends one ``DUMP`` beat, skips the values before ``first``,
+  sends ``count`` values as i32 LE straight from ``dump`` (the LFSR state as its 32 bits) and
+  drains the rest.
 * The masters are not host-writable; ``WRITE_WEIGHTS`` changes only the int8 copies in the
-  accelerator. On the iCE40 target (SPRAM dense weights, empty at configuration) the host
-  must upload ``model_writes(state.model(), parallelism)`` before the first image.
+  accelerator.
 """
 
 import numpy as np
