@@ -118,7 +118,14 @@ class Client:
             if len(head) < HEADER_BYTES - 1:
                 raise LinkError("reply cut off in its header")
             length = head[1] | head[2] << 8
-            rest = read(length + 2, timeout)
+            # The timeout is one of silence: a long reply (64 kB take 0.2 s at 3 Mbaud) is
+            # read for as long as bytes keep coming.
+            rest = b""
+            while len(rest) < length + 2:
+                more = read(length + 2 - len(rest), timeout)
+                if not more:
+                    break
+                rest += more
             if len(rest) < length + 2:
                 raise LinkError(f"reply cut off: {len(rest)} of {length + 2} bytes after the "
                                 f"header")

@@ -464,7 +464,7 @@ class Link(wiring.Component):
         r_src = Signal(range(6))
         r_code = Signal(8)
         r_nak_cmd = Signal(8)
-        t_idx = Signal(16)
+        t_idx = Signal(17)           # byte of the reply frame: up to 4 + 65535 + 2
         t_crc = Signal(16)
 
         # The CRC starts over in LOAD of byte 0, not here: every request decision would
@@ -503,7 +503,7 @@ class Link(wiring.Component):
         ping = Array([*(C(b, 8) for b in ping_bytes[:4]),
                       C(ping_bytes[4], 8) | Mux(model_ok, FLAG_MODEL, 0),
                       C(ping_bytes[5], 8)])
-        p = Signal(16)
+        p = Signal(17)
         payload_byte = Signal(8)
         tx_byte = Signal(8)
         tx_reg = Signal(8)

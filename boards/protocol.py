@@ -43,7 +43,7 @@ prediction before the update). ``READ_CYCLES`` after a ``TRAIN`` gives the cycle
 step. A label of ``classes`` or more is NAKed ``BAD_ARGUMENT``. ``READ_WEIGHTS`` reads the
 trainer's state: values ``first .. first + count - 1`` of the stream of
 :func:`cnnforge.hw.train.dump_order` (int16 masters and biases sign-extended, the LFSR state as
-its 32 bits), at most ``MAX_READ_VALUES`` (16,383) per frame, sent as the trainer streams them
+its 32 bits), at most ``MAX_READ_VALUES`` (2,048) per frame, sent as the trainer streams them
 (the loaded image stays); a range outside the dump, or a count of 0, is NAKed
 ``BAD_ARGUMENT``. ``WRITE_WEIGHTS`` on such a device writes only the int8 forward copies, not
 the trainer's masters. Devices without a trainer NAK both ``UNSUPPORTED``.
@@ -104,7 +104,9 @@ WEIGHTS_HEADER_BYTES = 3  # WRITE_WEIGHTS: memory, address (u16)
 TRAIN_HEADER_BYTES = 1    # TRAIN: label
 READ_HEADER_BYTES = 6     # READ_WEIGHTS: first (u32), count (u16)
 VALUE_BYTES = 4           # READ_WEIGHTS: one value (i32)
-MAX_READ_VALUES = 0xFFFF // VALUE_BYTES   # READ_WEIGHTS: values per reply (u16 length)
+# READ_WEIGHTS: values per reply (8 kB frames: 27 for the reference network's 54,411 values,
+# each costing one pass over the dump, 0.5 ms at 100 MHz, beside 27 ms on a 3 Mbaud line).
+MAX_READ_VALUES = 2048
 HEADER_BYTES = 4          # sync, command, length (2)
 OVERHEAD_BYTES = 6        # header and CRC
 

@@ -274,10 +274,11 @@ def board_scenario(transport, images, fault_images, upload=None):
     return out
 
 
-def board_train_scenario(transport, images, labels, check_image, ranges):
+def board_train_scenario(transport, images, labels, check_image, ranges, ranges_after):
     """On-chip training through the protocol: ``TRAIN`` steps (each reply and the step's
     cycles), ``READ_WEIGHTS`` of the value ``ranges`` (``[(first, count)]``), a ``CLASSIFY``
-    with the new weights, then the fault cases of training, each followed by a good request.
+    with the new weights, then the fault cases of training, each followed by a good request,
+    and ``READ_WEIGHTS`` of ``ranges_after``.
 
     Returns ``{"info", "steps": [{"result", "cycles"}], "values": [[...]], "after": result,
     "faults": {...}, "values_after": [[...]]}``; the pytest side compares with the golden
@@ -336,6 +337,6 @@ def board_train_scenario(transport, images, labels, check_image, ranges):
                        "commands": [fr.command for fr in frames],
                        "results": [asdict(ClassifyResult.from_payload(fr.payload, config.classes))
                                    for fr in frames if _nak(fr) is None]}
-    out["values_after"] = [c.read_values(first, count) for first, count in ranges]
+    out["values_after"] = [c.read_values(first, count) for first, count in ranges_after]
     out["final"] = asdict(c.classify(check))
     return out

@@ -16,14 +16,17 @@ import numpy as np
 import pytest
 
 from cnnforge.boards.host import SIM_BAUD, SIM_CLK_FREQ, run_sim_job
+from cnnforge.boards.protocol import MAX_READ_VALUES
 
 MNIST_DIR = os.environ.get("MNIST_DIR")
 needs_mnist = pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),
                                  reason="MNIST_DIR is not set to the MNIST folder")
 STEPS = 3
-# (first, count): a run of dense masters, then the end of the dense masters through the LFSR
-# state (every section of the dump).
-RANGES = [(5000, 150), (53984, 427)]
+DUMP_WORDS = 54411
+# (first, count): a run of dense masters, then the longest reply (MAX_READ_VALUES) ending with
+# the LFSR state (every section of the dump); after the fault cases a shorter one.
+RANGES = [(5000, 150), (DUMP_WORDS - MAX_READ_VALUES, MAX_READ_VALUES)]
+RANGES_AFTER = [(5000, 150), (53984, 427)]
 
 
 def flat_state(state):
@@ -33,9 +36,10 @@ def flat_state(state):
                            state.conv_b, [lfsr - (1 << 32) if lfsr >> 31 else lfsr]])
 
 
-def check_values(got, state, where):
+def check_values(got, state, where, ranges=RANGES):
     flat = flat_state(state)
-    for (first, count), values in zip(RANGES, got):
+    assert len(flat) == DUMP_WORDS and len(got) == len(ranges)
+    for (first, count), values in zip(ranges, got):
         exp = flat[first:first + count]
         bad = np.flatnonzero(np.asarray(values) != exp)
         assert len(values) == count and not len(bad), \
@@ -65,7 +69,8 @@ def test_training_through_uart():
                     train_init="random")
     out = run_sim_job("board_train_up5k", link, "cnnforge.sim.tb_board:board_train_scenario",
                       {"images": [im.tolist() for im in images], "labels": labels,
-                       "check_image": test_x[0].tolist(), "ranges": RANGES},
+                       "check_image": test_x[0].tolist(), "ranges": RANGES,
+                       "ranges_after": RANGES_AFTER},
                       divisor=SIM_CLK_FREQ // SIM_BAUD)
     assert out["framing_errors"] == 0
     job = out["result"]
@@ -102,7 +107,7 @@ def test_training_through_uart():
     check_result(busy["results"][0], golden.model(), images[0], "step during a PING")
     train_step(golden, images[0], labels[0])
     # None of the faulty frames trained or changed anything: exactly one more step.
-    check_values(job["values_after"], golden, "after the fault cases")
+    check_values(job["values_after"], golden, "after the fault cases", RANGES_AFTER)
     check_result(job["final"], golden.model(), test_x[0], "final classification")
     cycles = [s["cycles"] for s in job["steps"]]
     print(f"cycles per training step through the link: {cycles}; simulated "

@@ -125,7 +125,7 @@ def test_payload_helpers():
     assert not request_length_ok(Command.TRAIN, 784, CONFIG)
     assert request_length_ok(Command.READ_WEIGHTS, 6, CONFIG)
     assert not request_length_ok(Command.READ_WEIGHTS, 5, CONFIG)
-    assert MAX_READ_VALUES == 16383
+    assert MAX_READ_VALUES == 2048
 
 
 def test_training_payloads():
