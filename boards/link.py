@@ -190,7 +190,9 @@ class Link(wiring.Component):
         # The first payload bytes of some commands are fields (p_hdr_len of them, kept in
         # `hdr`): WRITE_WEIGHTS memory (LAST in bit 7) and first address, TRAIN label,
         # READ_WEIGHTS first value and count. Only the bytes after them are staged.
-        p_hdr_len = Signal(range(8))
+        # (Without a trainer only WRITE_WEIGHTS has fields: fewer cells on a full iCE40.)
+        hdr_bytes = READ_HEADER_BYTES if self._trainable else WEIGHTS_HEADER_BYTES
+        p_hdr_len = Signal(range(hdr_bytes + 1))
         hdr = Signal(8 * READ_HEADER_BYTES)
         w_mem = hdr[:8]
         w_addr = hdr[8:24]
@@ -282,10 +284,11 @@ class Link(wiring.Component):
                     with m.Switch(p_cmd):
                         with m.Case(Command.WRITE_WEIGHTS):
                             m.d.sync += p_hdr_len.eq(WEIGHTS_HEADER_BYTES)
-                        with m.Case(Command.TRAIN):
-                            m.d.sync += p_hdr_len.eq(TRAIN_HEADER_BYTES)
-                        with m.Case(Command.READ_WEIGHTS):
-                            m.d.sync += p_hdr_len.eq(READ_HEADER_BYTES)
+                        if self._trainable:
+                            with m.Case(Command.TRAIN):
+                                m.d.sync += p_hdr_len.eq(TRAIN_HEADER_BYTES)
+                            with m.Case(Command.READ_WEIGHTS):
+                                m.d.sync += p_hdr_len.eq(READ_HEADER_BYTES)
                     with m.If(length > max_len):
                         m.d.sync += p_code.eq(Error.BAD_LENGTH)
                         m.next = "DECIDE"
@@ -310,7 +313,7 @@ class Link(wiring.Component):
                 header = p_count < p_hdr_len
                 with m.If(got & header):
                     with m.Switch(p_count[:3]):
-                        for j in range(READ_HEADER_BYTES):
+                        for j in range(hdr_bytes):
                             with m.Case(j):
                                 m.d.sync += hdr.word_select(j, 8).eq(byte)
                 with m.If(got):
@@ -464,7 +467,8 @@ class Link(wiring.Component):
         r_src = Signal(range(6))
         r_code = Signal(8)
         r_nak_cmd = Signal(8)
-        t_idx = Signal(17)           # byte of the reply frame: up to 4 + 65535 + 2
+        # Byte of the reply frame: up to 4 + 65535 + 2 (READ_WEIGHTS), else 4 + 61 + 2.
+        t_idx = Signal(17 if self._trainable else 16)
         t_crc = Signal(16)
 
         # The CRC starts over in LOAD of byte 0, not here: every request decision would
@@ -486,13 +490,13 @@ class Link(wiring.Component):
             m.d.comb += code.eq(Error.BUSY)
         with m.Elif(((p_cmd == Command.CLASSIFY) | (p_cmd == Command.TRAIN)) & ~model_ok):
             m.d.comb += code.eq(Error.NO_MODEL)
-        with m.Elif((p_cmd == Command.TRAIN) & (t_label >= classes)):
-            m.d.comb += code.eq(Error.BAD_ARGUMENT)
-        with m.Elif((p_cmd == Command.READ_WEIGHTS)
-                    & ((rw_count == 0) | (rw_count > MAX_READ_VALUES)
-                       | (rw_first >= self.dump_words)
-                       | (rw_first + rw_count > self.dump_words))):
-            m.d.comb += code.eq(Error.BAD_ARGUMENT)
+        if self._trainable:
+            with m.Elif((p_cmd == Command.TRAIN) & (t_label >= classes)):
+                m.d.comb += code.eq(Error.BAD_ARGUMENT)
+            with m.Elif((p_cmd == Command.READ_WEIGHTS)
+                        & ((rw_count == 0) | (rw_count > MAX_READ_VALUES)
+                           | (rw_first + rw_count > self.dump_words))):
+                m.d.comb += code.eq(Error.BAD_ARGUMENT)
         with m.Elif((p_cmd == Command.CLASSIFY) & ~image_valid):
             m.d.comb += code.eq(Error.NO_IMAGE)
         with m.Elif((p_cmd == Command.WRITE_WEIGHTS) & ((w_mem & ~LAST) >= n_memories)):
@@ -503,7 +507,7 @@ class Link(wiring.Component):
         ping = Array([*(C(b, 8) for b in ping_bytes[:4]),
                       C(ping_bytes[4], 8) | Mux(model_ok, FLAG_MODEL, 0),
                       C(ping_bytes[5], 8)])
-        p = Signal(17)
+        p = Signal(len(t_idx))
         payload_byte = Signal(8)
         tx_byte = Signal(8)
         tx_reg = Signal(8)
@@ -549,10 +553,13 @@ class Link(wiring.Component):
         k_word = Signal(8 * word_bytes)          # shift register, the first byte ends lowest
         k_en = Signal()
         k_addr = Signal(16)
+        # The memory select, copied from the header when the copy starts: the header register
+        # has many loads, and this one feeds every memory's write decode (iCE40 timing).
+        k_mem = Signal(8)
         if self._writable:
             m.d.comb += [
                 accel.mw_en.eq(k_en),
-                accel.mw_memory.as_value().eq(w_mem),
+                accel.mw_memory.as_value().eq(k_mem),
                 accel.mw_addr.eq(k_addr),
                 accel.mw_data.eq(k_word),
             ]
@@ -593,7 +600,7 @@ class Link(wiring.Component):
                     if self._writable:
                         with m.Elif(p_cmd == Command.WRITE_WEIGHTS):
                             m.d.sync += [model_ok.eq(w_mem[7]), k_pix.eq(0), k_lane.eq(0),
-                                         k_byte.eq(0), k_addr.eq(w_addr),
+                                         k_byte.eq(0), k_addr.eq(w_addr), k_mem.eq(w_mem),
                                          k_left.eq(p_len - WEIGHTS_HEADER_BYTES)]
                             m.next = "COPY_ADDR"
             with m.State("COPY_ADDR"):
