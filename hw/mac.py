@@ -4,6 +4,7 @@
 from amaranth import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from .util import check_int
 
@@ -34,10 +35,20 @@ class MACArray(wiring.Component):
                  MULT18X18D's output register)
         cycle 3: accumulators in the fabric (tap sum + accumulate), o_valid
 
+    With ``sum_levels`` the tap sum is cut into pipeline stages instead, for fast clocks on
+    LUT fabric: the generic target forms each product as two registered partial products
+    (activation times the weight's low and high nibble: two 8x4 LUT multipliers in cycle 2),
+    and the balanced adder tree over the ``2 * taps`` terms (``ceil(log2(2 * taps))``
+    levels) followed by the accumulate (one more level) is registered after every
+    ``sum_levels`` adder levels; cycles 3 .. :attr:`latency` - 1 hold partial sums and the
+    accumulators follow in cycle :attr:`latency`. The DSP targets (whole products, one level
+    less) add a delay register so that all targets keep the same latency.
+
     Latency
     -------
-    :attr:`LATENCY` = 3 cycles from the cycle a group is presented with ``i_valid`` to the
-    ``o_valid`` of the accumulation it closes (``i_last``).
+    :attr:`LATENCY` = 3 cycles (``sum_levels=None``), :attr:`latency` in general
+    (``3 + ceil((ceil(log2(2 * taps)) + 1) / sum_levels) - 1``), from the cycle a group is
+    presented with ``i_valid`` to the ``o_valid`` of the accumulation it closes (``i_last``).
 
     Throughput
     ----------
@@ -72,6 +83,11 @@ class MACArray(wiring.Component):
         (Amaranth's simulator, which ignores instances, and ``verilog.convert`` for Verilator);
         ``True``: instances always (to simulate them with a ``MULT18X18D`` model,
         ``sim/ecp5_cells.v``: Yosys ships none); ``False``: never.
+    sum_levels : int or None
+        ``None`` (default): the tap sum and the accumulate in one stage (cycle 3). An integer
+        >= 1: split generic products and at most this many adder levels between registers
+        (see the pipeline above; 2 keeps a 9-tap lane to two adders per cycle), for fast
+        clocks on LUT fabric.
 
     Members
     -------
@@ -96,14 +112,14 @@ class MACArray(wiring.Component):
         If an integer argument is not an integer, ``a_signed`` is not a bool or
         ``primitives`` is not None or a bool.
     ValueError
-        If ``lanes``/``taps`` < 1, ``acc_width`` < 16, or ``target`` is unknown.
+        If ``lanes``/``taps``/``sum_levels`` < 1, ``acc_width`` < 16, or ``target`` is unknown.
     """
 
     LATENCY = 3
     TARGETS = ("generic", "ice40", "ecp5")
 
     def __init__(self, *, lanes, taps=1, a_signed=False, acc_width, target="generic",
-                 primitives=None):
+                 primitives=None, sum_levels=None):
         self._lanes = check_int("lanes", lanes, 1)
         self._taps = check_int("taps", taps, 1)
         self._acc_width = check_int("acc_width", acc_width, 16)
@@ -117,6 +133,7 @@ class MACArray(wiring.Component):
         self._a_signed = a_signed
         self._target = target
         self._primitives = primitives
+        self._sum_levels = None if sum_levels is None else check_int("sum_levels", sum_levels, 1)
         a_shape = signed(8) if a_signed else unsigned(8)
         super().__init__({
             "i_valid": In(1),
@@ -127,6 +144,24 @@ class MACArray(wiring.Component):
             "o_valid": Out(1),
             "acc": Out(data.ArrayLayout(signed(self._acc_width), self._lanes)),
         })
+
+    @classmethod
+    def latency_for(cls, *, taps=1, sum_levels=None):
+        """:attr:`latency` of an array with ``taps`` and ``sum_levels`` (for sizing FIFOs
+        before the array is built)."""
+        if sum_levels is None:
+            return cls.LATENCY
+        levels = ceil_log2(2 * taps) + 1      # the tree over split products, the accumulate
+        return cls.LATENCY + -(-levels // sum_levels) - 1
+
+    @property
+    def latency(self):
+        """Cycles from a group presented to the ``o_valid`` of the accumulation it closes."""
+        return self.latency_for(taps=self._taps, sum_levels=self._sum_levels)
+
+    @property
+    def sum_levels(self):
+        return self._sum_levels
 
     @property
     def lanes(self):
@@ -172,17 +207,20 @@ class MACArray(wiring.Component):
         m = Module()
         lanes = self._lanes
 
-        # Control pipeline: valid/first/last travel alongside the data (3 stages).
+        # Control pipeline: valid/first/last travel alongside the data (one stage per cycle:
+        # operands, products, partial sums; the accumulate takes the last one's).
         # valid is resettable so no spurious o_valid leaves reset; the rest is reset_less.
-        valid = [Signal(name=f"valid_{k}") for k in (1, 2, 3)]
-        first = [Signal(name=f"first_{k}", reset_less=True) for k in (1, 2)]
-        last = [Signal(name=f"last_{k}", reset_less=True) for k in (1, 2)]
-        m.d.sync += [
-            valid[0].eq(self.i_valid), first[0].eq(self.i_first), last[0].eq(self.i_last),
-            valid[1].eq(valid[0]), first[1].eq(first[0]), last[1].eq(last[0]),
-            valid[2].eq(valid[1] & last[1]),
-        ]
-        m.d.comb += self.o_valid.eq(valid[2])
+        stages = self.latency - 1
+        valid = [Signal(name=f"valid_{k}") for k in range(1, stages + 1)]
+        first = [Signal(name=f"first_{k}", reset_less=True) for k in range(1, stages + 1)]
+        last = [Signal(name=f"last_{k}", reset_less=True) for k in range(1, stages + 1)]
+        prev = (self.i_valid, self.i_first, self.i_last)
+        for k in range(stages):
+            m.d.sync += [valid[k].eq(prev[0]), first[k].eq(prev[1]), last[k].eq(prev[2])]
+            prev = (valid[k], first[k], last[k])
+        done = Signal(name=f"valid_{stages + 1}")
+        m.d.sync += done.eq(valid[-1] & last[-1])
+        m.d.comb += self.o_valid.eq(done)
 
         # products[l][t]: signed(16) product registers (stage 2).
         if self._target == "ice40":
@@ -192,23 +230,43 @@ class MACArray(wiring.Component):
         else:
             products = self._generic_products(m)
 
-        # Stage 3: tap sum and accumulate in the fabric.
+        # Stages 3 ..: tap sum (registered every sum_levels levels) and accumulate.
         acc = [Signal(signed(self._acc_width), name=f"acc_{l}", reset_less=True)
                for l in range(lanes)]
         for l in range(lanes):
-            s = self._tree_sum(products[l])
-            with m.If(valid[1]):
-                m.d.sync += acc[l].eq(Mux(first[1], 0, acc[l]) + s)
+            s = self._tree_sum(m, products[l], self._sum_levels, self.latency - 3, f"sum{l}")
+            with m.If(valid[-1]):
+                m.d.sync += acc[l].eq(Mux(first[-1], 0, acc[l]) + s)
             m.d.comb += self.acc[l].eq(acc[l])
         return m
 
     @staticmethod
-    def _tree_sum(terms):
-        """Balanced adder tree (depth ``ceil(log2(taps))``) over the signed products."""
+    def _tree_sum(m, terms, sum_levels, registers, name):
+        """Balanced adder tree over the product terms, with a register after every
+        ``sum_levels`` levels (``None``: none) and delay registers at the end up to
+        ``registers`` stages in all. The accumulate that follows counts as one more level, so
+        the last stage holds at most ``sum_levels`` adders, the accumulate included."""
         terms = list(terms)
+        level = 0
+        made = 0
+
+        def register(terms, tag):
+            regs = [Signal(t.shape(), name=f"{name}_{tag}_{k}", reset_less=True)
+                    for k, t in enumerate(terms)]
+            m.d.sync += [r.eq(t) for r, t in zip(regs, terms)]
+            return regs
+
         while len(terms) > 1:
             terms = [terms[k] + terms[k + 1] if k + 1 < len(terms) else terms[k]
                      for k in range(0, len(terms), 2)]
+            level += 1
+            if sum_levels is not None and level % sum_levels == 0:
+                terms = register(terms, f"l{level}")
+                made += 1
+        while made < registers:
+            terms = register(terms, f"d{made}")
+            made += 1
+        assert made == registers
         return terms[0]
 
     def _generic_products(self, m):
@@ -217,16 +275,28 @@ class MACArray(wiring.Component):
         a_r = [Signal(a_shape, name=f"a_r{t}", reset_less=True) for t in range(taps)]
         b_r = [[Signal(signed(8), name=f"b_r{l}_{t}", reset_less=True) for t in range(taps)]
                for l in range(lanes)]
-        p_r = [[Signal(signed(16), name=f"p_r{l}_{t}", reset_less=True) for t in range(taps)]
-               for l in range(lanes)]
         for t in range(taps):
             m.d.sync += a_r[t].eq(self.a[t])
         for l in range(lanes):
             for t in range(taps):
-                m.d.sync += [
-                    b_r[l][t].eq(self.b[l][t]),
-                    p_r[l][t].eq(a_r[t] * b_r[l][t]),
-                ]
+                m.d.sync += b_r[l][t].eq(self.b[l][t])
+        if self._sum_levels is not None:
+            # Split products: a * b = a * b[0:4] (unsigned nibble) + (a * b[4:8] (signed)) << 4,
+            # two registered 8x4 products per tap; the adder tree sums all 2 * taps terms.
+            terms = [[] for _ in range(lanes)]
+            for l in range(lanes):
+                for t in range(taps):
+                    lo = Signal(signed(13), name=f"p_lo{l}_{t}", reset_less=True)
+                    hi = Signal(signed(16), name=f"p_hi{l}_{t}", reset_less=True)
+                    m.d.sync += [lo.eq(a_r[t] * b_r[l][t][0:4]),
+                                 hi.eq((a_r[t] * b_r[l][t][4:8].as_signed()) << 4)]
+                    terms[l] += [lo, hi]
+            return terms
+        p_r = [[Signal(signed(16), name=f"p_r{l}_{t}", reset_less=True) for t in range(taps)]
+               for l in range(lanes)]
+        for l in range(lanes):
+            for t in range(taps):
+                m.d.sync += p_r[l][t].eq(a_r[t] * b_r[l][t])
         return p_r
 
     def _ice40_products(self, m):

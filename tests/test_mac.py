@@ -71,7 +71,7 @@ def _bits(values):
     return int.from_bytes(np.asarray(values, np.int64).astype(np.uint8).tobytes(), "little")
 
 
-def schedule(accums, rng, lanes, taps, gaps=(0.0, 0.0, 0.3, 0.7)):
+def schedule(accums, rng, lanes, taps, gaps=(0.0, 0.0, 0.3, 0.7), latency=MACArray.LATENCY):
     """Input cycles with random idle gaps (idle cycles carry garbage), and expected outputs.
 
     Returns ``inputs`` (``[valid, first, last, a_bits, b_bits]`` per cycle) and the cycle at
@@ -90,7 +90,7 @@ def schedule(accums, rng, lanes, taps, gaps=(0.0, 0.0, 0.3, 0.7)):
                                _bits(rng.integers(0, 256, lanes * taps))])
             inputs.append([1, int(k == 0 and not acc.cont), int(k == n - 1),
                            _bits(acc.a[k]), _bits(acc.b[k])])
-        out_cycles.append(len(inputs) - 1 + MACArray.LATENCY)
+        out_cycles.append(len(inputs) - 1 + latency)
     return inputs, out_cycles
 
 
@@ -162,10 +162,11 @@ class MACBench(wiring.Component):
 
 
 def run_mac_test(name, accums, *, lanes, taps, a_signed, acc_width, seed, expected=None,
-                 variants=VARIANTS):
+                 variants=VARIANTS, sum_levels=None):
     """Simulate ``accums`` on every variant; assert every result word and its cycle."""
     rng = np.random.default_rng(seed)
-    inputs, out_cycles = schedule(accums, rng, lanes, taps)
+    latency = MACArray.latency_for(taps=taps, sum_levels=sum_levels)
+    inputs, out_cycles = schedule(accums, rng, lanes, taps, latency=latency)
     ref = ref_mac(accums, acc_width)
     for i, acc in enumerate(accums):
         if acc.expect is not None:   # real data: the golden model's tensor must agree too
@@ -179,10 +180,10 @@ def run_mac_test(name, accums, *, lanes, taps, a_signed, acc_width, seed, expect
     if "ecp5" in variants:
         sources.append(ECP5_CELLS)
     bench = MACBench(variants=variants, lanes=lanes, taps=taps, a_signed=a_signed,
-                     acc_width=acc_width)
+                     acc_width=acc_width, sum_levels=sum_levels)
     sources.insert(0, build_verilog(bench, name))
     folder = BUILD / name
-    job = {"inputs": inputs, "variants": list(variants), "drain": MACArray.LATENCY + 4,
+    job = {"inputs": inputs, "variants": list(variants), "drain": latency + 4,
            "out": str(folder / "results.json")}
     job_path = folder / "job.json"
     job_path.write_text(json.dumps(job))
@@ -199,7 +200,7 @@ def run_mac_test(name, accums, *, lanes, taps, a_signed, acc_width, seed, expect
             assert g == exp.tolist(), (f"{name}/{v}: accumulation {i} ({len(accums[i].a)} groups) "
                                        f"is {g}, expected {exp.tolist()}")
             assert g_cycle == cycle, (f"{name}/{v}: accumulation {i} appeared in cycle {g_cycle}, "
-                                      f"expected {cycle} (LATENCY {MACArray.LATENCY})")
+                                      f"expected {cycle} (latency {latency})")
         assert len(got) == len(ref), f"{name}/{v}: {len(got)} results, expected {len(ref)}"
     rate = round(result["cycles"] / max(result["wall"], 1e-9))
     print(f"{name}: {len(accums)} accumulations, {sum(len(a.a) for a in accums)} groups, "
@@ -226,7 +227,14 @@ def test_ports_and_shapes():
     assert mac.multipliers == 36 and mac.dsp_count == 36
     assert MACArray(lanes=3, taps=3, acc_width=20, target="ice40").dsp_count == 5
     assert MACArray(lanes=3, taps=3, acc_width=20, target="ecp5").dsp_count == 9
-    assert MACArray.LATENCY == 3
+    assert MACArray.LATENCY == 3 and mac.latency == 3
+    # 9 taps: 18 split-product terms, 5 tree levels and the accumulate; registered every 2 (1)
+    # levels: 2 (5) stages more.
+    assert MACArray(lanes=1, taps=9, acc_width=20, sum_levels=2).latency == 5
+    assert MACArray(lanes=1, taps=9, acc_width=20, sum_levels=1).latency == 8
+    assert MACArray(lanes=1, taps=32, acc_width=20, sum_levels=2).latency == 6
+    assert MACArray(lanes=1, taps=1, acc_width=20, sum_levels=1).latency == 4
+    assert MACArray.latency_for(taps=32, sum_levels=3) == 5
 
 
 def test_ecp5_instances_only_for_a_platform():
@@ -255,6 +263,7 @@ def test_ecp5_instances_only_for_a_platform():
      "target must be one of 'generic', 'ice40', 'ecp5', not 'xilinx'"),
     (dict(lanes=2, acc_width=20, target="ecp5", primitives=1), TypeError,
      "primitives must be None or a bool, not 1"),
+    (dict(lanes=2, acc_width=20, sum_levels=0), ValueError, "sum_levels must be at least 1, not 0"),
 ])
 def test_rejects_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=f"^{message}$"):
@@ -263,22 +272,25 @@ def test_rejects_bad_arguments(kwargs, error, message):
 
 # -- generic path in Amaranth's simulator (fast; the ice40 path needs cocotb) -------------------
 
+@pytest.mark.parametrize("taps, sum_levels", [(2, None), (9, 1), (9, 2), (32, 2), (5, 3)],
+                         ids=["t2", "t9_s1", "t9_s2", "t32_s2", "t5_s3"])
 @pytest.mark.parametrize("gaps", [(0.0,), (0.0, 0.3, 0.7)], ids=["back_to_back", "gaps"])
-def test_generic_amaranth_sim(gaps):
+def test_generic_amaranth_sim(gaps, taps, sum_levels):
     """Generic target in Amaranth's simulator. ``back_to_back``: a group every cycle, every
-    result in its exact cycle: the sustained throughput of one group per cycle."""
-    lanes, taps, acc_width = 3, 2, 20
+    result in its exact cycle: the sustained throughput of one group per cycle. With
+    ``sum_levels`` the adder tree is pipelined: same results, :attr:`MACArray.latency` later."""
+    lanes, acc_width = 3, 20
     rng = np.random.default_rng(5)
     accums = random_accums(rng, lanes, taps, False, count=60, max_len=12)
-    inputs, out_cycles = schedule(accums, rng, lanes, taps, gaps)
+    dut = MACArray(lanes=lanes, taps=taps, acc_width=acc_width, sum_levels=sum_levels)
+    inputs, out_cycles = schedule(accums, rng, lanes, taps, gaps, latency=dut.latency)
     if gaps == (0.0,):
         assert all(cycle[0] for cycle in inputs)
     ref = ref_mac(accums, acc_width)
-    dut = MACArray(lanes=lanes, taps=taps, acc_width=acc_width)
     got = []
 
     async def bench(ctx):
-        for cycle in range(len(inputs) + MACArray.LATENCY + 2):
+        for cycle in range(len(inputs) + dut.latency + 2):
             if ctx.get(dut.o_valid):
                 got.append((cycle, [ctx.get(dut.acc[l]) for l in range(lanes)]))
             valid, first, last, a_bits, b_bits = inputs[cycle] if cycle < len(inputs) else [0] * 5
@@ -299,24 +311,27 @@ def test_generic_amaranth_sim(gaps):
 # -- cocotb: generic, ice40 and ecp5 side by side ---------------------------------------------
 
 PARAMS = {
-    # name: lanes, taps, a_signed, acc_width, random accumulations, extra lengths
+    # name: lanes, taps, a_signed, acc_width, random accumulations, extra lengths[, sum_levels]
     "conv16": (16, 1, False, WIDTHS.conv_acc, 400, (CONFIG.taps,)),
     "conv4x9": (4, 9, False, WIDTHS.conv_acc, 400, (1, 2)),
     "dense16": (16, 1, False, WIDTHS.dense_acc, 120, (CONFIG.features,)),
     "signed3x3": (3, 3, True, 24, 400, ()),
     "wrap1": (1, 1, True, 16, 300, (600,)),
+    # pipelined sums: split generic products, DSP targets padded to the same latency
+    "conv4x9_s2": (4, 9, False, WIDTHS.conv_acc, 400, (1, 2), 2),
+    "signed3x3_s1": (3, 3, True, 24, 400, (), 1),
 }
 
 
 @pytest.mark.parametrize("name", list(PARAMS))
 def test_mac_random(name):
-    lanes, taps, a_signed, acc_width, count, extra = PARAMS[name]
+    lanes, taps, a_signed, acc_width, count, extra, *sum_levels = PARAMS[name]
     rng = np.random.default_rng(sum(map(ord, name)))
     accums = random_accums(rng, lanes, taps, a_signed, count=count, extra_lengths=extra)
     groups = sum(len(a.a) for a in accums)
     assert groups >= 1000
     run_mac_test(f"mac_{name}", accums, lanes=lanes, taps=taps, a_signed=a_signed,
-                 acc_width=acc_width, seed=len(name))
+                 acc_width=acc_width, seed=len(name), sum_levels=(sum_levels or [None])[0])
 
 
 # -- real data: MNIST through the committed model ------------------------------------------------
