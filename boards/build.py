@@ -184,7 +184,8 @@ def _markdown(r):
     if par:
         what += (f" (conv_lanes {par['conv_lanes']}{', window' if par['conv_window'] else ''}, "
                  f"requant_parallel {par['requant_parallel']}, dense_mults "
-                 f"{par['dense_mults']}, target {par['target']})")
+                 f"{par['dense_mults']}, target {par['target']}"
+                 f"{', pipeline ' + par['pipeline'] if par.get('pipeline') == 'deep' else ''})")
     if r.get("training"):
         what += f", with on-chip training ({r['training']} init)"
     lines = [f"# {r['board']}: {r['device']}, {what}", "",
@@ -343,7 +344,7 @@ def parse_parallelism(text, board):
         if not sep or key not in fields:
             raise CnnforgeError(f"--parallelism: {item!r} is not one of "
                                 f"{', '.join(f'{k}=...' for k in fields)}")
-        if key == "target":
+        if key in ("target", "pipeline"):
             fields[key] = value
         elif key == "conv_window":
             fields[key] = value.lower() in ("1", "true", "yes")

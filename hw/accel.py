@@ -15,6 +15,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from .slice import RegisterSlice
 from .util import pack_fields
 from .params import SoftmaxFormat, Widths
 from .conv import ConvEngine, _bias_shape, bias_words as conv_bias_words, weight_words as conv_weight_words
@@ -93,10 +94,20 @@ class Parallelism:
         Dense-layer multipliers (``features`` must be a multiple).
     target : str
         ``"generic"``, ``"ice40"`` (dual 8x8 SB_MAC16 for the convolution) or ``"ecp5"``.
+    pipeline : str
+        ``"standard"`` or ``"deep"``: for fast clocks on LUT fabric, the window convolution's
+        and the dense engine's MAC arrays with split products and their sums registered every
+        two adder levels (``MACArray(sum_levels=2)``), 4-bit multiplier digits in the
+        requantization, register slices (:class:`~cnnforge.hw.slice.RegisterSlice`) on the
+        pixel input, between convolution and requantization and between requantization and
+        max-pool, and the model write port registered (writes land a cycle later). Costs
+        latency and registers, not throughput; results are the same.
     """
 
+    PIPELINES = ("standard", "deep")
+
     def __init__(self, *, conv_lanes, requant_parallel, dense_mults, target="generic",
-                 conv_window=False):
+                 conv_window=False, pipeline="standard"):
         self.conv_lanes = operator.index(conv_lanes)
         if not isinstance(conv_window, bool):
             raise TypeError(f"conv_window must be a bool, not {conv_window!r}")
@@ -106,6 +117,14 @@ class Parallelism:
         if target not in ("generic", "ice40", "ecp5"):
             raise ValueError(f"target must be 'generic', 'ice40' or 'ecp5', not {target!r}")
         self.target = target
+        if pipeline not in self.PIPELINES:
+            raise ValueError(f"pipeline must be 'standard' or 'deep', not {pipeline!r}")
+        self.pipeline = pipeline
+
+    @property
+    def sum_levels(self):
+        """The MAC arrays' ``sum_levels`` (window convolution and dense engine)."""
+        return 2 if self.pipeline == "deep" else None
 
     @property
     def mac_target(self):
@@ -121,7 +140,7 @@ class Parallelism:
     def to_dict(self):
         return {"conv_lanes": self.conv_lanes, "conv_window": self.conv_window,
                 "requant_parallel": self.requant_parallel, "dense_mults": self.dense_mults,
-                "target": self.target}
+                "target": self.target, "pipeline": self.pipeline}
 
 
 #: Named configurations: for the UP5K 4 conv lanes (2 dual 8x8 SB_MAC16; 48,675 cycles per
@@ -140,7 +159,7 @@ PRESETS = {
     "up5k": Parallelism(conv_lanes=4, requant_parallel=1, dense_mults=4, target="ice40"),
     "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ecp5"),
     "ecp5-85f": Parallelism(conv_lanes=16, conv_window=True, requant_parallel=16,
-                            dense_mults=32, target="generic"),
+                            dense_mults=32, target="generic", pipeline="deep"),
 }
 
 
@@ -201,39 +220,68 @@ class Accelerator(wiring.Component):
         target = par.mac_target
 
         engine = WindowConvEngine if par.conv_window else ConvEngine
+        deep = par.pipeline == "deep"
+        extra = {"sum_levels": par.sum_levels} if par.conv_window else {}
         m.submodules.conv = conv = engine(config, lanes=par.conv_lanes, conv_w=model.conv_w,
-                                          conv_b=model.conv_b, target=target)
+                                          conv_b=model.conv_b, target=target, **extra)
         m.submodules.requant = requant = Requantize(
             config, lanes=par.conv_lanes, requant_mult=model.requant_mult,
             requant_shift=model.requant_shift, parallel=par.requant_parallel,
-            # iCE40: whole products, which ice40_dsp maps onto SB_MAC16 (boards/build.py).
-            digit=Widths(config).requant_mult if par.target == "ice40" else None)
+            # iCE40: whole products, which ice40_dsp maps onto SB_MAC16 (boards/build.py);
+            # deep pipeline: 4-bit digits (short LUT multipliers, one more partial product).
+            digit=(Widths(config).requant_mult if par.target == "ice40" else
+                   4 if deep else None))
         m.submodules.pool = pool = MaxPool(config, lanes=par.conv_lanes)
         m.submodules.dense = dense = DenseEngine(config, in_lanes=par.conv_lanes,
                                                  mults=par.dense_mults, dense_w=model.dense_w,
-                                                 dense_b=model.dense_b, target=par.target)
+                                                 dense_b=model.dense_b, target=par.target,
+                                                 sum_levels=par.sum_levels)
         m.submodules.softmax = softmax = Softmax(config, softmax_mult=model.softmax_mult,
                                                  softmax_shift=model.softmax_shift)
 
+        mw_en, mw_memory, mw_addr, mw_data = self.mw_en, self.mw_memory, self.mw_addr, self.mw_data
+        if deep:
+            # The model write port registered once (its memories sit all over the device).
+            mw_en = Signal(name="mw_en_r")
+            mw_memory = Signal.like(self.mw_memory, name="mw_memory_r")
+            mw_addr = Signal.like(self.mw_addr, name="mw_addr_r", reset_less=True)
+            mw_data = Signal.like(self.mw_data, name="mw_data_r", reset_less=True)
+            m.d.sync += [mw_en.eq(self.mw_en), mw_memory.eq(self.mw_memory),
+                         mw_addr.eq(self.mw_addr), mw_data.eq(self.mw_data)]
+
         def write(memory):
-            return self.mw_en & (self.mw_memory == memory)
+            return mw_en & (mw_memory == memory)
 
         m.d.comb += [
-            conv.w_en.eq(write(ModelMemory.CONV_W)), conv.w_addr.eq(self.mw_addr),
-            conv.w_data.eq(self.mw_data),
-            conv.b_en.eq(write(ModelMemory.CONV_B)), conv.b_addr.eq(self.mw_addr),
-            conv.b_data.eq(self.mw_data),
+            conv.w_en.eq(write(ModelMemory.CONV_W)), conv.w_addr.eq(mw_addr),
+            conv.w_data.eq(mw_data),
+            conv.b_en.eq(write(ModelMemory.CONV_B)), conv.b_addr.eq(mw_addr),
+            conv.b_data.eq(mw_data),
             requant.mult_en.eq(write(ModelMemory.REQUANT_MULT)),
-            requant.mult_addr.eq(self.mw_addr), requant.mult_data.eq(self.mw_data),
-            dense.w_en.eq(write(ModelMemory.DENSE_W)), dense.w_addr.eq(self.mw_addr),
-            dense.w_data.eq(self.mw_data),
-            dense.b_en.eq(write(ModelMemory.DENSE_B)), dense.b_addr.eq(self.mw_addr),
-            dense.b_data.eq(self.mw_data),
+            requant.mult_addr.eq(mw_addr), requant.mult_data.eq(mw_data),
+            dense.w_en.eq(write(ModelMemory.DENSE_W)), dense.w_addr.eq(mw_addr),
+            dense.w_data.eq(mw_data),
+            dense.b_en.eq(write(ModelMemory.DENSE_B)), dense.b_addr.eq(mw_addr),
+            dense.b_data.eq(mw_data),
         ]
 
-        wiring.connect(m, wiring.flipped(self.i), conv.i)
-        wiring.connect(m, conv=conv.o, requant=requant.i)
-        wiring.connect(m, requant=requant.o, pool=pool.i)
+        if deep:
+            # Register slices: the pixel handshake (from the host link) and the chain of
+            # pipeline-wide advance signals dense -> pool -> requant -> conv cut by flip-flops
+            # (the blocks sit far apart on the device).
+            m.submodules.pixel_slice = pixel_slice = RegisterSlice(self.i.payload.shape())
+            m.submodules.acc_slice = acc_slice = RegisterSlice(conv.o.payload.shape())
+            m.submodules.act_slice = act_slice = RegisterSlice(requant.o.payload.shape())
+            wiring.connect(m, wiring.flipped(self.i), pixel_slice=pixel_slice.i)
+            wiring.connect(m, pixel_slice=pixel_slice.o, conv=conv.i)
+            wiring.connect(m, conv=conv.o, acc_slice=acc_slice.i)
+            wiring.connect(m, acc_slice=acc_slice.o, requant=requant.i)
+            wiring.connect(m, requant=requant.o, act_slice=act_slice.i)
+            wiring.connect(m, act_slice=act_slice.o, pool=pool.i)
+        else:
+            wiring.connect(m, wiring.flipped(self.i), conv.i)
+            wiring.connect(m, conv=conv.o, requant=requant.i)
+            wiring.connect(m, requant=requant.o, pool=pool.i)
         # Inference does not need the pool's argmax positions (training does): pass the values.
         m.d.comb += [
             dense.i.payload.eq(pool.o.payload.value),

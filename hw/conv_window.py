@@ -10,6 +10,7 @@ from amaranth.utils import ceil_log2
 from .conv import _bias_shape, _check_lanes, bias_words, check_conv_arrays, weight_words
 from .mac import MACArray
 from .params import NetworkConfig, Widths
+from .util import check_int
 
 
 __all__ = ["WindowConvEngine", "weight_words", "bias_words"]
@@ -32,18 +33,25 @@ def _banked(m, name, words, en, addr, swap):
     of word ``a``. ``swap`` (an image's first read cycle) makes ``new`` current: the image
     reads bank ``use = swap ? new : cur`` from that cycle on. A write goes to ``~use[a]``, the
     bank no image reads from now on, and becomes the newest; so a write in the swap cycle
-    itself goes to the next image. Returns ``(use, write, write_bank)``.
+    itself goes to the next image. Returns ``(use, write, write_bank)``, ``use(indices,
+    select)`` the bit ``use[indices[select]]``: the words' bits of ``new`` and ``cur`` are
+    selected first and ``swap`` (late: it comes from the issue decision) picks between them
+    last.
     """
     cur = Signal(words, name=f"{name}_cur", reset_less=True)
     new = Signal(words, name=f"{name}_new", reset_less=True)
-    use = Signal(words, name=f"{name}_use")
     write = Signal(name=f"{name}_write")
     wbank = Signal(name=f"{name}_wbank")
     new_next = Signal(words, name=f"{name}_new_next")
+
+    def use(indices, select):
+        indices = list(indices)
+        return Mux(swap, Cat(*(new[a] for a in indices)).bit_select(select, 1),
+                   Cat(*(cur[a] for a in indices)).bit_select(select, 1))
+
     m.d.comb += [
-        use.eq(Mux(swap, new, cur)),
         write.eq(en & (addr < words)),
-        wbank.eq(~use.bit_select(addr, 1)),
+        wbank.eq(~use(range(words), addr)),
         new_next.eq(new),
     ]
     with m.If(write):
@@ -67,17 +75,17 @@ class WindowConvEngine(wiring.Component):
     Datapath
     --------
     ``K-1`` line buffers (``amaranth.lib.memory.Memory``, ``input_size`` words of
-    ``in_channels`` bytes: block RAM) hold the rows above the current one. Every accepted pixel
-    reads its column from them (the read port is addressed one pixel ahead, so the read costs no
-    cycle), shifts the column into the live KxK window register and writes the column, moved up
-    by one row, back into the line buffers. A pixel that completes a window (``x, y >= K-1``)
-    pushes the window (bytes in the golden tap order ``(ky, kx, c)``, plus an "image's first
-    window" flag) into a window FIFO of :attr:`window_fifo_depth` entries. The window at the
-    FIFO head is issued to the MAC array ``filters // lanes`` times, one filter group per cycle
-    (group ``g``: the weights of filters ``g*lanes ..``), then popped. The FIFO lets the input
-    run ahead of the array by the pixels that complete no window (an image's first ``K-1`` rows
-    and ``K-1`` pixels, the ``K-1`` pixels starting each row), so that back-to-back images keep
-    the array busy.
+    ``in_channels`` bytes, asynchronous reads: distributed RAM) hold the rows above the current
+    one. Every accepted pixel reads its column from them (addressed by the column register, so
+    the read costs no cycle), shifts the column into the live KxK window register and writes the
+    column, moved up by one row, back into the line buffers. A pixel that completes a window
+    (``x, y >= K-1``) pushes the window (bytes in the golden tap order ``(ky, kx, c)``, plus an
+    "image's first window" flag) into a window FIFO of :attr:`window_fifo_depth` entries. The
+    window at the FIFO head is issued to the MAC array ``filters // lanes`` times, one filter
+    group per cycle (group ``g``: the weights of filters ``g*lanes ..``), then popped. The FIFO
+    lets the input run ahead of the array by the pixels that complete no window (an image's
+    first ``K-1`` rows and ``K-1`` pixels, the ``K-1`` pixels starting each row), so that
+    back-to-back images keep the array busy.
 
     Weights live in ``taps`` memories (one per tap, ``2 * groups`` words of ``lanes`` int8: two
     banks), all read in the issue cycle. Biases live in ``chunks`` memories (two banks of
@@ -94,23 +102,25 @@ class WindowConvEngine(wiring.Component):
     at tap ``t = (ky * K + kx) * in_channels + c``; bias address ``g * chunks + j``, element
     ``e`` holds the bias of filter ``g * lanes + j * per + e``, ``(chunks, per) =``
     :attr:`bias_word_shape`. A write is one cycle with ``w_en`` (``b_en``); out-of-range
-    addresses are ignored. As in ConvEngine every word is double-banked (per-word bank bits)
-    and the banks switch when an image's first window is issued: a write takes effect from the
-    first image whose first group is issued after the write reaches the banks (weight writes
-    are registered twice on the way, so two cycles after the write cycle; an image's first
-    issue comes at least ``(K-1)*N + K`` cycles after its first pixel). So everything written
-    before an image's first pixel is accepted applies to it, and nothing written after the
-    last pixel of image ``n`` was accepted affects image ``n`` (for
+    addresses are ignored. As in ConvEngine every word is double-banked (per-word bank bits) and
+    the banks switch when an image's first window is issued: a write takes effect from the first
+    image whose first group is issued after the write reaches the banks (weight writes are
+    registered twice on the way and land in the memories a cycle after their bank is chosen, so
+    three cycles after the write cycle; an image's first issue waits a cycle while a weight
+    write is landing, and comes at least ``(K-1)*N + K`` cycles after its first pixel). So
+    everything written before an image's first pixel is accepted applies to it, and nothing
+    written after the last pixel of image ``n`` was accepted affects image ``n`` (for
     ``conv_size**2 > window_fifo_depth + 1``: image ``n`` has started issuing by then). Bias
-    writes travel ``MACArray.LATENCY`` cycles of delay, in step with the bias reads (a group's
-    biases are read ``LATENCY`` cycles after its weights). A reset does not undo writes.
+    writes travel the MAC array's latency (:attr:`MACArray.latency`) in cycles of delay, in step
+    with the bias reads (a group's biases are read that many cycles after its weights). A reset
+    does not undo writes.
 
     Latency
     -------
-    With an idle engine, the first beat of a window is offered on ``o`` :attr:`LATENCY`
-    (``MACArray.LATENCY + 5`` = 8) cycles after the pixel completing the window was accepted
-    (window FIFO 2, weight read 1, MAC array 3, output FIFO 2); the window's other groups
-    follow in the next cycles.
+    With an idle engine, the first beat of a window is offered on ``o`` :attr:`latency`
+    (MAC array latency + 5: :attr:`LATENCY` = 8 with ``sum_levels=None``, 10 with 2) cycles
+    after the pixel completing the window was accepted (window FIFO 2, weight read 1, MAC
+    array 3 or more, output FIFO 2); the window's other groups follow in the next cycles.
 
     Throughput
     ----------
@@ -121,9 +131,9 @@ class WindowConvEngine(wiring.Component):
     images: the window FIFO is deep enough that the next image's fill is taken while the last
     windows of the current one are computed. When the array is the bottleneck a run of ``N``
     images, first pixel to last output beat, takes ``N * cycles_per_image + (K-1) * input_size
-    + K + LATENCY`` cycles (the first image's fill, the last window's latency); when the pixels
+    + K + latency`` cycles (the first image's fill, the last window's latency); when the pixels
     are, ``N * input_size**2`` plus the windows still queued at the last pixel (up to
-    ``window_fifo_depth * groups`` cycles) plus ``LATENCY``. The reference network (28x28, 32
+    ``window_fifo_depth * groups`` cycles) plus ``latency``. The reference network (28x28, 32
     filters of 3x3): at 16 lanes (144 multipliers) 1,352 cycles per image (measured in the
     stream harness: 5,475 cycles for 4 MNIST images back to back = 4 * 1,352 + 58 + 9); at 8
     lanes (72) 2,704 (5,475 for 2 images); at 32 lanes (288) the pixels limit it to 784 (676
@@ -132,13 +142,13 @@ class WindowConvEngine(wiring.Component):
     Resources
     ---------
     ``lanes * taps`` multipliers (one MULT18X18D each on ECP5), ``lanes`` adder trees of
-    ``taps`` products. Memories: ``K-1`` line buffers of ``input_size x 8*in_channels`` bits,
-    the window FIFO (``window_fifo_depth - 1`` words of ``8*taps + 1`` bits; reference at 16
-    lanes: 31 x 73), ``taps`` weight memories of ``2*groups x 8*lanes`` bits, ``chunks`` bias
-    memories of ``2*groups x per*conv_bias`` bits, the output FIFO (``fifo_depth - 1`` words of
-    ``lanes * conv_acc`` bits). Registers: the KxK window and the FIFOs' output registers,
-    one issue window (``8*taps``), ``2*groups*(taps + chunks)`` bank bits, the bias write
-    delay line.
+    ``taps`` products. Memories: ``K-1`` line buffers of ``input_size x 8*in_channels`` bits
+    (distributed RAM), the window FIFO (``window_fifo_depth - 1`` words of ``8*taps + 1`` bits;
+    reference at 16 lanes: 31 x 73), ``taps`` weight memories of ``2*groups x 8*lanes`` bits (two read ports each: both banks),
+    ``chunks`` bias memories of ``2*groups x per*conv_bias`` bits, the output FIFO (``fifo_depth
+    - 1`` words of ``lanes * conv_acc`` bits). Registers: the KxK window and the FIFOs' output
+    registers, one issue window (``8*taps``), ``2*groups*(taps + chunks)`` bank bits, the bias
+    write delay line.
 
     Parameters
     ----------
@@ -155,6 +165,10 @@ class WindowConvEngine(wiring.Component):
         products: Yosys infers one MULT18X18D each on ECP5 unless ``-nodsp``), ``"ice40"`` (two
         8x8 products per SB_MAC16) or ``"ecp5"`` (one explicit MULT18X18D each in a board
         build, so that ``synth_ecp5 -nodsp`` keeps every other product in LUTs).
+    sum_levels : int or None
+        The MAC array's adder levels per pipeline stage (:class:`~cnnforge.hw.mac.MACArray`):
+        ``None`` the whole tap sum in one cycle; 2 for fast clocks (the latency grows by 2 for
+        ``taps`` = 9). Results and throughput do not depend on it.
 
     Members
     -------
@@ -176,14 +190,14 @@ class WindowConvEngine(wiring.Component):
         If ``config`` is not a :class:`NetworkConfig` or ``lanes`` is not an integer.
     ValueError
         If ``lanes`` does not divide the filters, the weight/bias arrays have the wrong shape
-        or out-of-range values, or ``target`` is unknown.
+        or out-of-range values, ``target`` is unknown or ``sum_levels`` is below 1.
     """
 
     #: Cycles from accepting the pixel that completes a window to its first beat on ``o``
-    #: (idle engine).
+    #: (idle engine) with ``sum_levels=None``; :attr:`latency` in general.
     LATENCY = MACArray.LATENCY + 5
 
-    def __init__(self, config, *, lanes, conv_w, conv_b, target="generic"):
+    def __init__(self, config, *, lanes, conv_w, conv_b, target="generic", sum_levels=None):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config must be a NetworkConfig, not {config!r}")
         lanes = _check_lanes(config, lanes)
@@ -196,10 +210,13 @@ class WindowConvEngine(wiring.Component):
         self._groups = config.filters // lanes
         self._taps = config.taps
         self._b_chunks, self._b_per = _bias_shape(lanes, self._taps)
+        self._sum_levels = None if sum_levels is None else check_int("sum_levels", sum_levels, 1)
+        self._mac_latency = MACArray.latency_for(taps=self._taps, sum_levels=sum_levels)
         # Output FIFO: a group's place is reserved at issue and freed when its beat leaves;
-        # issue -> FIFO write is 1 + LATENCY cycles, FIFO write -> offered 2, and one to see
-        # the credit come back: 7 cycles of round trip, 8 places keep the array busy.
-        self._fifo_depth = MACArray.LATENCY + 5
+        # issue -> FIFO write is 1 + MAC latency cycles, FIFO write -> offered 2, and one to
+        # see the credit come back: 7 cycles of round trip for a 3-cycle array, 8 places keep
+        # the array busy.
+        self._fifo_depth = self._mac_latency + 5
         # Window FIFO: at an image boundary the input takes the next image's fill
         # ((K-1)*N + K pixels, one per cycle) while the array works through the buffered
         # windows (`groups` cycles each), plus the FIFO's own 2-cycle latency (32 windows for
@@ -235,6 +252,12 @@ class WindowConvEngine(wiring.Component):
     @property
     def target(self):
         return self._target
+
+    @property
+    def latency(self):
+        """Cycles from accepting the pixel that completes a window to its first beat on ``o``
+        (idle engine): the MAC array's latency + 5."""
+        return self._mac_latency + 5
 
     @property
     def groups(self):
@@ -300,9 +323,12 @@ class WindowConvEngine(wiring.Component):
         for j in range(k - 1):
             mem = Memory(shape=pixel, depth=n, init=[], attrs=_NO_RW_CHECK)
             m.submodules[f"line{j}"] = mem
-            rd, wr = mem.read_port(), mem.write_port()
-            # Read one pixel ahead: on an accept the port takes the next column.
-            m.d.comb += rd.addr.eq(Mux(accept, x_next, x))
+            # Asynchronous read at the column register x (distributed RAM): no path from the
+            # input handshake to the read address. Column x is only written on an accept,
+            # with the value read in that same cycle, so the read sees what a registered read
+            # of the next column would have.
+            rd, wr = mem.read_port(domain="comb"), mem.write_port()
+            m.d.comb += rd.addr.eq(x)
             ports.append(wr)
             column.append(rd.data)
         column.append(self.i.payload)
@@ -337,27 +363,38 @@ class WindowConvEngine(wiring.Component):
         # --- Issue (cycle 0): group g of the head window, a place in the output FIFO reserved.
         group = Signal(_index(groups))
         credit = Signal(range(self._fifo_depth + 1))
+        credit_ok = Signal(init=1)  # credit < fifo_depth, registered (issue from flip-flops)
+        w_landing = Signal(name="w_en3")    # a weight write lands at the end of this cycle
         issue = Signal()
         last_group = Signal()
+        opens = Signal()           # the head group would start an image (switch the banks)
         swap = Signal()            # an image's first issue: the weight/bias banks switch
         m.d.comb += [
-            issue.eq(wfifo.r_rdy & (credit < self._fifo_depth)),
+            opens.eq((group == 0) & head_first),
+            # The banks do not switch under a landing weight write (its bank was chosen with
+            # the banks before the switch: the image would read its word before it lands).
+            issue.eq(wfifo.r_rdy & credit_ok & ~(opens & w_landing)),
             last_group.eq(group == groups - 1),
             wfifo.r_en.eq(issue & last_group),
-            swap.eq(issue & (group == 0) & head_first),
+            swap.eq(issue & opens),
         ]
         with m.If(issue):
             m.d.sync += group.eq(Mux(last_group, 0, group + 1))
         xfer = Signal()
-        m.d.comb += xfer.eq(self.o.valid & self.o.ready)
-        m.d.sync += credit.eq(credit + issue - xfer)
+        credit_next = Signal.like(credit)
+        m.d.comb += [xfer.eq(self.o.valid & self.o.ready),
+                     credit_next.eq(credit + issue - xfer)]
+        m.d.sync += [credit.eq(credit_next), credit_ok.eq(credit_next < self._fifo_depth)]
 
         # Weights: memory t holds, at (bank, g), the lanes' weights of group g at tap t.
         w_words = weight_words(cfg, lanes, self._conv_w)
         # The write port is registered twice before the bank machinery: the port's sources may
         # sit far away, and the division of the address by taps (a constant: group and tap)
         # gets a cycle of its own (unregistered it was the ECP5-85F's critical path, 19.8 ns).
-        # Writes take effect two cycles later, far less than an image's fill before its swap.
+        # The bank chosen for a write (cycle 2) is registered with it before the memories are
+        # written (cycle 3, the end of which it lands), so the write address (thousands of
+        # distributed-RAM pins) comes from flip-flops, not from the issue decision.
+        # Writes take effect three cycles later, far less than an image's fill before its swap.
         w_en1, w_en2 = Signal(name="w_en1"), Signal(name="w_en2")
         w_addr1 = Signal.like(self.w_addr, name="w_addr1", reset_less=True)
         w_addr2 = Signal.like(self.w_addr, name="w_addr2", reset_less=True)
@@ -371,40 +408,52 @@ class WindowConvEngine(wiring.Component):
             w_group.eq(w_addr1 // taps), w_tap.eq(w_addr1 % taps),
         ]
         w_use, w_write, w_wbank = _banked(m, "w", groups * taps, w_en2, w_addr2, swap)
+        w_bank3 = Signal(name="w_bank3", reset_less=True)
+        w_group3 = Signal.like(w_group, name="w_group3", reset_less=True)
+        w_tap3 = Signal.like(w_tap, name="w_tap3", reset_less=True)
+        w_data3 = Signal.like(self.w_data, name="w_data3", reset_less=True)
+        m.d.sync += [w_landing.eq(w_write), w_bank3.eq(w_wbank), w_group3.eq(w_group),
+                     w_tap3.eq(w_tap), w_data3.eq(w_data2)]
         w_rows = []
         for t in range(taps):
             init = [w_words[g * taps + t] for g in range(groups)]
             mem = Memory(shape=data.ArrayLayout(signed(8), lanes), depth=2 * groups,
                          init=init + init, attrs=_NO_RW_CHECK)
             m.submodules[f"weights{t}"] = mem
-            rd, wr = mem.read_port(), mem.write_port()
-            bank = Cat(*(w_use[g * taps + t] for g in range(groups))).bit_select(group, 1)
+            # Both banks are read (two read ports addressed by the group counter alone) and
+            # the bank picked after the read registers: the bank decision (from the issue, the
+            # swap) reaches a flip-flop per tap, not the address pins of every memory.
+            rd0, rd1, wr = mem.read_port(), mem.read_port(), mem.write_port()
+            bank = Signal(name=f"w_bank_read{t}")
+            m.d.sync += bank.eq(w_use((g * taps + t for g in range(groups)), group))
             m.d.comb += [
-                rd.addr.eq(Mux(bank, groups, 0) + group),
-                wr.addr.eq(Mux(w_wbank, groups, 0) + w_group),
-                wr.data.eq(w_data2),
-                wr.en.eq(w_write & (w_tap == t)),
+                rd0.addr.eq(group),
+                rd1.addr.eq(groups + group),
+                wr.addr.eq(Mux(w_bank3, groups, 0) + w_group3),
+                wr.data.eq(w_data3),
+                wr.en.eq(w_landing & (w_tap3 == t)),
             ]
-            w_rows.append(rd.data)
+            w_rows.append(Mux(bank, rd1.data.as_value(), rd0.data.as_value()))
 
         # --- Cycle 1: weights read; the group enters the MAC array (sums valid in cycle 4). --
         valid1 = Signal()
         window1 = Signal(8 * taps, reset_less=True)
         m.d.sync += [valid1.eq(issue), window1.eq(head)]
         m.submodules.mac = mac = MACArray(lanes=lanes, taps=taps, a_signed=False,
-                                          acc_width=acc_w, target=self._target)
+                                          acc_width=acc_w, target=self._target,
+                                          sum_levels=self._sum_levels)
         m.d.comb += [mac.i_valid.eq(valid1), mac.i_first.eq(1), mac.i_last.eq(1),
                      mac.a.eq(window1)]
         for lane in range(lanes):
             for t in range(taps):
-                m.d.comb += mac.b[lane][t].eq(w_rows[t][lane])
+                m.d.comb += mac.b[lane][t].eq(w_rows[t].word_select(lane, 8))
 
-        # --- Biases: the whole bank machinery runs MACArray.LATENCY cycles behind the issue
-        # (group, swap and the write port delayed alike), so a group's biases are read in
-        # cycle LATENCY, arrive with its sums, and come from the bank its weights came from.
+        # --- Biases: the whole bank machinery runs the MAC latency behind the issue (group,
+        # swap and the write port delayed alike), so a group's biases are read in that cycle,
+        # arrive with its sums, and come from the bank its weights came from.
         b_group, b_swap = group, swap
         b_en, b_addr, b_data = self.b_en, self.b_addr, self.b_data
-        for d in range(1, MACArray.LATENCY + 1):
+        for d in range(1, mac.latency + 1):
             nxt = (Signal.like(b_group, name=f"b_group_{d}", reset_less=True),
                    Signal(name=f"b_swap_{d}", reset_less=True),
                    Signal(name=f"b_en_{d}", reset_less=True),
@@ -424,7 +473,7 @@ class WindowConvEngine(wiring.Component):
                          init=init + init, attrs=_NO_RW_CHECK)
             m.submodules[f"biases{j}"] = mem
             rd, wr = mem.read_port(), mem.write_port()
-            bank = Cat(*(b_use[g * chunks + j] for g in range(groups))).bit_select(b_group, 1)
+            bank = b_use((g * chunks + j for g in range(groups)), b_group)
             m.d.comb += [
                 rd.addr.eq(Mux(bank, groups, 0) + b_group),
                 wr.addr.eq(Mux(b_wbank, groups, 0) + b_wgroup),

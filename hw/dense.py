@@ -113,11 +113,12 @@ class DenseEngine(wiring.Component):
 
     Latency
     -------
-    With the buffer: ``steps + MACArray.LATENCY + 2`` cycles from the start of a class to its
-    logit on ``o`` (the computation of an image starts the cycle after its last beat was
+    With the buffer: ``steps + L + 2`` cycles from the start of a class to its logit on ``o``
+    (``L`` the MAC array's :attr:`~cnnforge.hw.mac.MACArray.latency`: 3, or more with
+    ``sum_levels``) (the computation of an image starts the cycle after its last beat was
     accepted, if the previous image's computation is finished). Without: an image's last beat,
     accepted in cycle ``t``, is multiplied from ``t + 1``; class ``k``'s logit is written into
-    the FIFO ``MACArray.LATENCY + 1`` cycles after its last group, ``(k + 1) * chunks - 1``
+    the FIFO ``L + 1`` cycles after its last group, ``(k + 1) * chunks - 1``
     cycles after that beat's first group, and offered on ``o`` one cycle later (``o.ready``
     permitting).
 
@@ -163,6 +164,10 @@ class DenseEngine(wiring.Component):
         With the ping-pong activation buffer (``True``) or consuming the input stream directly
         (``False``; ``mults`` must divide ``in_lanes``). ``None``: ``False`` for
         ``target="ice40"``, ``True`` otherwise.
+    sum_levels : int or None
+        The MAC array's adder levels per pipeline stage (:class:`~cnnforge.hw.mac.MACArray`):
+        ``None`` the whole sum of ``mults`` products in one cycle; 2 for fast clocks (latency
+        + 2 for 32 multipliers). Results and throughput do not depend on it.
 
     Members
     -------
@@ -179,18 +184,18 @@ class DenseEngine(wiring.Component):
     Raises
     ------
     TypeError
-        If ``config`` is not a :class:`NetworkConfig`, a count is not an integer or ``buffer``
-        is not a bool or None.
+        If ``config`` is not a :class:`NetworkConfig`, a count or ``sum_levels`` is not an
+        integer or ``buffer`` is not a bool or None.
     ValueError
         If the lane counts do not fit the network (or, without the buffer, ``mults`` does not
-        divide ``in_lanes``), the arrays have the wrong shape or range, or ``target`` is
-        unknown.
+        divide ``in_lanes``), the arrays have the wrong shape or range, ``target`` is
+        unknown or ``sum_levels`` is below 1.
     """
 
     TARGETS = ("generic", "ice40", "ecp5")
 
     def __init__(self, config, *, in_lanes, mults, dense_w, dense_b, target="generic",
-                 buffer=None):
+                 buffer=None, sum_levels=None):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config must be a NetworkConfig, not {config!r}")
         in_lanes = check_int("in_lanes", in_lanes, 1)
@@ -233,11 +238,13 @@ class DenseEngine(wiring.Component):
         self._config, self._widths = config, widths
         self._in_lanes, self._mults, self._steps, self._target = in_lanes, mults, steps, target
         self._buffer = buffer
+        self._sum_levels = None if sum_levels is None else check_int("sum_levels", sum_levels, 1)
+        latency = MACArray.latency_for(taps=mults, sum_levels=self._sum_levels)
         self._dense_w, self._dense_b = dense_w.astype(np.int64), dense_b.astype(np.int64)
         # At least 3: a SyncFIFOBuffered of depth 2 has a zero-width inner address. Without the
         # buffer an image's logits leave in one burst: room for all of them.
         if buffer:
-            self._fifo_depth = max(3, 1 + -(-(MACArray.LATENCY + 2) // steps))
+            self._fifo_depth = max(3, 1 + -(-(latency + 2) // steps))
         else:
             self._fifo_depth = max(3, classes)
         super().__init__({
@@ -314,7 +321,8 @@ class DenseEngine(wiring.Component):
         m.d.comb += [b_wr.en.eq(self.b_en), b_wr.addr.eq(self.b_addr), b_wr.data.eq(self.b_data)]
 
         m.submodules.mac = mac = MACArray(lanes=1, taps=mults, a_signed=False,
-                                          acc_width=widths.dense_acc, target=self.mac_target)
+                                          acc_width=widths.dense_acc, target=self.mac_target,
+                                          sum_levels=self._sum_levels)
         m.d.comb += mac.b[0].eq(w_rdata)
 
         # --- Output FIFO; `credit` counts logits reserved in it and not yet delivered. -------
@@ -483,11 +491,18 @@ class DenseEngine(wiring.Component):
         ready_side = Mux(r_side, full[1], full[0])
         issue = Signal()
         start = Signal()
+        # s == 0 and s == steps - 1 as flip-flops, kept with s (no comparator before the
+        # scheduler's enables).
+        s_first = Signal(init=1)
+        s_last = Signal(init=int(steps == 1))
         m.d.comb += [
-            issue.eq(ready_side & ~port_busy & ((s != 0) | (credit < self._fifo_depth))),
-            start.eq(issue & (s == 0)),
+            issue.eq(ready_side & ~port_busy & (~s_first | (credit < self._fifo_depth))),
+            start.eq(issue & s_first),
             w_raddr.eq(w_addr),
         ]
+        with m.If(issue):
+            m.d.sync += [s_first.eq(s_last),
+                         s_last.eq(Mux(s_last, steps == 1, s == steps - 2))]
         for n in range(banks):
             m.d.comb += act_rd[n].addr.eq(
                 r_side * side_words + s_word)
@@ -499,7 +514,7 @@ class DenseEngine(wiring.Component):
                     m.d.sync += [s_chunk.eq(0), s_word.eq(s_word + 1)]
             else:
                 m.d.sync += s_word.eq(s_word + 1)
-            with m.If(s == steps - 1):
+            with m.If(s_last):
                 m.d.sync += [s.eq(0), s_word.eq(0), s_chunk.eq(0), k.eq(k + 1)]
                 with m.If(k == classes - 1):
                     m.d.sync += [k.eq(0), w_addr.eq(0), r_side.eq(~r_side)]
@@ -514,7 +529,7 @@ class DenseEngine(wiring.Component):
         first1 = Signal(reset_less=True)
         last1 = Signal(reset_less=True)
         chunk1 = Signal.like(s_chunk, reset_less=True)
-        m.d.sync += [valid1.eq(issue), first1.eq(s == 0), last1.eq(s == steps - 1),
+        m.d.sync += [valid1.eq(issue), first1.eq(s_first), last1.eq(s_last),
                      chunk1.eq(s_chunk)]
         if banks > 1:
             group = Cat(*(act_rd[n].data for n in range(banks)))

@@ -60,9 +60,12 @@ def test_ecp5_85f_configuration():
 def test_stalls_and_backpressure_at_the_edges():
     model = model_file.load()
     images, _ = mnist_test_images(3)
-    for window in (False, True):
-        par = Parallelism(conv_lanes=8, requant_parallel=4, dense_mults=16, conv_window=window)
-        simulate(f"accel_stalls_w{int(window)}", model, par, images, stalls=STALL_SWEEP[1:])
+    # The window engine also with the deep pipeline of the ecp5-85f preset.
+    for window, pipeline in ((False, "standard"), (True, "standard"), (True, "deep")):
+        par = Parallelism(conv_lanes=8, requant_parallel=4, dense_mults=16, conv_window=window,
+                          pipeline=pipeline)
+        simulate(f"accel_stalls_w{int(window)}_{pipeline}", model, par, images,
+                 stalls=STALL_SWEEP[1:])
 
 
 @needs_mnist

@@ -79,7 +79,7 @@ def test_link_bound_rate():
 def test_parallelism_override_and_estimates():
     par = parse_parallelism("conv_lanes=4, requant_parallel=1,dense_mults=4", "icebreaker")
     assert par.to_dict() == {"conv_lanes": 4, "conv_window": False, "requant_parallel": 1,
-                             "dense_mults": 4, "target": "ice40"}
+                             "dense_mults": 4, "target": "ice40", "pipeline": "standard"}
     # 676 positions x 9 taps x 8 filter groups + the bank switch; requant 21,632; dense 13,520.
     assert estimate_cycles(NetworkConfig(), par) == 48_675
     assert ice40_dsps(par) == {"conv": 2, "requant": 2, "dense": 2, "total": 6}

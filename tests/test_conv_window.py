@@ -51,10 +51,11 @@ def no_stall_bound(engine, images):
     image's fill (its first K-1 rows and K pixels) and the latency of the last window."""
     cfg = engine.config
     fill = (cfg.kernel - 1) * cfg.input_size + cfg.kernel
-    return images * engine.cycles_per_image + fill + engine.LATENCY + 2
+    return images * engine.cycles_per_image + fill + engine.latency + 2
 
 
-def check_stream(name, config, lanes, conv_w, conv_b, images, *, acc=None, stalls=STALL_SWEEP):
+def check_stream(name, config, lanes, conv_w, conv_b, images, *, acc=None, stalls=STALL_SWEEP,
+                 sum_levels=None):
     """Stream ``images`` through a WindowConvEngine; every word against ``acc`` (default:
     golden ``conv_acc``); the no-stall run within :func:`no_stall_bound`."""
     images = np.asarray(images)
@@ -64,7 +65,8 @@ def check_stream(name, config, lanes, conv_w, conv_b, images, *, acc=None, stall
     built = []
 
     def factory():
-        built.append(WindowConvEngine(config, lanes=lanes, conv_w=conv_w, conv_b=conv_b))
+        built.append(WindowConvEngine(config, lanes=lanes, conv_w=conv_w, conv_b=conv_b,
+                                      sum_levels=sum_levels))
         return built[-1]
 
     result = run_stream_test(name, factory, inputs=pixel_words(images), expected=expected,
@@ -134,7 +136,11 @@ def test_reference_numbers():
         engine = WindowConvEngine(REFERENCE, lanes=lanes, **zeros)
         assert (engine.multipliers, engine.cycles_per_image, engine.window_fifo_depth) == (
             mults, cycles, depth)
-        assert engine.LATENCY == 8 and engine.fifo_depth == 8
+        assert engine.LATENCY == engine.latency == 8 and engine.fifo_depth == 8
+        # The MAC array's sums registered every two adder levels: two cycles more.
+        deep = WindowConvEngine(REFERENCE, lanes=lanes, sum_levels=2, **zeros)
+        assert deep.latency == 10 and deep.fifo_depth == 10
+        assert deep.cycles_per_image == engine.cycles_per_image
 
 
 # -- random models with extreme values, every stall setting ------------------------------------
@@ -159,15 +165,21 @@ RANDOM_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, config, lanes, count", RANDOM_CASES,
-                         ids=[c[0] for c in RANDOM_CASES])
-def test_random_back_to_back(name, config, lanes, count):
+# The MAC array's sums pipelined (sum_levels): same words, same sustained rate.
+PIPELINED_CASES = [(name + f"_s{levels}", config, lanes, count, levels)
+                   for (name, config, lanes, count), levels in zip(RANDOM_CASES[:2], (2, 1))]
+
+
+@pytest.mark.parametrize("name, config, lanes, count, sum_levels",
+                         [c + (None,) for c in RANDOM_CASES] + PIPELINED_CASES,
+                         ids=[c[0] for c in RANDOM_CASES] + [c[0] for c in PIPELINED_CASES])
+def test_random_back_to_back(name, config, lanes, count, sum_levels):
     rng = np.random.default_rng(sum(map(ord, name)) + 2)
     w, b = extreme_weights(config, rng)
     images = extreme_images(config, rng, count)
     images[0] = 255                   # an all-255 image: the largest sums
     images[-1] = 0                    # an all-zero image: bias only
-    check_stream(f"cwin_{name}", config, lanes, w, b, images)
+    check_stream(f"cwin_{name}", config, lanes, w, b, images, sum_levels=sum_levels)
 
 
 def test_longest_accumulation_extremes():
@@ -202,10 +214,12 @@ def test_k5_two_channels_lanes8():
 
 # -- weight/bias write port --------------------------------------------------------------------
 
-def test_write_port_applies_to_next_image():
+@pytest.mark.parametrize("sum_levels", [None, 2])
+def test_write_port_applies_to_next_image(sum_levels):
     """The ConvEngine semantics: new weights/biases written right after image n's last pixel
     (while n still computes) leave n alone and apply from image n+1; a partial rewrite keeps
-    the other words; words written before an image's first pixel apply to it."""
+    the other words; words written before an image's first pixel apply to it. With
+    ``sum_levels`` the bias machinery's delay follows the longer MAC latency."""
     cfg = NetworkConfig(input_size=8, in_channels=1, filters=4, kernel=3, pool=2, classes=2)
     lanes, wb = 2, Widths(cfg).conv_bias
     rng = np.random.default_rng(11)
@@ -215,7 +229,7 @@ def test_write_port_applies_to_next_image():
     w2[0:2] = rng.integers(-128, 128, w2[0:2].shape)   # group 0 only
     b2[3] = -b2[3]                                       # one bias of group 1
     images = extreme_images(cfg, rng, 4)
-    engine = WindowConvEngine(cfg, lanes=lanes, conv_w=w0, conv_b=b0)
+    engine = WindowConvEngine(cfg, lanes=lanes, conv_w=w0, conv_b=b0, sum_levels=sum_levels)
     chunks, per = engine.bias_word_shape
     assert cfg.conv_size ** 2 > engine.window_fifo_depth + 1   # the documented condition
     beat = PortLoader.beat
@@ -244,8 +258,9 @@ def test_write_port_applies_to_next_image():
     for img, (w, b) in zip(images, [(w0, b0), (w1, b1), (w1, b1), (w2, b2)]):
         expected += output_words(golden.conv_acc(conv_model(cfg, w, b), img[None]), lanes, cfg)
     result = run_stream_test(
-        "cwin_write_port",
-        lambda: PortLoader(WindowConvEngine(cfg, lanes=lanes, conv_w=w0, conv_b=b0)),
+        f"cwin_write_port_s{sum_levels}",
+        lambda: PortLoader(WindowConvEngine(cfg, lanes=lanes, conv_w=w0, conv_b=b0,
+                                            sum_levels=sum_levels)),
         inputs=inputs, expected=expected)
     result.assert_ok()
 

@@ -48,14 +48,14 @@ def beat_words(pooled, in_lanes):
 
 
 def check_stream(name, config, in_lanes, mults, w, b, pooled, *, stalls=STALL_SWEEP,
-                 buffer=True, target="generic", extra_sources=()):
+                 buffer=True, target="generic", extra_sources=(), sum_levels=None):
     logits = golden.dense(dense_model(config, w, b), pooled)
     expected = [int(v) for v in logits.reshape(-1)]
     built = []
 
     def factory():
         built.append(DenseEngine(config, in_lanes=in_lanes, mults=mults, dense_w=w, dense_b=b,
-                                 buffer=buffer, target=target))
+                                 buffer=buffer, target=target, sum_levels=sum_levels))
         return built[-1]
 
     result = run_stream_test(name, factory, inputs=beat_words(pooled, in_lanes),
@@ -64,7 +64,7 @@ def check_stream(name, config, in_lanes, mults, w, b, pooled, *, stalls=STALL_SW
     engine = built[0]
     # Sustained: classes * steps per image; plus the first image's fill and the pipeline.
     bound = (len(pooled) * engine.cycles_per_image + config.features // in_lanes
-             + MACArray.LATENCY + 8)
+             + MACArray.latency_for(taps=mults, sum_levels=sum_levels) + 8)
     cycles = result.runs[0].cycles
     print(f"{name}: {len(expected)} logits, no-stall {cycles} cycles (bound {bound})")
     assert cycles <= bound, f"{name}: {cycles} cycles, sustained throughput allows {bound}"
@@ -112,18 +112,23 @@ def test_weight_words_layout():
 
 # in_lanes vs mults: equal, several beats per step (banks), several steps per beat (chunks);
 # without the activation buffer (stream): equal, several steps per beat.
-RANDOM_CASES = [("dense_random_equal", 4, 4, 100, True), ("dense_random_banks", 4, 16, 30, True),
-                ("dense_random_chunks", 4, 2, 10, True),
-                ("dense_stream_equal", 4, 4, 60, False), ("dense_stream_chunks", 8, 2, 10, False)]
+# The last two with the MAC array's sums pipelined (sum_levels: 2 and 1 adder levels per stage).
+RANDOM_CASES = [("dense_random_equal", 4, 4, 100, True, None),
+                ("dense_random_banks", 4, 16, 30, True, None),
+                ("dense_random_chunks", 4, 2, 10, True, None),
+                ("dense_stream_equal", 4, 4, 60, False, None),
+                ("dense_stream_chunks", 8, 2, 10, False, None),
+                ("dense_random_banks_s2", 4, 16, 30, True, 2),
+                ("dense_stream_equal_s1", 4, 4, 60, False, 1)]
 
 
-@pytest.mark.parametrize("name, in_lanes, mults, count, buffer", RANDOM_CASES,
+@pytest.mark.parametrize("name, in_lanes, mults, count, buffer, sum_levels", RANDOM_CASES,
                          ids=[c[0] for c in RANDOM_CASES])
-def test_random_back_to_back(name, in_lanes, mults, count, buffer):
+def test_random_back_to_back(name, in_lanes, mults, count, buffer, sum_levels):
     rng = np.random.default_rng(len(name) + mults)
     w, b = random_weights(SMALL, rng)
     check_stream(name, SMALL, in_lanes, mults, w, b, random_pooled(SMALL, rng, count),
-                 buffer=buffer)
+                 buffer=buffer, sum_levels=sum_levels)
 
 
 def test_stream_two_classes():

@@ -256,6 +256,7 @@ RANDOM_CASES = [
     ("l16_p16_s23", 16, 16, 23, None),
     ("l4_p1_s23_d16", 4, 1, 23, 16),
     ("l4_p4_s9_d5", 4, 4, 9, 5),
+    ("l8_p8_s23_d4", 8, 8, 23, 4),          # the deep pipeline's digits (ecp5-85f)
 ]
 
 
