@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import CnnforgeError, ToolError
 from ..fsutil import atomic_write_text
+from ..hw.util import REPLICA
 from .protocol import OVERHEAD_BYTES, classify_reply_bytes, image_bytes
 from .top import BoardTop, get_board
 
@@ -58,6 +59,15 @@ _RESOURCES = {
 
 class TimingError(CnnforgeError):
     """nextpnr's Fmax is below the target clock."""
+
+
+#: Yosys commands between reading the design and ``synth_*``. ``proc; splitnets``: see
+#: tests/test_synth_mac.py (Yosys ABC9 assert on array views). ``setattr``: the registers the RTL
+#: duplicates on purpose (signals with the :data:`~cnnforge.hw.util.REPLICA` attribute, copies
+#: placed near their loads to cut a long fanout) keep their copies; opt_merge would fold
+#: identical registers back into one. It runs before splitnets: the split wires lose the
+#: attribute.
+PREPARE_SCRIPT = f"proc\nsetattr -set keep 1 a:{REPLICA} %ci1 c:* %i\nsplitnets"
 
 
 def tool_env(family):
@@ -224,13 +234,8 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     """
     from ..sim import model as model_file
     spec = get_board(board)
-    if train_init is not None and spec.family == "ice40":
-        # 54,411 int16 masters (870 kbit) do not fit the UP5K's SPRAM (1 Mbit) beside the int8
-        # dense weights (433 kbit, 2 of its 4 SPRAMs): the forward pass would have to read the
-        # masters' high bytes instead.
-        raise CnnforgeError(f"{spec.name}: on-chip training does not fit the iCE40UP5K: its "
-                            f"int16 masters (870 kbit) and the int8 dense weights (433 kbit) "
-                            f"exceed the 1 Mbit of SPRAM; build it for ulx3s")
+    if train_init is not None:
+        spec.training_preset()      # fails at once, before any tool runs, if it cannot fit
     env = tool_env(spec.family)
     model = model if model is not None else model_file.load()
     top = BoardTop(spec, model, parallelism=parallelism, clk_freq=clk_freq, baud=baud,
@@ -243,8 +248,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         (folder / stale).unlink(missing_ok=True)
     platform = spec.platform()
     opts = {
-        # `proc; splitnets`: see tests/test_synth_mac.py (Yosys ABC9 assert on array views).
-        "script_after_read": "proc\nsplitnets",
+        "script_after_read": PREPARE_SCRIPT,
         "nextpnr_opts": "--report nextpnr.json --timing-allow-fail",
     }
     dsp_note = None
@@ -265,6 +269,12 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                 where = f"requantization in LUTs (all would need {needed['total']})"
             dsp_note = (f"SB_MAC16: {needed['conv']} convolution, {needed['dense']} dense "
                         f"(dual 8x8), {where}")
+    elif train_init is not None and accel is None:
+        # The training preset (Board.train_preset) leaves room in the DSPs: Yosys maps every
+        # product, the trainer's included, to a MULT18X18D (the conv's stay explicit).
+        opts["synth_opts"] = ""
+        dsp_note = ("MULT18X18D: the convolution's products (explicit) and every other product "
+                    "(Yosys)")
     elif os.environ.get("CNNFORGE_ECP5_DSP", "0") != "1":
         # synth_ecp5 maps every product to a MULT18X18D and cannot be told which ones: the
         # ecp5-85f configuration has 208 (144 + 32 + 2 x 16), the 85F 156. -nodsp keeps Yosys

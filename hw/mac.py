@@ -6,7 +6,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .util import check_int
+from .util import REPLICA, check_int
 
 
 __all__ = ["MACArray"]
@@ -37,7 +37,9 @@ class MACArray(wiring.Component):
 
     With ``sum_levels`` the tap sum is cut into pipeline stages instead, for fast clocks on
     LUT fabric: the generic target forms each product as two registered partial products
-    (activation times the weight's low and high nibble: two 8x4 LUT multipliers in cycle 2),
+    (activation times the weight's low and high nibble: two 8x4 LUT multipliers in cycle 2;
+    each lane has its own copy of the cycle-1 activation registers, so that no register drives
+    every lane's multipliers across the die),
     and the balanced adder tree over the ``2 * taps`` terms (``ceil(log2(2 * taps))``
     levels) followed by the accumulate (one more level) is registered after every
     ``sum_levels`` adder levels; cycles 3 .. :attr:`latency` - 1 hold partial sums and the
@@ -275,21 +277,33 @@ class MACArray(wiring.Component):
         a_r = [Signal(a_shape, name=f"a_r{t}", reset_less=True) for t in range(taps)]
         b_r = [[Signal(signed(8), name=f"b_r{l}_{t}", reset_less=True) for t in range(taps)]
                for l in range(lanes)]
-        for t in range(taps):
-            m.d.sync += a_r[t].eq(self.a[t])
+        if self._sum_levels is None or lanes == 1:
+            for t in range(taps):
+                m.d.sync += a_r[t].eq(self.a[t])
         for l in range(lanes):
             for t in range(taps):
                 m.d.sync += b_r[l][t].eq(self.b[l][t])
         if self._sum_levels is not None:
             # Split products: a * b = a * b[0:4] (unsigned nibble) + (a * b[4:8] (signed)) << 4,
             # two registered 8x4 products per tap; the adder tree sums all 2 * taps terms.
+            # Each lane has its own copy of the activation registers: one shared register
+            # drives every lane's LUT multipliers across the die (the ULX3S's critical path,
+            # 6.4 of 11.4 ns routing); a copy per lane is placed beside its multipliers.
+            # REPLICA marks them so that the board build keeps Yosys from merging them back.
+            a_lane = [[Signal(a_shape, name=f"a_r{l}_{t}", reset_less=True,
+                              attrs={REPLICA: 1}) for t in range(taps)]
+                      for l in range(lanes)] if lanes > 1 else [a_r]
+            if lanes > 1:
+                for l in range(lanes):
+                    for t in range(taps):
+                        m.d.sync += a_lane[l][t].eq(self.a[t])
             terms = [[] for _ in range(lanes)]
             for l in range(lanes):
                 for t in range(taps):
                     lo = Signal(signed(13), name=f"p_lo{l}_{t}", reset_less=True)
                     hi = Signal(signed(16), name=f"p_hi{l}_{t}", reset_less=True)
-                    m.d.sync += [lo.eq(a_r[t] * b_r[l][t][0:4]),
-                                 hi.eq((a_r[t] * b_r[l][t][4:8].as_signed()) << 4)]
+                    m.d.sync += [lo.eq(a_lane[l][t] * b_r[l][t][0:4]),
+                                 hi.eq((a_lane[l][t] * b_r[l][t][4:8].as_signed()) << 4)]
                     terms[l] += [lo, hi]
             return terms
         p_r = [[Signal(signed(16), name=f"p_r{l}_{t}", reset_less=True) for t in range(taps)]

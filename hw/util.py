@@ -3,7 +3,13 @@
 import operator
 
 
-__all__ = ["check_int", "pack_fields"]
+__all__ = ["REPLICA", "check_int", "pack_fields"]
+
+
+#: Signal attribute of a register that duplicates another on purpose (a copy placed near its
+#: loads, to cut a long fanout). Board builds keep such registers (Yosys merges identical
+#: registers otherwise): ``Signal(..., attrs={REPLICA: 1})``.
+REPLICA = "cnnforge_replica"
 
 
 def check_int(name, value, minimum):

