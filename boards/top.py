@@ -12,6 +12,10 @@ orangecrab    LFE5U-25F-8MG285C   ecp5-25f  48 -> 72 MHz    feather pins  RGB: r
                                                           3.3 V adapter   the class)
 ============  ==================  ========  ==============  ============  =========================
 
+On-chip training builds (``train_init``, ``make bitstream TRAIN=…``) fit only the ULX3S: preset
+``ecp5-25f`` beside the trainer, every product in MULT18X18D, at 25 -> 15 MHz (3 Mbaud is
+clock / 5). The iCEBreaker and OrangeCrab refuse them with the reason (:attr:`Board.no_training`).
+
 The OrangeCrab has no USB-serial bridge (its USB goes to the FPGA): connect a 3.3 V USB-serial
 adapter to the feather header's pins 0 (FPGA RX) and 1 (FPGA TX).
 
@@ -85,20 +89,46 @@ class Board:
     clk_freq: float        # target clock of the design (PLL output)
     baud: int
     description: str
+    # On-chip training builds (`make bitstream TRAIN=…`): their preset and clock, or None with
+    # the reason the board cannot hold the trainer.
+    train_preset: str | None = None
+    train_clk_freq: float | None = None
+    no_training: str | None = None
 
     @property
     def device(self):
         p = self.platform
         return p.device
 
+    def training_preset(self):
+        """The preset of an on-chip training build; :class:`CnnforgeError` (one line: why, and
+        which boards can) if the board cannot hold the trainer."""
+        if self.train_preset is None:
+            can = ", ".join(b.name for b in BOARDS.values() if b.train_preset is not None)
+            raise CnnforgeError(f"{self.name}: on-chip training does not fit the {self.device}: "
+                                f"{self.no_training}; build it for {can}")
+        return self.train_preset
+
 
 BOARDS = {
     "icebreaker": Board("icebreaker", ICEBreaker, "ice40", "up5k", 30e6, 3_000_000,
-                        "iCEBreaker, iCE40UP5K: 5280 LUT4, 8 SB_MAC16, 30 EBR, 4 SPRAM"),
+                        "iCEBreaker, iCE40UP5K: 5280 LUT4, 8 SB_MAC16, 30 EBR, 4 SPRAM",
+                        # 54,411 int16 masters (870 kbit) beside the int8 dense weights (433
+                        # kbit, 2 of the 4 SPRAMs) exceed the SPRAM; the forward pass would have
+                        # to read the masters' high bytes instead.
+                        no_training="its int16 masters (870 kbit) and the int8 dense weights "
+                                    "(433 kbit) exceed the 1 Mbit of SPRAM"),
+    # Training on the ULX3S: the inference datapath of the 25F (16 conv products in
+    # MULT18X18D) beside the trainer, every other product in MULT18X18D too; the wide ecp5-85f
+    # datapath with the trainer needs twice the 85F's LUTs (products in LUTs) or more DSPs
+    # than it has.
     "ulx3s": Board("ulx3s", ULX3S85F, "ecp5", "ecp5-85f", 100e6, 3_000_000,
-                   "ULX3S 85F, LFE5U-85F: 84k LUT4, 156 MULT18X18D, 208 DP16KD"),
+                   "ULX3S 85F, LFE5U-85F: 84k LUT4, 156 MULT18X18D, 208 DP16KD",
+                   train_preset="ecp5-25f", train_clk_freq=15e6),
     "orangecrab": Board("orangecrab", OrangeCrab25F, "ecp5", "ecp5-25f", 72e6, 3_000_000,
-                        "OrangeCrab r0.2 25F, LFE5U-25F: 24k LUT4, 28 MULT18X18D, 56 DP16KD"),
+                        "OrangeCrab r0.2 25F, LFE5U-25F: 24k LUT4, 28 MULT18X18D, 56 DP16KD",
+                        no_training="the masters, image and gradient buffers need about 127 "
+                                    "DP16KD, the 25F has 56"),
 }
 
 
@@ -202,31 +232,38 @@ class BoardTop(Elaboratable):
     board : Board
     model : QuantModel
     parallelism : Parallelism, optional
-        Default: the board's preset.
+        Default: the board's preset (with ``train_init``, its training preset).
     clk_freq : float, optional
-        Design clock (default: the board's); the PLL gets as close as it can and the core is
-        built for the frequency it actually reaches.
+        Design clock (default: the board's, or its training clock with ``train_init``); the PLL
+        gets as close as it can and the core is built for the frequency it actually reaches.
     baud : int, optional
     accel : wiring.Component, optional
         Replaces the accelerator (smoke tests of the board side only).
     train_init : {None, "random", "model"}
         Build with on-chip training (:func:`training_accelerator`) from this starting point.
+
+    Raises
+    ------
+    CnnforgeError
+        With ``train_init`` on a board that cannot hold the trainer.
     """
 
     def __init__(self, board, model, *, parallelism=None, clk_freq=None, baud=None, accel=None,
                  train_init=None):
         self.board = board
         self._model = model
+        training = train_init is not None
+        preset = board.training_preset() if training else board.preset
         if parallelism is None and accel is None:
             from ..hw.accel import PRESETS
-            parallelism = PRESETS[board.preset]
+            parallelism = PRESETS[preset]
         self.parallelism = self._par = parallelism
-        if train_init is not None and accel is None:
-            accel = training_accelerator(train_init, parallelism, board.preset)
+        if training and accel is None:
+            accel = training_accelerator(train_init, parallelism, preset)
         self.train_init = train_init
         self.baud = self._baud = baud or board.baud
         self._accel = accel
-        target = clk_freq or board.clk_freq
+        target = clk_freq or (board.train_clk_freq if training else board.clk_freq)
         f_in = _default_clk_frequency(board.platform)
         if board.family == "ice40":
             self.pll = ice40_pll_params(f_in, target)

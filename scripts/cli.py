@@ -141,10 +141,11 @@ def cmd_train_board(args):
     kwargs = dict(test_images=test_x, test_labels=test_y, device_checks=args.device_checks,
                   verify=not args.no_verify)
     if args.sim:
-        where = f"simulated {board.preset} board core"
+        preset = board.training_preset()     # the board's training build, or why it has none
+        where = f"simulated {board.name} training core ({preset})"
         print(f"{where}: {len(order)} training steps from the {args.init} init (RTL "
               f"simulation: minutes)")
-        out = host.simulate_training(args.init, images, labels, preset=board.preset, **kwargs)
+        out = host.simulate_training(args.init, images, labels, preset=preset, **kwargs)
     else:
         where = args.port
         out = host.train_board(args.port, like, images, labels, baud=args.baud,

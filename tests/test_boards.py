@@ -44,6 +44,21 @@ def test_board_with_accelerator_elaborates(name):
     _plan(name)
 
 
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_training_build_takes_the_boards_training_preset_and_clock():
+    from cnnforge.hw.accel import PRESETS
+    from cnnforge.hw.train import TrainingAccelerator
+    spec = get_board("ulx3s")
+    top, plan = _plan("ulx3s", train_init="random")
+    assert top.parallelism.to_dict() == PRESETS[spec.train_preset].to_dict()
+    assert isinstance(top._accel, TrainingAccelerator)
+    assert abs(top.clk_freq - spec.train_clk_freq) < 0.01 * spec.train_clk_freq
+    for name, device in [("icebreaker", "iCE40UP5K"), ("orangecrab", "LFE5U-25F")]:
+        with pytest.raises(CnnforgeError, match=f"{name}: on-chip training does not fit the "
+                                                f"{device}: .*; build it for ulx3s$"):
+            BoardTop(get_board(name), model_file.load(), train_init="random")
+
+
 def test_unknown_board_lists_the_boards():
     with pytest.raises(CnnforgeError, match="unknown board 'de0'; boards: icebreaker, ulx3s, "
                                             "orangecrab"):

@@ -64,7 +64,9 @@ def test_train_board_missing_port(tmp_path, capsys):
     assert "ttyNONE" in err
 
 
-def test_training_bitstream_for_the_up5k(capsys):
-    code, out, err = run(capsys, "bitstream", "--board", "icebreaker", "--train", "random")
+@pytest.mark.parametrize("board, device", [("icebreaker", "iCE40UP5K"),
+                                           ("orangecrab", "LFE5U-25F")])
+def test_training_bitstream_for_a_board_too_small(capsys, board, device):
+    code, out, err = run(capsys, "bitstream", "--board", board, "--train", "random")
     assert code == 1 and err.count("\n") == 1
-    assert "on-chip training does not fit the iCE40UP5K" in err
+    assert f"on-chip training does not fit the {device}" in err and "ulx3s" in err
