@@ -57,15 +57,18 @@ def test_ecp5_85f_configuration():
 
 
 @needs_mnist
-def test_stalls_and_backpressure_at_the_edges():
+@pytest.mark.parametrize("window, pipeline", [(False, "standard"), (True, "standard"),
+                                              (True, "deep")],
+                         ids=["tap_serial", "window-standard", "window-deep"])
+def test_stalls_and_backpressure_at_the_edges(window, pipeline):
+    """The tap-serial convolution, the window engine, and the window engine with the deep
+    pipeline of the ecp5-85f preset, under the stall sweep."""
     model = model_file.load()
     images, _ = mnist_test_images(3)
-    # The window engine also with the deep pipeline of the ecp5-85f preset.
-    for window, pipeline in ((False, "standard"), (True, "standard"), (True, "deep")):
-        par = Parallelism(conv_lanes=8, requant_parallel=4, dense_mults=16, conv_window=window,
-                          pipeline=pipeline)
-        simulate(f"accel_stalls_w{int(window)}_{pipeline}", model, par, images,
-                 stalls=STALL_SWEEP[1:])
+    par = Parallelism(conv_lanes=8, requant_parallel=4, dense_mults=16, conv_window=window,
+                      pipeline=pipeline)
+    simulate(f"accel_stalls_w{int(window)}_{pipeline}", model, par, images,
+             stalls=STALL_SWEEP[1:])
 
 
 @needs_mnist
