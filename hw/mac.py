@@ -274,29 +274,26 @@ class MACArray(wiring.Component):
     def _generic_products(self, m):
         lanes, taps = self._lanes, self._taps
         a_shape = signed(8) if self._a_signed else unsigned(8)
-        a_r = [Signal(a_shape, name=f"a_r{t}", reset_less=True) for t in range(taps)]
+        # Activation registers: one set shared by the lanes, or (split products, for fast
+        # clocks) a copy per lane: one shared register drives every lane's LUT multipliers
+        # across the die (the ULX3S's critical path, 6.4 of 11.4 ns routing); a copy per lane is
+        # placed beside its multipliers. REPLICA marks the copies so that the board build keeps
+        # Yosys from merging them back.
+        copies = lanes if self._sum_levels is not None and lanes > 1 else 1
+        a_r = [[Signal(a_shape, name=f"a_r{l}_{t}" if copies > 1 else f"a_r{t}",
+                       reset_less=True, attrs={REPLICA: 1} if copies > 1 else {})
+                for t in range(taps)] for l in range(copies)]
+        for copy in a_r:
+            m.d.sync += [r.eq(self.a[t]) for t, r in enumerate(copy)]
+        a_lane = [a_r[l % copies] for l in range(lanes)]
         b_r = [[Signal(signed(8), name=f"b_r{l}_{t}", reset_less=True) for t in range(taps)]
                for l in range(lanes)]
-        if self._sum_levels is None or lanes == 1:
-            for t in range(taps):
-                m.d.sync += a_r[t].eq(self.a[t])
         for l in range(lanes):
             for t in range(taps):
                 m.d.sync += b_r[l][t].eq(self.b[l][t])
         if self._sum_levels is not None:
             # Split products: a * b = a * b[0:4] (unsigned nibble) + (a * b[4:8] (signed)) << 4,
             # two registered 8x4 products per tap; the adder tree sums all 2 * taps terms.
-            # Each lane has its own copy of the activation registers: one shared register
-            # drives every lane's LUT multipliers across the die (the ULX3S's critical path,
-            # 6.4 of 11.4 ns routing); a copy per lane is placed beside its multipliers.
-            # REPLICA marks them so that the board build keeps Yosys from merging them back.
-            a_lane = [[Signal(a_shape, name=f"a_r{l}_{t}", reset_less=True,
-                              attrs={REPLICA: 1}) for t in range(taps)]
-                      for l in range(lanes)] if lanes > 1 else [a_r]
-            if lanes > 1:
-                for l in range(lanes):
-                    for t in range(taps):
-                        m.d.sync += a_lane[l][t].eq(self.a[t])
             terms = [[] for _ in range(lanes)]
             for l in range(lanes):
                 for t in range(taps):
@@ -310,7 +307,7 @@ class MACArray(wiring.Component):
                for l in range(lanes)]
         for l in range(lanes):
             for t in range(taps):
-                m.d.sync += p_r[l][t].eq(a_r[t] * b_r[l][t])
+                m.d.sync += p_r[l][t].eq(a_lane[l][t] * b_r[l][t])
         return p_r
 
     def _ice40_products(self, m):
