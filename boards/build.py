@@ -234,14 +234,14 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     """
     from ..sim import model as model_file
     spec = get_board(board)
-    if train_init is not None:
-        spec.training_preset()      # fails at once, before any tool runs, if it cannot fit
+    # A training build's preset; fails at once, before any tool runs, if the board cannot fit it.
+    preset = spec.training_preset() if train_init is not None else spec.preset
     env = tool_env(spec.family)
     model = model if model is not None else model_file.load()
     top = BoardTop(spec, model, parallelism=parallelism, clk_freq=clk_freq, baud=baud,
                    accel=accel, train_init=train_init)
     par = top.parallelism
-    custom = parallelism is not None and par.to_dict() != _preset(spec.preset).to_dict()
+    custom = parallelism is not None and par.to_dict() != _preset(preset).to_dict()
     folder = Path(out_dir) / (spec.name + ("-train" if train_init else ""))
     folder.mkdir(parents=True, exist_ok=True)
     for stale in ("report.json", "nextpnr.json", "top.tim"):
@@ -318,11 +318,11 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     if custom:
         cycles, cycles_source = estimate_cycles(model.config, par), "estimate: slowest stage"
     else:
-        cycles = _bench_cycles(spec.preset, bench_path or Path(out_dir) / "bench.json")
+        cycles = _bench_cycles(preset, bench_path or Path(out_dir) / "bench.json")
     result = {
         "board": spec.name, "device": spec.device, "family": spec.family,
         "preset": ("(replaced accelerator)" if accel is not None else
-                   "custom" if custom else spec.preset),
+                   "custom" if custom else preset),
         "training": train_init,
         "parallelism": par.to_dict() if par is not None else None,
         "dsp_mapping": dsp_note, "cycles_source": cycles_source,
