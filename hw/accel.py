@@ -98,7 +98,8 @@ class Parallelism:
         ``"standard"`` or ``"deep"``: for fast clocks on LUT fabric, the window convolution's
         and the dense engine's MAC arrays with split products and their sums registered every
         two adder levels (``MACArray(sum_levels=2)``), 4-bit multiplier digits in the
-        requantization, register slices (:class:`~cnnforge.hw.slice.RegisterSlice`) on the
+        requantization, which never stalls (an output FIFO with credit counting: no
+        pipeline-wide enable), register slices (:class:`~cnnforge.hw.slice.RegisterSlice`) on the
         pixel input, between convolution and requantization and between requantization and
         max-pool, and the model write port registered (writes land a cycle later). Costs
         latency and registers, not throughput; results are the same.
@@ -230,7 +231,8 @@ class Accelerator(wiring.Component):
             # iCE40: whole products, which ice40_dsp maps onto SB_MAC16 (boards/build.py);
             # deep pipeline: 4-bit digits (short LUT multipliers, one more partial product).
             digit=(Widths(config).requant_mult if par.target == "ice40" else
-                   4 if deep else None))
+                   4 if deep else None),
+            stall_free=deep)
         m.submodules.pool = pool = MaxPool(config, lanes=par.conv_lanes)
         m.submodules.dense = dense = DenseEngine(config, in_lanes=par.conv_lanes,
                                                  mults=par.dense_mults, dense_w=model.dense_w,

@@ -4,6 +4,7 @@
 import numpy as np
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -47,17 +48,28 @@ class Requantize(wiring.Component):
     ``requant_product``-bit adder, and no stage both routes far and computes, so the products
     are not what limits Fmax.
 
+    Stall-free mode
+    ---------------
+    With ``stall_free=True`` the pipeline registers have no enables: every stage moves on every
+    cycle, a valid bit travelling with the data. A beat's last part is admitted only with a
+    place reserved for its result in an output FIFO of :attr:`fifo_depth` beats (credit
+    counting, as the window convolution's output), so ``o.ready`` reaches only that FIFO and
+    the credit counter, and ``i.ready`` depends on flip-flops alone. The standard mode's
+    pipeline-wide advance signal drives the enable of every pipeline register (about 3,000 for
+    16 lanes): routed across a large device it was the ULX3S's critical path.
+
     Latency
     -------
-    :attr:`LATENCY` = 5 cycles: an input beat transferred (``i.valid & i.ready``, which happens
-    with its last part) in cycle ``t`` is offered on ``o`` (``o.valid``) in cycle ``t + 5``.
+    :attr:`latency` cycles: an input beat transferred (``i.valid & i.ready``, which happens
+    with its last part) in cycle ``t`` is offered on ``o`` (``o.valid``) in cycle
+    ``t + latency``: :attr:`LATENCY` = 5, or 6 stall-free (one more through the output FIFO).
 
     Throughput
     ----------
     ``parallel / lanes`` beats per cycle sustained (one beat every ``steps`` cycles; one per
     cycle when ``parallel == lanes``), under no backpressure, with no idle cycle between beats,
-    positions or images. ``i.ready`` depends combinationally on ``o.ready`` through one
-    pipeline-wide advance signal (stages stall together).
+    positions or images. Standard mode: ``i.ready`` depends combinationally on ``o.ready``
+    through one pipeline-wide advance signal (stages stall together).
 
     Resources
     ---------
@@ -67,7 +79,9 @@ class Requantize(wiring.Component):
     without ``-dsp`` or ``synth_ecp5 -nodsp``), the multiplier memory (``filters // parallel``
     words of ``parallel * 16`` bits), the pipeline registers (per multiplier
     ``2 * conv_acc + 15`` + ``2 * (conv_acc - 1 + DIGIT)`` + ``requant_product`` bits) and
-    ``lanes - parallel`` reassembly bytes.
+    ``lanes - parallel`` reassembly bytes. Stall-free: the output FIFO
+    (``fifo_depth - 1`` words of ``8 * lanes`` bits in memory, one in its output register) and
+    a credit counter.
 
     Parameters
     ----------
@@ -87,6 +101,9 @@ class Requantize(wiring.Component):
         ``digit=requant_mult`` makes one whole product per multiplier (stage 3), which is what
         Yosys's ``ice40_dsp`` maps onto SB_MAC16 (the iCE40 target); 8-bit digits keep LUT
         multipliers short (ECP5 ``-nodsp``). The latency and the results do not depend on it.
+    stall_free : bool
+        Pipeline registers without enables and an output FIFO; see "Stall-free mode". The
+        results do not depend on it.
 
     Members
     -------
@@ -117,7 +134,8 @@ class Requantize(wiring.Component):
     #: Multiplier bits per partial product (stage 2).
     DIGIT = 8
 
-    def __init__(self, config, *, lanes, requant_mult, requant_shift, parallel=None, digit=None):
+    def __init__(self, config, *, lanes, requant_mult, requant_shift, parallel=None, digit=None,
+                 stall_free=False):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config must be a NetworkConfig, not {config!r}")
         widths = Widths(config)
@@ -131,6 +149,9 @@ class Requantize(wiring.Component):
         if digit > widths.requant_mult:
             raise ValueError(f"digit must be at most {widths.requant_mult}, not {digit!r}")
         self._digit = digit
+        if not isinstance(stall_free, bool):
+            raise TypeError(f"stall_free must be a bool, not {stall_free!r}")
+        self._stall_free = stall_free
         shift = check_int("requant_shift", requant_shift, 1)
         if shift > widths.requant_shift_max:
             raise ValueError(f"requant_shift must be at most {widths.requant_shift_max}, "
@@ -182,6 +203,24 @@ class Requantize(wiring.Component):
         return self._lanes // self._parallel
 
     @property
+    def stall_free(self):
+        return self._stall_free
+
+    @property
+    def latency(self):
+        """Cycles from an input beat's transfer to its result offered on ``o``."""
+        return self.LATENCY + (1 if self._stall_free else 0)
+
+    @property
+    def fifo_depth(self):
+        """Stall-free mode: output FIFO entries (credits); 0 in standard mode.
+
+        A place is reserved at admission and freed when its beat leaves: ``latency`` cycles to
+        the offer, one to see the credit come back, one of margin, so a consumer that is always
+        ready never sees a gap."""
+        return self.latency + 2 if self._stall_free else 0
+
+    @property
     def requant_shift(self):
         return self._shift
 
@@ -212,34 +251,45 @@ class Requantize(wiring.Component):
         for k in range(par):
             m.d.comb += wr.data[k].eq(self.mult_data)
 
-        # Handshake: the whole pipeline advances together, when the last stage's content moves
-        # on into asm (not the last part) or into the output register (free, or leaving this
-        # cycle). Empty stages are not squeezed out under backpressure: a per-stage
-        # `empty | next advances` chain would put every stage between o.ready and i.ready
-        # (the iCE40 critical path, through the convolution's output enables).
+        # Handshake. Standard mode: the whole pipeline advances together, when the last stage's
+        # content moves on into asm (not the last part) or into the output register (free, or
+        # leaving this cycle). Empty stages are not squeezed out under backpressure: a
+        # per-stage `empty | next advances` chain would put every stage between o.ready and
+        # i.ready (the iCE40 critical path, through the convolution's output enables).
+        # Stall-free mode: every stage advances every cycle; a beat's last part is admitted
+        # only with a place in the output FIFO reserved (`room`).
         n = 4
         v = [Signal(name=f"v{k + 1}") for k in range(n)]
         last = [Signal(name=f"last{k + 1}") for k in range(n)]
         adv = [Signal(name=f"adv{k + 1}") for k in range(n)]
-        m.d.comb += adv[n - 1].eq(~v[n - 1] | ~last[n - 1] | ~self.o.valid | self.o.ready)
+        room = Signal()
+        if self._stall_free:
+            m.d.comb += adv[n - 1].eq(1)
+        else:
+            m.d.comb += [
+                adv[n - 1].eq(~v[n - 1] | ~last[n - 1] | ~self.o.valid | self.o.ready),
+                room.eq(1),
+            ]
         for k in reversed(range(n - 1)):
             m.d.comb += adv[k].eq(adv[k + 1])
 
         # Part cycle: which part of the presented beat goes next, and its multiplier word.
         word = Signal(range(words))
         is_last = Signal()
+        go = Signal()       # a part enters stage 1
         m.d.comb += [
-            self.i.ready.eq(adv[0] & is_last),
+            go.eq(adv[0] & self.i.valid & (~is_last | room)),
+            self.i.ready.eq(adv[0] & is_last & room),
             rd.addr.eq(word),
             rd.en.eq(adv[0]),
         ]
-        with m.If(adv[0] & self.i.valid):
+        with m.If(go):
             m.d.sync += word.eq(Mux(word == words - 1, 0, word + 1))
         if steps > 1:
             part = Signal(range(steps))
             parts = [Signal(range(steps), name=f"part{k + 1}") for k in range(n)]
             m.d.comb += is_last.eq(part == steps - 1)
-            with m.If(adv[0] & self.i.valid):
+            with m.If(go):
                 m.d.sync += part.eq(Mux(is_last, 0, part + 1))
             selected = self.i.payload.as_value().word_select(part, par * acc_w)
         else:
@@ -248,7 +298,7 @@ class Requantize(wiring.Component):
 
         # Control of every stage: valid, last part, part number.
         with m.If(adv[0]):
-            m.d.sync += [v[0].eq(self.i.valid), last[0].eq(is_last)]
+            m.d.sync += [v[0].eq(go), last[0].eq(is_last)]
             if steps > 1:
                 m.d.sync += parts[0].eq(part)
         for k in range(1, n):
@@ -319,8 +369,27 @@ class Requantize(wiring.Component):
             beat = Cat(asm, res)
         else:
             beat = res
-        with m.If(v[n - 1] & last[n - 1] & adv[n - 1]):
-            m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(beat)]
-        with m.Elif(self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
+        done = v[n - 1] & last[n - 1]
+        if self._stall_free:
+            # The output FIFO: a place reserved with each admitted beat (credit), freed when its
+            # beat leaves; so it never overflows and the pipeline never waits for o.ready.
+            m.submodules.out_fifo = fifo = SyncFIFOBuffered(width=lanes * act_w,
+                                                            depth=self.fifo_depth)
+            credit = Signal(range(self.fifo_depth + 1), init=self.fifo_depth)
+            reserve = self.i.valid & self.i.ready
+            release = self.o.valid & self.o.ready
+            m.d.sync += credit.eq(credit - reserve + release)
+            m.d.comb += [
+                room.eq(credit != 0),
+                fifo.w_data.eq(beat),
+                fifo.w_en.eq(done),
+                self.o.payload.eq(fifo.r_data),
+                self.o.valid.eq(fifo.r_rdy),
+                fifo.r_en.eq(self.o.ready),
+            ]
+        else:
+            with m.If(done & adv[n - 1]):
+                m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(beat)]
+            with m.Elif(self.o.ready):
+                m.d.sync += self.o.valid.eq(0)
         return m

@@ -121,7 +121,7 @@ def random_acc(mult, shift, n, rng):
 def check_throughput(result, dut, n_in):
     """No-stall run: one beat every ``steps`` cycles from the first to the last word."""
     cycles = result.runs[0].cycles
-    budget = n_in * dut.steps + dut.LATENCY + 3
+    budget = n_in * dut.steps + dut.latency + 3
     assert n_in * dut.steps <= cycles <= budget, (cycles, budget)
     return cycles
 
@@ -143,6 +143,7 @@ MODEL_MULT = np.arange(F) + 100
     ({"requant_shift": 0}, ValueError, r"requant_shift must be at least 1, not 0"),
     ({"requant_shift": 41}, ValueError, r"requant_shift must be at most 40, not 41"),
     ({"requant_shift": "8"}, TypeError, r"requant_shift must be an integer, not '8'"),
+    ({"stall_free": 1}, TypeError, r"stall_free must be a bool, not 1"),
     ({"requant_mult": np.arange(31)}, ValueError, r"requant_mult must have shape \(32,\), not \(31,\)"),
     ({"requant_mult": np.full(F, 1 << 16)}, ValueError, r"requant_mult values must be in 0..65535"),
     ({"requant_mult": np.full(F, -1)}, ValueError, r"requant_mult values must be in 0..65535"),
@@ -218,8 +219,9 @@ def simulate(dut, inputs, n_out, *, gap, stall, seed, writes=()):
     return out, state["cycles"]
 
 
-@pytest.mark.parametrize("lanes, parallel", [(4, 2), (8, 8)])
-def test_multiplier_write_port(lanes, parallel):
+@pytest.mark.parametrize("lanes, parallel, stall_free", [(4, 2, False), (8, 8, False),
+                                                        (4, 2, True)])
+def test_multiplier_write_port(lanes, parallel, stall_free):
     rng = np.random.default_rng(5)
     shift = 12
     mult = special_mults(rng)
@@ -227,7 +229,7 @@ def test_multiplier_write_port(lanes, parallel):
     acc = random_acc(new, shift, 6, rng)
     ins, exp = stream_words(acc, new, shift, lanes)
     dut = Requantize(CONFIG, lanes=lanes, parallel=parallel, requant_mult=mult,
-                     requant_shift=shift)
+                     requant_shift=shift, stall_free=stall_free)
     got, _ = simulate(dut, ins, len(exp), gap=0.3, stall=0.3, seed=1,
                       writes=[(f, int(new[f])) for f in range(F)])
     assert got == exp
@@ -235,34 +237,69 @@ def test_multiplier_write_port(lanes, parallel):
     assert stream_words(acc, mult, shift, lanes)[1] != exp
 
 
-@pytest.mark.parametrize("shift", [36, 40])
-def test_largest_shifts(shift):
+@pytest.mark.parametrize("shift, stall_free", [(36, False), (40, True)])
+def test_largest_shifts(shift, stall_free):
     """Shifts beyond the product width: ``2**(shift-1)`` outgrows the product; mostly 0, some 1."""
     rng = np.random.default_rng(shift)
     mult = special_mults(rng)
     acc = np.concatenate([edge_acc(mult, shift, rng), random_acc(mult, shift, 8, rng)])
     ins, exp = stream_words(acc, mult, shift, 16)
-    dut = Requantize(CONFIG, lanes=16, parallel=8, requant_mult=mult, requant_shift=shift)
+    dut = Requantize(CONFIG, lanes=16, parallel=8, requant_mult=mult, requant_shift=shift,
+                     stall_free=stall_free)
     got, _ = simulate(dut, ins, len(exp), gap=0.2, stall=0.5, seed=shift)
     assert got == exp
+
+
+@pytest.mark.parametrize("lanes, parallel, stall_free", [(16, 16, False), (16, 16, True),
+                                                        (4, 1, False), (4, 1, True)])
+def test_latency_and_rate(lanes, parallel, stall_free):
+    """First result exactly ``latency`` cycles after its beat; then one beat per ``steps``."""
+    dut = Requantize(CONFIG, lanes=lanes, parallel=parallel, requant_mult=MODEL_MULT,
+                     requant_shift=8, stall_free=stall_free)
+    n = 3 * dut.fifo_depth + 8
+    taken, offered = [], []
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        ctx.set(dut.i.valid, 1)
+        for t in range(n * dut.steps + 40):
+            await ctx.delay(1e-9)
+            if ctx.get(dut.o.valid):
+                offered.append(t)
+            if ctx.get(dut.i.valid) and ctx.get(dut.i.ready):
+                taken.append(t)
+            await ctx.tick()
+            if len(taken) == n:
+                ctx.set(dut.i.valid, 0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(taken) == len(offered) == n
+    assert offered[0] - taken[0] == dut.latency
+    assert offered == [t + dut.latency for t in taken]
+    assert taken == [taken[0] + k * dut.steps for k in range(n)]
 
 
 # -- hardware-harness regressions -----------------------------------------------------------------
 
 RANDOM_CASES = [
-    # name, lanes, parallel, shift, digit (None: Requantize.DIGIT; 16: whole products, iCE40)
-    ("l1_p1_s1", 1, 1, 1, None),
-    ("l4_p2_s28", 4, 2, 28, None),
-    ("l16_p16_s23", 16, 16, 23, None),
-    ("l4_p1_s23_d16", 4, 1, 23, 16),
-    ("l4_p4_s9_d5", 4, 4, 9, 5),
-    ("l8_p8_s23_d4", 8, 8, 23, 4),          # the deep pipeline's digits (ecp5-85f)
+    # name, lanes, parallel, shift, digit (None: Requantize.DIGIT; 16: whole products, iCE40),
+    # stall_free
+    ("l1_p1_s1", 1, 1, 1, None, False),
+    ("l4_p2_s28", 4, 2, 28, None, False),
+    ("l16_p16_s23", 16, 16, 23, None, False),
+    ("l4_p1_s23_d16", 4, 1, 23, 16, False),
+    ("l4_p4_s9_d5", 4, 4, 9, 5, False),
+    ("l8_p8_s23_d4_free", 8, 8, 23, 4, True),   # the deep pipeline's (ecp5-85f)
+    ("l4_p1_s7_free", 4, 1, 7, None, True),     # stall-free with parts: reassembly, credit
 ]
 
 
-@pytest.mark.parametrize("name, lanes, parallel, shift, digit", RANDOM_CASES,
+@pytest.mark.parametrize("name, lanes, parallel, shift, digit, stall_free", RANDOM_CASES,
                          ids=[c[0] for c in RANDOM_CASES])
-def test_random_and_edges(name, lanes, parallel, shift, digit):
+def test_random_and_edges(name, lanes, parallel, shift, digit, stall_free):
     rng = np.random.default_rng(sum(map(ord, name)))
     mult = special_mults(rng)
     edges = edge_acc(mult, shift, rng)
@@ -278,7 +315,7 @@ def test_random_and_edges(name, lanes, parallel, shift, digit):
     ins, exp = stream_words(acc, mult, shift, lanes)
     assert len(ins) >= 1000 + len(beats(edges, lanes))
     make = lambda: Requantize(CONFIG, lanes=lanes, parallel=parallel, requant_mult=mult,
-                              requant_shift=shift, digit=digit)
+                              requant_shift=shift, digit=digit, stall_free=stall_free)
     result = run_stream_test(f"requant_{name}", make, inputs=ins, expected=exp,
                              stalls=STALL_SWEEP)
     result.assert_ok()
@@ -295,8 +332,8 @@ def load_model():
 
 @pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),
                     reason="MNIST_DIR is not set to a folder with the MNIST files")
-@pytest.mark.parametrize("parallel", [16, 4])
-def test_mnist_conv_acc_to_act(parallel):
+@pytest.mark.parametrize("parallel, stall_free", [(16, True), (4, False)])
+def test_mnist_conv_acc_to_act(parallel, stall_free):
     """Real data: 6 MNIST test images back to back, ``conv_acc`` in, ``act`` out."""
     model = load_model()
     images, _ = mnist.load("test", MNIST_DIR)
@@ -306,7 +343,7 @@ def test_mnist_conv_acc_to_act(parallel):
     exp = pack(beats(inf.act, lanes), WIDTHS.act)
     make = lambda: Requantize(model.config, lanes=lanes, parallel=parallel,
                               requant_mult=model.requant_mult,
-                              requant_shift=model.requant_shift)
+                              requant_shift=model.requant_shift, stall_free=stall_free)
     result = run_stream_test(f"requant_mnist_p{parallel}", make, inputs=ins, expected=exp,
                              stalls=STALL_SWEEP)
     result.assert_ok()
