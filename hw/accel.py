@@ -99,10 +99,10 @@ class Parallelism:
         and the dense engine's MAC arrays with split products and their sums registered every
         two adder levels (``MACArray(sum_levels=2)``), 4-bit multiplier digits in the
         requantization, which never stalls (an output FIFO with credit counting: no
-        pipeline-wide enable), register slices (:class:`~cnnforge.hw.slice.RegisterSlice`) on the
-        pixel input, between convolution and requantization and between requantization and
-        max-pool, and the model write port registered (writes land a cycle later). Costs
-        latency and registers, not throughput; results are the same.
+        pipeline-wide enable), register slices (:class:`~cnnforge.hw.slice.RegisterSlice`) on
+        the pixel input, between convolution and requantization, between requantization and
+        max-pool and on the result output, and the model write port registered (writes land a
+        cycle later). Costs latency and registers, not throughput; results are the same.
     """
 
     PIPELINES = ("standard", "deep")
@@ -309,12 +309,20 @@ class Accelerator(wiring.Component):
             logits.w_en.eq(dense.o.valid & softmax.i.ready),
             dense.o.ready.eq(softmax.i.ready & logits.w_rdy),
         ]
+        if deep:
+            # The result stream's consumer (the board's host link) sits elsewhere on the device:
+            # its ready flag drove the logits FIFO and the softmax output across the ULX3S.
+            m.submodules.result_slice = result_slice = RegisterSlice(self.o.payload.shape())
+            result = result_slice.i
+            wiring.connect(m, result_slice=result_slice.o, o=wiring.flipped(self.o))
+        else:
+            result = self.o
         m.d.comb += [
-            self.o.payload.logit.eq(logits.r_data),
-            self.o.payload.prob.eq(softmax.o.payload.prob),
-            self.o.payload.cls.eq(softmax.o.payload.cls),
-            self.o.valid.eq(softmax.o.valid & logits.r_rdy),
-            softmax.o.ready.eq(self.o.ready & logits.r_rdy),
-            logits.r_en.eq(self.o.ready & softmax.o.valid),
+            result.payload.logit.eq(logits.r_data),
+            result.payload.prob.eq(softmax.o.payload.prob),
+            result.payload.cls.eq(softmax.o.payload.cls),
+            result.valid.eq(softmax.o.valid & logits.r_rdy),
+            softmax.o.ready.eq(result.ready & logits.r_rdy),
+            logits.r_en.eq(result.ready & softmax.o.valid),
         ]
         return m
