@@ -94,6 +94,12 @@ class Parallelism:
         Dense-layer multipliers (``features`` must be a multiple).
     target : str
         ``"generic"``, ``"ice40"`` (dual 8x8 SB_MAC16 for the convolution) or ``"ecp5"``.
+    dense_buffer : bool or None
+        The dense engine with its ping-pong activation buffer (it starts an image after its
+        last pooled beat) or consuming the pooled stream as it comes (an image's logits are
+        ready soon after its last pooled beat: a training step's forward pass is shorter);
+        see :class:`~cnnforge.hw.dense.DenseEngine`. ``None``: without the buffer on
+        ``target="ice40"``, with it otherwise.
     pipeline : str
         ``"standard"`` or ``"deep"``: for fast clocks on LUT fabric, the window convolution's
         and the dense engine's MAC arrays with split products and their sums registered every
@@ -102,13 +108,15 @@ class Parallelism:
         pipeline-wide enable), register slices (:class:`~cnnforge.hw.slice.RegisterSlice`) on
         the pixel input, between convolution and requantization, between requantization and
         max-pool and on the result output, and the model write port registered (writes land a
-        cycle later). Costs latency and registers, not throughput; results are the same.
+        cycle later). Costs latency and registers, not throughput; results are the same. The
+        deep pipeline also pipelines the softmax's exp step (about 210 cycles less from an
+        image's last logit to its first probability: a training step starts with it).
     """
 
     PIPELINES = ("standard", "deep")
 
     def __init__(self, *, conv_lanes, requant_parallel, dense_mults, target="generic",
-                 conv_window=False, pipeline="standard"):
+                 conv_window=False, dense_buffer=None, pipeline="standard"):
         self.conv_lanes = operator.index(conv_lanes)
         if not isinstance(conv_window, bool):
             raise TypeError(f"conv_window must be a bool, not {conv_window!r}")
@@ -118,6 +126,11 @@ class Parallelism:
         if target not in ("generic", "ice40", "ecp5"):
             raise ValueError(f"target must be 'generic', 'ice40' or 'ecp5', not {target!r}")
         self.target = target
+        if dense_buffer is None:
+            dense_buffer = target != "ice40"
+        if not isinstance(dense_buffer, bool):
+            raise TypeError(f"dense_buffer must be a bool or None, not {dense_buffer!r}")
+        self.dense_buffer = dense_buffer
         if pipeline not in self.PIPELINES:
             raise ValueError(f"pipeline must be 'standard' or 'deep', not {pipeline!r}")
         self.pipeline = pipeline
@@ -141,7 +154,8 @@ class Parallelism:
     def to_dict(self):
         return {"conv_lanes": self.conv_lanes, "conv_window": self.conv_window,
                 "requant_parallel": self.requant_parallel, "dense_mults": self.dense_mults,
-                "target": self.target, "pipeline": self.pipeline}
+                "target": self.target, "dense_buffer": self.dense_buffer,
+                "pipeline": self.pipeline}
 
 
 #: Named configurations: for the UP5K 4 conv lanes (2 dual 8x8 SB_MAC16; 48,675 cycles per
@@ -149,18 +163,20 @@ class Parallelism:
 #: engine (2 SB_MAC16, weights in two SPRAMs) that consumes the pooled stream without an
 #: activation buffer (8 lanes, 24,339 cycles, did not fit: ~6,500 cells); for the ECP5-85F the
 #: window engine (16 lanes x 9 taps = 144 multipliers: 1,352 cycles per image) with a 32-wide
-#: dense engine (1,690, the limit), all products in LUTs (``target="generic"``, built
-#: ``-nodsp``: 60.0k LUT4, routed, 50.6 MHz, the conv weight-write decode critical, since
-#: registered). ``target="ecp5"`` puts the 144 in explicit MULT18X18D (144 of 156): 36.7k LUT4,
-#: but a 46.9 MHz placement estimate and congested routing (not finished); neither meets
-#: 100 MHz yet. A 25F-sized tap-serial configuration with its 16 conv products in MULT18X18D
+#: dense engine (1,690, the limit) that takes the pooled stream as it comes (two beats per
+#: group: an image's logits follow its last pooled beat closely, which shortens a training
+#: step by about 1,300 cycles against the activation buffer), all products in LUTs
+#: (``target="generic"``, built ``-nodsp``) and the deep pipeline. ``target="ecp5"`` puts the
+#: 144 in explicit MULT18X18D (144 of 156): 36.7k LUT4, but a 46.9 MHz placement estimate and
+#: congested routing (not finished). A 25F-sized tap-serial configuration with its 16 conv products in MULT18X18D
 #: (16 of 28) and 2 requantization multipliers (10,816 cycles per image, under the
 #: convolution's 12,171): meets 72 MHz. Build numbers: README, "Boards".
 PRESETS = {
     "up5k": Parallelism(conv_lanes=4, requant_parallel=1, dense_mults=4, target="ice40"),
     "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ecp5"),
     "ecp5-85f": Parallelism(conv_lanes=16, conv_window=True, requant_parallel=16,
-                            dense_mults=32, target="generic", pipeline="deep"),
+                            dense_mults=32, target="generic", dense_buffer=False,
+                            pipeline="deep"),
 }
 
 
@@ -237,9 +253,11 @@ class Accelerator(wiring.Component):
         m.submodules.dense = dense = DenseEngine(config, in_lanes=par.conv_lanes,
                                                  mults=par.dense_mults, dense_w=model.dense_w,
                                                  dense_b=model.dense_b, target=par.target,
+                                                 buffer=par.dense_buffer,
                                                  sum_levels=par.sum_levels)
         m.submodules.softmax = softmax = Softmax(config, softmax_mult=model.softmax_mult,
-                                                 softmax_shift=model.softmax_shift)
+                                                 softmax_shift=model.softmax_shift,
+                                                 pipelined_exp=deep)
 
         if deep:
             # The model write port registered once, with a copy of the registers for each

@@ -369,11 +369,14 @@ class WindowConvEngine(wiring.Component):
         last_group = Signal()
         opens = Signal()           # the head group would start an image (switch the banks)
         swap = Signal()            # an image's first issue: the weight/bias banks switch
+        b_en1 = Signal(name="b_en_1", reset_less=True)     # a bias write one cycle old
         m.d.comb += [
             opens.eq((group == 0) & head_first),
             # The banks do not switch under a landing weight write (its bank was chosen with
-            # the banks before the switch: the image would read its word before it lands).
-            issue.eq(wfifo.r_rdy & credit_ok & ~(opens & w_landing)),
+            # the banks before the switch: the image would read its word before it lands);
+            # nor when a bias write would land as the delayed switch reaches the biases (the
+            # same, L cycles later: see "Biases").
+            issue.eq(wfifo.r_rdy & credit_ok & ~(opens & (w_landing | b_en1))),
             last_group.eq(group == groups - 1),
             wfifo.r_en.eq(issue & last_group),
             swap.eq(issue & opens),
@@ -451,8 +454,15 @@ class WindowConvEngine(wiring.Component):
         # --- Biases: the whole bank machinery runs the MAC latency behind the issue (group,
         # swap and the write port delayed alike), so a group's biases are read in that cycle,
         # arrive with its sums, and come from the bank its weights came from.
+        # A bias write is registered once more after its bank is chosen, so that the memories'
+        # write address comes from flip-flops (the bank decision routed to the distributed
+        # RAM was an ECP5-85F critical path); it lands a cycle after the decision. The only
+        # read that could see the word before it lands is the first group after a switch of
+        # the banks in that cycle, and the issue does not switch banks while a bias write
+        # is one cycle old at the port: it would reach the switch exactly then.
         b_group, b_swap = group, swap
         b_en, b_addr, b_data = self.b_en, self.b_addr, self.b_data
+        m.d.sync += b_en1.eq(self.b_en)
         for d in range(1, mac.latency + 1):
             nxt = (Signal.like(b_group, name=f"b_group_{d}", reset_less=True),
                    Signal(name=f"b_swap_{d}", reset_less=True),
@@ -464,7 +474,15 @@ class WindowConvEngine(wiring.Component):
             b_group, b_swap, b_en, b_addr, b_data = nxt
         b_use, b_write, b_wbank = _banked(m, "b", groups * chunks, b_en, b_addr, b_swap)
         jbits = ceil_log2(chunks)
-        b_wgroup = b_addr[jbits:]
+        b_landing = Signal(name="b_landing")
+        b_land_addr = Signal(range(2 * groups), name="b_land_addr", reset_less=True)
+        b_land_chunk = Signal(max(1, jbits), name="b_land_chunk", reset_less=True)
+        b_land_data = Signal.like(b_data, name="b_land_data", reset_less=True)
+        m.d.sync += [b_landing.eq(b_write),
+                     b_land_addr.eq(Mux(b_wbank, groups, 0) + b_addr[jbits:]),
+                     b_land_data.eq(b_data)]
+        if jbits:
+            m.d.sync += b_land_chunk.eq(b_addr[:jbits])
         b_words = bias_words(cfg, lanes, self._conv_b)
         b_rows = []
         for j in range(chunks):
@@ -476,9 +494,9 @@ class WindowConvEngine(wiring.Component):
             bank = b_use((g * chunks + j for g in range(groups)), b_group)
             m.d.comb += [
                 rd.addr.eq(Mux(bank, groups, 0) + b_group),
-                wr.addr.eq(Mux(b_wbank, groups, 0) + b_wgroup),
-                wr.data.eq(b_data),
-                wr.en.eq(b_write & ((b_addr[:jbits] == j) if jbits else 1)),
+                wr.addr.eq(b_land_addr),
+                wr.data.eq(b_land_data),
+                wr.en.eq(b_landing & ((b_land_chunk == j) if jbits else 1)),
             ]
             b_rows.append(rd.data)
 

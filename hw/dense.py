@@ -98,7 +98,14 @@ class DenseEngine(wiring.Component):
     flip-flop: no combinational path through the upstream blocks' handshakes), at the cost of
     two idle cycles per beat (freed by its last step, refilled the cycle after). No activation
     memory at all; the engine takes a beat per ``classes * chunks + 2`` cycles, which must
-    keep up with the producer (it backpressures otherwise).
+    keep up with the producer (it backpressures otherwise). With more multipliers than input
+    lanes (``gather = mults // in_lanes`` beats make one group of ``mults`` features, weight
+    word ``k * steps + s`` for group ``s``), the beats go through an input FIFO of
+    :attr:`in_fifo_depth` beats (two pooled rows: the pooled stream is bursty) into a gather
+    register, and a full group moves into the compute register the cycle the previous one
+    finishes: ``classes`` cycles per group, no idle cycle, the same throughput as the buffer
+    (1,690 cycles per image at 32 multipliers) and an image's logits ``classes`` cycles plus
+    the pipeline after its last group.
 
     Weight and bias write ports
     ---------------------------
@@ -131,7 +138,8 @@ class DenseEngine(wiring.Component):
     engine keeps up. Without it: one beat per ``classes * chunks + 2`` cycles,
     ``(classes * steps) * (1 + 2 / (classes * chunks))`` cycles per image; the ``up5k`` preset
     (4 lanes, 4 multipliers): 16,224 cycles of the 48,675 its convolution takes per image
-    (the pooled stream brings a beat per 36 cycles on average).
+    (the pooled stream brings a beat per 36 cycles on average). Gathering: ``classes * steps``
+    cycles per image, like the buffer.
 
     Resources
     ---------
@@ -140,7 +148,8 @@ class DenseEngine(wiring.Component):
     With the buffer: activation buffer ``2 * features`` bytes in block RAM (24 ``SB_RAM40_4K``
     for the reference network), ``classes`` bias words in flip-flops. Without: ``classes``
     partial sums and ``classes`` bias words in block RAM (2 + 2 ``SB_RAM40_4K`` on iCE40) and
-    one input beat register (``8 * in_lanes`` flip-flops).
+    one input beat register (``8 * in_lanes`` flip-flops); gathering, the input FIFO and three
+    group registers (``8 * mults`` flip-flops each) instead.
 
     Parameters
     ----------
@@ -162,8 +171,7 @@ class DenseEngine(wiring.Component):
         or ``"ecp5"`` (same as generic).
     buffer : bool or None
         With the ping-pong activation buffer (``True``) or consuming the input stream directly
-        (``False``; ``mults`` must divide ``in_lanes``). ``None``: ``False`` for
-        ``target="ice40"``, ``True`` otherwise.
+        (``False``). ``None``: ``False`` for ``target="ice40"``, ``True`` otherwise.
     sum_levels : int or None
         The MAC array's adder levels per pipeline stage (:class:`~cnnforge.hw.mac.MACArray`):
         ``None`` the whole sum of ``mults`` products in one cycle; 2 for fast clocks (latency
@@ -187,9 +195,8 @@ class DenseEngine(wiring.Component):
         If ``config`` is not a :class:`NetworkConfig`, a count or ``sum_levels`` is not an
         integer or ``buffer`` is not a bool or None.
     ValueError
-        If the lane counts do not fit the network (or, without the buffer, ``mults`` does not
-        divide ``in_lanes``), the arrays have the wrong shape or range, ``target`` is
-        unknown or ``sum_levels`` is below 1.
+        If the lane counts do not fit the network, the arrays have the wrong shape or range,
+        ``target`` is unknown or ``sum_levels`` is below 1.
     """
 
     TARGETS = ("generic", "ice40", "ecp5")
@@ -214,9 +221,6 @@ class DenseEngine(wiring.Component):
             buffer = target != "ice40"
         if not isinstance(buffer, bool):
             raise TypeError(f"buffer must be a bool or None, not {buffer!r}")
-        if not buffer and in_lanes % mults:
-            raise ValueError(f"without the activation buffer mults must divide in_lanes "
-                             f"({in_lanes}), not {mults!r}")
         widths = Widths(config)
         dense_w, dense_b = np.asarray(dense_w), np.asarray(dense_b)
         if dense_w.shape != (classes, features):
@@ -247,6 +251,17 @@ class DenseEngine(wiring.Component):
             self._fifo_depth = max(3, 1 + -(-(latency + 2) // steps))
         else:
             self._fifo_depth = max(3, classes)
+        # Without the buffer and with more multipliers than input lanes, `gather` beats make
+        # one group of `mults` features, which takes `classes` cycles; the pooled stream is
+        # bursty (a pooled row's beats come during every other convolution row), so an input
+        # FIFO of two conv rows' worth of pooled beats keeps the engine busy through the rows
+        # that bring none.
+        self._gather = 1 if buffer or in_lanes >= mults else mults // in_lanes
+        if self._gather > 1:
+            pooled_row = config.features // (config.pool_size * in_lanes)
+            self._in_fifo_depth = max(4, 2 * pooled_row)
+        else:
+            self._in_fifo_depth = 0
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(8), in_lanes))),
             "o": Out(stream.Signature(signed(widths.dense_acc))),
@@ -265,12 +280,23 @@ class DenseEngine(wiring.Component):
 
     @property
     def cycles_per_image(self):
-        """Sustained cycles per image: ``classes * steps``, without the buffer plus two per
-        input beat."""
+        """Sustained cycles per image: ``classes * steps``, without the buffer and with one
+        beat per group (``mults <= in_lanes``) plus two per input beat."""
         cycles = self._config.classes * self._steps
-        if not self._buffer:
+        if not self._buffer and self._gather == 1:
             cycles += 2 * (self._config.features // self._in_lanes)
         return cycles
+
+    @property
+    def gather(self):
+        """Input beats per group of ``mults`` features (streaming with ``mults > in_lanes``),
+        else 1."""
+        return self._gather
+
+    @property
+    def in_fifo_depth(self):
+        """Entries (beats) of the input FIFO of a gathering engine, else 0."""
+        return self._in_fifo_depth
 
     @property
     def fifo_depth(self):
@@ -346,21 +372,49 @@ class DenseEngine(wiring.Component):
         per-class partial sums wait in a small memory."""
         config, widths = self._config, self._widths
         classes, steps = config.classes, self._steps
-        in_lanes, mults = self._in_lanes, self._mults
-        beats = config.features // in_lanes
-        chunks = in_lanes // mults
+        in_lanes, mults, gather = self._in_lanes, self._mults, self._gather
+        # A "beat" from here on is one group of in_lanes * gather features.
+        beats = config.features // (in_lanes * gather)
+        chunks = max(1, in_lanes // mults)
 
-        # --- Input: the beat register `cur`, so that i.ready (= ~cur_valid) is a flip-flop: no
-        # combinational path from the scheduler back through the upstream blocks' handshakes.
-        # It is freed by the beat's last step and refilled from the next cycle on.
-        cur = Signal(8 * in_lanes, reset_less=True)
         cur_valid = Signal()
         done = Signal()
-        m.d.comb += self.i.ready.eq(~cur_valid)
-        with m.If(self.i.valid & ~cur_valid):
-            m.d.sync += [cur.eq(self.i.payload), cur_valid.eq(1)]
-        with m.If(done):
-            m.d.sync += cur_valid.eq(0)
+        if gather == 1:
+            # --- Input: the beat register `cur`, so that i.ready (= ~cur_valid) is a
+            # flip-flop: no combinational path from the scheduler back through the upstream
+            # blocks' handshakes. It is freed by the beat's last step and refilled from the
+            # next cycle on.
+            cur = Signal(8 * in_lanes, reset_less=True)
+            m.d.comb += self.i.ready.eq(~cur_valid)
+            with m.If(self.i.valid & ~cur_valid):
+                m.d.sync += [cur.eq(self.i.payload), cur_valid.eq(1)]
+            with m.If(done):
+                m.d.sync += cur_valid.eq(0)
+        else:
+            # --- Input: a FIFO, then `fill` collects `gather` beats; a full `fill` moves to
+            # `cur` when that is free or freed this cycle (its last step), so consecutive groups
+            # are issued without an idle cycle. The group is registered at issue (`group1`),
+            # since `cur` may already hold the next one by stage 1.
+            m.submodules.in_fifo = in_fifo = SyncFIFOBuffered(width=8 * in_lanes,
+                                                              depth=self._in_fifo_depth)
+            m.d.comb += [
+                in_fifo.w_data.eq(self.i.payload),
+                in_fifo.w_en.eq(self.i.valid),
+                self.i.ready.eq(in_fifo.w_rdy),
+            ]
+            fill = Signal(8 * mults, reset_less=True)
+            fill_n = Signal(range(gather + 1))
+            fill_full = fill_n == gather
+            m.d.comb += in_fifo.r_en.eq(~fill_full)
+            cur = Signal(8 * mults, reset_less=True)
+            move = fill_full & (~cur_valid | done)
+            with m.If(in_fifo.r_rdy & ~fill_full):
+                m.d.sync += [fill.eq(Cat(fill[8 * in_lanes:], in_fifo.r_data)),
+                             fill_n.eq(fill_n + 1)]
+            with m.If(move):
+                m.d.sync += [cur.eq(fill), cur_valid.eq(1), fill_n.eq(0)]
+            with m.Elif(done):
+                m.d.sync += cur_valid.eq(0)
 
         # --- Scheduler: for beat b, class k, chunk j: weight word k * steps + b * chunks + j.
         k = Signal(range(max(2, classes)))
@@ -399,7 +453,11 @@ class DenseEngine(wiring.Component):
         last1 = Signal(reset_less=True)
         j1 = Signal.like(j, reset_less=True)
         m.d.sync += [valid1.eq(issue), first1.eq(j == 0), last1.eq(last_j), j1.eq(j)]
-        chunk = cur.word_select(j1, 8 * mults) if chunks > 1 else cur
+        if gather > 1:
+            chunk = Signal(8 * mults, reset_less=True)
+            m.d.sync += chunk.eq(cur)
+        else:
+            chunk = cur.word_select(j1, 8 * mults) if chunks > 1 else cur
         m.d.comb += [mac.i_valid.eq(valid1), mac.i_first.eq(first1), mac.i_last.eq(last1),
                      mac.a.eq(chunk)]
 

@@ -162,10 +162,12 @@ class Trainer(wiring.Component):
     -------
     :meth:`cycles_per_update`: ``(classes - 1) * features / mults + max(features / mults,
     features / grad_lanes) + filters * (taps + 1) + filters / conv_lanes * (taps + chunks)``
-    plus 32 cycles of pipeline drains, from ``start`` to ``done`` (within a few cycles).
+    plus 32 cycles of pipeline drains, from ``start`` to ``done`` (within a few cycles, and
+    when the probabilities come at least as fast as the dense phase takes classes).
     Reference network: 7,822 cycles at the UP5K preset (8 dense multipliers, 4 gradient
-    lanes), 2,583 at the ECP5-85F preset (32 dense multipliers, 8 gradient lanes; 2,245 with
-    16). A training step adds the forward latency of one image on the accelerator.
+    lanes), 2,245 at the ECP5-85F preset (32 dense multipliers, 16 gradient lanes; 2,583 with
+    8). A training step adds the forward latency of one image on the accelerator up to its
+    first probability.
 
     Throughput
     ----------
@@ -201,7 +203,9 @@ class Trainer(wiring.Component):
     prob_en : ``In(1)``, prob_k : ``In(range(classes))``, prob : ``In(16)``
         Probabilities of the training image.
     start : ``In(1)``, label : ``In(range(classes))``
-        Pulse after the last probability: run backward and update.
+        Pulse with (or after) the first probability: run backward and update; class ``k``'s
+        dense updates start once probability ``k`` is in (``prob_en`` with ``prob_k = k``;
+        the probabilities come in class order).
     busy : ``Out(1)``, done : ``Out(1)``
         ``done`` pulses when the last model word is written.
     mw_en, mw_memory, mw_addr, mw_data : ``Out``
@@ -396,8 +400,14 @@ class Trainer(wiring.Component):
                     m.d.sync += pword.eq(pword + 1)
 
         probs = Array(Signal(SoftmaxFormat.prob_bits, name=f"prob{k}") for k in range(classes))
+        # Probabilities taken in this step: class k's dense updates wait for probability k, so
+        # the step can start with the first one (the softmax sends the rest while the dense
+        # phase works through class 0).
+        probs_in = Signal(range(classes + 1))
         with m.If(self.prob_en):
-            m.d.sync += probs[self.prob_k].eq(self.prob)
+            m.d.sync += [probs[self.prob_k].eq(self.prob), probs_in.eq(probs_in + 1)]
+        with m.If(self.done):
+            m.d.sync += probs_in.eq(0)
         label = Signal(range(classes))
         deltas = []
         for k in range(classes):
@@ -516,7 +526,7 @@ class Trainer(wiring.Component):
                     m.next = "D_DENSE"
             with m.State("DENSE"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(go):
+                with m.If(go & (k0 < probs_in)):
                     m.d.comb += d_issue.eq(1)
                     # The last class finalizes the error accumulators one word per cycle: the
                     # conv-gradient phase runs behind it (one cycle later than the write of
@@ -988,7 +998,7 @@ class TrainingAccelerator(wiring.Component):
             trainer.prob_en.eq(res & training),
             trainer.prob_k.eq(res_k),
             trainer.prob.eq(accel.o.payload.prob),
-            trainer.start.eq(last_res & training),
+            trainer.start.eq(res & (res_k == 0) & training),
             trainer.label.eq(label),
             self.step_done.eq(trainer.done),
             self.busy.eq(training | trainer.busy),

@@ -341,7 +341,7 @@ def state_from_dump(state, dumps, index=-1):
 
 
 #: Gradient lanes per preset: the conv-gradient phase takes features / grad_lanes cycles.
-GRAD_LANES = {"up5k": 4, "ecp5-25f": 4, "ecp5-85f": 8}
+GRAD_LANES = {"up5k": 4, "ecp5-25f": 4, "ecp5-85f": 16}
 
 
 def train_bench(preset, steps=10, *, grad_lanes=None, rounding="nearest", mnist_dir=None,

@@ -94,7 +94,8 @@ def test_link_bound_rate():
 def test_parallelism_override_and_estimates():
     par = parse_parallelism("conv_lanes=4, requant_parallel=1,dense_mults=4", "icebreaker")
     assert par.to_dict() == {"conv_lanes": 4, "conv_window": False, "requant_parallel": 1,
-                             "dense_mults": 4, "target": "ice40", "pipeline": "standard"}
+                             "dense_mults": 4, "target": "ice40", "dense_buffer": False,
+                             "pipeline": "standard"}
     # 676 positions x 9 taps x 8 filter groups + the bank switch; requant 21,632; dense 13,520.
     assert estimate_cycles(NetworkConfig(), par) == 48_675
     assert ice40_dsps(par) == {"conv": 2, "requant": 2, "dense": 2, "total": 6}
@@ -109,6 +110,17 @@ def test_parallelism_override_and_estimates():
         parse_parallelism("conv_lanes=x", "icebreaker")
     with pytest.raises(CnnforgeError, match="unknown board 'de0'"):
         parse_parallelism("", "de0")
+
+
+def test_nextpnr_seeds(monkeypatch):
+    from cnnforge.boards.build import nextpnr_seeds
+    monkeypatch.delenv("CNNFORGE_NEXTPNR_SEEDS", raising=False)
+    assert nextpnr_seeds("ice40") == (None, 2, 3) and nextpnr_seeds("ecp5") == (None,)
+    monkeypatch.setenv("CNNFORGE_NEXTPNR_SEEDS", "default, 7")
+    assert nextpnr_seeds("ecp5") == (None, 7)
+    monkeypatch.setenv("CNNFORGE_NEXTPNR_SEEDS", "2,x")
+    with pytest.raises(CnnforgeError, match="CNNFORGE_NEXTPNR_SEEDS: 'x' is not an integer"):
+        nextpnr_seeds("ice40")
 
 
 def test_ice40_dsp_guard(tmp_path):

@@ -80,10 +80,6 @@ def test_rejects_bad_arguments():
         (dict(in_lanes=4, mults=4, dense_w=w.astype(np.int32) * 2), "dense_w must hold int8"),
         (dict(in_lanes=4, mults=4, dense_b=b[:3]), "dense_b must have shape (10,)"),
         (dict(in_lanes=4, mults=4, target="xilinx"), "target must be one of"),
-        (dict(in_lanes=4, mults=8, buffer=False),
-         "without the activation buffer mults must divide in_lanes (4), not 8"),
-        (dict(in_lanes=4, mults=8, target="ice40"),
-         "without the activation buffer mults must divide in_lanes (4), not 8"),
     ]
     for kwargs, message in cases:
         kwargs = {"dense_w": w, "dense_b": b, **kwargs}
@@ -97,6 +93,11 @@ def test_rejects_bad_arguments():
     assert DenseEngine(SMALL, in_lanes=4, mults=4, dense_w=w, dense_b=b).buffer
     assert not DenseEngine(SMALL, in_lanes=4, mults=4, dense_w=w, dense_b=b,
                            target="ice40").buffer
+    # Streaming with more multipliers than input lanes gathers beats into a group.
+    gathering = DenseEngine(SMALL, in_lanes=4, mults=16, dense_w=w, dense_b=b, buffer=False)
+    assert gathering.gather == 4 and gathering.in_fifo_depth == 8
+    assert gathering.cycles_per_image == SMALL.classes * SMALL.features // 16
+    assert DenseEngine(SMALL, in_lanes=4, mults=4, dense_w=w, dense_b=b, buffer=False).gather == 1
     cfg = NetworkConfig(input_size=10, in_channels=1, filters=6, kernel=3, pool=2, classes=2)
     w6, b6 = random_weights(cfg, np.random.default_rng(0))
     with pytest.raises(ValueError, match="must divide one another"):
@@ -111,15 +112,18 @@ def test_weight_words_layout():
 
 
 # in_lanes vs mults: equal, several beats per step (banks), several steps per beat (chunks);
-# without the activation buffer (stream): equal, several steps per beat.
-# The last two with the MAC array's sums pipelined (sum_levels: 2 and 1 adder levels per stage).
+# without the activation buffer (stream): equal, several steps per beat, several beats per
+# step (gathered). Some with the MAC array's sums pipelined (sum_levels: adder levels per
+# stage).
 RANDOM_CASES = [("dense_random_equal", 4, 4, 100, True, None),
                 ("dense_random_banks", 4, 16, 30, True, None),
                 ("dense_random_chunks", 4, 2, 10, True, None),
                 ("dense_stream_equal", 4, 4, 60, False, None),
                 ("dense_stream_chunks", 8, 2, 10, False, None),
                 ("dense_random_banks_s2", 4, 16, 30, True, 2),
-                ("dense_stream_equal_s1", 4, 4, 60, False, 1)]
+                ("dense_stream_equal_s1", 4, 4, 60, False, 1),
+                ("dense_stream_gather", 4, 8, 40, False, None),
+                ("dense_stream_gather_s2", 4, 16, 30, False, 2)]
 
 
 @pytest.mark.parametrize("name, in_lanes, mults, count, buffer, sum_levels", RANDOM_CASES,
@@ -160,6 +164,7 @@ def test_extremes_longest_accumulation():
     assert logits.min() == -cfg.features * 255 * 128 - bmax >= -2 ** (width - 1)
     check_stream("dense_extremes", cfg, 4, 8, w, b, pooled)
     check_stream("dense_stream_extremes", cfg, 4, 4, w, b, pooled, buffer=False)
+    check_stream("dense_stream_gather_extremes", cfg, 4, 8, w, b, pooled, buffer=False)
 
 
 def test_write_port():

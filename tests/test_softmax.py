@@ -26,10 +26,11 @@ def expected_words(logits, mult, shift):
             for row, c in zip(probs, cls) for p in row]
 
 
-def check(name, config, logits, mult, shift, stalls=STALL_SWEEP):
+def check(name, config, logits, mult, shift, stalls=STALL_SWEEP, pipelined_exp=False):
     logits = np.asarray(logits, np.int64)
     result = run_stream_test(
-        name, lambda: Softmax(config, softmax_mult=mult, softmax_shift=shift),
+        name, lambda: Softmax(config, softmax_mult=mult, softmax_shift=shift,
+                              pipelined_exp=pipelined_exp),
         inputs=[int(v) for v in logits.reshape(-1)],
         expected=expected_words(logits, mult, shift), stalls=stalls)
     result.assert_ok()
@@ -48,6 +49,8 @@ def test_rejects_bad_arguments():
         Softmax(REFERENCE, softmax_mult=1.5, softmax_shift=3)
     with pytest.raises(TypeError, match="config must be a NetworkConfig"):
         Softmax({}, softmax_mult=1, softmax_shift=3)
+    with pytest.raises(TypeError, match="pipelined_exp must be a bool, not 1"):
+        Softmax(REFERENCE, softmax_mult=1, softmax_shift=3, pipelined_exp=1)
 
 
 def test_newton_step_operands_fit_the_multiplier():
@@ -67,7 +70,8 @@ def random_logits(rng, config, count, spread):
     return rng.integers(-lim, lim + 1, (count, config.classes))
 
 
-def test_random_logits():
+@pytest.mark.parametrize("pipelined_exp", [False, True], ids=["serial", "pipelined"])
+def test_random_logits(pipelined_exp):
     """1,000+ words: random logits at several spreads (all in the table, some underflowing,
     extreme distances), the model's scale and others."""
     rng = np.random.default_rng(1)
@@ -77,12 +81,14 @@ def test_random_logits():
         random_logits(rng, REFERENCE, 40, 300_000),
         random_logits(rng, REFERENCE, 20, 2 ** (width - 1) - 1),
     ])
-    check("softmax_random", REFERENCE, logits, 33497, 23)
-    check("softmax_random_scale", REFERENCE, logits[:30], 65535, 20,
-          stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:])
+    tag = "_pipelined" if pipelined_exp else ""
+    check(f"softmax_random{tag}", REFERENCE, logits, 33497, 23, pipelined_exp=pipelined_exp)
+    check(f"softmax_random_scale{tag}", REFERENCE, logits[:30], 65535, 20,
+          stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:], pipelined_exp=pipelined_exp)
 
 
-def test_edge_cases():
+@pytest.mark.parametrize("pipelined_exp", [False, True], ids=["serial", "pipelined"])
+def test_edge_cases(pipelined_exp):
     """Ties (lowest index wins, equal probabilities), all equal, the widest distance the logits
     allow (max and min logit), one dominant class (p = 1.0 = 32768), shift 1."""
     width = Widths(REFERENCE).dense_acc
@@ -96,21 +102,27 @@ def test_edge_cases():
         [bottom] * 10,
         [-1, -1, -2, -3, -4, -5, -6, -7, -8, -9],
     ])
-    result = check("softmax_edges", REFERENCE, logits, 33497, 23)
+    tag = "_pipelined" if pipelined_exp else ""
+    result = check(f"softmax_edges{tag}", REFERENCE, logits, 33497, 23,
+                   pipelined_exp=pipelined_exp)
     words = expected_words(logits, 33497, 23)
     assert words[2 * 10 + 9]["cls"] == 9 and words[2 * 10 + 9]["prob"] >= 32760   # ~1.0
     assert [w["cls"] for w in words[10:20]] == [1] * 10
-    check("softmax_edges_shift1", REFERENCE, logits[:2] // 1000, 3, 1,
-          stalls=STALL_SWEEP[:1])
-    # Throughput claim: about 480 to 530 cycles per image for 10 classes, no backpressure.
-    assert result.runs[0].cycles <= len(logits) * 530 + 20
+    check(f"softmax_edges_shift1{tag}", REFERENCE, logits[:2] // 1000, 3, 1,
+          stalls=STALL_SWEEP[:1], pipelined_exp=pipelined_exp)
+    # Throughput claim: about 480 to 530 cycles per image for 10 classes, no backpressure;
+    # the pipelined exp step saves (MUL_BITS + 7) * classes - classes - its depth (~12).
+    per_image = 530 - (210 if pipelined_exp else 0)
+    assert result.runs[0].cycles <= len(logits) * per_image + 20
 
 
 def test_three_classes():
     cfg = NetworkConfig(input_size=10, in_channels=1, filters=4, kernel=3, pool=2, classes=3)
     rng = np.random.default_rng(3)
-    check("softmax_3", cfg, random_logits(rng, cfg, 50, 100_000), 40000, 22,
-          stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:])
+    logits = random_logits(rng, cfg, 50, 100_000)
+    check("softmax_3", cfg, logits, 40000, 22, stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:])
+    check("softmax_3_pipelined", cfg, logits, 40000, 22, stalls=STALL_SWEEP[-1:],
+          pipelined_exp=True)
 
 
 def test_mnist_logits():
@@ -127,3 +139,5 @@ def test_mnist_logits():
     logits = golden.infer_int(model, images[:100]).logits
     check("softmax_mnist", model.config, logits, model.softmax_mult, model.softmax_shift,
           stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:])
+    check("softmax_mnist_pipelined", model.config, logits, model.softmax_mult,
+          model.softmax_shift, stalls=STALL_SWEEP[-1:], pipelined_exp=True)

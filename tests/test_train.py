@@ -183,13 +183,13 @@ def test_reference_network_up5k_50_steps():
 @pytest.mark.slow
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_reference_network_ecp5_long(rounding):
-    """ECP5-85F parallelism (32 dense multipliers, 8 gradient lanes), 300 steps, every master
+    """ECP5-85F parallelism (32 dense multipliers, 16 gradient lanes), 300 steps, every master
     after every 10th step, accuracy of the RTL-trained weights on 200 test images."""
     state = init_random(NetworkConfig(), TrainFormat(rounding=rounding))
     images, labels = mnist_train(300)
     infer, infer_labels = mnist_test(200)
     run = simulate_training(f"train_ref_ecp5_{rounding}", state, PRESETS["ecp5-85f"], images,
-                            labels, grad_lanes=8, dump_every=10, infer_images=infer)
+                            labels, grad_lanes=16, dump_every=10, infer_images=infer)
     final, ref, logits, probs = golden_training(state, images, labels, dump_every=10)
     problem = compare_dumps(run.dumps, ref)
     assert problem is None, problem
