@@ -299,15 +299,16 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     seeds = nextpnr_seeds(spec.family)
     tried = []
     for seed in seeds:
-        if seed is not None:
+        if tried:
+            how = f"--seed {seed}" if seed is not None else "its default seed"
             log(f"{spec.name}: Fmax {tried[-1][1]:.2f} MHz < {target:.2f}: placing and routing "
-                f"again with nextpnr --seed {seed}")
+                f"again with nextpnr {how}")
         seed_opts = dict(opts)
         if seed is not None:
             seed_opts["nextpnr_opts"] = opts["nextpnr_opts"] + f" --seed {seed}"
         for stale in ("nextpnr.json", "top.tim"):
             (folder / stale).unlink(missing_ok=True)
-        if seed is not None:    # a platform (and its top) is prepared once
+        if tried:               # a platform (and its top) is prepared once
             platform = spec.platform()
             top = BoardTop(spec, model, parallelism=parallelism, clk_freq=clk_freq, baud=baud,
                            accel=accel, train_init=train_init)
@@ -368,12 +369,13 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     return result
 
 
-#: nextpnr placements tried per family until one meets the clock: the first with nextpnr's
-#: default seed, then these seeds. The UP5K build fills 95 % of the device, where the Fmax of
-#: one placement varies by about +-1.5 MHz around the 30 MHz target; an ECP5-85F build takes
-#: 20-40 minutes, so it is placed once. ``CNNFORGE_NEXTPNR_SEEDS`` (comma-separated, e.g.
-#: ``default,2,3``) overrides both.
-NEXTPNR_SEEDS = {"ice40": (None, 2, 3), "ecp5": (None,)}
+#: nextpnr placements tried per family until one meets the clock (``None``: nextpnr's default
+#: seed). The UP5K build fills 96 % of the device, where the Fmax of one placement varies by
+#: about +-1.5 MHz around the 30 MHz target: seed 2 first, the placement that meets it for the
+#: current netlist (31.9 MHz; default 29.3, seed 3 30.8), the others when a change moves it.
+#: An ECP5-85F build takes 20-40 minutes, so it is placed once. ``CNNFORGE_NEXTPNR_SEEDS``
+#: (comma-separated, e.g. ``default,2,3``) overrides both.
+NEXTPNR_SEEDS = {"ice40": (2, 3, None), "ecp5": (None,)}
 
 
 def nextpnr_seeds(family):

@@ -28,6 +28,11 @@ SLOW_VARIANTS = {
     # sum_levels=1 (no preset uses it) and the unpipelined 4x9 array: the sum_levels=2 cases
     "tests/test_conv_window.py::test_random_back_to_back[k3_c2_l2_s1]",
     "tests/test_dense.py::test_random_back_to_back[dense_stream_equal_s1]",
+    # streaming with 2 beats per group (no preset): the 4 per group case with sum_levels=2 and
+    # the extremes; stall-free requantization with parts (no preset): its write-port and exact
+    # latency tests in the Amaranth simulator
+    "tests/test_dense.py::test_random_back_to_back[dense_stream_gather]",
+    "tests/test_requant.py::test_random_and_edges[l4_p1_s7_free]",
     "tests/test_mac.py::test_mac_random[signed3x3_s1]",
     "tests/test_mac.py::test_mac_random[conv4x9]",
     # stalls with the standard window pipeline (no preset): the tap-serial and deep ones
@@ -42,6 +47,9 @@ SLOW_VARIANTS = {
     "tests/test_dense.py::test_mnist_images_reference_stream",
     "tests/test_mac.py::test_mac_mnist_conv",
     "tests/test_mac.py::test_mac_mnist_dense",
+    "tests/test_requant.py::test_mnist_conv_acc_to_act[16-True]",
+    "tests/test_requant.py::test_mnist_conv_acc_to_act[4-False]",
+    "tests/test_softmax.py::test_mnist_logits",
     # the float training run twice: test_model_file.py's other checks of the committed model
     "tests/test_model_file.py::test_training_is_reproducible",
 }

@@ -115,7 +115,7 @@ def test_parallelism_override_and_estimates():
 def test_nextpnr_seeds(monkeypatch):
     from cnnforge.boards.build import nextpnr_seeds
     monkeypatch.delenv("CNNFORGE_NEXTPNR_SEEDS", raising=False)
-    assert nextpnr_seeds("ice40") == (None, 2, 3) and nextpnr_seeds("ecp5") == (None,)
+    assert nextpnr_seeds("ice40") == (2, 3, None) and nextpnr_seeds("ecp5") == (None,)
     monkeypatch.setenv("CNNFORGE_NEXTPNR_SEEDS", "default, 7")
     assert nextpnr_seeds("ecp5") == (None, 7)
     monkeypatch.setenv("CNNFORGE_NEXTPNR_SEEDS", "2,x")
