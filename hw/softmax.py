@@ -234,15 +234,16 @@ class Softmax(wiring.Component):
                          v_e.eq(v_table)]
             with m.If(v_e):
                 m.d.comb += [exp_wr.data.eq(e_r), exp_wr.en.eq(1)]
-                m.d.sync += [total.eq(total + e_r), k.eq(k + 1)]
+                m.d.sync += total.eq(total + e_r)
+                # k stops at classes - 1, as after the serial exp step.
+                with m.If(k != classes - 1):
+                    m.d.sync += k.eq(k + 1)
 
         with m.FSM(init="LOAD"):
             if self._pipelined_exp:
                 with m.State("EXP_PIPE"):
                     m.d.comb += in_exp_pipe.eq(1)
                     with m.If(v_e & (k == classes - 1)):
-                        # k stays at classes - 1, as after the serial exp step.
-                        m.d.sync += k.eq(k)
                         m.next = "NORMALIZE_LOAD"
 
             with m.State("LOAD"):
