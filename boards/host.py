@@ -313,14 +313,17 @@ def sim_classify_job(transport, images, preset, target, model_path=None):
     return out
 
 
-def run_sim_job(name, link, function, args, divisor, clk_freq=SIM_CLK_FREQ, extra_sources=()):
+def run_sim_job(name, link, function, args, divisor, clk_freq=SIM_CLK_FREQ, extra_sources=(),
+                fast_period_ns=3):
     """Simulate ``link`` (a board core) with the host job ``function`` ("module:name");
-    ``extra_sources``: Verilog models of vendor primitives."""
+    ``extra_sources``: Verilog models of vendor primitives; ``fast_period_ns``: the clock period
+    of an accelerator in its own domain (``sim_core(accel_domain="fast")``; the link's is
+    10 ns)."""
     from ..sim.rtl_runner import BUILD, build_verilog, run_cocotb
     path = build_verilog(link, name)
     folder = BUILD / name
     job = {"function": function, "args": args, "divisor": divisor, "clk_freq": clk_freq,
-           "out": str(folder / "job_result.json")}
+           "fast_period_ns": fast_period_ns, "out": str(folder / "job_result.json")}
     job_path = folder / "job.json"
     job_path.write_text(json.dumps(job))
     (folder / "job_result.json").unlink(missing_ok=True)

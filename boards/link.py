@@ -108,7 +108,9 @@ class Link(wiring.Component):
         ``cls`` holds a result.
 
     Cycle counter (``READ_CYCLES``): cycles from the first pixel offered to ``accel.i`` until the
-    last result beat, not counting the cycles in which ``accel.o`` waits for the capture.
+    last result beat, not counting the cycles in which ``accel.o`` waits for the capture. If
+    ``accel`` has a ``cycles`` output (a :class:`~cnnforge.boards.crossing.ClockCrossing`: the
+    accelerator in its own clock domain), that count is reported instead.
     """
 
     def __init__(self, *, accel, config, divisor, timeout, model_loaded=True):
@@ -135,6 +137,8 @@ class Link(wiring.Component):
             self.dump_words = sum(n for _, n in dump_order(config))
         else:
             self.dump_words = 0
+        # An accelerator behind a ClockCrossing counts its own cycles (in its clock domain).
+        self._counted = "cycles" in members
         self.word_bytes = (accel.mw_data_bits + 7) // 8 if self._writable else 0
         if self.word_bytes > 255:
             raise ValueError(f"model words must be at most 255 bytes, not {self.word_bytes!r}")
@@ -524,7 +528,8 @@ class Link(wiring.Component):
             with m.Case(SRC_NAK):
                 m.d.comb += payload_byte.eq(Mux(p[0], r_nak_cmd, r_code))
             with m.Case(SRC_CYCLES):
-                m.d.comb += payload_byte.eq(cycles.word_select(p[:2], 8))
+                reported = accel.cycles if self._counted else cycles
+                m.d.comb += payload_byte.eq(reported.word_select(p[:2], 8))
             with m.Case(SRC_RESULT):
                 m.d.comb += payload_byte.eq(res_rd.data)
             if self._trainable:

@@ -6,11 +6,14 @@ board         device              preset    clock           UART          LEDs
 icebreaker    iCE40UP5K-SG48      up5k      12 -> 30 MHz    FTDI ch. B    red: busy; green: result;
                                                                           break-off LEDs 2-5: class
 ulx3s         LFE5U-85F-6BG381C   ecp5-85f  25 -> 100 MHz   FTDI          LED 0-3: class, 6: result,
-                                                                          7: busy
+                                      (link 30 MHz)                       7: busy
 orangecrab    LFE5U-25F-8MG285C   ecp5-25f  48 -> 72 MHz    feather pins  RGB: red busy, green
                                                           0 (RX), 1 (TX)  result (too few LEDs for
                                                           3.3 V adapter   the class)
 ============  ==================  ========  ==============  ============  =========================
+
+On the ULX3S the host link runs at 30 MHz from the PLL's second output and the accelerator at
+100 MHz behind a :class:`~cnnforge.boards.crossing.ClockCrossing`.
 
 On-chip training builds (``train_init``, ``make bitstream TRAIN=…``) fit only the ULX3S: preset
 ``ecp5-25f`` beside the trainer, every product in MULT18X18D, at 25 -> 15 MHz (3 Mbaud is
@@ -41,7 +44,8 @@ from .link import Link
 from .uart import divisor_for
 
 
-__all__ = ["Board", "BOARDS", "get_board", "ice40_pll_params", "ecp5_pll_params", "BoardTop",
+__all__ = ["Board", "BOARDS", "get_board", "ice40_pll_params", "ecp5_pll_params",
+           "ecp5_secondary_div", "BoardTop",
            "board_core", "sim_core", "training_accelerator"]
 
 _ECP5_TOOLS = ["yosys", "nextpnr-ecp5", "ecppack"]
@@ -94,6 +98,9 @@ class Board:
     train_preset: str | None = None
     train_clk_freq: float | None = None
     no_training: str | None = None
+    # The host link's own, slower clock (a second PLL output), or None: the link runs on the
+    # accelerator's clock. See cnnforge.boards.crossing.
+    link_clk_freq: float | None = None
 
     @property
     def device(self):
@@ -124,7 +131,9 @@ BOARDS = {
     # than it has.
     "ulx3s": Board("ulx3s", ULX3S85F, "ecp5", "ecp5-85f", 100e6, 3_000_000,
                    "ULX3S 85F, LFE5U-85F: 84k LUT4, 156 MULT18X18D, 208 DP16KD",
-                   train_preset="ecp5-25f", train_clk_freq=15e6),
+                   train_preset="ecp5-25f", train_clk_freq=15e6,
+                   # 3 Mbaud = 30 MHz / 10; the link's paths leave the 100 MHz clock.
+                   link_clk_freq=30e6),
     "orangecrab": Board("orangecrab", OrangeCrab25F, "ecp5", "ecp5-25f", 72e6, 3_000_000,
                         "OrangeCrab r0.2 25F, LFE5U-25F: 24k LUT4, 28 MULT18X18D, 56 DP16KD",
                         no_training="the masters, image and gradient buffers need about 127 "
@@ -182,6 +191,13 @@ def ecp5_pll_params(f_in, f_out):
     return best[1:]
 
 
+def ecp5_secondary_div(vco, f_out):
+    """``(CLKOS_DIV, f_actual)``: an ECP5 PLL's secondary output from its VCO, closest to
+    ``f_out``."""
+    div = min(range(1, 129), key=lambda d: abs(vco / d - f_out))
+    return div, vco / div
+
+
 def training_accelerator(train_init, parallelism, preset):
     """The :class:`~cnnforge.hw.train.TrainingAccelerator` of a training build, starting from
     :func:`cnnforge.sim.trainer.initial_state` ``(train_init)``, with the preset's gradient
@@ -195,9 +211,13 @@ def training_accelerator(train_init, parallelism, preset):
                                grad_lanes=GRAD_LANES.get(preset, 1))
 
 
-def board_core(model, parallelism, *, clk_freq, baud, timeout_s=0.1, accel=None):
+def board_core(model, parallelism, *, clk_freq, baud, timeout_s=0.1, accel=None,
+               accel_domain=None):
     """The link serving ``Accelerator(model, parallelism)`` (or a given ``accel``, e.g. a
-    :func:`training_accelerator`).
+    :func:`training_accelerator`), the link in clock domain ``sync`` at ``clk_freq``.
+
+    With ``accel_domain`` the accelerator runs in that clock domain behind a
+    :class:`~cnnforge.boards.crossing.ClockCrossing` (the domain is defined around the core).
 
     With the ``ice40`` target the dense weights live in SPRAM, which starts empty: the core
     then starts without a model (``CLASSIFY`` is NAKed ``NO_MODEL`` until the host uploads it).
@@ -206,22 +226,26 @@ def board_core(model, parallelism, *, clk_freq, baud, timeout_s=0.1, accel=None)
         from ..hw.accel import Accelerator
         accel = Accelerator(model, parallelism)
     model_loaded = parallelism is None or parallelism.target != "ice40"
+    if accel_domain is not None:
+        from .crossing import ClockCrossing
+        accel = ClockCrossing(accel, model.config, domain=accel_domain)
     return Link(accel=accel, config=model.config, divisor=divisor_for(clk_freq, baud),
                 timeout=max(1, round(timeout_s * clk_freq)), model_loaded=model_loaded)
 
 
 def sim_core(model, preset, *, clk_freq, baud, timeout_s=0.002, target="generic",
-             train_init=None):
+             train_init=None, accel_domain=None):
     """A board core for simulation: the preset's parallelism, by default with the portable
     datapath (``target=None`` keeps the preset's: vendor primitives, simulated with Yosys's
-    cell models); with ``train_init`` (``"random"``, ``"model"``) a training core."""
+    cell models); with ``train_init`` (``"random"``, ``"model"``) a training core; with
+    ``accel_domain`` the accelerator in that clock domain (:func:`board_core`)."""
     from ..hw.accel import PRESETS, Parallelism
     par = PRESETS[preset]
     if target is not None:
         par = Parallelism(**{**par.to_dict(), "target": target})
     accel = None if train_init is None else training_accelerator(train_init, par, preset)
     return board_core(model, par, clk_freq=clk_freq, baud=baud, timeout_s=timeout_s,
-                      accel=accel)
+                      accel=accel, accel_domain=accel_domain)
 
 
 class BoardTop(Elaboratable):
@@ -270,6 +294,14 @@ class BoardTop(Elaboratable):
         else:
             self.pll = ecp5_pll_params(f_in, target)
         self.clk_freq = self.pll[-1]
+        # The link in its own clock domain: inference builds of boards that ask for it.
+        self.link_clk_freq = None
+        if board.link_clk_freq is not None and not training:
+            if board.family != "ecp5":
+                raise CnnforgeError(f"{board.name}: a separate link clock needs an ECP5 PLL")
+            clki, clkfb, clkop, f = self.pll
+            self.link_pll = ecp5_secondary_div(f * clkop, board.link_clk_freq)
+            self.link_clk_freq = self.link_pll[-1]
 
     def elaborate(self, platform):
         m = Module()
@@ -279,6 +311,13 @@ class BoardTop(Elaboratable):
                                    dir="-" if board.family == "ice40" else "i")
         locked = Signal()
         m.domains.sync = cd_sync = ClockDomain("sync")
+        # With a link clock, the PLL's main output is the accelerator's ("fast") and its
+        # secondary output the link's ("sync"); else both run on the main output.
+        split = self.link_clk_freq is not None
+        if split:
+            m.domains.fast = cd_accel = ClockDomain("fast")
+        else:
+            cd_accel = cd_sync
         if board.family == "ice40":
             divr, divf, divq, filt, _ = self.pll
             m.submodules.pll = Instance(
@@ -290,6 +329,13 @@ class BoardTop(Elaboratable):
             )
         else:
             clki, clkfb, clkop, _ = self.pll
+            secondary = {}
+            if split:
+                clkos, _ = self.link_pll
+                secondary = dict(
+                    a_FREQUENCY_PIN_CLKOS=str(self.link_clk_freq / 1e6),
+                    p_CLKOS_ENABLE="ENABLED", p_CLKOS_DIV=clkos, p_CLKOS_CPHASE=clkos - 1,
+                    p_CLKOS_FPHASE=0, o_CLKOS=cd_sync.clk)
             m.submodules.pll = Instance(
                 "EHXPLLL",
                 a_FREQUENCY_PIN_CLKI=str(_default_clk_frequency(board.platform) / 1e6),
@@ -298,16 +344,19 @@ class BoardTop(Elaboratable):
                 p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
                 p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=clkop, p_CLKOP_CPHASE=clkop - 1,
                 p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=clkfb, p_CLKI_DIV=clki,
-                i_CLKI=clk_pin.i, i_CLKFB=cd_sync.clk, i_RST=0, i_STDBY=0,
+                i_CLKI=clk_pin.i, i_CLKFB=cd_accel.clk, i_RST=0, i_STDBY=0,
                 i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=0, i_PHASESTEP=0,
                 i_PHASELOADREG=0, i_PLLWAKESYNC=0, i_ENCLKOP=0,
-                o_CLKOP=cd_sync.clk, o_LOCK=locked,
+                o_CLKOP=cd_accel.clk, o_LOCK=locked, **secondary,
             )
         # nextpnr derives the PLL output's constraint from the board clock pin's.
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        if split:
+            m.submodules.fast_reset_sync = ResetSynchronizer(~locked, domain="fast")
 
-        m.submodules.core = core = board_core(self._model, self._par, clk_freq=self.clk_freq,
-                                              baud=self._baud, accel=self._accel)
+        m.submodules.core = core = board_core(
+            self._model, self._par, clk_freq=self.link_clk_freq or self.clk_freq,
+            baud=self._baud, accel=self._accel, accel_domain="fast" if split else None)
         uart = platform.request("uart", 0)
         m.d.comb += [core.rx.eq(uart.rx.i), uart.tx.o.eq(core.tx)]
         self._leds(m, platform, core)

@@ -120,10 +120,17 @@ async def board_job(dut):
     func = getattr(importlib.import_module(module), name)
 
     cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
+    # A core whose accelerator runs in its own domain (ClockCrossing) has its clock as a port.
+    fast = hasattr(dut, "fast_clk")
+    if fast:
+        cocotb.start_soon(Clock(dut.fast_clk, job["fast_period_ns"], unit="ns").start())
+        dut.fast_rst.value = 1
     uart = UartModel(dut, job["divisor"])
     dut.rst.value = 1
     await ClockCycles(dut.clk, 4)
     dut.rst.value = 0
+    if fast:
+        dut.fast_rst.value = 0
     await ClockCycles(dut.clk, 4)
     cocotb.start_soon(uart.monitor())
     transport = SimTransport(uart, job["clk_freq"])
@@ -148,6 +155,43 @@ def _reply(client, data):
     client.send(data)
     frame = client.read_frame()
     return {"nak": _nak(frame), "command": frame.command, "payload": frame.payload.hex()}
+
+
+def _upload(c, transport, upload):
+    """Upload a model (``board_scenario``'s ``upload``); ``(payloads, record)``."""
+    from cnnforge.boards.protocol import Command, encode
+    from cnnforge.hw.accel import PRESETS, ModelMemory, Parallelism
+    from cnnforge.sim import model as model_file
+    path = upload.get("model_path")
+    model = model_file.load(path) if path else model_file.load()
+    par = PRESETS[upload["preset"]]
+    if upload.get("target") is not None:
+        par = Parallelism(**{**par.to_dict(), "target": upload["target"]})
+    memories = upload.get("memories")
+    memories = None if memories is None else tuple(ModelMemory[n] for n in memories)
+    weights = c.weight_payloads(model, par, memories)
+    start = transport.now()
+    c.request(Command.WRITE_WEIGHTS, weights[0])
+    record = {"frames": len(weights), "bytes": sum(len(w) for w in weights),
+              "no_model": _reply(c, encode(Command.CLASSIFY)),
+              "loaded_during": c.ping()["model_loaded"]}
+    for payload in weights[1:]:
+        c.request(Command.WRITE_WEIGHTS, payload)
+    record["seconds"] = transport.now() - start
+    record["loaded_after"] = c.ping()["model_loaded"]
+    return weights, record
+
+
+def upload_and_classify(transport, images, upload):
+    """Upload a model (as ``board_scenario``), then classify ``images``; ``[classification]``."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from cnnforge.boards.host import Client
+    c = Client(transport, timeout=0.05)
+    _upload(c, transport, upload)
+    return [asdict(c.classify(np.asarray(image, np.uint8))) for image in images]
 
 
 def board_scenario(transport, images, fault_images, upload=None):
@@ -177,26 +221,7 @@ def board_scenario(transport, images, fault_images, upload=None):
 
     weights = None
     if upload is not None:
-        from cnnforge.hw.accel import PRESETS, ModelMemory, Parallelism
-        from cnnforge.sim import model as model_file
-        path = upload.get("model_path")
-        model = model_file.load(path) if path else model_file.load()
-        par = PRESETS[upload["preset"]]
-        if upload.get("target") is not None:
-            par = Parallelism(**{**par.to_dict(), "target": upload["target"]})
-        memories = upload.get("memories")
-        memories = None if memories is None else tuple(ModelMemory[n] for n in memories)
-        weights = c.weight_payloads(model, par, memories)
-        start = transport.now()
-        c.request(Command.WRITE_WEIGHTS, weights[0])
-        record = {"frames": len(weights), "bytes": sum(len(w) for w in weights),
-                  "no_model": reply(encode(Command.CLASSIFY)),
-                  "loaded_during": c.ping()["model_loaded"]}
-        for payload in weights[1:]:
-            c.request(Command.WRITE_WEIGHTS, payload)
-        record["seconds"] = transport.now() - start
-        record["loaded_after"] = c.ping()["model_loaded"]
-        out["upload"] = record
+        weights, out["upload"] = _upload(c, transport, upload)
     out["info"] = c.ping()
     classes = out["info"]["classes"]
     for image in images:

@@ -128,3 +128,35 @@ def test_host_classify_sim():
     for n, (r, image) in enumerate(zip(results, images)):
         check({"cls": r.cls, "logits": r.logits, "probs": r.probs}, image, f"image {n}")
         assert r.cycles > 0 and r.seconds > 0
+
+
+@needs_mnist
+def test_board_core_clock_crossing(tmp_path):
+    """The link at 10 ns, the accelerator at 3 ns behind a ClockCrossing (as on the ULX3S,
+    30 and 100 MHz): the upload crosses through the model write port's FIFO, images through
+    the image FIFO, results back; every fault case; and ``READ_CYCLES`` reports the
+    accelerator's own cycles: exactly those of the single-clock core for the same images."""
+    from cnnforge.boards.top import sim_core
+    from cnnforge.sim import model as model_file
+    model = model_file.load()
+    uploaded = other_model(model, tmp_path / "other.npz")
+    images, _ = mnist_test(5)
+    images, fault_images = images[:3], images[3:]
+    upload = {"model_path": str(tmp_path / "other.npz"), "preset": "up5k", "target": "generic",
+              "memories": ["CONV_W", "CONV_B", "REQUANT_MULT", "DENSE_B"]}
+    args = {"images": [im.tolist() for im in images],
+            "fault_images": [im.tolist() for im in fault_images], "upload": upload}
+    link = sim_core(model, "up5k", clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD, accel_domain="fast")
+    out = run_sim_job("board_top_up5k_crossing", link, "cnnforge.sim.tb_board:board_scenario",
+                      args, divisor=SIM_CLK_FREQ // SIM_BAUD, fast_period_ns=3)
+    check_upload(out)
+    check_board_scenario(out, images, fault_images, golden_check(uploaded))
+    crossed = [r["cycles"] for r in out["result"]["images"]]
+    # The same images through the single-clock core (the Verilator model of
+    # test_board_core_through_uart, built once).
+    link = sim_core(model, "up5k", clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD)
+    single = run_sim_job("board_top_up5k", link, "cnnforge.sim.tb_board:upload_and_classify",
+                         {"images": args["images"], "upload": upload},
+                         divisor=SIM_CLK_FREQ // SIM_BAUD)
+    assert crossed == [r["cycles"] for r in single["result"]]
+    print(f"cycles per classification: {crossed}")

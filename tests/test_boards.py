@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from cnnforge.boards.build import (TimingError, build, estimate_cycles, ice40_dsps,
-                                   link_images_per_second, parse_parallelism, tool_env)
-from cnnforge.boards.top import (BOARDS, BoardTop, ecp5_pll_params, get_board,
-                                 ice40_pll_params)
+from cnnforge.boards.build import (TimingError, _clock_verdict, build, estimate_cycles,
+                                   ice40_dsps, link_images_per_second, parse_parallelism,
+                                   tool_env)
+from cnnforge.boards.top import (BOARDS, BoardTop, ecp5_pll_params, ecp5_secondary_div,
+                                 get_board, ice40_pll_params)
 from cnnforge.errors import CnnforgeError, ToolError
 from cnnforge.hw.params import NetworkConfig
 from cnnforge.sim import model as model_file
@@ -84,6 +85,38 @@ def test_pll_settings():
     clki, clkfb, clkop, f = ecp5_pll_params(25e6, 100e6)
     assert f == 100e6 and 400e6 <= f * clkop <= 800e6
     assert ecp5_pll_params(48e6, 72e6)[-1] == 72e6
+    assert ecp5_secondary_div(f * clkop, 30e6) == (20, 30e6)
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_ulx3s_link_runs_on_its_own_clock():
+    """ULX3S inference: the link at 30 MHz (PLL CLKOS, 3 Mbaud = 30 MHz / 10) beside the
+    100 MHz accelerator; its training build keeps one clock."""
+    from cnnforge.boards.crossing import ClockCrossing
+    top, plan = _plan("ulx3s")
+    assert top.link_clk_freq == 30e6 and top.clk_freq == 100e6
+    rtlil = plan.files["top.il"]
+    rtlil = rtlil.decode() if isinstance(rtlil, bytes) else rtlil
+    assert "CLKOS_DIV 20" in rtlil and "fast_clk" in rtlil
+    assert BoardTop(get_board("ulx3s"), model_file.load(), train_init="random").link_clk_freq \
+        is None
+    assert BoardTop(get_board("orangecrab"), model_file.load()).link_clk_freq is None
+    with pytest.raises(TypeError, match="inference only"):
+        from cnnforge.boards.top import training_accelerator
+        from cnnforge.hw.accel import PRESETS
+        ClockCrossing(training_accelerator("random", PRESETS["ecp5-25f"], "ecp5-25f"), CONFIG)
+
+
+def test_clock_verdict():
+    """Every clock meets its own constraint; the reported Fmax is the accelerator clock's."""
+    accel, link = ({"achieved_mhz": 101.5, "constraint_mhz": 100.0},
+                   {"achieved_mhz": 60.0, "constraint_mhz": 30.0})
+    assert _clock_verdict({"fast": accel, "sync": link}, 100.0) == (101.5, True)
+    assert _clock_verdict({"fast": {**accel, "achieved_mhz": 99.0}, "sync": link},
+                          100.0) == (99.0, False)
+    assert _clock_verdict({"fast": accel, "sync": {**link, "achieved_mhz": 29.0}},
+                          100.0) == (101.5, False)
+    assert _clock_verdict({}, 100.0) == (0.0, False)
 
 
 def test_link_bound_rate():

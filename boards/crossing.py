@@ -1,0 +1,163 @@
+"""The accelerator in its own, faster clock domain behind the link.
+
+The host link needs a few MHz (3 Mbaud); the accelerator wants the fastest clock the device
+allows. On a large, full device the link's control paths (its executor's ``busy`` fanning out to
+the capture and cycle counter, with the UART pins and LEDs pulling it to the die's edge) were
+among the worst paths of the 100 MHz clock. :class:`ClockCrossing` lets the link run in a slow
+``sync`` domain and the accelerator in ``domain``; only FIFOs and synchronizers join them.
+"""
+
+from amaranth import *
+from amaranth.lib import stream, wiring
+from amaranth.lib.cdc import FFSynchronizer
+from amaranth.lib.fifo import AsyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from ..hw.params import NetworkConfig
+
+
+__all__ = ["ClockCrossing"]
+
+
+class ClockCrossing(wiring.Component):
+    """Presents ``accel`` (elaborated in clock domain ``domain``) to a link in ``sync``.
+
+    Toward the link it has the members of the accelerator the link uses — ``i``, ``o`` and the
+    model write port ``mw_*`` if ``accel`` has one — plus ``cycles``: the accelerator's cycle
+    count of the last image, counted in its own domain. Inference only: a training build runs
+    its link and trainer on one (slow) clock.
+
+    - ``i``: an asynchronous FIFO deep enough for a whole image. An image (``input_size**2``
+      beats) is released to ``accel.i`` only once all of it has crossed, so the accelerator
+      takes it at its own rate, not at the link's.
+    - ``o``: an asynchronous FIFO into the link's domain, holding all ``classes`` beats of an
+      image.
+    - ``mw_*``: each write crosses through an asynchronous FIFO and is applied in the order
+      given. The port has no flow control: the link writes at most one word every 2 of its
+      cycles (it assembles words one byte per 2 cycles), so with the accelerator's clock at
+      least as fast as the link's the FIFO never fills.
+    - ``cycles`` (``Out(32)``): accelerator cycles from the cycle before an image's release
+      (its first pixel offered; the single-clock link counts the same way) until its last
+      result beat enters ``o``'s FIFO, not counting cycles in which ``accel.o`` waits for room
+      there. It is updated through a toggle synchronizer within a few link cycles of the
+      image's end, before the link can answer a ``READ_CYCLES`` (which follows the
+      classification's reply frame).
+
+    Parameters
+    ----------
+    accel : wiring.Component
+        :class:`~cnnforge.hw.accel.Accelerator` (elaborated as submodule ``accel``, its
+        ``sync`` renamed to ``domain``).
+    config : NetworkConfig
+    domain : str
+        The accelerator's clock domain (defined by the design around this component).
+    """
+
+    def __init__(self, accel, config, *, domain="fast"):
+        if not isinstance(config, NetworkConfig):
+            raise TypeError(f"config must be a NetworkConfig, not {config!r}")
+        if not isinstance(domain, str) or domain in ("sync", "comb"):
+            raise ValueError(f"domain must name a clock domain other than sync, not {domain!r}")
+        self._accel = accel
+        self._config = config
+        self._domain = domain
+        accel_members = accel.signature.members
+        if "step_done" in accel_members:
+            raise TypeError("ClockCrossing carries inference only, not a TrainingAccelerator")
+        self._writable = "mw_en" in accel_members
+        members = {"i": accel_members["i"], "o": accel_members["o"], "cycles": Out(32)}
+        if self._writable:
+            self.mw_data_bits = accel.mw_data_bits
+            for name in ("mw_en", "mw_memory", "mw_addr", "mw_data"):
+                members[name] = accel_members[name]
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        config = self._config
+        fast = self._domain
+        n_pix = config.input_size * config.input_size
+        accel = self._accel
+        m.submodules.accel = DomainRenamer({"sync": fast})(accel)
+
+        # ---- pixels: whole images, released at the accelerator's rate ---------------------
+        i_bits = len(self.i.payload.as_value())
+        m.submodules.i_fifo = i_fifo = AsyncFIFO(width=i_bits, depth=n_pix, w_domain="sync",
+                                                 r_domain=fast)
+        m.d.comb += [
+            i_fifo.w_data.eq(self.i.payload),
+            i_fifo.w_en.eq(self.i.valid),
+            self.i.ready.eq(i_fifo.w_rdy),
+        ]
+        # Beats of the released image not yet taken by the accelerator.
+        remaining = Signal(range(n_pix + 1))
+        whole_image = Signal()           # registered: keeps the level's subtraction off `remaining`
+        m.d[fast] += whole_image.eq(i_fifo.r_level >= n_pix)
+        release = Signal()
+        m.d.comb += [
+            accel.i.payload.eq(i_fifo.r_data),
+            accel.i.valid.eq(i_fifo.r_rdy & (remaining != 0)),
+            i_fifo.r_en.eq(accel.i.ready & (remaining != 0)),
+        ]
+        with m.If((remaining == 0) & whole_image):
+            m.d.comb += release.eq(1)
+            m.d[fast] += remaining.eq(n_pix)
+        with m.Elif(accel.i.valid & accel.i.ready):
+            m.d[fast] += remaining.eq(remaining - 1)
+
+        # ---- results ------------------------------------------------------------------------
+        o_bits = len(self.o.payload.as_value())
+        m.submodules.o_fifo = o_fifo = AsyncFIFO(width=o_bits, depth=max(4, config.classes),
+                                                 w_domain=fast, r_domain="sync")
+        m.d.comb += [
+            o_fifo.w_data.eq(accel.o.payload),
+            o_fifo.w_en.eq(accel.o.valid),
+            accel.o.ready.eq(o_fifo.w_rdy),
+            self.o.payload.eq(o_fifo.r_data),
+            self.o.valid.eq(o_fifo.r_rdy),
+            o_fifo.r_en.eq(self.o.ready),
+        ]
+
+        # ---- cycle counter (accelerator domain) ---------------------------------------------
+        counting = Signal()
+        count = Signal(32)
+        last_count = Signal(32)
+        done_toggle = Signal()
+        beats = Signal(range(config.classes))
+        finish = Signal()
+        m.d.comb += finish.eq(o_fifo.w_en & o_fifo.w_rdy & (beats == config.classes - 1))
+        with m.If(release):
+            # Counted from 1: the single-clock link's count includes the cycle in which it
+            # starts, one before its first pixel; the two report the same numbers.
+            m.d[fast] += [counting.eq(1), count.eq(1), beats.eq(0)]
+        with m.Elif(counting):
+            with m.If(~(accel.o.valid & ~accel.o.ready)):
+                m.d[fast] += count.eq(count + 1)
+            with m.If(o_fifo.w_en & o_fifo.w_rdy):
+                m.d[fast] += beats.eq(Mux(beats == config.classes - 1, 0, beats + 1))
+            with m.If(finish):
+                m.d[fast] += [counting.eq(0), last_count.eq(count + 1),
+                              done_toggle.eq(~done_toggle)]
+        # The count is stable long before (and after) its toggle is seen in the link's domain.
+        seen = Signal()
+        seen_prev = Signal()
+        m.submodules.cycles_sync = FFSynchronizer(done_toggle, seen, o_domain="sync")
+        m.d.sync += seen_prev.eq(seen)
+        with m.If(seen != seen_prev):
+            m.d.sync += self.cycles.eq(last_count)
+
+        # ---- model write port ---------------------------------------------------------------
+        if self._writable:
+            w_fields = Cat(self.mw_memory.as_value(), self.mw_addr, self.mw_data)
+            m.submodules.mw_fifo = mw_fifo = AsyncFIFO(width=len(w_fields), depth=8,
+                                                       w_domain="sync", r_domain=fast)
+            r_fields = Cat(accel.mw_memory.as_value(), accel.mw_addr, accel.mw_data)
+            m.d.comb += [
+                mw_fifo.w_data.eq(w_fields),
+                mw_fifo.w_en.eq(self.mw_en),
+                r_fields.eq(mw_fifo.r_data),
+                accel.mw_en.eq(mw_fifo.r_rdy),
+                mw_fifo.r_en.eq(1),
+            ]
+
+        return m
