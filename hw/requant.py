@@ -262,7 +262,7 @@ class Requantize(wiring.Component):
         v = [Signal(name=f"v{k + 1}") for k in range(n)]
         last = [Signal(name=f"last{k + 1}") for k in range(n)]
         adv = [Signal(name=f"adv{k + 1}") for k in range(n)]
-        room = Signal()
+        room = Signal(init=1)
         if self._stall_free:
             m.d.comb += adv[n - 1].eq(1)
         else:
@@ -376,11 +376,14 @@ class Requantize(wiring.Component):
             m.submodules.out_fifo = fifo = SyncFIFOBuffered(width=lanes * act_w,
                                                             depth=self.fifo_depth)
             credit = Signal(range(self.fifo_depth + 1), init=self.fifo_depth)
+            credit_next = Signal.like(credit)
             reserve = self.i.valid & self.i.ready
             release = self.o.valid & self.o.ready
-            m.d.sync += credit.eq(credit - reserve + release)
+            # `room` (= credit != 0) is a flip-flop: it is i.ready, and the upstream register
+            # slice's load enables hang on it (ULX3S: credit -> LUT -> slice was the worst path).
+            m.d.comb += credit_next.eq(credit - reserve + release)
+            m.d.sync += [credit.eq(credit_next), room.eq(credit_next != 0)]
             m.d.comb += [
-                room.eq(credit != 0),
                 fifo.w_data.eq(beat),
                 fifo.w_en.eq(done),
                 self.o.payload.eq(fifo.r_data),
