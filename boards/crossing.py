@@ -14,6 +14,7 @@ from amaranth.lib.fifo import AsyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from ..hw.params import NetworkConfig
+from ..hw.slice import RegisterSlice
 
 
 __all__ = ["ClockCrossing"]
@@ -32,16 +33,18 @@ class ClockCrossing(wiring.Component):
       takes it at its own rate, not at the link's.
     - ``o``: an asynchronous FIFO into the link's domain, holding all ``classes`` beats of an
       image.
+    - Register slices between the FIFOs and the accelerator, so no FIFO flag (a gray-code
+      comparison) drives logic far away.
     - ``mw_*``: each write crosses through an asynchronous FIFO and is applied in the order
       given. The port has no flow control: the link writes at most one word every 2 of its
       cycles (it assembles words one byte per 2 cycles), so with the accelerator's clock at
       least as fast as the link's the FIFO never fills.
-    - ``cycles`` (``Out(32)``): accelerator cycles from the cycle before an image's release
-      (its first pixel offered; the single-clock link counts the same way) until its last
-      result beat enters ``o``'s FIFO, not counting cycles in which ``accel.o`` waits for room
-      there. It is updated through a toggle synchronizer within a few link cycles of the
-      image's end, before the link can answer a ``READ_CYCLES`` (which follows the
-      classification's reply frame).
+    - ``cycles`` (``Out(32)``): the accelerator's cycles for the last image, from its first
+      pixel to its last result beat, counted the way the single-clock link counts them (the
+      same numbers). ``accel.o`` never waits: the result FIFO holds all beats of an image and
+      the link takes them before it sends the next one. The count crosses through a toggle
+      synchronizer within a few link cycles of the image's end, before the link can answer a
+      ``READ_CYCLES`` (which follows the classification's reply frame).
 
     Parameters
     ----------
@@ -81,38 +84,48 @@ class ClockCrossing(wiring.Component):
         m.submodules.accel = DomainRenamer({"sync": fast})(accel)
 
         # ---- pixels: whole images, released at the accelerator's rate ---------------------
+        # Register slices between the FIFOs and the accelerator: the FIFOs' flags are gray-code
+        # comparisons, several LUTs deep, and must not reach across the die.
         i_bits = len(self.i.payload.as_value())
         m.submodules.i_fifo = i_fifo = AsyncFIFO(width=i_bits, depth=n_pix, w_domain="sync",
                                                  r_domain=fast)
+        m.submodules.i_slice = i_slice = DomainRenamer({"sync": fast})(
+            RegisterSlice(self.i.payload.shape()))
         m.d.comb += [
             i_fifo.w_data.eq(self.i.payload),
             i_fifo.w_en.eq(self.i.valid),
             self.i.ready.eq(i_fifo.w_rdy),
         ]
-        # Beats of the released image not yet taken by the accelerator.
+        # Beats of the released image not yet taken from the FIFO.
         remaining = Signal(range(n_pix + 1))
         whole_image = Signal()           # registered: keeps the level's subtraction off `remaining`
         m.d[fast] += whole_image.eq(i_fifo.r_level >= n_pix)
         release = Signal()
         m.d.comb += [
-            accel.i.payload.eq(i_fifo.r_data),
-            accel.i.valid.eq(i_fifo.r_rdy & (remaining != 0)),
-            i_fifo.r_en.eq(accel.i.ready & (remaining != 0)),
+            i_slice.i.payload.eq(i_fifo.r_data),
+            i_slice.i.valid.eq(i_fifo.r_rdy & (remaining != 0)),
+            i_fifo.r_en.eq(i_slice.i.ready & (remaining != 0)),
         ]
+        wiring.connect(m, i_slice=i_slice.o, accel=accel.i)
         with m.If((remaining == 0) & whole_image):
             m.d.comb += release.eq(1)
             m.d[fast] += remaining.eq(n_pix)
-        with m.Elif(accel.i.valid & accel.i.ready):
+        with m.Elif(i_slice.i.valid & i_slice.i.ready):
             m.d[fast] += remaining.eq(remaining - 1)
 
         # ---- results ------------------------------------------------------------------------
+        # The FIFO holds all beats of an image, and the link takes them before it sends the
+        # next image: accel.o never waits.
         o_bits = len(self.o.payload.as_value())
+        m.submodules.o_slice = o_slice = DomainRenamer({"sync": fast})(
+            RegisterSlice(self.o.payload.shape()))
         m.submodules.o_fifo = o_fifo = AsyncFIFO(width=o_bits, depth=max(4, config.classes),
                                                  w_domain=fast, r_domain="sync")
+        wiring.connect(m, accel=accel.o, o_slice=o_slice.i)
         m.d.comb += [
-            o_fifo.w_data.eq(accel.o.payload),
-            o_fifo.w_en.eq(accel.o.valid),
-            accel.o.ready.eq(o_fifo.w_rdy),
+            o_fifo.w_data.eq(o_slice.o.payload),
+            o_fifo.w_en.eq(o_slice.o.valid),
+            o_slice.o.ready.eq(o_fifo.w_rdy),
             self.o.payload.eq(o_fifo.r_data),
             self.o.valid.eq(o_fifo.r_rdy),
             o_fifo.r_en.eq(self.o.ready),
@@ -124,19 +137,20 @@ class ClockCrossing(wiring.Component):
         last_count = Signal(32)
         done_toggle = Signal()
         beats = Signal(range(config.classes))
-        finish = Signal()
-        m.d.comb += finish.eq(o_fifo.w_en & o_fifo.w_rdy & (beats == config.classes - 1))
+        last_beat = Signal()             # registered: the image's last beat left accel.o
+        taken = accel.o.valid & accel.o.ready
+        m.d[fast] += last_beat.eq(counting & taken & (beats == config.classes - 1))
         with m.If(release):
-            # Counted from 1: the single-clock link's count includes the cycle in which it
-            # starts, one before its first pixel; the two report the same numbers.
-            m.d[fast] += [counting.eq(1), count.eq(1), beats.eq(0)]
+            # The input slice delays the first pixel by a cycle against the single-clock link,
+            # whose count includes the cycle in which it starts: the two report the same numbers.
+            m.d[fast] += [counting.eq(1), count.eq(0), beats.eq(0)]
         with m.Elif(counting):
-            with m.If(~(accel.o.valid & ~accel.o.ready)):
-                m.d[fast] += count.eq(count + 1)
-            with m.If(o_fifo.w_en & o_fifo.w_rdy):
+            m.d[fast] += count.eq(count + 1)
+            with m.If(taken):
                 m.d[fast] += beats.eq(Mux(beats == config.classes - 1, 0, beats + 1))
-            with m.If(finish):
-                m.d[fast] += [counting.eq(0), last_count.eq(count + 1),
+            with m.If(last_beat):
+                # (one cycle after the last beat: `count` has counted that cycle too)
+                m.d[fast] += [counting.eq(0), last_count.eq(count),
                               done_toggle.eq(~done_toggle)]
         # The count is stable long before (and after) its toggle is seen in the link's domain.
         seen = Signal()
