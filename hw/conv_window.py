@@ -26,7 +26,7 @@ def _index(count):
     return unsigned(max(1, ceil_log2(count)))
 
 
-def _banked(m, name, words, en, addr, swap):
+def _banked(m, name, words, en, addr, swap, write_in_swap=True):
     """Per-word bank bits of a double-banked memory set (the ConvEngine scheme).
 
     ``cur[a]`` is the bank the running image reads, ``new[a]`` the bank holding the latest write
@@ -36,7 +36,8 @@ def _banked(m, name, words, en, addr, swap):
     itself goes to the next image. Returns ``(use, write, write_bank)``, ``use(indices,
     select)`` the bit ``use[indices[select]]``: the words' bits of ``new`` and ``cur`` are
     selected first and ``swap`` (late: it comes from the issue decision) picks between them
-    last.
+    last. With ``write_in_swap=False`` the caller guarantees that no write is decided in a swap
+    cycle, and a write's bank is ``~cur[a]`` alone (``swap`` stays off the write's path).
     """
     cur = Signal(words, name=f"{name}_cur", reset_less=True)
     new = Signal(words, name=f"{name}_new", reset_less=True)
@@ -51,7 +52,8 @@ def _banked(m, name, words, en, addr, swap):
 
     m.d.comb += [
         write.eq(en & (addr < words)),
-        wbank.eq(~use(range(words), addr)),
+        wbank.eq(~use(range(words), addr) if write_in_swap
+                 else ~Cat(*(cur[a] for a in range(words))).bit_select(addr, 1)),
         new_next.eq(new),
     ]
     with m.If(write):
@@ -370,13 +372,17 @@ class WindowConvEngine(wiring.Component):
         opens = Signal()           # the head group would start an image (switch the banks)
         swap = Signal()            # an image's first issue: the weight/bias banks switch
         b_en1 = Signal(name="b_en_1", reset_less=True)     # a bias write one cycle old
+        w_deciding = Signal(name="w_write2")    # a weight write's bank is chosen this cycle
         m.d.comb += [
             opens.eq((group == 0) & head_first),
-            # The banks do not switch under a landing weight write (its bank was chosen with
+            # The banks do not switch while a weight write's bank is chosen (so its choice
+            # needs no switch decision: that path from the issue to the bank register was the
+            # ULX3S's worst, 10.6 ns) or under a landing weight write (its bank was chosen with
             # the banks before the switch: the image would read its word before it lands);
             # nor when a bias write would land as the delayed switch reaches the biases (the
             # same, L cycles later: see "Biases").
-            issue.eq(wfifo.r_rdy & credit_ok & ~(opens & (w_landing | b_en1))),
+            issue.eq(wfifo.r_rdy & credit_ok
+                     & ~(opens & (w_deciding | w_landing | b_en1))),
             last_group.eq(group == groups - 1),
             wfifo.r_en.eq(issue & last_group),
             swap.eq(issue & opens),
@@ -409,8 +415,10 @@ class WindowConvEngine(wiring.Component):
             w_en1.eq(self.w_en), w_addr1.eq(self.w_addr), w_data1.eq(self.w_data),
             w_en2.eq(w_en1), w_addr2.eq(w_addr1), w_data2.eq(w_data1),
             w_group.eq(w_addr1 // taps), w_tap.eq(w_addr1 % taps),
+            w_deciding.eq(w_en1 & (w_addr1 < groups * taps)),
         ]
-        w_use, w_write, w_wbank = _banked(m, "w", groups * taps, w_en2, w_addr2, swap)
+        w_use, w_write, w_wbank = _banked(m, "w", groups * taps, w_en2, w_addr2, swap,
+                                          write_in_swap=False)
         w_bank3 = Signal(name="w_bank3", reset_less=True)
         w_group3 = Signal.like(w_group, name="w_group3", reset_less=True)
         w_tap3 = Signal.like(w_tap, name="w_tap3", reset_less=True)
