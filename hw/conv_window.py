@@ -107,9 +107,10 @@ class WindowConvEngine(wiring.Component):
     addresses are ignored. As in ConvEngine every word is double-banked (per-word bank bits) and
     the banks switch when an image's first window is issued: a write takes effect from the first
     image whose first group is issued after the write reaches the banks (weight writes are
-    registered twice on the way and land in the memories a cycle after their bank is chosen, so
-    three cycles after the write cycle; an image's first issue waits a cycle while a weight
-    write is landing, and comes at least ``(K-1)*N + K`` cycles after its first pixel). So
+    registered twice on the way and land in the memories two cycles after their bank is chosen,
+    so four cycles after the write cycle; an image's first issue waits while a weight write is
+    between its bank choice and landing, and comes at least ``(K-1)*N + K`` cycles after its
+    first pixel). So
     everything written before an image's first pixel is accepted applies to it, and nothing
     written after the last pixel of image ``n`` was accepted affects image ``n`` (for
     ``conv_size**2 > window_fifo_depth + 1``: image ``n`` has started issuing by then). Bias
@@ -366,7 +367,8 @@ class WindowConvEngine(wiring.Component):
         group = Signal(_index(groups))
         credit = Signal(range(self._fifo_depth + 1))
         credit_ok = Signal(init=1)  # credit < fifo_depth, registered (issue from flip-flops)
-        w_landing = Signal(name="w_en3")    # a weight write lands at the end of this cycle
+        w_moving = Signal(name="w_write3")  # a weight write between its bank choice and landing
+        w_landing = Signal(name="w_en4")    # a weight write lands at the end of this cycle
         issue = Signal()
         last_group = Signal()
         opens = Signal()           # the head group would start an image (switch the banks)
@@ -377,12 +379,12 @@ class WindowConvEngine(wiring.Component):
             opens.eq((group == 0) & head_first),
             # The banks do not switch while a weight write's bank is chosen (so its choice
             # needs no switch decision: that path from the issue to the bank register was the
-            # ULX3S's worst, 10.6 ns) or under a landing weight write (its bank was chosen with
-            # the banks before the switch: the image would read its word before it lands);
+            # ULX3S's worst, 10.6 ns) nor until it has landed (its bank was chosen with the
+            # banks before the switch: the image would read its word before it lands);
             # nor when a bias write would land as the delayed switch reaches the biases (the
             # same, L cycles later: see "Biases").
             issue.eq(wfifo.r_rdy & credit_ok
-                     & ~(opens & (w_deciding | w_landing | b_en1))),
+                     & ~(opens & (w_deciding | w_moving | w_landing | b_en1))),
             last_group.eq(group == groups - 1),
             wfifo.r_en.eq(issue & last_group),
             swap.eq(issue & opens),
@@ -401,9 +403,11 @@ class WindowConvEngine(wiring.Component):
         # sit far away, and the division of the address by taps (a constant: group and tap)
         # gets a cycle of its own (unregistered it was the ECP5-85F's critical path, 19.8 ns).
         # The bank chosen for a write (cycle 2) is registered with it before the memories are
-        # written (cycle 3, the end of which it lands), so the write address (thousands of
-        # distributed-RAM pins) comes from flip-flops, not from the issue decision.
-        # Writes take effect three cycles later, far less than an image's fill before its swap.
+        # written, and the memories' write address and per-tap write enables are registered
+        # once more (cycle 4, the end of which it lands): the word select of the bank bits and
+        # the tap decode each reached the distributed RAM across the die (ULX3S worst paths,
+        # 10.2 and 12.1 ns, two seeds); now both hops start at flip-flops.
+        # Writes take effect four cycles later, far less than an image's fill before its swap.
         w_en1, w_en2 = Signal(name="w_en1"), Signal(name="w_en2")
         w_addr1 = Signal.like(self.w_addr, name="w_addr1", reset_less=True)
         w_addr2 = Signal.like(self.w_addr, name="w_addr2", reset_less=True)
@@ -423,8 +427,15 @@ class WindowConvEngine(wiring.Component):
         w_group3 = Signal.like(w_group, name="w_group3", reset_less=True)
         w_tap3 = Signal.like(w_tap, name="w_tap3", reset_less=True)
         w_data3 = Signal.like(self.w_data, name="w_data3", reset_less=True)
-        m.d.sync += [w_landing.eq(w_write), w_bank3.eq(w_wbank), w_group3.eq(w_group),
+        m.d.sync += [w_moving.eq(w_write), w_bank3.eq(w_wbank), w_group3.eq(w_group),
                      w_tap3.eq(w_tap), w_data3.eq(w_data2)]
+        w_addr4 = Signal(range(2 * groups), name="w_addr4", reset_less=True)
+        w_data4 = Signal.like(self.w_data, name="w_data4", reset_less=True)
+        w_we4 = Signal(taps, name="w_we4")
+        m.d.sync += [w_landing.eq(w_moving), w_addr4.eq(Mux(w_bank3, groups, 0) + w_group3),
+                     w_data4.eq(w_data3)]
+        for t in range(taps):
+            m.d.sync += w_we4[t].eq(w_moving & (w_tap3 == t))
         w_rows = []
         for t in range(taps):
             init = [w_words[g * taps + t] for g in range(groups)]
@@ -440,9 +451,9 @@ class WindowConvEngine(wiring.Component):
             m.d.comb += [
                 rd0.addr.eq(group),
                 rd1.addr.eq(groups + group),
-                wr.addr.eq(Mux(w_bank3, groups, 0) + w_group3),
-                wr.data.eq(w_data3),
-                wr.en.eq(w_landing & (w_tap3 == t)),
+                wr.addr.eq(w_addr4),
+                wr.data.eq(w_data4),
+                wr.en.eq(w_we4[t]),
             ]
             w_rows.append(Mux(bank, rd1.data.as_value(), rd0.data.as_value()))
 
