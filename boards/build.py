@@ -315,7 +315,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     log(f"{spec.name}: building {spec.device} at {top.clk_freq / 1e6:.2f} MHz in {folder}")
     start = time.perf_counter()
     target = top.clk_freq / 1e6
-    seeds = nextpnr_seeds(spec.family)
+    seeds = nextpnr_seeds(spec.family, spec.name)
     tried = []
     for seed in seeds:
         if tried:
@@ -392,20 +392,22 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     return result
 
 
-#: nextpnr placements tried per family until one meets the clock (``None``: nextpnr's default
-#: seed). The UP5K build fills 96 % of the device, where the Fmax of one placement varies by
-#: about +-1.5 MHz around the 30 MHz target: seed 2 first, the placement that meets it for the
-#: current netlist (31.9 MHz; default 29.3, seed 3 30.8), the others when a change moves it.
-#: An ECP5-85F build takes 20-40 minutes, so it is placed once. ``CNNFORGE_NEXTPNR_SEEDS``
-#: (comma-separated, e.g. ``default,2,3``) overrides both.
-NEXTPNR_SEEDS = {"ice40": (2, 3, None), "ecp5": (None,)}
+#: nextpnr placements tried per family (or board, which takes precedence) until one meets the
+#: clock (``None``: nextpnr's default seed). The UP5K build fills 96 % of the device, where the
+#: Fmax of one placement varies by about +-1.5 MHz around the 30 MHz target: seed 2 first, the
+#: placement that meets it for the current netlist (31.9 MHz; default 29.3, seed 3 30.8), the
+#: others when a change moves it. The ULX3S (73 % full, 100 MHz) varies more: its current
+#: netlist gives 101.35 MHz with seed 1 and 93.41 with the default; each try takes 15-25
+#: minutes. ``CNNFORGE_NEXTPNR_SEEDS`` (comma-separated, e.g. ``default,2,3``) overrides all.
+NEXTPNR_SEEDS = {"ice40": (2, 3, None), "ecp5": (None,), "ulx3s": (1, None)}
 
 
-def nextpnr_seeds(family):
-    """The nextpnr seeds a build of ``family`` tries (``None``: nextpnr's default)."""
+def nextpnr_seeds(family, board=None):
+    """The nextpnr seeds a build of ``board`` (of ``family``) tries (``None``: nextpnr's
+    default)."""
     text = os.environ.get("CNNFORGE_NEXTPNR_SEEDS")
     if not text:
-        return NEXTPNR_SEEDS[family]
+        return NEXTPNR_SEEDS.get(board, NEXTPNR_SEEDS[family])
     seeds = []
     for item in (t.strip() for t in text.split(",")):
         if item == "default":

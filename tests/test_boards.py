@@ -149,6 +149,8 @@ def test_nextpnr_seeds(monkeypatch):
     from cnnforge.boards.build import nextpnr_seeds
     monkeypatch.delenv("CNNFORGE_NEXTPNR_SEEDS", raising=False)
     assert nextpnr_seeds("ice40") == (2, 3, None) and nextpnr_seeds("ecp5") == (None,)
+    assert nextpnr_seeds("ecp5", "ulx3s") == (1, None)
+    assert nextpnr_seeds("ecp5", "orangecrab") == (None,)
     monkeypatch.setenv("CNNFORGE_NEXTPNR_SEEDS", "default, 7")
     assert nextpnr_seeds("ecp5") == (None, 7)
     monkeypatch.setenv("CNNFORGE_NEXTPNR_SEEDS", "2,x")
