@@ -225,7 +225,7 @@ def _markdown(r):
         lines.append(f"- host link clock (its own domain, `ClockCrossing`): target {link:.2f} "
                      f"MHz, nextpnr Fmax {achieved:.2f} MHz")
     tries = r.get("nextpnr_seeds") or []
-    if len(tries) > 1:
+    if len(tries) > 1 or (tries and tries[0]["seed"] is not None):
         lines.append("- nextpnr placements tried: " + ", ".join(
             f"{'default seed' if t['seed'] is None else 'seed ' + str(t['seed'])} "
             f"{t['fmax_mhz']:.2f} MHz" for t in tries))
