@@ -43,7 +43,7 @@ train-fixed: $(STAMP)
 # cycles per training step. TRAIN_SIM_ARGS e.g. "--steps 50 --rounding stochastic --test-images 100".
 TRAIN_SIM_ARGS ?= --steps 200 --test-images 200
 train-sim: $(STAMP)
-	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m cnnforge.sim.train_system $(TRAIN_SIM_ARGS)
+	$(CNNFORGE) train-sim $(TRAIN_SIM_ARGS)
 
 eval: $(STAMP)
 	$(CNNFORGE) eval

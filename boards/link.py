@@ -15,7 +15,7 @@ from .protocol import (SYNC, REPLY, LAST, FLAG_MODEL, FLAG_WRITABLE, FLAG_TRAINA
                        WEIGHTS_HEADER_BYTES, TRAIN_HEADER_BYTES, READ_HEADER_BYTES, VALUE_BYTES,
                        MAX_READ_VALUES, Command, Error, classify_reply_bytes, image_bytes,
                        max_payload, max_weight_words, ping_payload)
-from .uart import UARTRx, UARTTx, _check_divisor
+from .uart import UARTRx, UARTTx, check_divisor
 
 
 __all__ = ["crc16_byte", "Link"]
@@ -142,7 +142,7 @@ class Link(wiring.Component):
         self.word_bytes = (accel.mw_data_bits + 7) // 8 if self._writable else 0
         if self.word_bytes > 255:
             raise ValueError(f"model words must be at most 255 bytes, not {self.word_bytes!r}")
-        divisor = _check_divisor(divisor)
+        divisor = check_divisor(divisor)
         super().__init__({
             "rx": In(1, init=1),
             "tx": Out(1, init=1),

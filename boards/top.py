@@ -198,17 +198,15 @@ def ecp5_secondary_div(vco, f_out):
     return div, vco / div
 
 
-def training_accelerator(train_init, parallelism, preset):
+def training_accelerator(train_init, parallelism):
     """The :class:`~cnnforge.hw.train.TrainingAccelerator` of a training build, starting from
-    :func:`cnnforge.sim.trainer.initial_state` ``(train_init)``, with the preset's gradient
-    lanes."""
+    :func:`cnnforge.sim.reference.trainer.initial_state` ``(train_init)``, with the gradient lanes
+    of ``parallelism``."""
     from ..hw.train import TrainingAccelerator
-    from ..sim.train_system import GRAD_LANES
-    from ..sim.trainer import initial_state
+    from ..sim.reference.trainer import initial_state
     if train_init not in ("random", "model"):
         raise CnnforgeError(f"training init must be 'random' or 'model', not {train_init!r}")
-    return TrainingAccelerator(initial_state(train_init), parallelism,
-                               grad_lanes=GRAD_LANES.get(preset, 1))
+    return TrainingAccelerator(initial_state(train_init), parallelism)
 
 
 def board_core(model, parallelism, *, clk_freq, baud, timeout_s=0.1, accel=None,
@@ -243,7 +241,7 @@ def sim_core(model, preset, *, clk_freq, baud, timeout_s=0.002, target="generic"
     par = PRESETS[preset]
     if target is not None:
         par = Parallelism(**{**par.to_dict(), "target": target})
-    accel = None if train_init is None else training_accelerator(train_init, par, preset)
+    accel = None if train_init is None else training_accelerator(train_init, par)
     return board_core(model, par, clk_freq=clk_freq, baud=baud, timeout_s=timeout_s,
                       accel=accel, accel_domain=accel_domain)
 
@@ -283,7 +281,7 @@ class BoardTop(Elaboratable):
             parallelism = PRESETS[preset]
         self.parallelism = self._par = parallelism
         if training and accel is None:
-            accel = training_accelerator(train_init, parallelism, preset)
+            accel = training_accelerator(train_init, parallelism)
         self.train_init = train_init
         self.baud = self._baud = baud or board.baud
         self._accel = accel

@@ -34,7 +34,7 @@ def divisor_for(clk_freq, baud, tolerance=0.02):
     return divisor
 
 
-def _check_divisor(divisor):
+def check_divisor(divisor):
     try:
         divisor = operator.index(divisor)
     except TypeError:
@@ -67,7 +67,7 @@ class UARTTx(wiring.Component):
     """
 
     def __init__(self, *, divisor):
-        self._divisor = _check_divisor(divisor)
+        self._divisor = check_divisor(divisor)
         super().__init__({
             "i": In(stream.Signature(8)),
             "tx": Out(1, init=1),
@@ -135,7 +135,7 @@ class UARTRx(wiring.Component):
     """
 
     def __init__(self, *, divisor):
-        self._divisor = _check_divisor(divisor)
+        self._divisor = check_divisor(divisor)
         super().__init__({
             "rx": In(1, init=1),
             "o": Out(stream.Signature(8)),

@@ -16,9 +16,9 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .slice import RegisterSlice
-from .util import REPLICA, pack_fields
+from .util import REPLICA, check_int, pack_fields
 from .params import SoftmaxFormat, Widths
-from .conv import ConvEngine, _bias_shape, bias_words as conv_bias_words, weight_words as conv_weight_words
+from .conv import ConvEngine, bias_shape, bias_words as conv_bias_words, weight_words as conv_weight_words
 from .conv_window import WindowConvEngine
 from .requant import Requantize
 from .maxpool import MaxPool
@@ -111,12 +111,16 @@ class Parallelism:
         cycle later). Costs latency and registers, not throughput; results are the same. The
         deep pipeline also pipelines the softmax's exp step (about 210 cycles less from an
         image's last logit to its first probability: a training step starts with it).
+    grad_lanes : int
+        Pooled features per cycle in the on-chip trainer's conv-gradient phase (see
+        :class:`~cnnforge.hw.train.Trainer`); only a :class:`~cnnforge.hw.train.TrainingAccelerator`
+        uses it.
     """
 
     PIPELINES = ("standard", "deep")
 
     def __init__(self, *, conv_lanes, requant_parallel, dense_mults, target="generic",
-                 conv_window=False, dense_buffer=None, pipeline="standard"):
+                 conv_window=False, dense_buffer=None, pipeline="standard", grad_lanes=1):
         self.conv_lanes = operator.index(conv_lanes)
         if not isinstance(conv_window, bool):
             raise TypeError(f"conv_window must be a bool, not {conv_window!r}")
@@ -134,6 +138,7 @@ class Parallelism:
         if pipeline not in self.PIPELINES:
             raise ValueError(f"pipeline must be 'standard' or 'deep', not {pipeline!r}")
         self.pipeline = pipeline
+        self.grad_lanes = check_int("grad_lanes", grad_lanes, 1)
 
     @property
     def sum_levels(self):
@@ -155,7 +160,7 @@ class Parallelism:
         return {"conv_lanes": self.conv_lanes, "conv_window": self.conv_window,
                 "requant_parallel": self.requant_parallel, "dense_mults": self.dense_mults,
                 "target": self.target, "dense_buffer": self.dense_buffer,
-                "pipeline": self.pipeline}
+                "pipeline": self.pipeline, "grad_lanes": self.grad_lanes}
 
 
 #: Named configurations: for the UP5K 4 conv lanes (2 dual 8x8 SB_MAC16; 48,675 cycles per
@@ -172,11 +177,13 @@ class Parallelism:
 #: (16 of 28) and 2 requantization multipliers (10,816 cycles per image, under the
 #: convolution's 12,171): meets 72 MHz. Build numbers: README, "Boards".
 PRESETS = {
-    "up5k": Parallelism(conv_lanes=4, requant_parallel=1, dense_mults=4, target="ice40"),
-    "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ecp5"),
+    "up5k": Parallelism(conv_lanes=4, requant_parallel=1, dense_mults=4, target="ice40",
+                        grad_lanes=4),
+    "ecp5-25f": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="ecp5",
+                            grad_lanes=4),
     "ecp5-85f": Parallelism(conv_lanes=16, conv_window=True, requant_parallel=16,
                             dense_mults=32, target="generic", dense_buffer=False,
-                            pipeline="deep"),
+                            pipeline="deep", grad_lanes=16),
 }
 
 
@@ -185,7 +192,7 @@ class Accelerator(wiring.Component):
 
     Parameters
     ----------
-    model : :class:`cnnforge.sim.golden.QuantModel`
+    model : :class:`cnnforge.hw.model.QuantModel`
         The integer network; its tensors initialize the weight memories.
     parallelism : :class:`Parallelism`
 
@@ -216,7 +223,7 @@ class Accelerator(wiring.Component):
         config = model.config
         widths = Widths(config)
         self.mw_data_bits = max(8 * parallelism.conv_lanes, 8 * parallelism.dense_mults,
-                                widths.conv_bias * _bias_shape(parallelism.conv_lanes, config.taps)[1], widths.dense_bias,
+                                widths.conv_bias * bias_shape(parallelism.conv_lanes, config.taps)[1], widths.dense_bias,
                                 widths.requant_mult)
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(8), config.in_channels))),

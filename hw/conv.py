@@ -17,7 +17,7 @@ from .params import NetworkConfig, Widths
 __all__ = ["ConvEngine", "weight_words", "bias_words", "check_conv_arrays"]
 
 
-def _check_lanes(config, lanes):
+def check_lanes(config, lanes):
     if isinstance(lanes, bool):
         raise TypeError(f"lanes must be an integer, not {lanes!r}")
     try:
@@ -52,7 +52,7 @@ def check_conv_arrays(config, conv_w, conv_b):
     return conv_w.astype(np.int64), conv_b.astype(np.int64)
 
 
-def _bias_shape(lanes, taps):
+def bias_shape(lanes, taps):
     """``(words_per_group, biases_per_word)`` of the bias memory.
 
     The biases of a group are loaded one memory word per cycle during the group's taps, so a
@@ -82,7 +82,7 @@ def bias_words(config, lanes, conv_b):
     element ``k``, the bias of filter ``g * lanes + j * per + k`` (0 where ``j * per + k >=
     lanes``). Returns a list of ``filters // lanes * chunks`` lists of ``per`` ints.
     """
-    chunks, per = _bias_shape(lanes, config.taps)
+    chunks, per = bias_shape(lanes, config.taps)
     b = np.asarray(conv_b).astype(np.int64)
     return [[int(b[g * lanes + j * per + k]) if j * per + k < lanes else 0 for k in range(per)]
             for g in range(config.filters // lanes) for j in range(chunks)]
@@ -199,7 +199,7 @@ class ConvEngine(wiring.Component):
     def __init__(self, config, *, lanes, conv_w, conv_b, target="generic"):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config must be a NetworkConfig, not {config!r}")
-        lanes = _check_lanes(config, lanes)
+        lanes = check_lanes(config, lanes)
         if target not in MACArray.TARGETS:
             raise ValueError(f"target must be one of {', '.join(map(repr, MACArray.TARGETS))}, "
                              f"not {target!r}")
@@ -222,7 +222,7 @@ class ConvEngine(wiring.Component):
         # lanes / parallel cycles): one entry per taps cycles of that, so the array never waits.
         self._fifo_depth = 2 + -(-(MACArray.LATENCY + 2) // self._taps)
         self._w_abits = max(1, ceil_log2(self._groups * self._taps))
-        self._b_chunks, self._b_per = _bias_shape(lanes, self._taps)
+        self._b_chunks, self._b_per = bias_shape(lanes, self._taps)
         self._b_abits = max(1, ceil_log2(self._groups * self._b_chunks))
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(8), cin))),

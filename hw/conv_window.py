@@ -7,7 +7,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .conv import _bias_shape, _check_lanes, bias_words, check_conv_arrays, weight_words
+from .conv import bias_shape, check_lanes, bias_words, check_conv_arrays, weight_words
 from .mac import MACArray
 from .params import NetworkConfig, Widths
 from .util import check_int
@@ -203,7 +203,7 @@ class WindowConvEngine(wiring.Component):
     def __init__(self, config, *, lanes, conv_w, conv_b, target="generic", sum_levels=None):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config must be a NetworkConfig, not {config!r}")
-        lanes = _check_lanes(config, lanes)
+        lanes = check_lanes(config, lanes)
         if target not in MACArray.TARGETS:
             raise ValueError(f"target must be one of {', '.join(map(repr, MACArray.TARGETS))}, "
                              f"not {target!r}")
@@ -212,7 +212,7 @@ class WindowConvEngine(wiring.Component):
         self._config, self._widths, self._lanes, self._target = config, widths, lanes, target
         self._groups = config.filters // lanes
         self._taps = config.taps
-        self._b_chunks, self._b_per = _bias_shape(lanes, self._taps)
+        self._b_chunks, self._b_per = bias_shape(lanes, self._taps)
         self._sum_levels = None if sum_levels is None else check_int("sum_levels", sum_levels, 1)
         self._mac_latency = MACArray.latency_for(taps=self._taps, sum_levels=sum_levels)
         # Output FIFO: a group's place is reserved at issue and freed when its beat leaves;

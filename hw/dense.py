@@ -70,7 +70,7 @@ class _SPRAMWeights(wiring.Component):
 class DenseEngine(wiring.Component):
     """``logits[k] = dense_b[k] + sum_i act[i] * dense_w[k, i]`` for a stream of activations.
 
-    Bit-identical to :func:`cnnforge.sim.golden.dense`.
+    Bit-identical to :func:`cnnforge.sim.reference.golden.dense`.
 
     The input is the MaxPool output: an image is ``features // in_lanes`` beats of ``in_lanes``
     uint8 activations, in the golden flatten order ``(y, x, c)`` (beat ``b`` holds features

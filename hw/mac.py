@@ -84,7 +84,7 @@ class MACArray(wiring.Component):
         for a platform (a board build), the behavioural ``"generic"`` products without one
         (Amaranth's simulator, which ignores instances, and ``verilog.convert`` for Verilator);
         ``True``: instances always (to simulate them with a ``MULT18X18D`` model,
-        ``sim/ecp5_cells.v``: Yosys ships none); ``False``: never.
+        ``sim/verify/ecp5_cells.v``: Yosys ships none); ``False``: never.
     sum_levels : int or None
         ``None`` (default): the tap sum and the accumulate in one stage (cycle 3). An integer
         >= 1: split generic products and at most this many adder levels between registers

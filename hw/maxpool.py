@@ -16,7 +16,7 @@ __all__ = ["MaxPool"]
 class MaxPool(wiring.Component):
     """``pool x pool`` max-pool, stride ``pool``, with the argmax of every window, on a stream.
 
-    Bit-identical to :func:`cnnforge.sim.golden.maxpool`: the value is the window maximum and
+    Bit-identical to :func:`cnnforge.sim.reference.golden.maxpool`: the value is the window maximum and
     ``argmax = dy * pool + dx`` is the first maximum in raster order (a later position replaces
     the running maximum only when strictly greater).
 

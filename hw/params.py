@@ -4,7 +4,7 @@ This is the one place that decides widths. The golden models in ``cnnforge.sim``
 ``cnnforge.hw`` both import :class:`NetworkConfig` and :class:`Widths`; nothing else hard-codes a
 width of the datapath.
 
-Number formats (see ``sim/golden.py`` for the arithmetic):
+Number formats (see ``sim/reference/golden.py`` for the arithmetic):
 
 ========================  ======================  ===========================================
 stage                     format                  worst case
@@ -28,6 +28,8 @@ dense accumulator/logit   signed                  2 * F*255*128 (+1 sign bit)
 from dataclasses import dataclass, asdict, fields
 import json
 import operator
+
+import numpy as np
 
 
 __all__ = ["ConfigError", "NetworkConfig", "Widths", "signed_bits", "unsigned_bits"]
@@ -238,7 +240,7 @@ class Widths:
 
 @dataclass(frozen=True)
 class SoftmaxFormat:
-    """Fixed-point formats of the integer softmax approximation (``sim/golden.py: softmax_int``).
+    """Fixed-point formats of the integer softmax approximation (``sim/reference/golden.py: softmax_int``).
 
     ``t = round((max - logit) * mult / 2**shift)`` is the logit distance in base 2 with
     ``frac_bits`` fractional bits; ``exp2(-t)`` comes from a ``2**frac_bits``-entry table of
@@ -258,10 +260,21 @@ class SoftmaxFormat:
         """Distances at or above this underflow the Q15 exponential to zero."""
         return self.exp_bits << self.frac_bits
 
+    def exp2_table(self):
+        """``round(one * 2**(-f / 2**frac_bits))`` for ``f`` in ``0..2**frac_bits-1``."""
+        f = np.arange(1 << self.frac_bits)
+        return np.rint(self.one * np.exp2(-f / (1 << self.frac_bits))).astype(np.int64)
+
+    def recip_table(self):
+        """Reciprocal seeds: Q15 of ``1/m`` at the middle of each ``m`` bucket of ``[1, 2)``."""
+        k = np.arange(1 << self.recip_index_bits)
+        mid = 1 + (k + 0.5) / (1 << self.recip_index_bits)
+        return np.rint(self.one / mid).astype(np.int64)
+
 
 @dataclass(frozen=True)
 class TrainFormat:
-    """Fixed-point formats of the on-chip SGD trainer (``sim/trainer.py``, the golden trainer).
+    """Fixed-point formats of the on-chip SGD trainer (``sim/reference/trainer.py``, the golden trainer).
 
     Batch 1: one image + label -> forward, backward, update. Every update is
     ``M <- sat(M - R(g >> s))`` with ``g`` an integer gradient, ``s`` a per-tensor shift and

@@ -18,7 +18,7 @@ __all__ = ["Requantize"]
 class Requantize(wiring.Component):
     """``out = clip((acc * requant_mult[f] + 2**(shift-1)) >> shift, 0, 255)`` on a stream.
 
-    Bit-identical to :func:`cnnforge.sim.golden.requantize`: arithmetic shift, rounding half up
+    Bit-identical to :func:`cnnforge.sim.reference.golden.requantize`: arithmetic shift, rounding half up
     (towards +inf), ReLU fused as the lower clip, saturation at 255.
 
     Beats carry ``lanes`` accumulators of consecutive channels, in the ConvEngine's output order:

@@ -24,7 +24,7 @@ def SoftmaxResultLayout(config):
 class Softmax(wiring.Component):
     """Q15 probabilities and the argmax of every image's ``classes`` logits.
 
-    Bit-identical to :func:`cnnforge.sim.golden.softmax_int` (see its docstring for the
+    Bit-identical to :func:`cnnforge.sim.reference.golden.softmax_int` (see its docstring for the
     arithmetic) and to ``argmax`` with the golden tie rule (the lowest index among equal
     maxima).
 
@@ -112,8 +112,6 @@ class Softmax(wiring.Component):
         })
 
     def elaborate(self, platform):
-        from ..sim.golden import exp2_table, recip_table
-
         m = Module()
         config, widths, fmt = self._config, self._widths, self._fmt
         classes = config.classes
@@ -132,10 +130,10 @@ class Softmax(wiring.Component):
                                                 init=[])
         m.submodules.exp2_rom = exp2_rom = Memory(shape=unsigned(fmt.exp_bits),
                                                   depth=1 << fmt.frac_bits,
-                                                  init=[int(v) for v in exp2_table(fmt)])
+                                                  init=[int(v) for v in fmt.exp2_table()])
         m.submodules.recip_rom = recip_rom = Memory(shape=unsigned(fmt.recip_bits),
                                                     depth=1 << fmt.recip_index_bits,
-                                                    init=[int(v) for v in recip_table(fmt)])
+                                                    init=[int(v) for v in fmt.recip_table()])
         logit_wr, logit_rd = logit_mem.write_port(), logit_mem.read_port()
         exp_wr, exp_rd = exp_mem.write_port(), exp_mem.read_port()
         exp2_rd, recip_rd = exp2_rom.read_port(), recip_rom.read_port()

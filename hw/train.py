@@ -1,4 +1,4 @@
-"""On-chip training: backward pass and SGD update, bit-exact with ``sim/trainer.py``.
+"""On-chip training: backward pass and SGD update, bit-exact with ``sim/reference/trainer.py``.
 
 :class:`TrainingAccelerator` is the inference :class:`~cnnforge.hw.accel.Accelerator` plus a
 :class:`Trainer`. The forward pass of a training image runs on the accelerator; the trainer
@@ -7,7 +7,7 @@ probabilities), then computes the gradients, updates its int16 masters and biase
 the new int8 weights and biases into the accelerator through its model write port. The next
 image (inference or training) sees the new weights.
 
-Arithmetic: :func:`cnnforge.sim.trainer.train_step` (every width from
+Arithmetic: :func:`cnnforge.sim.reference.trainer.train_step` (every width from
 :class:`~cnnforge.hw.params.TrainFormat` and :class:`~cnnforge.hw.params.Widths`), including the
 stochastic-rounding LFSR draws in the golden update order.
 
@@ -33,21 +33,21 @@ Board protocol (``boards/link.py``, ``boards/protocol.py``):
 """
 
 import numpy as np
-from amaranth import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .accel import Accelerator, ModelMemory, Parallelism, ResultLayout
-from .conv import _bias_shape, weight_words as conv_weight_words
+from .conv import bias_shape, weight_words as conv_weight_words
 from .dense import weight_words as dense_weight_words
 from .params import SoftmaxFormat, Widths
 from .util import check_int, pack_fields
 
 
 __all__ = ["TrainCommand", "TrainInputLayout", "Trainer", "TrainingAccelerator",
-           "lfsr_leap_columns", "dump_order"]
+           "lfsr_leap_columns", "dump_order", "parse_dump", "state_from_dump"]
 
 
 class TrainCommand(enum.Enum, shape=2):
@@ -75,6 +75,38 @@ def dump_order(config):
     """
     return [("dense_m", config.classes * config.features), ("dense_b", config.classes),
             ("conv_m", config.filters * config.taps), ("conv_b", config.filters), ("lfsr", 1)]
+
+
+def parse_dump(config, values):
+    """Split dump values (raw uint32) into ``{name: int64 array}`` per :func:`dump_order`;
+    several dumps give arrays with a leading dump axis."""
+    values = np.asarray(values, np.int64)
+    per = sum(n for _, n in dump_order(config))
+    if len(values) % per:
+        raise ValueError(f"{len(values)} dump words is not a multiple of {per}")
+    values = values.reshape(-1, per)
+    out, at = {}, 0
+    for name, n in dump_order(config):
+        v = values[:, at:at + n]
+        out[name] = v if name == "lfsr" else v - ((v >> 31) << 32)
+        at += n
+    out["dense_m"] = out["dense_m"].reshape(-1, config.classes, config.features)
+    out["conv_m"] = out["conv_m"].reshape(-1, config.filters, config.taps)
+    out["lfsr"] = out["lfsr"][:, 0]
+    return out
+
+
+def state_from_dump(state, dumps, index=-1):
+    """A copy of ``state`` with the masters, biases and LFSR state of dump ``index``."""
+    out = state.copy()
+    cfg = state.config
+    out.dense_m = np.asarray(dumps["dense_m"][index], np.int64).copy()
+    out.dense_b = np.asarray(dumps["dense_b"][index], np.int64).copy()
+    out.conv_m = np.asarray(dumps["conv_m"][index], np.int64).reshape(
+        cfg.filters, cfg.kernel, cfg.kernel, cfg.in_channels).copy()
+    out.conv_b = np.asarray(dumps["conv_b"][index], np.int64).copy()
+    out.lfsr.state = int(dumps["lfsr"][index])
+    return out
 
 
 def _lfsr_matrix(fmt):
@@ -128,10 +160,10 @@ def _round_shift(g, s, rnd=None):
 
 
 class Trainer(wiring.Component):
-    """Backward pass and SGD update of the reference CNN, bit-exact with ``sim/trainer.py``.
+    """Backward pass and SGD update of the reference CNN, bit-exact with ``sim/reference/trainer.py``.
 
     Holds the int16 masters and the biases (initial contents from a
-    :class:`~cnnforge.sim.trainer.TrainState`), and buffers filled while the accelerator runs the
+    :class:`~cnnforge.hw.model.TrainState`), and buffers filled while the accelerator runs the
     forward pass of a training image: the image (``K x K`` banks by ``(y mod K, x mod K)`` so a
     window is one read, replicated per gradient lane), the pooled values and argmax positions,
     the probabilities. After ``start`` it runs these phases, each a short pipeline, with a few
@@ -185,14 +217,15 @@ class Trainer(wiring.Component):
 
     Parameters
     ----------
-    state : :class:`~cnnforge.sim.trainer.TrainState`
+    state : :class:`~cnnforge.hw.model.TrainState`
         Initial masters, biases, LFSR state and the :class:`~cnnforge.hw.params.TrainFormat`.
     parallelism : :class:`~cnnforge.hw.accel.Parallelism`
         ``conv_lanes`` (pool beat width, conv word layout) and ``dense_mults`` (dense word
         layout, masters updated per cycle).
-    grad_lanes : int
+    grad_lanes : int, optional
         Pooled features per cycle in the conv-gradient phase (``grad_lanes * (taps + 1)``
         multipliers); must divide ``dense_mults``, ``conv_lanes`` and ``filters // 2``.
+        Default: ``parallelism.grad_lanes``.
 
     Members
     -------
@@ -225,10 +258,12 @@ class Trainer(wiring.Component):
     #: Idle cycles between phases (the deepest phase pipeline drains).
     DRAIN = 4
 
-    def __init__(self, state, parallelism, *, grad_lanes=1):
+    def __init__(self, state, parallelism, *, grad_lanes=None):
         if not isinstance(parallelism, Parallelism):
             raise TypeError(f"parallelism must be a Parallelism, not {parallelism!r}")
         config, fmt = state.config, state.fmt
+        if grad_lanes is None:
+            grad_lanes = parallelism.grad_lanes
         grad_lanes = check_int("grad_lanes", grad_lanes, 1)
         lanes, mults = parallelism.conv_lanes, parallelism.dense_mults
         for name, n in (("dense_mults", mults), ("conv_lanes", lanes)):
@@ -251,7 +286,7 @@ class Trainer(wiring.Component):
         self._config, self._fmt, self._widths = config, fmt, Widths(config)
         widths = self._widths
         self.mw_data_bits = max(8 * lanes, 8 * mults,
-                                widths.conv_bias * _bias_shape(lanes, config.taps)[1],
+                                widths.conv_bias * bias_shape(lanes, config.taps)[1],
                                 widths.dense_bias, widths.requant_mult)
         super().__init__({
             "px_en": In(1),
@@ -281,7 +316,7 @@ class Trainer(wiring.Component):
     def cycles_per_update(self):
         """Cycles from ``start`` to ``done`` (exact up to the drain gaps)."""
         cfg, par = self._config, self._par
-        chunks = _bias_shape(par.conv_lanes, cfg.taps)[0]
+        chunks = bias_shape(par.conv_lanes, cfg.taps)[0]
         steps = cfg.features // par.dense_mults
         return ((cfg.classes - 1) * steps + max(steps + cfg.classes, cfg.features // self._g)
                 + cfg.filters * (cfg.taps + 1)
@@ -496,7 +531,7 @@ class Trainer(wiring.Component):
         u_v1 = Signal()
         ut1, uj1, ul1, ua1, uc1 = (Signal.like(ut), Signal.like(uj), Signal.like(ul),
                                    Signal.like(ua), Signal.like(uc))
-        b_words = F // lanes * _bias_shape(lanes, taps)[0]
+        b_words = F // lanes * bias_shape(lanes, taps)[0]
         bw = Signal(range(b_words))
 
         # Issue (stage 0) strobes of the phases.
@@ -849,7 +884,7 @@ class Trainer(wiring.Component):
             m.d.sync += conv_b[uc1].eq(nb)
             if stochastic and s_cb > 0:
                 m.d.comb += adv_one.eq(1)
-        b_chunks, b_per = _bias_shape(lanes, taps)
+        b_chunks, b_per = bias_shape(lanes, taps)
         cb_words = []
         for g in range(F // lanes):
             for j in range(b_chunks):
@@ -904,10 +939,10 @@ class TrainingAccelerator(wiring.Component):
 
     Parameters
     ----------
-    state : :class:`~cnnforge.sim.trainer.TrainState`
+    state : :class:`~cnnforge.hw.model.TrainState`
         Initial masters (the accelerator is built with ``state.model()``).
     parallelism : :class:`~cnnforge.hw.accel.Parallelism`
-    grad_lanes : int
+    grad_lanes : int, optional
         See :class:`Trainer`.
 
     Members
@@ -924,7 +959,7 @@ class TrainingAccelerator(wiring.Component):
         Pulses when a training step has finished.
     """
 
-    def __init__(self, state, parallelism, *, grad_lanes=1):
+    def __init__(self, state, parallelism, *, grad_lanes=None):
         self._trainer = Trainer(state, parallelism, grad_lanes=grad_lanes)
         self._accel = Accelerator(state.model(), parallelism)
         self._config = state.config

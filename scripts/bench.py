@@ -26,7 +26,7 @@ def _generic(par):
 
 
 def golden_images_per_second(model, images):
-    from .sim.golden import predict_int
+    from .sim.reference.golden import predict_int
     start = time.perf_counter()
     predict_int(model, images)
     return len(images) / (time.perf_counter() - start)
@@ -35,11 +35,12 @@ def golden_images_per_second(model, images):
 def bench(mnist_dir=None, images=200, presets=("up5k", "ecp5-85f"), out="build", train_steps=10,
           log=print):
     from .hw.accel import PRESETS
-    from .sim import model as model_file
-    from .sim.system import simulate
-    from .sim.train_system import train_bench
+    from .sim.reference import model_file
+    from .sim.verify.system import simulate
+    from .sim.verify.train_system import train_bench
     model = model_file.load()
     test_x, test_y = mnist.load("test", mnist_dir)
+    train_x, train_y = mnist.load("train", mnist_dir) if train_steps else (None, None)
     x, y = test_x[:images], test_y[:images]
     cpu_rate = golden_images_per_second(model, test_x)
     rows = []
@@ -57,7 +58,7 @@ def bench(mnist_dir=None, images=200, presets=("up5k", "ecp5-85f"), out="build",
         if train_steps:
             # On-chip training (hw/train.py): forward + backward + update of one image, from the
             # random init, the final masters checked against the golden trainer.
-            t = train_bench(name, train_steps, mnist_dir=mnist_dir, log=log)
+            t = train_bench(name, train_x, train_y, steps=train_steps, log=log)
             if not t["bit_exact"]:
                 raise CnnforgeError(f"{name}: the training RTL disagrees with the golden trainer")
             rows[-1].update({"train_grad_lanes": t["grad_lanes"], "train_steps": t["steps"],
@@ -82,8 +83,8 @@ def bench(mnist_dir=None, images=200, presets=("up5k", "ecp5-85f"), out="build",
 
 def sim_full(mnist_dir=None, images=10_000, preset="up5k", log=print):
     from .hw.accel import PRESETS
-    from .sim import model as model_file
-    from .sim.system import simulate_chunked
+    from .sim.reference import model_file
+    from .sim.verify.system import simulate_chunked
     if preset not in PRESETS:
         raise CnnforgeError(f"unknown preset {preset!r} (one of {', '.join(PRESETS)})")
     model = model_file.load()

@@ -23,27 +23,27 @@ def cmd_data(args):
 
 
 def cmd_train(args):
-    from .sim import train
+    from . import train
     train.train_and_save(mnist_dir=_mnist_dir(args), out=args.out, epochs=args.epochs,
                          seed=args.seed, progress=not args.quiet)
 
 
 def cmd_eval(args):
-    from .sim import evaluate
+    from . import evaluate
     evaluate.eval_cli(mnist_dir=_mnist_dir(args), model_path=args.model, limit=args.limit,
                       progress=not args.quiet)
 
 
 def cmd_export(args):
-    from .sim import model as model_file
+    from .sim.reference import model_file
     model = model_file.load(args.model)
     model_file.export_json(model, args.out)
     print(f"wrote {args.out}")
 
 
 def cmd_verilog(args):
-    from .hw import generate
-    for path in generate.write_all(args.out):
+    from . import verilog
+    for path in verilog.write_all(args.out):
         print(f"wrote {path}")
 
 
@@ -58,12 +58,59 @@ def cmd_sim_full(args):
     bench.sim_full(mnist_dir=_mnist_dir(args), images=args.images, preset=args.preset)
 
 
+def _format_overrides(items):
+    """``FIELD=INT`` strings -> ``{field: int}``."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = int(value, 0)
+        except ValueError:
+            raise CnnforgeError(f"--set takes FIELD=INT, not {item!r}") from None
+        if not sep:
+            raise CnnforgeError(f"--set takes FIELD=INT, not {item!r}")
+    return out
+
+
 def cmd_train_fixed(args):
-    from .sim import trainer
-    _, accuracy = trainer.train_fixed(_mnist_dir(args), init=args.init, epochs=args.epochs,
-                                      limit=args.limit, progress=not args.quiet)
+    from . import train
+    from .hw.params import ConfigError
+    try:
+        fmt = train.train_format(args.init, lr_shift=args.lr_shift, rounding=args.rounding,
+                                 overrides=_format_overrides(args.set))
+    except (ConfigError, TypeError) as e:
+        raise CnnforgeError(f"train format: {e}") from None
+    _, accuracy = train.train_fixed(_mnist_dir(args), init=args.init, epochs=args.epochs,
+                                    limit=args.limit, progress=not args.quiet, fmt=fmt,
+                                    test_limit=args.test_limit, float_twin=args.float)
     print(f"fixed-point SGD ({args.init} init, {args.epochs} epoch(s)): "
           f"{100 * accuracy:.2f} % on the test set")
+
+
+def cmd_train_sim(args):
+    import json
+
+    from . import mnist
+    from .hw.accel import PRESETS
+    from .sim.verify.train_system import train_bench
+    for preset in args.preset or ():
+        if preset not in PRESETS:
+            raise CnnforgeError(f"unknown preset {preset!r} (one of {', '.join(PRESETS)})")
+    if args.steps < 1 or args.test_images < 0:
+        raise CnnforgeError("--steps must be at least 1 and --test-images not negative")
+    train_x, train_y = mnist.load("train", _mnist_dir(args))
+    test_x, test_y = (mnist.load("test", _mnist_dir(args)) if args.test_images
+                      else ((), ()))
+    ok = True
+    for preset in args.preset or ["up5k", "ecp5-85f"]:
+        result = train_bench(preset, train_x, train_y, steps=args.steps,
+                             grad_lanes=args.grad_lanes, rounding=args.rounding,
+                             test_images=test_x[:args.test_images],
+                             test_labels=test_y[:args.test_images])
+        ok &= bool(result.get("bit_exact", True))
+        print(json.dumps(result))
+    if not ok:
+        raise CnnforgeError("the training RTL disagrees with the golden trainer")
 
 
 def cmd_bitstream(args):
@@ -80,7 +127,8 @@ def cmd_program(args):
 def cmd_classify(args):
     from .boards import host
     from .boards.top import get_board
-    from .sim import model as model_file
+    from .sim.reference import model_file
+    from .sim.verify import board_system
     get_board(args.board)            # an unknown board is an error before any work
     model = model_file.load(args.model) if args.model else model_file.load()
     size = model.config.input_size
@@ -101,7 +149,7 @@ def cmd_classify(args):
     preset = get_board(args.board).preset
     if args.sim:
         target = "generic" if args.sim_datapath == "generic" else None
-        _, results = host.simulate(images, args.model, preset, target=target)
+        _, results = board_system.simulate(images, args.model, preset, target=target)
         where = "simulated board"
     else:
         if not args.port:
@@ -122,8 +170,9 @@ def cmd_train_board(args):
     from . import mnist
     from .boards import host
     from .boards.top import get_board
-    from .sim import golden
-    from .sim.trainer import data_order, initial_state
+    from .sim.reference import golden
+    from .sim.reference.trainer import data_order, initial_state
+    from .sim.verify import board_system
     board = get_board(args.board)
     if args.steps < 0 or args.eval < 0 or args.device_checks < 0:
         raise CnnforgeError("--steps, --eval and --device-checks must not be negative")
@@ -145,7 +194,8 @@ def cmd_train_board(args):
         where = f"simulated {board.name} training core ({preset})"
         print(f"{where}: {len(order)} training steps from the {args.init} init (RTL "
               f"simulation: minutes)")
-        out = host.simulate_training(args.init, images, labels, preset=preset, **kwargs)
+        out = board_system.simulate_training(args.init, images, labels, preset=preset,
+                                             **kwargs)
     else:
         where = args.port
         out = host.train_board(args.port, like, images, labels, baud=args.baud,
@@ -161,7 +211,7 @@ def cmd_train_board(args):
               f"{100 * out['test_accuracy']:.2f} % after; {out['device_checks']} classified "
               f"on the device, bit-exact")
     if args.out:
-        from .sim import model as model_file
+        from .sim.reference import model_file
         model_file.save(out["state"].model(), args.out,
                         info={"trained_on": where, "init": args.init, "steps": out["steps"]})
         print(f"trained model written to {args.out}")
@@ -242,7 +292,29 @@ def build_parser():
                    help="LFSR random init, or fine-tune the committed model")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="only the first N training images")
+    p.add_argument("--test-limit", type=int, default=None, help="only the first N test images")
+    p.add_argument("--lr-shift", type=int, default=None,
+                   help="learning rate 2**-S in float terms (default: the init's)")
+    p.add_argument("--rounding", choices=("nearest", "stochastic"), default="nearest",
+                   help="rounding of the weight updates")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=INT",
+                   help="override a TrainFormat field (repeatable)")
+    p.add_argument("--float", action="store_true",
+                   help="also train the float SGD twin (random init: same init, order and "
+                        "learning rate)")
     p.set_defaults(func=cmd_train_fixed)
+
+    p = sub.add_parser("train-sim", help="on-chip training in RTL simulation against the "
+                                         "golden trainer; cycles per training step")
+    p.add_argument("--preset", action="append", default=None,
+                   help="parallelism preset (repeatable; default: up5k and ecp5-85f)")
+    p.add_argument("--steps", type=int, default=10, help="training steps (MNIST training images)")
+    p.add_argument("--grad-lanes", type=int, default=None,
+                   help="gradient lanes (default: the preset's)")
+    p.add_argument("--rounding", choices=("nearest", "stochastic"), default="nearest")
+    p.add_argument("--test-images", type=int, default=0,
+                   help="MNIST test images classified after training")
+    p.set_defaults(func=cmd_train_sim)
 
     p = sub.add_parser("bitstream", help="synthesize, place and route a board build, with report")
     p.add_argument("--board", default="icebreaker", help="icebreaker, ulx3s or orangecrab")

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from cnnforge.sim import rtl_runner
+from cnnforge.sim.verify import rtl_runner
 
 #: Test modules that import from these run RTL simulations.
-RTL_MODULES = ("cnnforge.sim.rtl_runner", "cnnforge.sim.system")
+RTL_MODULES = ("cnnforge.sim.verify.rtl_runner", "cnnforge.sim.verify.system")
 
 #: Larger variants of what `make test` checks in a smaller form, marked ``slow`` so that CI
 #: (`make test` on 2 cores) stays within 30 minutes; `make test-all` runs them. Beside each, what

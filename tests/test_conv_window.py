@@ -11,9 +11,9 @@ from cnnforge.hw import conv
 from cnnforge.hw.conv_window import WindowConvEngine, bias_words, weight_words
 from cnnforge.hw.params import NetworkConfig, Widths
 from cnnforge.hw.util import pack_fields as pack
-from cnnforge.sim import golden
-from cnnforge.sim.harness import PortLoader
-from cnnforge.sim.rtl_runner import STALL_SWEEP, run_stream_test
+from cnnforge.sim.reference import golden
+from cnnforge.sim.verify.harness import PortLoader
+from cnnforge.sim.verify.rtl_runner import STALL_SWEEP, run_stream_test
 # The stream words, golden model and MNIST helpers are the ConvEngine tests' (same formats).
 from test_conv import (_mnist_test_images, _reference_model, conv_model, output_words,
                        pixel_words)

@@ -11,9 +11,9 @@ from cnnforge.hw.dense import DenseEngine, weight_words
 from cnnforge.hw.mac import MACArray
 from cnnforge.hw.util import pack_fields as pack
 from cnnforge.hw.params import NetworkConfig, Widths
-from cnnforge.sim import golden
-from cnnforge.sim.harness import PortLoader
-from cnnforge.sim.rtl_runner import STALL_SWEEP, ice40_cells_sim, run_stream_test
+from cnnforge.sim.reference import golden
+from cnnforge.sim.verify.harness import PortLoader
+from cnnforge.sim.verify.rtl_runner import STALL_SWEEP, ice40_cells_sim, run_stream_test
 
 
 MNIST_DIR = os.environ.get("MNIST_DIR")
@@ -240,7 +240,7 @@ def test_ice40_spram_weights(in_lanes, mults, buffer):
 # -- the reference network -------------------------------------------------------------------------
 
 def _reference_model():
-    from cnnforge.sim import model as model_file
+    from cnnforge.sim.reference import model_file
     try:
         return model_file.load()
     except ModelError as e:

@@ -3,7 +3,7 @@
 import numpy as np
 
 from cnnforge.hw.params import NetworkConfig
-from cnnforge.sim import float_model
+from cnnforge.sim.reference import float_model
 
 
 def test_gradients_match_finite_differences():

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from cnnforge.hw.params import ConfigError, NetworkConfig, Widths
-from cnnforge.sim import golden
-from cnnforge.sim.golden import SOFTMAX
-from cnnforge.sim.quantize import mult_shift
+from cnnforge.sim.reference import golden
+from cnnforge.sim.reference.golden import SOFTMAX
+from cnnforge.sim.reference.quantize import mult_shift
 
 
 def random_model(config, rng, shift=20):
@@ -132,9 +132,9 @@ def test_softmax_approximation_error_bound():
 
 
 def test_softmax_tables():
-    e = golden.exp2_table()
+    e = golden.SOFTMAX.exp2_table()
     assert e[0] == SOFTMAX.one and np.all(np.diff(e) < 0) and len(e) == 1 << SOFTMAX.frac_bits
-    r = golden.recip_table()
+    r = golden.SOFTMAX.recip_table()
     assert np.all((r > SOFTMAX.one // 2) & (r <= SOFTMAX.one))
 
 

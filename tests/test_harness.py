@@ -5,7 +5,7 @@ from amaranth import *
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from cnnforge.sim.rtl_runner import run_stream_test
+from cnnforge.sim.verify.rtl_runner import run_stream_test
 
 
 class Increment(wiring.Component):

@@ -10,7 +10,7 @@ from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from cnnforge.boards.host import run_sim_job
+from cnnforge.sim.verify.board_system import run_sim_job
 from cnnforge.boards.link import Link
 from cnnforge.boards.protocol import PROTOCOL_VERSION, Command, Error
 from cnnforge.hw.params import NetworkConfig, SoftmaxFormat, Widths
@@ -165,7 +165,7 @@ def test_link_with_fake_accelerator(divisor):
     clk_freq = 3_000_000 * divisor
     link = Link(accel=FakeAccel(CONFIG), config=CONFIG, divisor=divisor,
                 timeout=round(0.002 * clk_freq))
-    out = run_sim_job(f"link_fake_{divisor}", link, "cnnforge.sim.tb_board:board_scenario",
+    out = run_sim_job(f"link_fake_{divisor}", link, "cnnforge.sim.verify.tb_board:board_scenario",
                       {"images": [im.tolist() for im in images],
                        "fault_images": [im.tolist() for im in fault_images]},
                       divisor=divisor, clk_freq=clk_freq)

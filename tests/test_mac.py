@@ -4,9 +4,9 @@ numpy reference.
 
 Every cocotb test simulates the generic, the ice40 and the ecp5 variant side by side on the same
 input cycles (the ice40 one through Yosys's ``share/ice40/cells_sim.v`` model of SB_MAC16, the
-ecp5 one, its primitives forced, through ``sim/ecp5_cells.v``: Yosys has no MULT18X18D model)
+ecp5 one, its primitives forced, through ``sim/verify/ecp5_cells.v``: Yosys has no MULT18X18D model)
 and checks every finished accumulation of each, word for word and cycle for cycle, against
-:func:`ref_mac` (and, for the real-data parts, against :mod:`cnnforge.sim.golden`).
+:func:`ref_mac` (and, for the real-data parts, against :mod:`cnnforge.sim.reference.golden`).
 """
 
 import json
@@ -21,8 +21,8 @@ from amaranth.sim import Simulator
 
 from cnnforge.hw.mac import MACArray
 from cnnforge.hw.params import NetworkConfig, Widths
-from cnnforge.sim import golden
-from cnnforge.sim.rtl_runner import (ECP5_CELLS, ice40_cells_sim, BUILD, build_verilog,
+from cnnforge.sim.reference import golden
+from cnnforge.sim.verify.rtl_runner import (ECP5_CELLS, ice40_cells_sim, BUILD, build_verilog,
                                      run_cocotb, simulator)
 
 
@@ -187,7 +187,7 @@ def run_mac_test(name, accums, *, lanes, taps, a_signed, acc_width, seed, expect
            "out": str(folder / "results.json")}
     job_path = folder / "job.json"
     job_path.write_text(json.dumps(job))
-    run_cocotb(name, sources, "top", "cnnforge.sim.tb_mac", {"CNNFORGE_TB_JOB": job_path})
+    run_cocotb(name, sources, "top", "cnnforge.sim.verify.tb_mac", {"CNNFORGE_TB_JOB": job_path})
     result = json.loads((folder / "results.json").read_text())
     mask = (1 << acc_width) - 1
     for v in variants:
@@ -341,7 +341,7 @@ def _mnist_and_model(count):
     if not mnist_dir:
         pytest.skip("MNIST_DIR is not set (real-data MAC test needs the MNIST test images)")
     from cnnforge.mnist import load as load_mnist
-    from cnnforge.sim.model import load as load_model
+    from cnnforge.sim.reference.model_file import load as load_model
     images, _ = load_mnist("test", mnist_dir)
     return images[:count], load_model()
 

@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""MaxPool against :func:`cnnforge.sim.golden.maxpool` (value and argmax), word for word.
+"""MaxPool against :func:`cnnforge.sim.reference.golden.maxpool` (value and argmax), word for word.
 
 Stream regressions run in the hardware harness (:func:`run_stream_test`, Verilator) over the
 whole STALL_SWEEP, with images back to back: random images (uniform bytes and low-entropy
@@ -25,8 +25,8 @@ from cnnforge import mnist
 from cnnforge.errors import ModelError
 from cnnforge.hw.maxpool import MaxPool
 from cnnforge.hw.params import NetworkConfig, Widths
-from cnnforge.sim import golden, model as model_file
-from cnnforge.sim.rtl_runner import STALL_SWEEP, run_stream_test
+from cnnforge.sim.reference import golden, model_file
+from cnnforge.sim.verify.rtl_runner import STALL_SWEEP, run_stream_test
 
 
 MNIST_DIR = os.environ.get("MNIST_DIR")

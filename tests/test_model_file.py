@@ -11,9 +11,9 @@ import pytest
 
 from cnnforge.errors import ModelError
 from cnnforge.hw.params import NetworkConfig
-from cnnforge.sim import golden, model as model_file
-from cnnforge.sim.float_model import init_params
-from cnnforge.sim.quantize import quantize
+from cnnforge.sim.reference import golden, model_file
+from cnnforge.sim.reference.float_model import init_params
+from cnnforge.sim.reference.quantize import quantize
 
 MNIST_DIR = os.environ.get("MNIST_DIR")
 needs_mnist = pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),
@@ -95,7 +95,7 @@ def test_committed_model_loads():
 
 @needs_mnist
 def test_committed_model_accuracy_on_test_set():
-    from cnnforge.sim.evaluate import evaluate
+    from cnnforge.evaluate import evaluate
     result = evaluate(mnist_dir=MNIST_DIR)
     info = model_file.load(with_info=True)[1]
     assert result["images"] == 10_000
@@ -107,7 +107,7 @@ def test_committed_model_accuracy_on_test_set():
 
 @needs_mnist
 def test_training_is_reproducible(tmp_path):
-    from cnnforge.sim.train import file_sha256, train_and_save
+    from cnnforge.train import file_sha256, train_and_save
     kw = dict(mnist_dir=MNIST_DIR, epochs=1, limit=3000, progress=False, log=lambda *a: None)
     train_and_save(out=tmp_path / "a.npz", seed=3, **kw)
     train_and_save(out=tmp_path / "b.npz", seed=3, **kw)

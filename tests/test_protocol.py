@@ -165,7 +165,7 @@ def test_weight_frames():
 def test_model_upload_frames_cover_model_writes():
     """Every word of model_writes() is in exactly one frame, at its address."""
     from cnnforge.hw.accel import PRESETS, Accelerator, model_writes
-    from cnnforge.sim import model as model_file
+    from cnnforge.sim.reference import model_file
     model = model_file.load()
     par = PRESETS["up5k"]
     word = (Accelerator(model, par).mw_data_bits + 7) // 8

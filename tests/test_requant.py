@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""Requantize against :func:`cnnforge.sim.golden.requantize`, word for word.
+"""Requantize against :func:`cnnforge.sim.reference.golden.requantize`, word for word.
 
 Stream regressions run in the hardware harness (:func:`run_stream_test`, Verilator) over the
 whole STALL_SWEEP: random accumulators (full conv_acc range and a range landing around the
@@ -22,8 +22,8 @@ from cnnforge import mnist
 from cnnforge.errors import ModelError
 from cnnforge.hw.params import NetworkConfig, Widths
 from cnnforge.hw.requant import Requantize
-from cnnforge.sim import golden, model as model_file
-from cnnforge.sim.rtl_runner import STALL_SWEEP, run_stream_test
+from cnnforge.sim.reference import golden, model_file
+from cnnforge.sim.verify.rtl_runner import STALL_SWEEP, run_stream_test
 
 
 CONFIG = NetworkConfig()

@@ -9,8 +9,8 @@ import pytest
 from cnnforge.errors import ModelError
 from cnnforge.hw.params import NetworkConfig, SoftmaxFormat, Widths
 from cnnforge.hw.softmax import Softmax
-from cnnforge.sim import golden
-from cnnforge.sim.rtl_runner import STALL_SWEEP, run_stream_test
+from cnnforge.sim.reference import golden
+from cnnforge.sim.verify.rtl_runner import STALL_SWEEP, run_stream_test
 
 
 MNIST_DIR = os.environ.get("MNIST_DIR")
@@ -57,7 +57,7 @@ def test_newton_step_operands_fit_the_multiplier():
     """The widths the block's serial multiplier assumes hold for every normalized sum."""
     fmt = SoftmaxFormat()
     m = np.arange(1 << 15, 1 << 16)
-    x0 = golden.recip_table(fmt)[(m >> (15 - fmt.recip_index_bits)) & 63]
+    x0 = fmt.recip_table()[(m >> (15 - fmt.recip_index_bits)) & 63]
     r = (1 << 31) - m * x0
     x1 = (x0 * r) >> 30
     assert r.min() > 0 and r.max() < 1 << 31
@@ -130,7 +130,7 @@ def test_mnist_logits():
     if not MNIST_DIR or not Path(MNIST_DIR).is_dir():
         pytest.skip("MNIST_DIR is not set to the MNIST folder")
     from cnnforge import mnist
-    from cnnforge.sim import model as model_file
+    from cnnforge.sim.reference import model_file
     try:
         model = model_file.load()
     except ModelError as e:

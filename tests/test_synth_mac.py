@@ -24,7 +24,7 @@ from amaranth.back import verilog
 from cnnforge.boards.build import PREPARE_SCRIPT
 from cnnforge.hw.mac import MACArray
 from cnnforge.hw.params import NetworkConfig, Widths
-from cnnforge.sim.rtl_runner import BUILD
+from cnnforge.sim.verify.rtl_runner import BUILD
 
 
 WIDTHS = Widths(NetworkConfig())

@@ -1,7 +1,7 @@
-"""On-chip training (hw/train.py) against the golden trainer (sim/trainer.py), bit for bit.
+"""On-chip training (hw/train.py) against the golden trainer (sim/reference/trainer.py), bit for bit.
 
 Every test trains in RTL (Verilator) and compares every master, bias and the LFSR state after
-every step (the trainer's DUMP stream) with ``sim/trainer.py``; the forward results of the
+every step (the trainer's DUMP stream) with ``sim/reference/trainer.py``; the forward results of the
 training images and of inference images after training are compared too.
 """
 
@@ -15,9 +15,9 @@ import pytest
 from cnnforge.hw.accel import PRESETS, Parallelism
 from cnnforge.hw.params import NetworkConfig, TrainFormat, Widths
 from cnnforge.hw.train import Trainer, TrainingAccelerator, dump_order
-from cnnforge.sim import golden
-from cnnforge.sim.trainer import init_random
-from cnnforge.sim.train_system import compare_dumps, golden_training, simulate_training
+from cnnforge.sim.reference import golden
+from cnnforge.sim.reference.trainer import init_random
+from cnnforge.sim.verify.train_system import compare_dumps, golden_training, simulate_training
 
 MNIST_DIR = os.environ.get("MNIST_DIR")
 needs_mnist = pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),

@@ -1,4 +1,4 @@
-"""The fixed-point golden trainer (``sim/trainer.py``): exact hand-made steps, gradients against
+"""The fixed-point golden trainer (``sim/reference/trainer.py``): exact hand-made steps, gradients against
 float references on the same integer forward, LFSR, saturation, determinism, a short run."""
 
 import os
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cnnforge.hw.params import ConfigError, NetworkConfig, TrainFormat, Widths
-from cnnforge.sim import golden, trainer as T
-from cnnforge.sim.float_model import loss_and_grads
+from cnnforge.sim.reference import golden, trainer as T
+from cnnforge.sim.reference.float_model import loss_and_grads
 
 
 MNIST_DIR = os.environ.get("MNIST_DIR")

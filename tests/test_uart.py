@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from cnnforge.boards.uart import UARTRx, UARTTx, divisor_for
 from cnnforge.errors import CnnforgeError
-from cnnforge.sim.rtl_runner import build_verilog, run_cocotb
+from cnnforge.sim.verify.rtl_runner import build_verilog, run_cocotb
 
 
 class UartEcho(wiring.Component):
@@ -44,7 +44,7 @@ class UartEcho(wiring.Component):
 def test_uart_echo(divisor):
     name = f"uart_echo_{divisor}"
     path = build_verilog(UartEcho(divisor), name)
-    run_cocotb(name, [path], "top", "cnnforge.sim.tb_uart",
+    run_cocotb(name, [path], "top", "cnnforge.sim.verify.tb_uart",
                {"CNNFORGE_UART_DIVISOR": divisor})
 
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from .. import mnist
-from . import float_model, model as model_file
-from .golden import predict_int
+from . import mnist
+from .sim.reference import float_model, model_file
+from .sim.reference.golden import predict_int
 
 
 __all__ = ["evaluate", "eval_cli"]

@@ -161,7 +161,7 @@ def _upload(c, transport, upload):
     """Upload a model (``board_scenario``'s ``upload``); ``(payloads, record)``."""
     from cnnforge.boards.protocol import Command, encode
     from cnnforge.hw.accel import PRESETS, ModelMemory, Parallelism
-    from cnnforge.sim import model as model_file
+    from cnnforge.sim.reference import model_file
     path = upload.get("model_path")
     model = model_file.load(path) if path else model_file.load()
     par = PRESETS[upload["preset"]]

@@ -1,4 +1,4 @@
-"""Generic cocotb testbench for :class:`cnnforge.sim.harness.StreamHarness`.
+"""Generic cocotb testbench for :class:`cnnforge.sim.verify.harness.StreamHarness`.
 
 Reads its job from the JSON file named by ``CNNFORGE_TB_JOB``: for every run, reset, set the
 stall thresholds and seed, start, wait for ``done`` (no Python on the per-cycle path), let the

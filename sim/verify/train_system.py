@@ -1,10 +1,10 @@
 """On-chip training in RTL simulation: training steps through :class:`TrainingAccelerator`,
-every master compared with the golden trainer (``sim/trainer.py``).
+every master compared with the golden trainer (``sim/reference/trainer.py``).
 
 :func:`simulate_training` builds a :class:`TrainHarness` around the accelerator: the input words
 (TRAIN images, DUMP beats, INFER images) sit in a file-backed ROM; the result stream, the dump
 stream and a per-step cycle count are written to files by a simulation-only sink
-(``sim/sink.v``), so Python only loads, starts, waits for ``done`` and reads the files with numpy.
+(``sim/verify/sink.v``), so Python only loads, starts, waits for ``done`` and reads the files with numpy.
 """
 
 import json
@@ -18,16 +18,16 @@ from amaranth import Instance, ClockSignal, Module, Mux, Shape, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from ..hw.accel import ResultLayout
-from ..hw.train import TrainCommand, TrainInputLayout, Trainer, TrainingAccelerator, dump_order
-from . import golden
-from .harness import _xorshift32, payload_width
-from .rtl_runner import BUILD, ROM_MODEL, build_verilog, ice40_cells_sim, run_cocotb
-from .trainer import train_step
+from ...hw.accel import ResultLayout
+from ...hw.train import TrainCommand, TrainInputLayout, TrainingAccelerator, parse_dump
+from ..reference import golden
+from .harness import xorshift32, payload_width
+from .rtl_runner import BUILD, ROM_MODEL, build_verilog, run_cocotb
+from ..reference.trainer import train_step
 
 
-__all__ = ["TrainHarness", "input_words", "parse_dump", "simulate_training", "golden_training",
-           "state_from_dump", "train_bench", "GRAD_LANES", "readmemh_large_inits",
+__all__ = ["TrainHarness", "input_words", "simulate_training", "golden_training",
+           "train_bench", "readmemh_large_inits",
            "TrainRun", "compare_dumps", "SINK_MODEL"]
 
 SINK_MODEL = Path(__file__).parent / "sink.v"
@@ -64,8 +64,8 @@ class TrainHarness(wiring.Component):
             m.d.sync += [running.eq(1), rng_in.eq(self.seed), rng_o.eq(self.seed ^ 0x9E3779B9),
                          rng_d.eq(self.seed ^ 0x7F4A7C15)]
         with m.Elif(running):
-            m.d.sync += [rng_in.eq(_xorshift32(rng_in)), rng_o.eq(_xorshift32(rng_o)),
-                         rng_d.eq(_xorshift32(rng_d))]
+            m.d.sync += [rng_in.eq(xorshift32(rng_in)), rng_o.eq(xorshift32(rng_o)),
+                         rng_d.eq(xorshift32(rng_d))]
 
         in_width = payload_width(dut.i)
         src_idx = Signal(32)
@@ -175,25 +175,6 @@ def input_words(config, images, labels, *, dump_every=1, dump_first=False, infer
     return [w for c in chunks for w in c]
 
 
-def parse_dump(config, values):
-    """Split dump values (raw uint32) into ``{name: int64 array}`` per :func:`dump_order`;
-    several dumps give arrays with a leading dump axis."""
-    values = np.asarray(values, np.int64)
-    per = sum(n for _, n in dump_order(config))
-    if len(values) % per:
-        raise ValueError(f"{len(values)} dump words is not a multiple of {per}")
-    values = values.reshape(-1, per)
-    out, at = {}, 0
-    for name, n in dump_order(config):
-        v = values[:, at:at + n]
-        out[name] = v if name == "lfsr" else v - ((v >> 31) << 32)
-        at += n
-    out["dense_m"] = out["dense_m"].reshape(-1, config.classes, config.features)
-    out["conv_m"] = out["conv_m"].reshape(-1, config.filters, config.taps)
-    out["lfsr"] = out["lfsr"][:, 0]
-    return out
-
-
 def _read_hex(path):
     text = Path(path).read_text().split()
     return np.array([int(w, 16) for w in text], dtype=object)
@@ -227,7 +208,7 @@ def simulate_training(name, state, parallelism, images, labels, *, grad_lanes=1,
     start = time.perf_counter()
     config = state.config
     if parallelism.target == "ice40":
-        from ..hw.accel import Parallelism
+        from ...hw.accel import Parallelism
         d = parallelism.to_dict()
         d["target"] = "generic"
         parallelism = Parallelism(**d)
@@ -257,7 +238,7 @@ def simulate_training(name, state, parallelism, images, labels, *, grad_lanes=1,
            "out": str(folder / "run.json")}
     job_path = folder / "job.json"
     job_path.write_text(json.dumps(job))
-    run_cocotb(name, [path, ROM_MODEL, SINK_MODEL], "top", "cnnforge.sim.tb_train",
+    run_cocotb(name, [path, ROM_MODEL, SINK_MODEL], "top", "cnnforge.sim.verify.tb_train",
                {"CNNFORGE_TB_JOB": job_path})
     info = json.loads((folder / "run.json").read_text())
     results = _read_hex(folder / "results.txt")
@@ -326,40 +307,19 @@ def compare_dumps(rtl, ref):
     return None
 
 
-def state_from_dump(state, dumps, index=-1):
-    """A copy of ``state`` with the masters, biases and LFSR state of dump ``index``."""
-    from .trainer import LFSR
-    out = state.copy()
-    cfg = state.config
-    out.dense_m = np.asarray(dumps["dense_m"][index], np.int64).copy()
-    out.dense_b = np.asarray(dumps["dense_b"][index], np.int64).copy()
-    out.conv_m = np.asarray(dumps["conv_m"][index], np.int64).reshape(
-        cfg.filters, cfg.kernel, cfg.kernel, cfg.in_channels).copy()
-    out.conv_b = np.asarray(dumps["conv_b"][index], np.int64).copy()
-    out.lfsr.state = int(dumps["lfsr"][index])
-    return out
-
-
-#: Gradient lanes per preset: the conv-gradient phase takes features / grad_lanes cycles.
-GRAD_LANES = {"up5k": 4, "ecp5-25f": 4, "ecp5-85f": 16}
-
-
-def train_bench(preset, steps=10, *, grad_lanes=None, rounding="nearest", mnist_dir=None,
-                check=True, test_images=0, log=print):
-    """Cycles per training step of a preset in RTL (random init, the first ``steps`` MNIST
-    training images, a dump after the last step); with ``check`` the final masters and every
-    forward result are compared with the golden trainer. Returns a dict for ``make bench``."""
-    from .. import mnist
-    from ..hw.accel import PRESETS
-    from ..hw.params import NetworkConfig, TrainFormat
-    from .trainer import init_random
-    grad_lanes = GRAD_LANES.get(preset, 1) if grad_lanes is None else grad_lanes
-    x, y = mnist.load("train", mnist_dir)
+def train_bench(preset, train_images, train_labels, *, steps=10, grad_lanes=None,
+                rounding="nearest", check=True, test_images=(), test_labels=(), log=print):
+    """Cycles per training step of a preset in RTL (random init, the first ``steps`` of
+    ``train_images``, a dump after the last step, then ``test_images`` classified); with
+    ``check`` the final masters and every forward result are compared with the golden trainer.
+    Returns a dict for ``make bench``."""
+    from ...hw.accel import PRESETS
+    from ...hw.params import NetworkConfig, TrainFormat
+    from ..reference.trainer import init_random
+    grad_lanes = PRESETS[preset].grad_lanes if grad_lanes is None else grad_lanes
+    x, y = train_images, train_labels
     state = init_random(NetworkConfig(), TrainFormat(rounding=rounding))
-    infer = ()
-    if test_images:
-        tx, ty = mnist.load("test", mnist_dir)
-        infer, infer_labels = tx[:test_images], ty[:test_images]
+    infer, infer_labels = test_images, test_labels
     run = simulate_training(f"train_bench_{preset}_{rounding}_g{grad_lanes}", state,
                             PRESETS[preset], x[:steps], y[:steps], grad_lanes=grad_lanes,
                             dump_every=steps, infer_images=infer)
@@ -374,7 +334,7 @@ def train_bench(preset, steps=10, *, grad_lanes=None, rounding="nearest", mnist_
             and np.array_equal(run.probs[:steps], probs)
         if problem:
             log(f"MISMATCH: {problem}")
-        if test_images:
+        if len(infer):
             out["test_accuracy"] = float(np.mean(run.cls[steps:] == infer_labels))
             out["test_accuracy_golden"] = float(np.mean(
                 golden.predict_int(final.model(), infer) == infer_labels))
@@ -382,31 +342,3 @@ def train_bench(preset, steps=10, *, grad_lanes=None, rounding="nearest", mnist_
         f"per training step over {steps} steps" +
         (f", bit-exact: {out['bit_exact']}" if check else "") + f" ({run.seconds} s)")
     return out
-
-
-def main(argv=None):
-    """``python -m cnnforge.sim.train_system [--preset P ...] [--steps N] [--grad-lanes G]
-    [--rounding nearest|stochastic] [--test-images N]``: ``make train-sim``."""
-    import argparse
-    from ..hw.accel import PRESETS
-    ap = argparse.ArgumentParser(prog="python -m cnnforge.sim.train_system",
-                                 description="On-chip training in RTL simulation vs the golden "
-                                             "trainer; cycles per training step")
-    ap.add_argument("--preset", action="append", choices=sorted(PRESETS), default=None)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--grad-lanes", type=int, default=None)
-    ap.add_argument("--rounding", choices=("nearest", "stochastic"), default="nearest")
-    ap.add_argument("--test-images", type=int, default=0)
-    ap.add_argument("--mnist-dir", default=None)
-    args = ap.parse_args(argv)
-    ok = True
-    for preset in args.preset or ["up5k", "ecp5-85f"]:
-        r = train_bench(preset, args.steps, grad_lanes=args.grad_lanes, rounding=args.rounding,
-                        mnist_dir=args.mnist_dir, test_images=args.test_images)
-        ok &= bool(r.get("bit_exact", True))
-        print(json.dumps(r))
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

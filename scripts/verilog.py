@@ -1,4 +1,4 @@
-"""``make verilog``: every block elaborated to ``build/verilog/<block>.v``.
+"""``make verilog`` (``cnnforge verilog``): every block elaborated to ``build/verilog/<block>.v``.
 
 Blocks are built for the committed model and the UP5K parallelism with the portable
 (``generic``) datapath, so the files simulate anywhere; ``BLOCKS`` names them.
@@ -8,8 +8,8 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from ..fsutil import atomic_write_text
-from .params import Widths
+from .fsutil import atomic_write_text
+from .hw.params import Widths
 
 
 __all__ = ["BLOCKS", "block_factories", "write_all"]
@@ -17,17 +17,17 @@ __all__ = ["BLOCKS", "block_factories", "write_all"]
 
 def block_factories(model, lanes=16, requant_parallel=2, dense_mults=8):
     """``{name: factory}`` for every RTL block, configured for ``model``."""
-    from .mac import MACArray
-    from .conv import ConvEngine
-    from .conv_window import WindowConvEngine
-    from .requant import Requantize
-    from .maxpool import MaxPool
-    from .dense import DenseEngine
-    from .softmax import Softmax
-    from .accel import Accelerator, Parallelism
-    from .train import Trainer, TrainingAccelerator
-    from .params import TrainFormat
-    from ..sim.trainer import init_from_model
+    from .hw.mac import MACArray
+    from .hw.conv import ConvEngine
+    from .hw.conv_window import WindowConvEngine
+    from .hw.requant import Requantize
+    from .hw.maxpool import MaxPool
+    from .hw.dense import DenseEngine
+    from .hw.softmax import Softmax
+    from .hw.accel import Accelerator, Parallelism
+    from .hw.train import Trainer, TrainingAccelerator
+    from .hw.params import TrainFormat
+    from .sim.reference.trainer import init_from_model
     config = model.config
     par = Parallelism(conv_lanes=lanes, requant_parallel=requant_parallel, dense_mults=dense_mults)
     widths = Widths(config)
@@ -60,7 +60,7 @@ BLOCKS = ("mac_array", "conv_engine", "window_conv_engine", "requantize", "maxpo
 
 def write_all(out, model=None):
     """Write ``<out>/<block>.v`` for every block; returns the paths."""
-    from ..sim import model as model_file
+    from .sim.reference import model_file
     model = model_file.load() if model is None else model
     out = Path(out)
     paths = []

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..hw.params import NetworkConfig
+from ...hw.params import NetworkConfig
 from .golden import im2col
 
 

@@ -21,7 +21,7 @@ def payload_width(port):
     return Shape.cast(port.payload.shape()).width
 
 
-def _xorshift32(x):
+def xorshift32(x):
     x = x ^ (x << 13)[:32]
     x = x ^ (x >> 17)
     return x ^ (x << 5)[:32]
@@ -39,7 +39,7 @@ class StreamHarness(wiring.Component):
     n_expected : int
         Number of output words the DUT should produce (the capture memory's depth).
     rom_file : path, optional
-        The input words are read by ``sim/rom.v`` from this ``$readmemh`` file (which the caller
+        The input words are read by ``sim/verify/rom.v`` from this ``$readmemh`` file (which the caller
         writes) instead of being built into the netlist; the simulation then needs ``rom.v``.
 
     Members
@@ -95,7 +95,7 @@ class StreamHarness(wiring.Component):
         with m.If(self.start):
             m.d.sync += [running.eq(1), rng_in.eq(self.seed), rng_out.eq(self.seed ^ 0x9E3779B9)]
         with m.Elif(running):
-            m.d.sync += [rng_in.eq(_xorshift32(rng_in)), rng_out.eq(_xorshift32(rng_out))]
+            m.d.sync += [rng_in.eq(xorshift32(rng_in)), rng_out.eq(xorshift32(rng_out))]
 
         # Source: offer word src_idx; a new word is offered only when the slot is free, and once
         # valid is up it holds (with its payload) until the transfer.
@@ -106,7 +106,7 @@ class StreamHarness(wiring.Component):
             rom_rd = rom.read_port(domain="comb")
             m.d.comb += [rom_rd.addr.eq(src_idx), dut.i.payload.eq(rom_rd.data)]
         else:
-            # sim/rom.v reads the words from a file: a ROM of millions of words would take
+            # sim/verify/rom.v reads the words from a file: a ROM of millions of words would take
             # minutes to go through the netlist, and the build is reused for new contents.
             rom_data = Signal(self._in_width)
             m.submodules.rom = Instance("cnnforge_rom", p_WIDTH=self._in_width, p_DEPTH=n_in,

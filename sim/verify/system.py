@@ -7,8 +7,8 @@ from amaranth import Module, Shape
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..hw.accel import Accelerator, ModelMemory, ResultLayout, model_writes
-from . import golden
+from ...hw.accel import Accelerator, ModelMemory, ResultLayout, model_writes
+from ..reference import golden
 from .rtl_runner import ice40_cells_sim, run_stream_test
 
 

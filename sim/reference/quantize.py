@@ -14,9 +14,8 @@ import math
 
 import numpy as np
 
-from ..hw.params import Widths
+from ...hw.params import Widths
 from .golden import QuantModel, SOFTMAX, predict_int
-from .float_model import forward
 
 
 __all__ = ["quantize", "mult_shift", "calibrate"]

@@ -17,14 +17,14 @@ from amaranth import Shape
 from amaranth.lib import data
 from amaranth.back import verilog
 
-from ..errors import ToolError
+from ...errors import ToolError
 from .harness import StreamHarness
 
 
 __all__ = ["ROOT", "BUILD", "STALL_SWEEP", "simulator", "verilator_bin", "build_verilog",
            "run_cocotb", "run_stream_test", "StreamResult"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("CNNFORGE_BUILD", ROOT / "build")) / "sim"
 
 #: (input gap probability, output stall probability) of each run of a stream test.
@@ -235,7 +235,7 @@ def run_stream_test(name, dut_factory, *, inputs, expected, stalls=STALL_SWEEP, 
     job_path = folder / "job.json"
     job_path.write_text(json.dumps(job))
     start = time.perf_counter()
-    run_cocotb(name, [path, ROM_MODEL, *extra_sources], "top", "cnnforge.sim.tb_stream",
+    run_cocotb(name, [path, ROM_MODEL, *extra_sources], "top", "cnnforge.sim.verify.tb_stream",
                {"CNNFORGE_TB_JOB": job_path})
     elapsed = time.perf_counter() - start
     results = json.loads((folder / "results.json").read_text())

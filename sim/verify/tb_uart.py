@@ -11,7 +11,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, Timer
 
-from cnnforge.sim.tb_board import PERIOD_NS, UartModel
+from cnnforge.sim.verify.tb_board import PERIOD_NS, UartModel
 
 DIVISOR = int(os.environ["CNNFORGE_UART_DIVISOR"])
 

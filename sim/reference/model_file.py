@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
-from ..fsutil import atomic_open
-from ..hw.params import ConfigError, NetworkConfig, Widths
+from ...errors import ModelError
+from ...fsutil import atomic_open
+from ...hw.params import ConfigError, NetworkConfig, Widths
 from .golden import QuantModel
 
 
@@ -40,7 +40,7 @@ def _expected(config):
 def save(model: QuantModel, path=DEFAULT_PATH, info=None, float_params=None):
     """Write ``model`` (and free-form ``info``: accuracies, recipe) atomically.
 
-    ``float_params`` (a :class:`~cnnforge.sim.float_model.FloatParams`) keeps the float network
+    ``float_params`` (a :class:`~cnnforge.sim.reference.float_model.FloatParams`) keeps the float network
     the integer one was quantized from, for float evaluation and fine-tuning.
 
     The bytes depend only on the model and ``info``: no timestamps, so the same training run

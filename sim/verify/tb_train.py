@@ -1,4 +1,4 @@
-"""cocotb testbench of :class:`cnnforge.sim.train_system.TrainHarness`.
+"""cocotb testbench of :class:`cnnforge.sim.verify.train_system.TrainHarness`.
 
 Reads its job from ``CNNFORGE_TB_JOB`` (stall thresholds, seed, cycle budget), resets, starts,
 waits for ``done`` (no Python on the per-cycle path: the harness writes every output word to

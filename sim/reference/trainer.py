@@ -3,7 +3,7 @@
 One training step (image ``x`` uint8, label ``y``), all integers, every width in
 :class:`cnnforge.hw.params.TrainFormat`:
 
-1. forward exactly as :func:`cnnforge.sim.golden.infer_int` with the int8 weights read from the
+1. forward exactly as :func:`cnnforge.sim.reference.golden.infer_int` with the int8 weights read from the
    int16 masters (``w = (M + 2**(frac-1)) >> frac``), keeping the pooled activations, the pool
    argmax positions and the image; the ReLU mask needs no extra storage: only argmax positions
    get a gradient, and there the activation *is* the pooled value;
@@ -31,14 +31,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..hw.params import NetworkConfig, TrainFormat, Widths
-from .golden import QuantModel, SOFTMAX, im2col, requantize, maxpool, softmax_int, predict_int
+from ...hw.model import TrainState
+from ...hw.params import NetworkConfig, TrainFormat, Widths
+from .golden import SOFTMAX, im2col, requantize, maxpool, softmax_int
 from .quantize import mult_shift
 
 
 __all__ = ["TrainFormat", "LFSR", "TrainState", "Step", "init_random", "init_from_model",
            "format_for_model", "forward", "backward", "apply_update", "train_step", "train",
-           "float_twin", "train_float_sgd", "weights_sha256", "initial_state", "train_fixed", "main"]
+           "float_twin", "train_float_sgd", "weights_sha256", "initial_state", "data_order"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,47 +103,6 @@ class LFSR:
                 out ^= table[b]
         self.state = int(out[-1])
         return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Training state.
-
-@dataclass
-class TrainState:
-    """Everything the on-chip trainer holds: masters, biases and the fixed constants."""
-    config: NetworkConfig
-    fmt: TrainFormat
-    conv_m: np.ndarray       # (F, K, K, Cin) int64 holding int16 masters
-    conv_b: np.ndarray       # (F,) int64
-    dense_m: np.ndarray      # (classes, features) int64 holding int16 masters
-    dense_b: np.ndarray      # (classes,) int64
-    requant_mult: np.ndarray
-    requant_shift: int
-    softmax_mult: int
-    softmax_shift: int
-    lfsr: LFSR
-    steps: int = 0
-
-    def read(self, master):
-        """The int8 forward weight of a master: round half up, no clip needed."""
-        f = self.fmt.master_frac
-        return (master + (1 << f >> 1)) >> f
-
-    def model(self):
-        """The :class:`QuantModel` the forward pass uses now."""
-        return QuantModel(config=self.config, conv_w=self.read(self.conv_m).astype(np.int8),
-                          conv_b=self.conv_b.astype(np.int32),
-                          requant_mult=np.asarray(self.requant_mult, np.uint16),
-                          requant_shift=int(self.requant_shift),
-                          dense_w=self.read(self.dense_m).astype(np.int8),
-                          dense_b=self.dense_b.astype(np.int32),
-                          softmax_mult=int(self.softmax_mult), softmax_shift=int(self.softmax_shift))
-
-    def copy(self):
-        lfsr = LFSR.__new__(LFSR)
-        lfsr.__dict__.update(self.lfsr.__dict__)
-        return replace(self, conv_m=self.conv_m.copy(), conv_b=self.conv_b.copy(),
-                       dense_m=self.dense_m.copy(), dense_b=self.dense_b.copy(), lfsr=lfsr)
 
 
 def _constants(config, fmt, act_scale, dense_scale, conv_scales):
@@ -361,7 +321,7 @@ def train_float_sgd(params, config, images, labels, order, lr, progress=False):
 
 
 # ---------------------------------------------------------------------------------------------
-# Entry points.
+# Starting points and data order.
 
 FINE_TUNE_LR_SHIFT = 10  # eta = 2**-10 in float terms of the committed model's scales (2**-8: 97.49 %)
 
@@ -376,7 +336,7 @@ def initial_state(init="random", fmt=None):
     """The trainer's starting point: ``"random"`` (:func:`init_random`, ``TrainFormat()``) or
     ``"model"`` (the committed model file, :func:`format_for_model` with
     ``FINE_TUNE_LR_SHIFT``); ``fmt`` replaces the format."""
-    from . import model as model_file
+    from . import model_file
     if init == "random":
         return init_random(NetworkConfig(), fmt or TrainFormat())
     if init == "model":
@@ -384,106 +344,3 @@ def initial_state(init="random", fmt=None):
         fmt = fmt or format_for_model(qmodel, FINE_TUNE_LR_SHIFT, act_scale=info["act_scale"])
         return init_from_model(qmodel, fmt)
     raise ValueError(f"init must be 'random' or 'model', not {init!r}")
-
-
-def train_fixed(mnist_dir=None, init="random", epochs=1, limit=None, progress=True, fmt=None,
-                test_limit=None, log=print):
-    """Train with the golden trainer and evaluate on the MNIST test set.
-
-    Parameters
-    ----------
-    mnist_dir : path, optional
-        Folder of the MNIST IDX files (default ``$MNIST_DIR``).
-    init : {"random", "model"}
-        LFSR random init, or fine-tuning of the committed model file.
-    epochs : int
-        Passes over the training images (each in a fresh host-side permutation).
-    limit : int, optional
-        Train on the first ``limit`` images of the permuted order only.
-    fmt : TrainFormat, optional
-        Default ``TrainFormat()`` for ``random``, :func:`format_for_model` with
-        ``FINE_TUNE_LR_SHIFT`` for ``model``.
-
-    Returns
-    -------
-    (QuantModel, float)
-        The int8 model the masters read as, and its test accuracy.
-    """
-    from .. import mnist
-    from . import model as model_file
-    train_x, train_y = mnist.load("train", mnist_dir)
-    test_x, test_y = mnist.load("test", mnist_dir)
-    if test_limit is not None:
-        test_x, test_y = test_x[:test_limit], test_y[:test_limit]
-    state = initial_state(init, fmt)
-    if init == "model":
-        before = float(np.mean(predict_int(model_file.load(), test_x) == test_y))
-        log(f"committed model: {100 * before:.2f} % on {len(test_x)} test images")
-    order = data_order(len(train_x), epochs)
-    if limit is not None:
-        order = order[:limit]
-    train(state, train_x, train_y, order, progress=progress, desc=f"train-fixed ({init})")
-    model = state.model()
-    acc = float(np.mean(predict_int(model, test_x) == test_y))
-    log(f"fixed-point SGD ({init}, {len(order)} images, {state.fmt}): {100 * acc:.2f} % on "
-        f"{len(test_x)} test images; weights sha256 {weights_sha256(model)[:16]}")
-    return model, acc
-
-
-def main(argv=None):
-    """``python -m cnnforge.sim.trainer [--init random|model] [--epochs N] [--limit N]
-    [--lr-shift S] [--rounding nearest|stochastic] [--float]``."""
-    import argparse
-    import time
-    ap = argparse.ArgumentParser(prog="python -m cnnforge.sim.trainer", description=__doc__.split("\n")[0])
-    ap.add_argument("--mnist-dir", default=None)
-    ap.add_argument("--init", choices=("random", "model"), default="random")
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--test-limit", type=int, default=None)
-    ap.add_argument("--lr-shift", type=int, default=None)
-    ap.add_argument("--rounding", choices=("nearest", "stochastic"), default="nearest")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=INT",
-                    help="override a TrainFormat field")
-    ap.add_argument("--float", action="store_true",
-                    help="also run the float SGD twin (random init only): same init, order, lr")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    overrides = {k: int(v, 0) for k, v in (s.split("=", 1) for s in args.set)}
-    overrides["rounding"] = args.rounding
-    fmt = None
-    if args.init == "random":
-        fmt = replace(TrainFormat(), **overrides)
-        if args.lr_shift is not None:
-            fmt = replace(fmt, lr_shift=args.lr_shift)
-    else:
-        from . import model as model_file
-        qmodel, info = model_file.load(with_info=True)
-        lr = FINE_TUNE_LR_SHIFT if args.lr_shift is None else args.lr_shift
-        fmt = replace(format_for_model(qmodel, lr, act_scale=info["act_scale"]), **overrides)
-    t0 = time.time()
-    model, acc = train_fixed(args.mnist_dir, args.init, args.epochs, args.limit,
-                             progress=not args.no_progress, fmt=fmt, test_limit=args.test_limit)
-    print(f"fixed: {100 * acc:.2f} % ({time.time() - t0:.0f} s)")
-    if args.float and args.init == "random":
-        from .. import mnist
-        from .float_model import predict
-        train_x, train_y = mnist.load("train", args.mnist_dir)
-        test_x, test_y = mnist.load("test", args.mnist_dir)
-        if args.test_limit is not None:
-            test_x, test_y = test_x[:args.test_limit], test_y[:args.test_limit]
-        order = data_order(len(train_x), args.epochs)
-        if args.limit is not None:
-            order = order[:args.limit]
-        state = init_random(NetworkConfig(), fmt)
-        params = float_twin(state)
-        t0 = time.time()
-        train_float_sgd(params, state.config, train_x, train_y, order, 2.0 ** -fmt.lr_shift,
-                        progress=not args.no_progress)
-        facc = float(np.mean(predict(params, state.config, test_x) == test_y))
-        print(f"float SGD twin (lr 2**-{fmt.lr_shift}): {100 * facc:.2f} % ({time.time() - t0:.0f} s)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

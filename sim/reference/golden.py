@@ -23,32 +23,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..hw.params import NetworkConfig, SoftmaxFormat, Widths
+from ...hw.model import QuantModel
+from ...hw.params import SoftmaxFormat, Widths
 
 
 __all__ = ["QuantModel", "Inference", "requantize", "conv_acc", "maxpool", "dense",
-           "exp2_table", "recip_table", "softmax_int", "infer_int", "SOFTMAX"]
+           "softmax_int", "infer_int", "SOFTMAX"]
 
 
 SOFTMAX = SoftmaxFormat()
-
-
-@dataclass
-class QuantModel:
-    """An integer network: every tensor the accelerator holds."""
-    config: NetworkConfig
-    conv_w: np.ndarray        # (F, K, K, Cin) int8
-    conv_b: np.ndarray        # (F,) int32
-    requant_mult: np.ndarray  # (F,) uint16
-    requant_shift: int
-    dense_w: np.ndarray       # (classes, features) int8
-    dense_b: np.ndarray       # (classes,) int32
-    softmax_mult: int         # logit distance -> base-2 fixed point
-    softmax_shift: int
-
-    @property
-    def widths(self):
-        return Widths(self.config)
 
 
 @dataclass
@@ -128,19 +111,6 @@ def dense(model, pooled):
     return _exact_matmul(flat, model.dense_w.T) + model.dense_b.astype(np.int64)
 
 
-def exp2_table(fmt=SOFTMAX):
-    """``round(one * 2**(-f / 2**frac_bits))`` for ``f`` in ``0..2**frac_bits-1``."""
-    f = np.arange(1 << fmt.frac_bits)
-    return np.rint(fmt.one * np.exp2(-f / (1 << fmt.frac_bits))).astype(np.int64)
-
-
-def recip_table(fmt=SOFTMAX):
-    """Reciprocal seeds: Q15 of ``1/m`` at the middle of each ``m`` bucket of ``[1, 2)``."""
-    k = np.arange(1 << fmt.recip_index_bits)
-    mid = 1 + (k + 0.5) / (1 << fmt.recip_index_bits)
-    return np.rint(fmt.one / mid).astype(np.int64)
-
-
 def softmax_int(logits, mult, shift, fmt=SOFTMAX):
     """Integer softmax approximation: Q15 probabilities from integer logits.
 
@@ -159,12 +129,12 @@ def softmax_int(logits, mult, shift, fmt=SOFTMAX):
     t = (d * int(mult) + (1 << (int(shift) - 1))) >> int(shift)
     t = np.minimum(t, fmt.t_max)
     frac_mask = (1 << fmt.frac_bits) - 1
-    e = exp2_table(fmt)[t & frac_mask] >> np.minimum(t >> fmt.frac_bits, fmt.exp_bits)
+    e = fmt.exp2_table()[t & frac_mask] >> np.minimum(t >> fmt.frac_bits, fmt.exp_bits)
     total = e.sum(axis=1, keepdims=True)
     n = np.frexp(total.astype(np.float64))[1].astype(np.int64) - 1   # bit length - 1, exact
     m = total >> (n - 15)
     idx = (m >> (15 - fmt.recip_index_bits)) & ((1 << fmt.recip_index_bits) - 1)
-    x0 = recip_table(fmt)[idx]
+    x0 = fmt.recip_table()[idx]
     x1 = (x0 * ((1 << 31) - m * x0)) >> 30
     p = (e * x1 + (1 << (n - 1))) >> n
     return p[0] if squeeze else p

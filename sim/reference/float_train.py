@@ -1,0 +1,60 @@
+"""The float training recipe (Keras MNIST CNN): Adam on cross-entropy with early stopping.
+
+Batch 128, Adam lr 1e-3, the caller's validation split for early stopping (patience 2, best
+weights restored), at most ``EPOCHS`` epochs, everything seeded from ``SEED``. Same seed and
+same machine -> same parameters, bit for bit.
+"""
+
+import numpy as np
+from tqdm import tqdm
+
+from . import float_model
+
+
+__all__ = ["SEED", "EPOCHS", "BATCH", "LR", "PATIENCE", "train_float"]
+
+SEED = 1
+EPOCHS = 15
+BATCH = 128
+LR = 1e-3
+PATIENCE = 2
+
+
+def _val_loss(params, config, images, labels):
+    losses = []
+    for i in range(0, len(images), 2000):
+        logits = float_model.forward(params, config, images[i:i + 2000]).astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        losses.append(-logp[np.arange(len(logp)), labels[i:i + 2000]])
+    return float(np.concatenate(losses).mean())
+
+
+def train_float(config, images, labels, val_images, val_labels, *, seed=SEED, epochs=EPOCHS,
+                batch=BATCH, lr=LR, patience=PATIENCE, progress=True, log=print):
+    """Adam on cross-entropy with early stopping; returns the best params and the history."""
+    rng = np.random.default_rng(seed)
+    params = float_model.init_params(config, rng)
+    opt = float_model.Adam(params, lr=lr)
+    best, best_loss, since_best, history = None, np.inf, 0, []
+    for epoch in range(epochs):
+        order = rng.permutation(len(images))
+        bar = tqdm(range(0, len(images), batch), desc=f"epoch {epoch + 1}/{epochs}",
+                   disable=not progress, leave=False, unit="batch")
+        for i in bar:
+            idx = order[i:i + batch]
+            loss, grads = float_model.loss_and_grads(params, config, images[idx], labels[idx])
+            opt.step(params, grads)
+        val_loss = _val_loss(params, config, val_images, val_labels)
+        val_acc = float(np.mean(float_model.predict(params, config, val_images) == val_labels))
+        history.append({"epoch": epoch + 1, "val_loss": round(val_loss, 6),
+                        "val_acc": round(val_acc, 6)})
+        log(f"epoch {epoch + 1}: val loss {val_loss:.4f}, val accuracy {100 * val_acc:.2f} %")
+        if val_loss < best_loss:
+            best_loss, since_best = val_loss, 0
+            best = float_model.FloatParams(*(a.copy() for a in params.arrays()))
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+    return best, history
