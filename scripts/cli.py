@@ -78,8 +78,8 @@ def cmd_train_fixed(args):
     try:
         fmt = train.train_format(args.init, lr_shift=args.lr_shift, rounding=args.rounding,
                                  overrides=_format_overrides(args.set))
-    except (ConfigError, TypeError) as e:
-        raise CnnforgeError(f"train format: {e}") from None
+    except ConfigError as e:
+        raise CnnforgeError(str(e)) from None
     _, accuracy = train.train_fixed(_mnist_dir(args), init=args.init, epochs=args.epochs,
                                     limit=args.limit, progress=not args.quiet, fmt=fmt,
                                     test_limit=args.test_limit, float_twin=args.float)

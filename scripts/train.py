@@ -9,13 +9,12 @@ machine -> same model file, byte for byte.
 
 import hashlib
 import time
-from dataclasses import replace
+from dataclasses import fields as dataclass_fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from .errors import CnnforgeError
-from .hw.params import NetworkConfig, TrainFormat
+from .hw.params import ConfigError, NetworkConfig, TrainFormat
 from . import mnist
 from .sim.reference import float_model, model_file, quantize as quant, trainer
 from .sim.reference.float_train import BATCH, EPOCHS, LR, PATIENCE, SEED, train_float
@@ -74,6 +73,11 @@ def train_format(init="random", *, lr_shift=None, rounding="nearest", overrides=
     for ``model`` (learning rate ``FINE_TUNE_LR_SHIFT``); ``lr_shift``, ``rounding`` and
     ``overrides`` (``{field: int}``) replace its fields."""
     fields = dict(overrides or {}, rounding=rounding)
+    known = {f.name for f in dataclass_fields(TrainFormat)}
+    for name in fields:
+        if name not in known:
+            raise ConfigError(f"train format: unknown field {name!r} (one of "
+                              f"{', '.join(sorted(known))})")
     if lr_shift is not None:
         fields["lr_shift"] = lr_shift
     if init == "random":
@@ -83,7 +87,7 @@ def train_format(init="random", *, lr_shift=None, rounding="nearest", overrides=
         fmt = trainer.format_for_model(qmodel, fields.pop("lr_shift", trainer.FINE_TUNE_LR_SHIFT),
                                        act_scale=info["act_scale"])
         return replace(fmt, **fields)
-    raise CnnforgeError(f"init must be 'random' or 'model', not {init!r}")
+    raise ConfigError(f"init must be 'random' or 'model', not {init!r}")
 
 
 def train_fixed(mnist_dir=None, init="random", epochs=1, limit=None, progress=True, fmt=None,
