@@ -4,13 +4,12 @@ Both count ``divisor`` clock cycles per bit (:func:`divisor_for` picks it from t
 baud rate). Bits go least significant first: a start bit (0), 8 data bits, a stop bit (1).
 """
 
-import operator
-
 from amaranth import *
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..errors import CnnforgeError
+from ..hw.util import check_int
 
 
 __all__ = ["divisor_for", "UARTRx", "UARTTx"]
@@ -35,17 +34,16 @@ def divisor_for(clk_freq, baud, tolerance=0.02):
 
 
 def check_divisor(divisor):
-    try:
-        divisor = operator.index(divisor)
-    except TypeError:
-        raise TypeError(f"divisor must be an integer, not {divisor!r}") from None
-    if divisor < 4:
-        raise ValueError(f"divisor must be at least 4, not {divisor!r}")
-    return divisor
+    """``divisor`` (clock cycles per bit) as an int >= 4; TypeError/ValueError otherwise."""
+    return check_int("divisor", divisor, 4)
 
 
-class UARTTx(wiring.Component):
-    """UART transmitter: bytes from a stream out as 8N1 frames.
+class _UART(wiring.Component):
+    """What the transmitter and the receiver share: the checked ``divisor`` and the docstring
+    template."""
+
+    _doc_template = """
+    {description}
 
     Parameters
     ----------
@@ -54,25 +52,40 @@ class UARTTx(wiring.Component):
 
     Members
     -------
-    i : ``In(stream.Signature(8))``
+    {members}
+
+    {timing}
+    """
+
+    def __init__(self, members, *, divisor):
+        self._divisor = check_divisor(divisor)
+        super().__init__(members)
+
+    @property
+    def divisor(self):
+        return self._divisor
+
+
+class UARTTx(_UART):
+    __doc__ = _UART._doc_template.format(
+        description="UART transmitter: bytes from a stream out as 8N1 frames.",
+        members="""i : ``In(stream.Signature(8))``
         Bytes to send. ``ready`` is high while the line is idle and in the last cycle of a stop
         bit, so bytes offered back to back go out at exactly ``10 * divisor`` cycles each.
     tx : ``Out(1)``
         The serial line (idle high).
     busy : ``Out(1)``
-        A byte is being sent.
-
-    Throughput: one byte per ``10 * divisor`` cycles (the next start bit follows the stop bit
-    directly); latency: the start bit begins the cycle after the transfer.
-    """
+        A byte is being sent.""",
+        timing="""Throughput: one byte per ``10 * divisor`` cycles (the next start bit follows the
+    stop bit directly); latency: the start bit begins the cycle after the transfer.""",
+    )
 
     def __init__(self, *, divisor):
-        self._divisor = check_divisor(divisor)
         super().__init__({
             "i": In(stream.Signature(8)),
             "tx": Out(1, init=1),
             "busy": Out(1),
-        })
+        }, divisor=divisor)
 
     def elaborate(self, platform):
         m = Module()
@@ -106,22 +119,15 @@ class UARTTx(wiring.Component):
         return m
 
 
-class UARTRx(wiring.Component):
-    """UART receiver: 8N1 frames in, a byte stream out.
+class UARTRx(_UART):
+    __doc__ = _UART._doc_template.format(
+        description="""UART receiver: 8N1 frames in, a byte stream out.
 
     The line passes a 2-flip-flop synchronizer. A falling edge starts a frame; the start bit is
     checked half a bit later (a shorter low pulse is a glitch and ignored), then each data bit and
     the stop bit are sampled in the middle of their bit time. A low stop bit is a framing error:
-    the byte is dropped and the receiver waits for the line to return high (a break) first.
-
-    Parameters
-    ----------
-    divisor : int
-        Clock cycles per bit (at least 4).
-
-    Members
-    -------
-    rx : ``In(1, init=1)``
+    the byte is dropped and the receiver waits for the line to return high (a break) first.""",
+        members="""rx : ``In(1, init=1)``
         The serial line.
     o : ``Out(stream.Signature(8))``
         Received bytes. One byte of buffering: a byte completing while the previous one still
@@ -129,19 +135,18 @@ class UARTRx(wiring.Component):
     frame_error : ``Out(1)``
         Pulses when a stop bit is low.
     overrun : ``Out(1)``
-        Pulses when a byte is dropped for lack of room.
-
-    Latency: a byte is offered 2 cycles (synchronizer) after the middle of its stop bit.
-    """
+        Pulses when a byte is dropped for lack of room.""",
+        timing="""Latency: a byte is offered 2 cycles (synchronizer) after the middle of its stop
+    bit.""",
+    )
 
     def __init__(self, *, divisor):
-        self._divisor = check_divisor(divisor)
         super().__init__({
             "rx": In(1, init=1),
             "o": Out(stream.Signature(8)),
             "frame_error": Out(1),
             "overrun": Out(1),
-        })
+        }, divisor=divisor)
 
     def elaborate(self, platform):
         m = Module()

@@ -1,55 +1,26 @@
 """The convolution engine: a pixel ring buffer, a tap scheduler and a time-multiplexed MAC array."""
 
-import operator
-
 import numpy as np
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, stream
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .mac import MACArray
-from .util import pack_fields
-from .params import NetworkConfig, Widths
+from .util import (ChannelBlock, check_bias_array, check_choice, check_config, check_int8_array,
+                   check_lanes, pack_fields)
+from .params import Widths
 
 
-__all__ = ["ConvEngine", "weight_words", "bias_words", "check_conv_arrays"]
-
-
-def check_lanes(config, lanes):
-    if isinstance(lanes, bool):
-        raise TypeError(f"lanes must be an integer, not {lanes!r}")
-    try:
-        lanes = operator.index(lanes)
-    except TypeError:
-        raise TypeError(f"lanes must be an integer, not {lanes!r}") from None
-    if lanes < 1:
-        raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
-    if config.filters % lanes != 0:
-        raise ValueError(f"lanes must divide filters ({config.filters}), not {lanes!r}")
-    return lanes
+__all__ = ["ConvInterface", "ConvEngine", "weight_words", "bias_words", "check_conv_arrays"]
 
 
 def check_conv_arrays(config, conv_w, conv_b):
     """``conv_w``, ``conv_b`` as int64 arrays; ValueError naming the problem otherwise."""
-    widths = Widths(config)
     k, cin, f = config.kernel, config.in_channels, config.filters
-    conv_w = np.asarray(conv_w)
-    conv_b = np.asarray(conv_b)
-    if conv_w.shape != (f, k, k, cin):
-        raise ValueError(f"conv_w must have shape {(f, k, k, cin)}, not {conv_w.shape!r}")
-    if not np.issubdtype(conv_w.dtype, np.integer) or conv_w.size and (
-            conv_w.min() < -128 or conv_w.max() > 127):
-        raise ValueError(f"conv_w must hold int8 values, not {conv_w.dtype} in "
-                         f"{conv_w.min()}..{conv_w.max()}")
-    if conv_b.shape != (f,):
-        raise ValueError(f"conv_b must have shape {(f,)}, not {conv_b.shape!r}")
-    if not np.issubdtype(conv_b.dtype, np.integer) or (
-            np.abs(conv_b.astype(np.int64)).max() > widths.conv_bias_max):
-        raise ValueError(f"conv_b must hold integers within +-{widths.conv_bias_max}, not "
-                         f"{conv_b.dtype} in {conv_b.min()}..{conv_b.max()}")
-    return conv_w.astype(np.int64), conv_b.astype(np.int64)
+    return (check_int8_array("conv_w", conv_w, (f, k, k, cin)),
+            check_bias_array("conv_b", conv_b, (f,), Widths(config).conv_bias_max))
 
 
 def bias_shape(lanes, taps):
@@ -99,8 +70,122 @@ def _index(count):
     return unsigned(max(1, ceil_log2(count)))
 
 
-class ConvEngine(wiring.Component):
-    """'Valid' KxK convolution of a raster pixel stream, ``lanes`` filters per cycle.
+class ConvInterface(ChannelBlock):
+    _doc_template = """
+    {description}
+
+    Weight and bias write ports
+    ---------------------------
+    The weight memory holds ``filters // lanes * taps`` words of ``lanes`` int8 weights (see
+    :func:`weight_words`): address ``g * taps + t`` holds, in lane ``l``, the weight of filter
+    ``g * lanes + l`` at tap ``t = (ky * K + kx) * in_channels + c``. The bias memory holds
+    ``chunks`` words per filter group of ``per`` biases each, ``(chunks, per) =``
+    :attr:`bias_word_shape` (``chunks`` is the largest power of two ``<= min(taps, lanes)``,
+    ``per = ceil(lanes / chunks)``; the reference network at 16 lanes: 8 words of 2): address
+    ``g * chunks + j``, element ``k`` is the bias of filter ``g * lanes + j * per + k`` (see
+    :func:`bias_words`). A write is one cycle with ``w_en`` (``b_en``) high; addresses out of
+    range are ignored. Writes may come at any time, also while an image is being computed:
+    every word is double-buffered (two banks and a per-word bank bit), a write goes to the bank
+    the running image does not use, and the banks are switched between images. {write_timing}
+    A reset does not undo writes: the engine keeps computing with the latest words written.
+    {sections}
+    Parameters
+    ----------
+    config : NetworkConfig
+        The network; ``input_size``, ``in_channels``, ``kernel`` and ``filters`` are used.
+    lanes : int
+        Filters computed in parallel (MAC lanes); must divide ``config.filters``.
+    conv_w : numpy array ``(F, K, K, Cin)`` of int8
+        Initial weights (both banks).
+    conv_b : numpy array ``(F,)`` of integers within ``Widths(config).conv_bias_max``
+        Initial biases (both banks).
+    target : str
+        MAC array target, one of ``MACArray.TARGETS`` (:class:`~cnnforge.hw.mac.MACArray`):
+        ``"generic"`` (plain products: Yosys infers one MULT18X18D each on ECP5 unless
+        ``-nodsp``), ``"ice40"`` (two 8x8 products per SB_MAC16) or ``"ecp5"`` (one explicit
+        MULT18X18D each in a board build, so that ``synth_ecp5 -nodsp`` keeps every other
+        product in LUTs).{parameters}
+
+    Members
+    -------
+    i : ``In(stream.Signature(data.ArrayLayout(unsigned(8), in_channels)))``
+        Pixels, raster order, images back to back.
+    o : ``Out(stream.Signature(data.ArrayLayout(signed(Widths(config).conv_acc), lanes)))``
+        For every output position (raster order) ``filters // lanes`` beats; beat ``g`` carries
+        the accumulators (bias included) of filters ``g*lanes .. g*lanes + lanes - 1``.
+    w_en : ``In(1)``, w_addr : ``In(unsigned(max(1, ceil_log2(filters // lanes * taps))))``,
+    w_data : ``In(data.ArrayLayout(signed(8), lanes))``
+        Weight write port.
+    b_en : ``In(1)``, b_addr : ``In(unsigned(max(1, ceil_log2(filters // lanes * chunks))))``,
+    b_data : ``In(data.ArrayLayout(signed(Widths(config).conv_bias), per))``
+        Bias write port.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`NetworkConfig` or ``lanes``{type_errors} is not an
+        integer.
+    ValueError
+        If ``lanes`` does not divide the filters, the weight/bias arrays have the wrong shape or
+        out-of-range values, or ``target`` is unknown{value_errors}.
+    """
+
+    __doc__ = _doc_template.format(
+        description="""
+    'Valid' KxK convolution of a raster pixel stream, ``lanes`` filters per cycle: the
+    interface, checks and derived numbers shared by :class:`ConvEngine` and
+    :class:`~cnnforge.hw.conv_window.WindowConvEngine`, so that the accelerator takes either.
+    """.strip(),
+        write_timing="When a write takes effect is up to the engine.",
+        sections="",
+        parameters="",
+        type_errors="",
+        value_errors="",
+    )
+
+    def __init__(self, config, *, lanes, conv_w, conv_b, target):
+        self._config = check_config(config)
+        self._lanes = check_lanes(config, lanes, requirement="a positive integer")
+        self._target = check_choice("target", target, MACArray.TARGETS)
+        self._conv_w, self._conv_b = check_conv_arrays(config, conv_w, conv_b)
+        self._widths = widths = Widths(config)
+        self._groups = config.filters // self._lanes
+        self._taps = config.taps
+        self._w_abits = max(1, ceil_log2(self._groups * self._taps))
+        self._b_chunks, self._b_per = bias_shape(self._lanes, self._taps)
+        self._b_abits = max(1, ceil_log2(self._groups * self._b_chunks))
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(unsigned(8), config.in_channels))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(widths.conv_acc), self._lanes))),
+            "w_en": In(1),
+            "w_addr": In(unsigned(self._w_abits)),
+            "w_data": In(data.ArrayLayout(signed(8), self._lanes)),
+            "b_en": In(1),
+            "b_addr": In(unsigned(self._b_abits)),
+            "b_data": In(data.ArrayLayout(signed(widths.conv_bias), self._b_per)),
+        })
+
+    # -- derived numbers, for tests and reports ---------------------------------------------------
+
+    @property
+    def target(self):
+        return self._target
+
+    @property
+    def bias_word_shape(self):
+        """``(chunks, per)``: bias memory words per filter group, biases per word."""
+        return self._b_chunks, self._b_per
+
+    @property
+    def fifo_depth(self):
+        """Output FIFO entries (credits: results a started group may be waiting for)."""
+        return self._fifo_depth
+
+
+class ConvEngine(ConvInterface):
+    __doc__ = ConvInterface._doc_template.format(
+        description="""
+    'Valid' KxK convolution of a raster pixel stream, ``lanes`` filters per cycle.
 
     Pixels are written into a ring buffer (one block RAM word of ``in_channels`` bytes per
     pixel) as they arrive. A scheduler walks the output positions in raster order; for each
@@ -121,25 +206,12 @@ class ConvEngine(wiring.Component):
     FIFO (``fifo_depth`` entries, ``2 + ceil((MACArray.LATENCY + 2) / taps)``) is reserved for
     its result: credit counting, no combinational path from ``o.ready`` to the scheduler or to
     ``i.ready``.
-
-    Weight and bias write ports
-    ---------------------------
-    The weight memory holds ``filters // lanes * taps`` words of ``lanes`` int8 weights (see
-    :func:`weight_words`): address ``g * taps + t`` holds, in lane ``l``, the weight of filter
-    ``g * lanes + l`` at tap ``t = (ky * K + kx) * in_channels + c``. The bias memory holds
-    ``chunks`` words per filter group of ``per`` biases each, ``(chunks, per) =``
-    :attr:`bias_word_shape` (``chunks`` is the largest power of two ``<= min(taps, lanes)``,
-    ``per = ceil(lanes / chunks)``; the reference network at 16 lanes: 8 words of 2): address
-    ``g * chunks + j``, element ``k`` is the bias of filter ``g * lanes + j * per + k`` (see
-    :func:`bias_words`). A write is one cycle with ``w_en`` (``b_en``) high; addresses out of
-    range are ignored. Writes may come at any time, also while an image is being computed:
-    every word is double-buffered (two banks and a per-word bank bit), a write goes to the bank
-    the running image does not use, and the banks are switched between images. A write takes
+    """.strip(),
+        write_timing="""A write takes
     effect from the first image whose computation starts after it: everything written before
     the first pixel of image ``n`` is accepted applies to image ``n``; nothing written after the
-    last pixel of image ``n`` was accepted affects image ``n`` (for ``conv_size > 1``). A reset
-    does not undo writes: the engine keeps computing with the latest words written.
-
+    last pixel of image ``n`` was accepted affects image ``n`` (for ``conv_size > 1``).""",
+        sections="""
     Latency
     -------
     With an idle engine, the first output beat of a position is valid ``taps + 5`` cycles after
@@ -155,115 +227,31 @@ class ConvEngine(wiring.Component):
     fill, ``(K-1)*input_size + K`` pixels, and the pipeline latency (``taps + 6``). In steady
     state the engine needs one pixel per output position (``taps * filters / lanes`` cycles);
     it accepts up to one pixel per cycle while the ring buffer has room. The reference network
-    (28x28, 32 filters of 3x3): 12,168 cycles per image at 16 lanes (measured: 36,576 cycles
-    for 3 MNIST images back to back, from the first pixel to the last output), 24,336 at 8 lanes
-    and 6,084 at 32 lanes.
+    (28x28, 32 filters of 3x3): 12,168 cycles per image at 16 lanes, 24,336 at 8 lanes and
+    6,084 at 32 lanes.
+    """,
+        parameters="",
+        type_errors="",
+        value_errors="",
+    )
 
-    Parameters
-    ----------
-    config : NetworkConfig
-        The network; ``input_size``, ``in_channels``, ``kernel`` and ``filters`` are used.
-    lanes : int
-        Filters computed in parallel (MAC lanes); must divide ``config.filters``.
-    conv_w : numpy array ``(F, K, K, Cin)`` of int8
-        Initial contents of the weight memory.
-    conv_b : numpy array ``(F,)`` of integers within ``Widths(config).conv_bias_max``
-        Initial contents of the bias memory.
-    target : str
-        MAC array target (``"generic"``, ``"ice40"`` or ``"ecp5"``), see
-        :class:`~cnnforge.hw.mac.MACArray`.
-
-    Members
-    -------
-    i : ``In(stream.Signature(data.ArrayLayout(unsigned(8), in_channels)))``
-        Pixels, raster order, images back to back.
-    o : ``Out(stream.Signature(data.ArrayLayout(signed(Widths(config).conv_acc), lanes)))``
-        For every output position (raster order) ``filters // lanes`` beats; beat ``g`` carries
-        the accumulators (bias included) of filters ``g*lanes .. g*lanes + lanes - 1``.
-    w_en : ``In(1)``, w_addr : ``In(unsigned(max(1, ceil_log2(filters // lanes * taps))))``,
-    w_data : ``In(data.ArrayLayout(signed(8), lanes))``
-        Weight write port.
-    b_en : ``In(1)``, b_addr : ``In(unsigned(max(1, ceil_log2(filters // lanes * chunks))))``,
-    b_data : ``In(data.ArrayLayout(signed(Widths(config).conv_bias), per))``
-        Bias write port.
-
-    Raises
-    ------
-    TypeError
-        If ``config`` is not a :class:`NetworkConfig` or ``lanes`` is not an integer.
-    ValueError
-        If ``lanes`` does not divide the filters, the weight/bias arrays have the wrong shape or
-        out-of-range values, or ``target`` is unknown.
-    """
+    #: Idle cycles between the last tap of an image and the first tap of the next, with the next
+    #: window ready (the last bias read is done, then one cycle switches the banks).
+    SWITCH_CYCLES = 3
 
     def __init__(self, config, *, lanes, conv_w, conv_b, target="generic"):
-        if not isinstance(config, NetworkConfig):
-            raise TypeError(f"config must be a NetworkConfig, not {config!r}")
-        lanes = check_lanes(config, lanes)
-        if target not in MACArray.TARGETS:
-            raise ValueError(f"target must be one of {', '.join(map(repr, MACArray.TARGETS))}, "
-                             f"not {target!r}")
-        widths = Widths(config)
-        k, cin, f = config.kernel, config.in_channels, config.filters
-        conv_w, conv_b = check_conv_arrays(config, conv_w, conv_b)
-
-        self._config = config
-        self._widths = widths
-        self._lanes = lanes
-        self._target = target
-        self._groups = f // lanes
-        self._taps = config.taps
-        self._conv_w = conv_w.astype(np.int64)
-        self._conv_b = conv_b.astype(np.int64)
-        n = config.input_size
+        super().__init__(config, lanes=lanes, conv_w=conv_w, conv_b=conv_b, target=target)
+        k, n = config.kernel, config.input_size
         self._buffer_depth = 1 << ceil_log2(2 * (k - 1) * n + 2 * k)
         # A group lives taps cycles in the array, LATENCY + 2 in the pipeline, and up to taps more
         # in the consumer (a Requantize with fewer multipliers than lanes holds each beat for
         # lanes / parallel cycles): one entry per taps cycles of that, so the array never waits.
         self._fifo_depth = 2 + -(-(MACArray.LATENCY + 2) // self._taps)
-        self._w_abits = max(1, ceil_log2(self._groups * self._taps))
-        self._b_chunks, self._b_per = bias_shape(lanes, self._taps)
-        self._b_abits = max(1, ceil_log2(self._groups * self._b_chunks))
-        super().__init__({
-            "i": In(stream.Signature(data.ArrayLayout(unsigned(8), cin))),
-            "o": Out(stream.Signature(data.ArrayLayout(signed(widths.conv_acc), lanes))),
-            "w_en": In(1),
-            "w_addr": In(unsigned(self._w_abits)),
-            "w_data": In(data.ArrayLayout(signed(8), lanes)),
-            "b_en": In(1),
-            "b_addr": In(unsigned(self._b_abits)),
-            "b_data": In(data.ArrayLayout(signed(widths.conv_bias), self._b_per)),
-        })
-
-    # -- derived numbers, for tests and reports ---------------------------------------------------
-
-    @property
-    def config(self):
-        return self._config
-
-    @property
-    def lanes(self):
-        return self._lanes
-
-    @property
-    def groups(self):
-        """Filter groups (output beats) per output position: ``filters // lanes``."""
-        return self._groups
-
-    @property
-    def bias_word_shape(self):
-        """``(chunks, per)``: bias memory words per filter group, biases per word."""
-        return self._b_chunks, self._b_per
 
     @property
     def buffer_depth(self):
         """Pixels held by the ring buffer."""
         return self._buffer_depth
-
-    @property
-    def fifo_depth(self):
-        """Output FIFO entries (results a started group may be waiting for)."""
-        return self._fifo_depth
 
     @property
     def cycles_per_position(self):
@@ -274,10 +262,6 @@ class ConvEngine(wiring.Component):
     def cycles_per_image(self):
         """Sustained cycles per image in a back-to-back stream (compute plus bank switch)."""
         return self._config.conv_size ** 2 * self.cycles_per_position + self.SWITCH_CYCLES
-
-    #: Idle cycles between the last tap of an image and the first tap of the next, with the next
-    #: window ready (the last bias read is done, then one cycle switches the banks).
-    SWITCH_CYCLES = 3
 
     # -- hardware ---------------------------------------------------------------------------------
 

@@ -1,15 +1,13 @@
 """A tap-parallel convolution engine: line buffers, a KxK window and one filter group per cycle."""
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .conv import bias_shape, check_lanes, bias_words, check_conv_arrays, weight_words
+from .conv import ConvInterface, bias_words, weight_words
 from .mac import MACArray
-from .params import NetworkConfig, Widths
 from .util import check_int
 
 
@@ -64,13 +62,16 @@ def _banked(m, name, words, en, addr, swap, write_in_swap=True):
     return use, write, wbank
 
 
-class WindowConvEngine(wiring.Component):
-    """'Valid' KxK convolution of a raster pixel stream: a whole window for ``lanes`` filters
+class WindowConvEngine(ConvInterface):
+    __doc__ = ConvInterface._doc_template.format(
+        description="""
+    'Valid' KxK convolution of a raster pixel stream: a whole window for ``lanes`` filters
     per cycle.
 
     Same ports, word formats, write-port semantics and output order as
-    :class:`~cnnforge.hw.conv.ConvEngine`, so the accelerator can take either; this one spends
-    ``lanes * taps`` multipliers (``taps = K*K*in_channels``, a
+    :class:`~cnnforge.hw.conv.ConvEngine` (:class:`~cnnforge.hw.conv.ConvInterface`), so the
+    accelerator can take either; this one spends ``lanes * taps`` multipliers
+    (``taps = K*K*in_channels``, a
     ``MACArray(lanes, taps, a_signed=False, acc_width=Widths(config).conv_acc)``) to finish a
     filter group in one cycle instead of ``taps``.
 
@@ -95,29 +96,19 @@ class WindowConvEngine(wiring.Component):
     plus biases go into an output FIFO of :attr:`fifo_depth` entries. The MAC pipeline cannot
     stall: a group is issued only with a place in the output FIFO reserved for its result
     (credit counting; no combinational path from ``o.ready`` to the issue logic or ``i.ready``).
-
-    Weight and bias write ports
-    ---------------------------
-    The ConvEngine word formats (:func:`weight_words` and :func:`bias_words` are
-    :mod:`cnnforge.hw.conv`'s), so the accelerator's model write port serves both engines:
-    weight address ``g * taps + t`` holds, in lane ``l``, the weight of filter ``g * lanes + l``
-    at tap ``t = (ky * K + kx) * in_channels + c``; bias address ``g * chunks + j``, element
-    ``e`` holds the bias of filter ``g * lanes + j * per + e``, ``(chunks, per) =``
-    :attr:`bias_word_shape`. A write is one cycle with ``w_en`` (``b_en``); out-of-range
-    addresses are ignored. As in ConvEngine every word is double-banked (per-word bank bits) and
-    the banks switch when an image's first window is issued: a write takes effect from the first
-    image whose first group is issued after the write reaches the banks (weight writes are
-    registered twice on the way and land in the memories two cycles after their bank is chosen,
-    so four cycles after the write cycle; an image's first issue waits while a weight write is
-    between its bank choice and landing, and comes at least ``(K-1)*N + K`` cycles after its
-    first pixel). So
-    everything written before an image's first pixel is accepted applies to it, and nothing
-    written after the last pixel of image ``n`` was accepted affects image ``n`` (for
+    """.strip(),
+        write_timing="""They switch
+    when an image's first window is issued: a write takes effect from the first image
+    whose first group is issued after the write reaches the banks (weight writes are registered
+    twice on the way and land in the memories two cycles after their bank is chosen, so four
+    cycles after the write cycle; an image's first issue waits while a weight write is between
+    its bank choice and landing, and comes at least ``(K-1)*N + K`` cycles after its first
+    pixel). So everything written before an image's first pixel is accepted applies to it, and
+    nothing written after the last pixel of image ``n`` was accepted affects image ``n`` (for
     ``conv_size**2 > window_fifo_depth + 1``: image ``n`` has started issuing by then). Bias
     writes travel the MAC array's latency (:attr:`MACArray.latency`) in cycles of delay, in step
-    with the bias reads (a group's biases are read that many cycles after its weights). A reset
-    does not undo writes.
-
+    with the bias reads (a group's biases are read that many cycles after its weights).""",
+        sections="""
     Latency
     -------
     With an idle engine, the first beat of a window is offered on ``o`` :attr:`latency`
@@ -137,82 +128,36 @@ class WindowConvEngine(wiring.Component):
     + K + latency`` cycles (the first image's fill, the last window's latency); when the pixels
     are, ``N * input_size**2`` plus the windows still queued at the last pixel (up to
     ``window_fifo_depth * groups`` cycles) plus ``latency``. The reference network (28x28, 32
-    filters of 3x3): at 16 lanes (144 multipliers) 1,352 cycles per image (measured in the
-    stream harness: 5,475 cycles for 4 MNIST images back to back = 4 * 1,352 + 58 + 9); at 8
-    lanes (72) 2,704 (5,475 for 2 images); at 32 lanes (288) the pixels limit it to 784 (676
-    issue cycles).
+    filters of 3x3): at 16 lanes (144 multipliers) 1,352 cycles per image (4 images back to
+    back: 4 * 1,352 + 59 + 8 = 5,475 cycles); at 8 lanes (72) 2,704 (2 images: 5,475); at 32
+    lanes (288) the pixels limit it to 784 (676 issue cycles).
 
     Resources
     ---------
     ``lanes * taps`` multipliers (one MULT18X18D each on ECP5), ``lanes`` adder trees of
     ``taps`` products. Memories: ``K-1`` line buffers of ``input_size x 8*in_channels`` bits
     (distributed RAM), the window FIFO (``window_fifo_depth - 1`` words of ``8*taps + 1`` bits;
-    reference at 16 lanes: 31 x 73), ``taps`` weight memories of ``2*groups x 8*lanes`` bits (two read ports each: both banks),
-    ``chunks`` bias memories of ``2*groups x per*conv_bias`` bits, the output FIFO (``fifo_depth
-    - 1`` words of ``lanes * conv_acc`` bits). Registers: the KxK window and the FIFOs' output
-    registers, one issue window (``8*taps``), ``2*groups*(taps + chunks)`` bank bits, the bias
-    write delay line.
-
-    Parameters
-    ----------
-    config : NetworkConfig
-        The network; ``input_size``, ``in_channels``, ``kernel`` and ``filters`` are used.
-    lanes : int
-        Filters computed in parallel; must divide ``config.filters``.
-    conv_w : numpy array ``(F, K, K, Cin)`` of int8
-        Initial weights (both banks).
-    conv_b : numpy array ``(F,)`` of integers within ``Widths(config).conv_bias_max``
-        Initial biases (both banks).
-    target : str
-        MAC array target, one of ``MACArray.TARGETS``, as ConvEngine: ``"generic"`` (plain
-        products: Yosys infers one MULT18X18D each on ECP5 unless ``-nodsp``), ``"ice40"`` (two
-        8x8 products per SB_MAC16) or ``"ecp5"`` (one explicit MULT18X18D each in a board
-        build, so that ``synth_ecp5 -nodsp`` keeps every other product in LUTs).
+    reference at 16 lanes: 31 x 73), ``taps`` weight memories of ``2*groups x 8*lanes`` bits
+    (two read ports each: both banks), ``chunks`` bias memories of ``2*groups x
+    per*conv_bias`` bits, the output FIFO (``fifo_depth - 1`` words of ``lanes * conv_acc``
+    bits). Registers: the KxK window and the FIFOs' output registers, one issue window
+    (``8*taps``), ``2*groups*(taps + chunks)`` bank bits, the bias write delay line.
+    """,
+        parameters="""
     sum_levels : int or None
         The MAC array's adder levels per pipeline stage (:class:`~cnnforge.hw.mac.MACArray`):
         ``None`` the whole tap sum in one cycle; 2 for fast clocks (the latency grows by 2 for
-        ``taps`` = 9). Results and throughput do not depend on it.
-
-    Members
-    -------
-    i : ``In(stream.Signature(data.ArrayLayout(unsigned(8), in_channels)))``
-        Pixels, raster order, images back to back.
-    o : ``Out(stream.Signature(data.ArrayLayout(signed(Widths(config).conv_acc), lanes)))``
-        For every output position (raster order) ``filters // lanes`` beats; beat ``g``
-        carries the accumulators (bias included) of filters ``g*lanes .. g*lanes + lanes-1``.
-    w_en : ``In(1)``, w_addr : ``In(unsigned(max(1, ceil_log2(filters // lanes * taps))))``,
-    w_data : ``In(data.ArrayLayout(signed(8), lanes))``
-        Weight write port.
-    b_en : ``In(1)``, b_addr : ``In(unsigned(max(1, ceil_log2(filters // lanes * chunks))))``,
-    b_data : ``In(data.ArrayLayout(signed(Widths(config).conv_bias), per))``
-        Bias write port.
-
-    Raises
-    ------
-    TypeError
-        If ``config`` is not a :class:`NetworkConfig` or ``lanes`` is not an integer.
-    ValueError
-        If ``lanes`` does not divide the filters, the weight/bias arrays have the wrong shape
-        or out-of-range values, ``target`` is unknown or ``sum_levels`` is below 1.
-    """
+        ``taps`` = 9). Results and throughput do not depend on it.""",
+        type_errors=" or ``sum_levels`` (if not None)",
+        value_errors=", or ``sum_levels`` is below 1",
+    )
 
     #: Cycles from accepting the pixel that completes a window to its first beat on ``o``
     #: (idle engine) with ``sum_levels=None``; :attr:`latency` in general.
     LATENCY = MACArray.LATENCY + 5
 
     def __init__(self, config, *, lanes, conv_w, conv_b, target="generic", sum_levels=None):
-        if not isinstance(config, NetworkConfig):
-            raise TypeError(f"config must be a NetworkConfig, not {config!r}")
-        lanes = check_lanes(config, lanes)
-        if target not in MACArray.TARGETS:
-            raise ValueError(f"target must be one of {', '.join(map(repr, MACArray.TARGETS))}, "
-                             f"not {target!r}")
-        self._conv_w, self._conv_b = check_conv_arrays(config, conv_w, conv_b)
-        widths = Widths(config)
-        self._config, self._widths, self._lanes, self._target = config, widths, lanes, target
-        self._groups = config.filters // lanes
-        self._taps = config.taps
-        self._b_chunks, self._b_per = bias_shape(lanes, self._taps)
+        super().__init__(config, lanes=lanes, conv_w=conv_w, conv_b=conv_b, target=target)
         self._sum_levels = None if sum_levels is None else check_int("sum_levels", sum_levels, 1)
         self._mac_latency = MACArray.latency_for(taps=self._taps, sum_levels=sum_levels)
         # Output FIFO: a group's place is reserved at issue and freed when its beat leaves;
@@ -223,38 +168,14 @@ class WindowConvEngine(wiring.Component):
         # Window FIFO: at an image boundary the input takes the next image's fill
         # ((K-1)*N + K pixels, one per cycle) while the array works through the buffered
         # windows (`groups` cycles each), plus the FIFO's own 2-cycle latency (32 windows for
-        # the reference network at 16 lanes, found enough in simulation). With one group
-        # per window the array keeps up with the pixels and a short FIFO does.
+        # the reference network at 16 lanes). With one group per window the array keeps up
+        # with the pixels and a short FIFO does.
         n, k = config.input_size, config.kernel
         fill = (k - 1) * n + k
         if self._groups == 1:
             self._wfifo_depth = 4
         else:
             self._wfifo_depth = max(4, -(-(fill + 2) // self._groups) + 1)
-        super().__init__({
-            "i": In(stream.Signature(data.ArrayLayout(unsigned(8), config.in_channels))),
-            "o": Out(stream.Signature(data.ArrayLayout(signed(widths.conv_acc), lanes))),
-            "w_en": In(1),
-            "w_addr": In(unsigned(max(1, ceil_log2(self._groups * self._taps)))),
-            "w_data": In(data.ArrayLayout(signed(8), lanes)),
-            "b_en": In(1),
-            "b_addr": In(unsigned(max(1, ceil_log2(self._groups * self._b_chunks)))),
-            "b_data": In(data.ArrayLayout(signed(widths.conv_bias), self._b_per)),
-        })
-
-    # -- derived numbers, for tests and reports ---------------------------------------------------
-
-    @property
-    def config(self):
-        return self._config
-
-    @property
-    def lanes(self):
-        return self._lanes
-
-    @property
-    def target(self):
-        return self._target
 
     @property
     def latency(self):
@@ -263,24 +184,9 @@ class WindowConvEngine(wiring.Component):
         return self._mac_latency + 5
 
     @property
-    def groups(self):
-        """Filter groups (output beats, issue cycles) per output position."""
-        return self._groups
-
-    @property
-    def bias_word_shape(self):
-        """``(chunks, per)``: bias words per filter group, biases per word (as ConvEngine)."""
-        return self._b_chunks, self._b_per
-
-    @property
     def multipliers(self):
         """int8 multipliers of the MAC array: ``lanes * taps``."""
         return self._lanes * self._taps
-
-    @property
-    def fifo_depth(self):
-        """Output FIFO entries (credits)."""
-        return self._fifo_depth
 
     @property
     def window_fifo_depth(self):
@@ -378,8 +284,8 @@ class WindowConvEngine(wiring.Component):
         m.d.comb += [
             opens.eq((group == 0) & head_first),
             # The banks do not switch while a weight write's bank is chosen (so its choice
-            # needs no switch decision: that path from the issue to the bank register was the
-            # ULX3S's worst, 10.6 ns) nor until it has landed (its bank was chosen with the
+            # needs no switch decision: the issue logic stays off the path into the bank
+            # register) nor until it has landed (its bank was chosen with the
             # banks before the switch: the image would read its word before it lands);
             # nor when a bias write would land as the delayed switch reaches the biases (the
             # same, L cycles later: see "Biases").
@@ -401,12 +307,12 @@ class WindowConvEngine(wiring.Component):
         w_words = weight_words(cfg, lanes, self._conv_w)
         # The write port is registered twice before the bank machinery: the port's sources may
         # sit far away, and the division of the address by taps (a constant: group and tap)
-        # gets a cycle of its own (unregistered it was the ECP5-85F's critical path, 19.8 ns).
+        # is deep logic that gets a cycle of its own.
         # The bank chosen for a write (cycle 2) is registered with it before the memories are
         # written, and the memories' write address and per-tap write enables are registered
         # once more (cycle 4, the end of which it lands): the word select of the bank bits and
-        # the tap decode each reached the distributed RAM across the die (ULX3S worst paths,
-        # 10.2 and 12.1 ns, two seeds); now both hops start at flip-flops.
+        # the tap decode each reach the distributed RAM across the die, so both hops start at
+        # flip-flops.
         # Writes take effect four cycles later, far less than an image's fill before its swap.
         w_en1, w_en2 = Signal(name="w_en1"), Signal(name="w_en2")
         w_addr1 = Signal.like(self.w_addr, name="w_addr1", reset_less=True)
@@ -474,8 +380,8 @@ class WindowConvEngine(wiring.Component):
         # swap and the write port delayed alike), so a group's biases are read in that cycle,
         # arrive with its sums, and come from the bank its weights came from.
         # A bias write is registered once more after its bank is chosen, so that the memories'
-        # write address comes from flip-flops (the bank decision routed to the distributed
-        # RAM was an ECP5-85F critical path); it lands a cycle after the decision. The only
+        # write address comes from flip-flops (the bank decision is logic, and the distributed
+        # RAM it addresses lies across the die); it lands a cycle after the decision. The only
         # read that could see the word before it lands is the first group after a switch of
         # the banks in that cycle, and the issue does not switch banks while a bias write
         # is one cycle old at the port: it would reach the switch exactly then.

@@ -10,8 +10,9 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .mac import MACArray
-from .util import check_int, pack_fields
-from .params import NetworkConfig, Widths
+from .util import (check_bias_array, check_choice, check_config, check_int, check_int8_array,
+                   pack_fields)
+from .params import Widths
 
 
 __all__ = ["DenseEngine", "weight_words"]
@@ -203,8 +204,7 @@ class DenseEngine(wiring.Component):
 
     def __init__(self, config, *, in_lanes, mults, dense_w, dense_b, target="generic",
                  buffer=None, sum_levels=None):
-        if not isinstance(config, NetworkConfig):
-            raise TypeError(f"config must be a NetworkConfig, not {config!r}")
+        check_config(config)
         in_lanes = check_int("in_lanes", in_lanes, 1)
         mults = check_int("mults", mults, 1)
         features, classes = config.features, config.classes
@@ -214,27 +214,14 @@ class DenseEngine(wiring.Component):
             raise ValueError(f"mults must divide features ({features}), not {mults!r}")
         if mults % in_lanes and in_lanes % mults:
             raise ValueError(f"mults ({mults}) and in_lanes ({in_lanes}) must divide one another")
-        if target not in self.TARGETS:
-            raise ValueError(f"target must be one of {', '.join(map(repr, self.TARGETS))}, "
-                             f"not {target!r}")
+        check_choice("target", target, self.TARGETS)
         if buffer is None:
             buffer = target != "ice40"
         if not isinstance(buffer, bool):
             raise TypeError(f"buffer must be a bool or None, not {buffer!r}")
         widths = Widths(config)
-        dense_w, dense_b = np.asarray(dense_w), np.asarray(dense_b)
-        if dense_w.shape != (classes, features):
-            raise ValueError(f"dense_w must have shape {(classes, features)}, "
-                             f"not {dense_w.shape!r}")
-        if not np.issubdtype(dense_w.dtype, np.integer) or (
-                dense_w.min() < -128 or dense_w.max() > 127):
-            raise ValueError(f"dense_w must hold int8 values, not {dense_w.dtype} in "
-                             f"{dense_w.min()}..{dense_w.max()}")
-        if dense_b.shape != (classes,):
-            raise ValueError(f"dense_b must have shape {(classes,)}, not {dense_b.shape!r}")
-        if not np.issubdtype(dense_b.dtype, np.integer) or (
-                np.abs(dense_b.astype(np.int64)).max() > widths.dense_bias_max):
-            raise ValueError(f"dense_b must hold integers within +-{widths.dense_bias_max}")
+        self._dense_w = check_int8_array("dense_w", dense_w, (classes, features))
+        self._dense_b = check_bias_array("dense_b", dense_b, (classes,), widths.dense_bias_max)
         steps = features // mults
         if target == "ice40" and ((8 * mults) % 16 or classes * steps > 16384):
             raise ValueError(f"target 'ice40' needs an even mults and classes * steps <= 16384, "
@@ -244,7 +231,6 @@ class DenseEngine(wiring.Component):
         self._buffer = buffer
         self._sum_levels = None if sum_levels is None else check_int("sum_levels", sum_levels, 1)
         latency = MACArray.latency_for(taps=mults, sum_levels=self._sum_levels)
-        self._dense_w, self._dense_b = dense_w.astype(np.int64), dense_b.astype(np.int64)
         # At least 3: a SyncFIFOBuffered of depth 2 has a zero-width inner address. Without the
         # buffer an image's logits leave in one burst: room for all of them.
         if buffer:
@@ -448,18 +434,13 @@ class DenseEngine(wiring.Component):
 
         # Stage 1: the weight word is read. `cur` still holds the beat (it is refilled at the
         # earliest at the end of the cycle after its last step): the chunk is selected there.
-        valid1 = Signal()
-        first1 = Signal(reset_less=True)
-        last1 = Signal(reset_less=True)
-        j1 = Signal.like(j, reset_less=True)
-        m.d.sync += [valid1.eq(issue), first1.eq(j == 0), last1.eq(last_j), j1.eq(j)]
+        j1 = self._stage1(m, mac, issue, j == 0, last_j, j, "j1")
         if gather > 1:
             chunk = Signal(8 * mults, reset_less=True)
             m.d.sync += chunk.eq(cur)
         else:
             chunk = cur.word_select(j1, 8 * mults) if chunks > 1 else cur
-        m.d.comb += [mac.i_valid.eq(valid1), mac.i_first.eq(first1), mac.i_last.eq(last1),
-                     mac.a.eq(chunk)]
+        m.d.comb += mac.a.eq(chunk)
 
         # --- Per-class partial sums: the MAC array closes one (beat, class) sum per o_valid,
         # in the issue order; out_k / out_b follow it. The first beat of an image starts from
@@ -485,6 +466,30 @@ class DenseEngine(wiring.Component):
             with m.If(out_k == classes - 1):
                 m.d.sync += out_b.eq(Mux(out_b == beats - 1, 0, out_b + 1))
         return Mux(issue & opens_last, classes, 0)
+
+    @staticmethod
+    def _stage1(m, mac, issue, first, last, select, select_name):
+        """Stage 1, the weight word read: the MAC array's controls registered from the issue
+        cycle, and ``select`` (which part of the input the step uses) registered beside them as
+        ``select_name``, which is returned."""
+        valid1 = Signal()
+        first1 = Signal(reset_less=True)
+        last1 = Signal(reset_less=True)
+        select1 = Signal.like(select, name=select_name, reset_less=True)
+        m.d.sync += [valid1.eq(issue), first1.eq(first), last1.eq(last), select1.eq(select)]
+        m.d.comb += [mac.i_valid.eq(valid1), mac.i_first.eq(first1), mac.i_last.eq(last1)]
+        return select1
+
+    @staticmethod
+    def _count(m, word, part, parts):
+        """Step the activation buffer address ``(word, part)``, ``part`` in ``range(parts)``
+        (a bank or a chunk of the word; with one part, ``part`` stays 0)."""
+        if parts > 1:
+            m.d.sync += part.eq(part + 1)
+            with m.If(part == parts - 1):
+                m.d.sync += [part.eq(0), word.eq(word + 1)]
+        else:
+            m.d.sync += word.eq(word + 1)
 
     def _elaborate_buffered(self, m, mac, fifo, b_rd, w_raddr, port_busy, credit):
         config = self._config
@@ -525,12 +530,7 @@ class DenseEngine(wiring.Component):
             ]
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += w_beat.eq(w_beat + 1)
-            if banks > 1:
-                m.d.sync += w_bank.eq(w_bank + 1)
-                with m.If(w_bank == banks - 1):
-                    m.d.sync += [w_bank.eq(0), w_word.eq(w_word + 1)]
-            else:
-                m.d.sync += w_word.eq(w_word + 1)
+            self._count(m, w_word, w_bank, banks)
             with m.If(w_beat == beats - 1):
                 m.d.sync += [w_beat.eq(0), w_word.eq(0), w_bank.eq(0), w_side.eq(~w_side)]
                 with m.If(w_side):
@@ -566,12 +566,7 @@ class DenseEngine(wiring.Component):
                 r_side * side_words + s_word)
         with m.If(issue):
             m.d.sync += [s.eq(s + 1), w_addr.eq(w_addr + 1)]
-            if chunks > 1:
-                m.d.sync += s_chunk.eq(s_chunk + 1)
-                with m.If(s_chunk == chunks - 1):
-                    m.d.sync += [s_chunk.eq(0), s_word.eq(s_word + 1)]
-            else:
-                m.d.sync += s_word.eq(s_word + 1)
+            self._count(m, s_word, s_chunk, chunks)
             with m.If(s_last):
                 m.d.sync += [s.eq(0), s_word.eq(0), s_chunk.eq(0), k.eq(k + 1)]
                 with m.If(k == classes - 1):
@@ -583,20 +578,14 @@ class DenseEngine(wiring.Component):
                         m.d.sync += full[0].eq(0)
 
         # Stage 1: memory data valid; present the group to the MAC array.
-        valid1 = Signal()
-        first1 = Signal(reset_less=True)
-        last1 = Signal(reset_less=True)
-        chunk1 = Signal.like(s_chunk, reset_less=True)
-        m.d.sync += [valid1.eq(issue), first1.eq(s_first), last1.eq(s_last),
-                     chunk1.eq(s_chunk)]
+        chunk1 = self._stage1(m, mac, issue, s_first, s_last, s_chunk, "chunk1")
         if banks > 1:
             group = Cat(*(act_rd[n].data for n in range(banks)))
         elif chunks > 1:
             group = act_rd[0].data.as_value().word_select(chunk1, 8 * mults)
         else:
             group = act_rd[0].data
-        m.d.comb += [mac.i_valid.eq(valid1), mac.i_first.eq(first1), mac.i_last.eq(last1),
-                     mac.a.eq(group)]
+        m.d.comb += mac.a.eq(group)
 
         # --- Output: bias add into the FIFO. ------------------------------------------------
         out_k = Signal(range(max(2, classes)))

@@ -6,7 +6,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .util import REPLICA, check_int
+from .util import REPLICA, check_choice, check_int
 
 
 __all__ = ["MACArray"]
@@ -122,29 +122,27 @@ class MACArray(wiring.Component):
 
     def __init__(self, *, lanes, taps=1, a_signed=False, acc_width, target="generic",
                  primitives=None, sum_levels=None):
-        self._lanes = check_int("lanes", lanes, 1)
-        self._taps = check_int("taps", taps, 1)
-        self._acc_width = check_int("acc_width", acc_width, 16)
+        self.lanes = check_int("lanes", lanes, 1)
+        self.taps = check_int("taps", taps, 1)
+        self.acc_width = check_int("acc_width", acc_width, 16)
         if not isinstance(a_signed, bool):
             raise TypeError(f"a_signed must be a bool, not {a_signed!r}")
-        if target not in self.TARGETS:
-            raise ValueError(f"target must be one of {', '.join(map(repr, self.TARGETS))}, "
-                             f"not {target!r}")
+        check_choice("target", target, self.TARGETS)
         if primitives is not None and not isinstance(primitives, bool):
             raise TypeError(f"primitives must be None or a bool, not {primitives!r}")
-        self._a_signed = a_signed
-        self._target = target
+        self.a_signed = a_signed
+        self.target = target
         self._primitives = primitives
-        self._sum_levels = None if sum_levels is None else check_int("sum_levels", sum_levels, 1)
+        self.sum_levels = None if sum_levels is None else check_int("sum_levels", sum_levels, 1)
         a_shape = signed(8) if a_signed else unsigned(8)
         super().__init__({
             "i_valid": In(1),
             "i_first": In(1),
             "i_last": In(1),
-            "a": In(data.ArrayLayout(a_shape, self._taps)),
-            "b": In(data.ArrayLayout(data.ArrayLayout(signed(8), self._taps), self._lanes)),
+            "a": In(data.ArrayLayout(a_shape, self.taps)),
+            "b": In(data.ArrayLayout(data.ArrayLayout(signed(8), self.taps), self.lanes)),
             "o_valid": Out(1),
-            "acc": Out(data.ArrayLayout(signed(self._acc_width), self._lanes)),
+            "acc": Out(data.ArrayLayout(signed(self.acc_width), self.lanes)),
         })
 
     @classmethod
@@ -159,55 +157,31 @@ class MACArray(wiring.Component):
     @property
     def latency(self):
         """Cycles from a group presented to the ``o_valid`` of the accumulation it closes."""
-        return self.latency_for(taps=self._taps, sum_levels=self._sum_levels)
-
-    @property
-    def sum_levels(self):
-        return self._sum_levels
-
-    @property
-    def lanes(self):
-        return self._lanes
-
-    @property
-    def taps(self):
-        return self._taps
-
-    @property
-    def a_signed(self):
-        return self._a_signed
-
-    @property
-    def acc_width(self):
-        return self._acc_width
-
-    @property
-    def target(self):
-        return self._target
+        return self.latency_for(taps=self.taps, sum_levels=self.sum_levels)
 
     @property
     def multipliers(self):
         """Number of 8x8 products per cycle: ``lanes * taps``."""
-        return self._lanes * self._taps
+        return self.lanes * self.taps
 
     @property
     def dsp_count(self):
         """DSP blocks used on the target (iCE40 ``SB_MAC16`` or ECP5 ``MULT18X18D``)."""
-        if self._target == "ice40":
+        if self.target == "ice40":
             return (self.multipliers + 1) // 2
         return self.multipliers
 
     def uses_instances(self, platform):
         """Whether :meth:`elaborate` with ``platform`` instantiates vendor primitives."""
-        if self._target == "ice40":
+        if self.target == "ice40":
             return True
-        if self._target == "ecp5":
+        if self.target == "ecp5":
             return platform is not None if self._primitives is None else self._primitives
         return False
 
     def elaborate(self, platform):
         m = Module()
-        lanes = self._lanes
+        lanes = self.lanes
 
         # Control pipeline: valid/first/last travel alongside the data (one stage per cycle:
         # operands, products, partial sums; the accumulate takes the last one's).
@@ -225,7 +199,7 @@ class MACArray(wiring.Component):
         m.d.comb += self.o_valid.eq(done)
 
         # products[l][t]: signed(16) product registers (stage 2).
-        if self._target == "ice40":
+        if self.target == "ice40":
             products = self._ice40_products(m)
         elif self.uses_instances(platform):
             products = self._ecp5_products(m)
@@ -233,10 +207,10 @@ class MACArray(wiring.Component):
             products = self._generic_products(m)
 
         # Stages 3 ..: tap sum (registered every sum_levels levels) and accumulate.
-        acc = [Signal(signed(self._acc_width), name=f"acc_{l}", reset_less=True)
+        acc = [Signal(signed(self.acc_width), name=f"acc_{l}", reset_less=True)
                for l in range(lanes)]
         for l in range(lanes):
-            s = self._tree_sum(m, products[l], self._sum_levels, self.latency - 3, f"sum{l}")
+            s = self._tree_sum(m, products[l], self.sum_levels, self.latency - 3, f"sum{l}")
             with m.If(valid[-1]):
                 m.d.sync += acc[l].eq(Mux(first[-1], 0, acc[l]) + s)
             m.d.comb += self.acc[l].eq(acc[l])
@@ -272,14 +246,13 @@ class MACArray(wiring.Component):
         return terms[0]
 
     def _generic_products(self, m):
-        lanes, taps = self._lanes, self._taps
-        a_shape = signed(8) if self._a_signed else unsigned(8)
+        lanes, taps = self.lanes, self.taps
+        a_shape = signed(8) if self.a_signed else unsigned(8)
         # Activation registers: one set shared by the lanes, or (split products, for fast
-        # clocks) a copy per lane: one shared register drives every lane's LUT multipliers
-        # across the die (the ULX3S's critical path, 6.4 of 11.4 ns routing); a copy per lane is
-        # placed beside its multipliers. REPLICA marks the copies so that the board build keeps
-        # Yosys from merging them back.
-        copies = lanes if self._sum_levels is not None and lanes > 1 else 1
+        # clocks) a copy per lane: one shared register would drive every lane's LUT multipliers
+        # across the die; a copy per lane is placed beside its multipliers. REPLICA marks the
+        # copies so that the board build keeps Yosys from merging them back.
+        copies = lanes if self.sum_levels is not None and lanes > 1 else 1
         a_r = [[Signal(a_shape, name=f"a_r{l}_{t}" if copies > 1 else f"a_r{t}",
                        reset_less=True, attrs={REPLICA: 1} if copies > 1 else {})
                 for t in range(taps)] for l in range(copies)]
@@ -291,7 +264,7 @@ class MACArray(wiring.Component):
         for l in range(lanes):
             for t in range(taps):
                 m.d.sync += b_r[l][t].eq(self.b[l][t])
-        if self._sum_levels is not None:
+        if self.sum_levels is not None:
             # Split products: a * b = a * b[0:4] (unsigned nibble) + (a * b[4:8] (signed)) << 4,
             # two registered 8x4 products per tap; the adder tree sums all 2 * taps terms.
             terms = [[] for _ in range(lanes)]
@@ -316,7 +289,7 @@ class MACArray(wiring.Component):
         # stage 1, TOP/BOT_8x8_MULT_REG stage 2 (same as the generic registers).
         # Signedness is per operand (Yosys's cells_sim.v extends each 8-bit half by A_SIGNED
         # resp. B_SIGNED): A_SIGNED must be 0 for uint8 activations (1 would read 255 as -1).
-        lanes, taps = self._lanes, self._taps
+        lanes, taps = self.lanes, self.taps
         pairs = [(l, t) for l in range(lanes) for t in range(taps)]
         products = [[None] * taps for _ in range(lanes)]
         for k in range(0, len(pairs), 2):
@@ -339,16 +312,10 @@ class MACArray(wiring.Component):
                 p_BOTOUTPUT_SELECT=Const(0b10, 2), p_BOTADDSUB_LOWERINPUT=Const(0, 2),
                 p_BOTADDSUB_UPPERINPUT=Const(0, 1), p_BOTADDSUB_CARRYSELECT=Const(0, 2),
                 p_MODE_8x8=Const(1, 1),
-                p_A_SIGNED=Const(int(self._a_signed), 1), p_B_SIGNED=Const(1, 1),
+                p_A_SIGNED=Const(int(self.a_signed), 1), p_B_SIGNED=Const(1, 1),
                 i_CLK=ClockSignal("sync"), i_CE=Const(1, 1),
                 i_C=Const(0, 16), i_A=Cat(a_lo, a_hi), i_B=Cat(b_lo, b_hi), i_D=Const(0, 16),
-                i_AHOLD=Const(0, 1), i_BHOLD=Const(0, 1), i_CHOLD=Const(0, 1), i_DHOLD=Const(0, 1),
-                i_IRSTTOP=Const(0, 1), i_IRSTBOT=Const(0, 1),
-                i_ORSTTOP=Const(0, 1), i_ORSTBOT=Const(0, 1),
-                i_OLOADTOP=Const(0, 1), i_OLOADBOT=Const(0, 1),
-                i_ADDSUBTOP=Const(0, 1), i_ADDSUBBOT=Const(0, 1),
-                i_OHOLDTOP=Const(0, 1), i_OHOLDBOT=Const(0, 1),
-                i_CI=Const(0, 1), i_ACCUMCI=Const(0, 1), i_SIGNEXTIN=Const(0, 1),
+                **self._SB_MAC16_TIED_LOW,
                 o_O=o,
             )
             products[lo[0]][lo[1]] = o[0:16].as_signed()
@@ -356,13 +323,20 @@ class MACArray(wiring.Component):
                 products[hi[0]][hi[1]] = o[16:32].as_signed()
         return products
 
+    #: SB_MAC16 control inputs the 8x8 products do not use (hold, reset, load, add/subtract,
+    #: carry): tied low.
+    _SB_MAC16_TIED_LOW = {f"i_{pin}": Const(0, 1) for pin in (
+        "AHOLD", "BHOLD", "CHOLD", "DHOLD", "IRSTTOP", "IRSTBOT", "ORSTTOP", "ORSTBOT",
+        "OLOADTOP", "OLOADBOT", "ADDSUBTOP", "ADDSUBBOT", "OHOLDTOP", "OHOLDBOT",
+        "CI", "ACCUMCI", "SIGNEXTIN")}
+
     def _ecp5_products(self, m):
         # One MULT18X18D per product: A = activation, B = weight, both extended to 18 bits and
         # multiplied as signed (a uint8 activation zero-extended is a positive signed number),
         # P[15:0] the signed(16) product. REG_INPUTA/B (stage 1) and REG_OUTPUT (stage 2) on
         # CLK0, as nextpnr-ecp5 requires for its register timing (MULT18X18D_REGS_ALL), so
         # both the fabric -> DSP and DSP -> fabric paths start and end at registers.
-        lanes, taps = self._lanes, self._taps
+        lanes, taps = self.lanes, self.taps
         products = [[None] * taps for _ in range(lanes)]
         for l in range(lanes):
             for t in range(taps):

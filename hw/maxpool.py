@@ -2,18 +2,18 @@
 
 
 from amaranth import Module, Mux, Signal, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, stream
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .util import check_int
-from .params import NetworkConfig, Widths
+from .util import ChannelBlock, check_config, check_lanes
+from .params import Widths
 
 
 __all__ = ["MaxPool"]
 
 
-class MaxPool(wiring.Component):
+class MaxPool(ChannelBlock):
     """``pool x pool`` max-pool, stride ``pool``, with the argmax of every window, on a stream.
 
     Bit-identical to :func:`cnnforge.sim.reference.golden.maxpool`: the value is the window maximum and
@@ -84,31 +84,13 @@ class MaxPool(wiring.Component):
     LATENCY = 2
 
     def __init__(self, config, *, lanes):
-        if not isinstance(config, NetworkConfig):
-            raise TypeError(f"config must be a NetworkConfig, not {config!r}")
-        lanes = check_int("lanes", lanes, 1)
-        if config.filters % lanes:
-            raise ValueError(f"lanes must divide filters ({config.filters}), not {lanes!r}")
-        self._config = config
+        self._config = check_config(config)
+        self._lanes = lanes = check_lanes(config, lanes)
         self._widths = Widths(config)
-        self._lanes = lanes
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(self._widths.act), lanes))),
             "o": Out(stream.Signature(self.result_layout)),
         })
-
-    @property
-    def config(self):
-        return self._config
-
-    @property
-    def lanes(self):
-        return self._lanes
-
-    @property
-    def groups(self):
-        """Beats per position: ``filters // lanes``."""
-        return self._config.filters // self._lanes
 
     @property
     def result_layout(self):

@@ -3,19 +3,19 @@
 
 import numpy as np
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, stream
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .util import check_int
-from .params import NetworkConfig, Widths
+from .util import ChannelBlock, check_config, check_int, check_lanes
+from .params import Widths
 
 
 __all__ = ["Requantize"]
 
 
-class Requantize(wiring.Component):
+class Requantize(ChannelBlock):
     """``out = clip((acc * requant_mult[f] + 2**(shift-1)) >> shift, 0, 255)`` on a stream.
 
     Bit-identical to :func:`cnnforge.sim.reference.golden.requantize`: arithmetic shift, rounding half up
@@ -45,8 +45,8 @@ class Requantize(wiring.Component):
                     o.payload, o.valid
 
     No stage holds more than one LUT multiplier of ``(conv_acc - 1) x DIGIT`` bits or one
-    ``requant_product``-bit adder, and no stage both routes far and computes, so the products
-    are not what limits Fmax.
+    ``requant_product``-bit adder, and no stage both routes far and computes, so every stage
+    of the products is a short path.
 
     Stall-free mode
     ---------------
@@ -56,7 +56,7 @@ class Requantize(wiring.Component):
     counting, as the window convolution's output), so ``o.ready`` reaches only that FIFO and
     the credit counter, and ``i.ready`` depends on flip-flops alone. The standard mode's
     pipeline-wide advance signal drives the enable of every pipeline register (about 3,000 for
-    16 lanes): routed across a large device it was the ULX3S's critical path.
+    16 lanes): on a large device that one net is routed across the die.
 
     Latency
     -------
@@ -136,26 +136,18 @@ class Requantize(wiring.Component):
 
     def __init__(self, config, *, lanes, requant_mult, requant_shift, parallel=None, digit=None,
                  stall_free=False):
-        if not isinstance(config, NetworkConfig):
-            raise TypeError(f"config must be a NetworkConfig, not {config!r}")
+        self._config = check_config(config)
+        self._lanes = lanes = check_lanes(config, lanes)
         widths = Widths(config)
-        lanes = check_int("lanes", lanes, 1)
-        if config.filters % lanes:
-            raise ValueError(f"lanes must divide filters ({config.filters}), not {lanes!r}")
         parallel = lanes if parallel is None else check_int("parallel", parallel, 1)
         if lanes % parallel:
             raise ValueError(f"parallel must divide lanes ({lanes}), not {parallel!r}")
-        digit = self.DIGIT if digit is None else check_int("digit", digit, 1)
-        if digit > widths.requant_mult:
-            raise ValueError(f"digit must be at most {widths.requant_mult}, not {digit!r}")
+        digit = self.DIGIT if digit is None else check_int("digit", digit, 1, widths.requant_mult)
         self._digit = digit
         if not isinstance(stall_free, bool):
             raise TypeError(f"stall_free must be a bool, not {stall_free!r}")
         self._stall_free = stall_free
-        shift = check_int("requant_shift", requant_shift, 1)
-        if shift > widths.requant_shift_max:
-            raise ValueError(f"requant_shift must be at most {widths.requant_shift_max}, "
-                             f"not {requant_shift!r}")
+        shift = check_int("requant_shift", requant_shift, 1, widths.requant_shift_max)
         try:
             mult = np.asarray(requant_mult)
         except Exception:
@@ -171,9 +163,7 @@ class Requantize(wiring.Component):
             raise ValueError(f"requant_mult values must be in 0..{mult_max}, not "
                              f"{int(mult.min())}..{int(mult.max())}")
 
-        self._config = config
         self._widths = widths
-        self._lanes = lanes
         self._parallel = parallel
         self._shift = shift
         self._mult = [int(x) for x in mult]
@@ -184,14 +174,6 @@ class Requantize(wiring.Component):
             "mult_addr": In(range(config.filters)),
             "mult_data": In(unsigned(widths.requant_mult)),
         })
-
-    @property
-    def config(self):
-        return self._config
-
-    @property
-    def lanes(self):
-        return self._lanes
 
     @property
     def parallel(self):
@@ -229,6 +211,13 @@ class Requantize(wiring.Component):
         """The initial multipliers (a copy)."""
         return np.array(self._mult, dtype=np.uint16)
 
+    @property
+    def cycles_per_image(self):
+        """Sustained cycles per image: ``conv_size**2 * filters // lanes`` beats of
+        :attr:`steps` cycles."""
+        cfg = self._config
+        return cfg.conv_size ** 2 * (cfg.filters // self._lanes) * self.steps
+
     def elaborate(self, platform):
         m = Module()
         w = self._widths
@@ -255,7 +244,7 @@ class Requantize(wiring.Component):
         # content moves on into asm (not the last part) or into the output register (free, or
         # leaving this cycle). Empty stages are not squeezed out under backpressure: a
         # per-stage `empty | next advances` chain would put every stage between o.ready and
-        # i.ready (the iCE40 critical path, through the convolution's output enables).
+        # i.ready, on one path with the convolution's output enables.
         # Stall-free mode: every stage advances every cycle; a beat's last part is admitted
         # only with a place in the output FIFO reserved (`room`).
         n = 4
@@ -380,7 +369,7 @@ class Requantize(wiring.Component):
             reserve = self.i.valid & self.i.ready
             release = self.o.valid & self.o.ready
             # `room` (= credit != 0) is a flip-flop: it is i.ready, and the upstream register
-            # slice's load enables hang on it (ULX3S: credit -> LUT -> slice was the worst path).
+            # slice's load enables hang on it, so no logic sits between the counter and them.
             m.d.comb += credit_next.eq(credit - reserve + release)
             m.d.sync += [credit.eq(credit_next), room.eq(credit_next != 0)]
             m.d.comb += [

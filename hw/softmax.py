@@ -1,13 +1,12 @@
 """Integer softmax approximation and argmax over an image's logits, with one serial multiplier."""
 
-import operator
-
 from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .params import NetworkConfig, SoftmaxFormat, Widths, unsigned_bits
+from .params import SoftmaxFormat, Widths, unsigned_bits
+from .util import check_config, check_int
 
 
 __all__ = ["Softmax", "SoftmaxResultLayout"]
@@ -83,24 +82,14 @@ class Softmax(wiring.Component):
     MUL_BITS = SoftmaxFormat.mult_bits
 
     def __init__(self, config, *, softmax_mult, softmax_shift, pipelined_exp=False):
-        if not isinstance(config, NetworkConfig):
-            raise TypeError(f"config must be a NetworkConfig, not {config!r}")
+        check_config(config)
         fmt = SoftmaxFormat()
         widths = Widths(config)
-        for name, value in (("softmax_mult", softmax_mult), ("softmax_shift", softmax_shift)):
-            if isinstance(value, bool):
-                raise TypeError(f"{name} must be an integer, not {value!r}")
-            try:
-                operator.index(value)
-            except TypeError:
-                raise TypeError(f"{name} must be an integer, not {value!r}") from None
-        softmax_mult, softmax_shift = operator.index(softmax_mult), operator.index(softmax_shift)
-        if not 1 <= softmax_mult < 1 << fmt.mult_bits:
-            raise ValueError(f"softmax_mult must be in 1..{(1 << fmt.mult_bits) - 1}, "
-                             f"not {softmax_mult!r}")
-        if not 1 <= softmax_shift <= widths.dense_acc + fmt.mult_bits:
-            raise ValueError(f"softmax_shift must be in 1..{widths.dense_acc + fmt.mult_bits}, "
-                             f"not {softmax_shift!r}")
+        mult_max, shift_max = (1 << fmt.mult_bits) - 1, widths.dense_acc + fmt.mult_bits
+        softmax_mult = check_int("softmax_mult", softmax_mult, 1, mult_max,
+                                 requirement=f"in 1..{mult_max}")
+        softmax_shift = check_int("softmax_shift", softmax_shift, 1, shift_max,
+                                  requirement=f"in 1..{shift_max}")
         if not isinstance(pipelined_exp, bool):
             raise TypeError(f"pipelined_exp must be a bool, not {pipelined_exp!r}")
         self._pipelined_exp = pipelined_exp
@@ -175,8 +164,8 @@ class Softmax(wiring.Component):
 
 
         # The running maximum is compared a cycle after each logit is taken (registered: the
-        # logits come straight from a FIFO's block RAM, and the comparison into the maximum's
-        # enables was an iCE40 critical path); the last comparison lands in the first cycle
+        # logits come straight from a FIFO's block RAM, too late in the cycle for a comparison
+        # into the maximum's enables as well); the last comparison lands in the first cycle
         # after LOAD, before either exp step reads `best`.
         cmp_v = Signal()
         cmp_logit = Signal(signed(logit_bits), reset_less=True)
@@ -298,7 +287,7 @@ class Softmax(wiring.Component):
                 with m.Else():
                     m.d.sync += [product.eq(product >> 1), shift_left.eq(shift_left - 1)]
 
-            # The rounding add, the clamp and the table read in separate cycles (timing).
+            # The rounding add, the clamp and the table read: a cycle each, short paths.
             with m.State("EXP_CLAMP"):
                 m.d.sync += t.eq(Mux(t_full >= fmt.t_max, fmt.t_max, t_full))
                 m.next = "EXP_ADDR"
@@ -311,7 +300,7 @@ class Softmax(wiring.Component):
                 m.d.sync += e_r.eq(Mux(int_part >= fmt.exp_bits, 0, exp2_rd.data >> int_part))
                 m.next = "EXP_SUM"
 
-            with m.State("EXP_SUM"):            # e stored and summed a cycle later (timing)
+            with m.State("EXP_SUM"):            # e stored and summed, a cycle after its read
                 m.d.comb += [exp_wr.data.eq(e_r), exp_wr.en.eq(1)]
                 m.d.sync += total.eq(total + e_r)
                 with m.If(k == classes - 1):
