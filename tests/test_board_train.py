@@ -9,31 +9,19 @@ range, bad length, bad CRC, READ_WEIGHTS ranges outside the dump, a PING during 
 which the state is still exactly the golden trainer's. Also the host's ``train-board --sim``.
 """
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from cnnforge.sim.verify.board_system import SIM_BAUD, SIM_CLK_FREQ, run_sim_job
 from cnnforge.boards.protocol import MAX_READ_VALUES
+from helpers import check_classification, flat_state, mnist_images, needs_mnist
 
-MNIST_DIR = os.environ.get("MNIST_DIR")
-needs_mnist = pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),
-                                 reason="MNIST_DIR is not set to the MNIST folder")
 STEPS = 3
 DUMP_WORDS = 54411
 # (first, count): a run of dense masters, then the longest reply (MAX_READ_VALUES) ending with
 # the LFSR state (every section of the dump); after the fault cases a shorter one.
 RANGES = [(5000, 150), (DUMP_WORDS - MAX_READ_VALUES, MAX_READ_VALUES)]
 RANGES_AFTER = [(5000, 150), (53984, 427)]
-
-
-def flat_state(state):
-    """The dump stream of ``state`` (:func:`cnnforge.hw.train.dump_order`) as i32 values."""
-    lfsr = int(state.lfsr.state)
-    return np.concatenate([state.dense_m.ravel(), state.dense_b, state.conv_m.ravel(),
-                           state.conv_b, [lfsr - (1 << 32) if lfsr >> 31 else lfsr]])
 
 
 def check_values(got, state, where, ranges=RANGES):
@@ -46,24 +34,18 @@ def check_values(got, state, where, ranges=RANGES):
             f"{where}: value {first + bad[0]} is {values[bad[0]]}, golden {exp[bad[0]]}"
 
 
-def check_result(got, model, image, where):
-    from cnnforge.sim.reference import golden
-    ref = golden.infer_int(model, np.asarray(image, np.uint8))
-    assert got["cls"] == int(ref.cls[0]), f"{where}: class {got['cls']} != {ref.cls[0]}"
-    assert got["logits"] == [int(x) for x in ref.logits[0]], f"{where}: logits differ"
-    assert got["probs"] == [int(x) for x in ref.probs[0]], f"{where}: probabilities differ"
-
-
 @needs_mnist
+@pytest.mark.slow(reason="the training core through its UART pins: test_host.py (host side, "
+                         "protocol), test_link.py and test_board_top.py (link), test_train.py "
+                         "(training RTL, 12 MNIST steps)")
 def test_training_through_uart():
-    from cnnforge import mnist
     from cnnforge.boards.protocol import Command, Error
     from cnnforge.boards.top import sim_core
     from cnnforge.sim.reference.trainer import initial_state, train_step
 
-    train_x, train_y = mnist.load("train", MNIST_DIR)
-    test_x, _ = mnist.load("test", MNIST_DIR)
-    images, labels = train_x[:STEPS], [int(y) for y in train_y[:STEPS]]
+    images, labels = mnist_images("train", STEPS)
+    labels = [int(y) for y in labels]
+    test_x, _ = mnist_images("test", 1)
     state = initial_state("random")
     link = sim_core(state.model(), "up5k", clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD,
                     train_init="random")
@@ -82,12 +64,12 @@ def test_training_through_uart():
 
     golden = state.copy()
     for n, (step, image, label) in enumerate(zip(job["steps"], images, labels)):
-        check_result(step["result"], golden.model(), image, f"training step {n}")
+        check_classification(step["result"], golden.model(), image, f"training step {n}")
         train_step(golden, image, label)
         assert step["cycles"] > 0
     check_values(job["values"], golden, f"after {STEPS} steps")
-    check_result(job["loaded"], golden.model(), images[-1], "the last training image again")
-    check_result(job["after"], golden.model(), test_x[0], "classification after training")
+    check_classification(job["loaded"], golden.model(), images[-1], "the last training image again")
+    check_classification(job["after"], golden.model(), test_x[0], "classification after training")
 
     f = job["faults"]
     nak(f["bad_label"]["reply"], Error.BAD_ARGUMENT, Command.TRAIN)
@@ -104,11 +86,11 @@ def test_training_through_uart():
     assert busy["naks"] == [[Error.BUSY.value, Command.PING.value]]
     assert busy["commands"][0] == Command.NAK.value       # the PING is answered first
     assert len(busy["results"]) == 1
-    check_result(busy["results"][0], golden.model(), images[0], "step during a PING")
+    check_classification(busy["results"][0], golden.model(), images[0], "step during a PING")
     train_step(golden, images[0], labels[0])
     # None of the faulty frames trained or changed anything: exactly one more step.
     check_values(job["values_after"], golden, "after the fault cases", RANGES_AFTER)
-    check_result(job["final"], golden.model(), test_x[0], "final classification")
+    check_classification(job["final"], golden.model(), test_x[0], "final classification")
     cycles = [s["cycles"] for s in job["steps"]]
     print(f"cycles per training step through the link: {cycles}; simulated "
           f"{out['sim_time_ns'] / 1e6:.1f} ms")

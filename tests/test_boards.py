@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from cnnforge.boards.build import (TimingError, clock_verdict, build, estimate_cycles,
-                                   ice40_dsps, link_images_per_second, parse_parallelism,
-                                   tool_env)
+from cnnforge.boards.build import (TimingError, clock_verdict, build, ice40_dsps,
+                                   link_images_per_second, parse_parallelism, tool_env)
 from cnnforge.boards.top import (BOARDS, BoardTop, ecp5_pll_params, ecp5_secondary_div,
                                  get_board, ice40_pll_params)
 from cnnforge.errors import CnnforgeError, ToolError
 from cnnforge.hw.params import NetworkConfig
 from cnnforge.sim.reference import model_file
-from test_link import CONFIG, FakeAccel
+from helpers import BOARD_CONFIG, FakeAccel
 
 
 def _plan(name, **kwargs):
@@ -31,7 +30,7 @@ def _plan(name, **kwargs):
 
 @pytest.mark.parametrize("name", list(BOARDS))
 def test_board_side_elaborates(name):
-    top, plan = _plan(name, accel=FakeAccel(CONFIG))
+    top, plan = _plan(name, accel=FakeAccel(BOARD_CONFIG))
     files = plan.files
     assert "top.il" in files
     rtlil = files["top.il"]
@@ -104,7 +103,7 @@ def test_ulx3s_link_runs_on_its_own_clock():
     with pytest.raises(TypeError, match="inference only"):
         from cnnforge.boards.top import training_accelerator
         from cnnforge.hw.accel import PRESETS
-        ClockCrossing(training_accelerator("random", PRESETS["ecp5-25f"]), CONFIG)
+        ClockCrossing(training_accelerator("random", PRESETS["ecp5-25f"]), BOARD_CONFIG)
 
 
 def test_clock_verdict():
@@ -128,14 +127,19 @@ def test_parallelism_override_and_estimates():
     par = parse_parallelism("conv_lanes=4, requant_parallel=1,dense_mults=4", "icebreaker")
     assert par.to_dict() == {"conv_lanes": 4, "conv_window": False, "requant_parallel": 1,
                              "dense_mults": 4, "target": "ice40", "dense_buffer": False,
-                             "pipeline": "standard"}
-    # 676 positions x 9 taps x 8 filter groups + the bank switch; requant 21,632; dense 13,520.
-    assert estimate_cycles(NetworkConfig(), par) == 48_675
+                             "pipeline": "standard", "grad_lanes": 4}
+    # The engines' figures: 676 positions x 9 taps x 8 filter groups + the bank switch;
+    # requant 21,632; dense 13,520 + 2 idle cycles per pooled beat.
+    from cnnforge.hw.accel import Accelerator
+    model = model_file.load()
+    assert Accelerator(model, par).stage_cycles == {"conv": 48_675, "requant": 21_632,
+                                                    "dense": 16_224}
+    assert Accelerator(model, par).cycles_per_image == 48_675
     assert ice40_dsps(par) == {"conv": 2, "requant": 2, "dense": 2, "total": 6}
     # That is the up5k preset; 8 conv lanes: 676 x 9 x 4 + 3, all eight SB_MAC16.
     assert par.to_dict() == parse_parallelism("", "icebreaker").to_dict()
     c8 = parse_parallelism("conv_lanes=8", "icebreaker")
-    assert estimate_cycles(NetworkConfig(), c8) == 24_339
+    assert Accelerator(model, c8).cycles_per_image == 24_339
     assert ice40_dsps(c8) == {"conv": 4, "requant": 2, "dense": 2, "total": 8}
     with pytest.raises(CnnforgeError, match="--parallelism: 'lanes=2' is not one of conv_lanes"):
         parse_parallelism("lanes=2", "icebreaker")
@@ -187,8 +191,12 @@ BITSTREAMS = {"icebreaker": "top.bin", "ulx3s": "top.bit", "orangecrab": "top.bi
 
 
 @pytest.mark.bitstream
-@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name == "ulx3s" else [])
-                                  for name in BITSTREAMS])
+@pytest.mark.parametrize("name", [
+    "icebreaker",
+    pytest.param("ulx3s", marks=pytest.mark.slow(
+        reason="20-30 minutes: one build per FPGA family, the iCEBreaker and the OrangeCrab")),
+    "orangecrab",
+])
 def test_bitstream(name, tmp_path):
     spec = get_board(name)
     try:

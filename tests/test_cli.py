@@ -1,11 +1,11 @@
 """The command line reports bad input in one line with a non-zero exit."""
 
 import gzip
-import os
 
 import pytest
 
 from cnnforge import cli
+from helpers import needs_mnist
 
 
 def run(capsys, *argv):
@@ -56,7 +56,7 @@ def test_train_board_bad_arguments(capsys, argv, message):
     assert err.startswith("cnnforge train-board: error: ") and message in err
 
 
-@pytest.mark.skipif(not os.environ.get("MNIST_DIR"), reason="MNIST_DIR is not set")
+@needs_mnist
 def test_train_board_missing_port(tmp_path, capsys):
     code, out, err = run(capsys, "train-board", "--port", str(tmp_path / "ttyNONE"),
                          "--steps", "1", "--eval", "0")

@@ -1,22 +1,19 @@
 """The dense engine against the golden ``dense``, word for word, in the stream harness."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from cnnforge.errors import ModelError
 from cnnforge.hw.dense import DenseEngine, weight_words
 from cnnforge.hw.mac import MACArray
-from cnnforge.hw.util import pack_fields as pack
+from cnnforge.hw.util import pack_fields
 from cnnforge.hw.params import NetworkConfig, Widths
 from cnnforge.sim.reference import golden
 from cnnforge.sim.verify.harness import PortLoader
 from cnnforge.sim.verify.rtl_runner import STALL_SWEEP, ice40_cells_sim, run_stream_test
+from helpers import (case, mnist_images, needs_mnist, pack_rows, reference_model,
+                     slow_on_mnist)
 
 
-MNIST_DIR = os.environ.get("MNIST_DIR")
 REFERENCE = NetworkConfig()
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 
@@ -43,8 +40,7 @@ def random_pooled(config, rng, count):
 
 
 def beat_words(pooled, in_lanes):
-    flat = np.asarray(pooled).reshape(-1)
-    return [pack(flat[k:k + in_lanes], 8) for k in range(0, flat.size, in_lanes)]
+    return pack_rows(np.asarray(pooled).reshape(-1, in_lanes), 8)
 
 
 def check_stream(name, config, in_lanes, mults, w, b, pooled, *, stalls=STALL_SWEEP,
@@ -115,19 +111,24 @@ def test_weight_words_layout():
 # without the activation buffer (stream): equal, several steps per beat, several beats per
 # step (gathered). Some with the MAC array's sums pipelined (sum_levels: adder levels per
 # stage).
-RANDOM_CASES = [("dense_random_equal", 4, 4, 100, True, None),
-                ("dense_random_banks", 4, 16, 30, True, None),
-                ("dense_random_chunks", 4, 2, 10, True, None),
-                ("dense_stream_equal", 4, 4, 60, False, None),
-                ("dense_stream_chunks", 8, 2, 10, False, None),
-                ("dense_random_banks_s2", 4, 16, 30, True, 2),
-                ("dense_stream_equal_s1", 4, 4, 60, False, 1),
-                ("dense_stream_gather", 4, 8, 40, False, None),
-                ("dense_stream_gather_s2", 4, 16, 30, False, 2)]
+RANDOM_CASES = [
+    # name, in_lanes, mults, images, buffer, sum_levels
+    case("dense_random_equal", 4, 4, 100, True, None),
+    case("dense_random_banks", 4, 16, 30, True, None),
+    case("dense_random_chunks", 4, 2, 10, True, None),
+    case("dense_stream_equal", 4, 4, 60, False, None),
+    case("dense_stream_chunks", 8, 2, 10, False, None),
+    case("dense_random_banks_s2", 4, 16, 30, True, 2),
+    case("dense_stream_equal_s1", 4, 4, 60, False, 1,
+         slow="sum_levels=1 (no preset uses it): the sum_levels=2 cases"),
+    case("dense_stream_gather", 4, 8, 40, False, None,
+         slow="streaming with 2 beats per group (no preset): the 4 per group case with "
+              "sum_levels=2 and the extremes"),
+    case("dense_stream_gather_s2", 4, 16, 30, False, 2),
+]
 
 
-@pytest.mark.parametrize("name, in_lanes, mults, count, buffer, sum_levels", RANDOM_CASES,
-                         ids=[c[0] for c in RANDOM_CASES])
+@pytest.mark.parametrize("name, in_lanes, mults, count, buffer, sum_levels", RANDOM_CASES)
 def test_random_back_to_back(name, in_lanes, mults, count, buffer, sum_levels):
     rng = np.random.default_rng(len(name) + mults)
     w, b = random_weights(SMALL, rng)
@@ -183,7 +184,7 @@ def test_write_port():
 
     def weights(w, classes=None):
         steps = cfg.features // mults
-        return [beat(1, a, pack(v, 8)) for a, v in enumerate(weight_words(cfg, mults, w))
+        return [beat(1, a, pack_fields(v, 8)) for a, v in enumerate(weight_words(cfg, mults, w))
                 if classes is None or a // steps in classes]
 
     def biases(b, classes=None):
@@ -226,7 +227,7 @@ def test_ice40_spram_weights(in_lanes, mults, buffer):
     zeros = np.zeros_like(w)
     pooled = random_pooled(cfg, rng, 4)
     beat = PortLoader.beat
-    inputs = ([beat(1, a, pack(v, 8)) for a, v in enumerate(weight_words(cfg, mults, w))]
+    inputs = ([beat(1, a, pack_fields(v, 8)) for a, v in enumerate(weight_words(cfg, mults, w))]
               + [beat(0, 0, v) for v in beat_words(pooled, in_lanes)])
     expected = [int(v) for v in golden.dense(dense_model(cfg, w, b), pooled).reshape(-1)]
     result = run_stream_test(
@@ -239,37 +240,27 @@ def test_ice40_spram_weights(in_lanes, mults, buffer):
 
 # -- the reference network -------------------------------------------------------------------------
 
-def _reference_model():
-    from cnnforge.sim.reference import model_file
-    try:
-        return model_file.load()
-    except ModelError as e:
-        pytest.skip(f"no committed model: {e}")
-
-
+@needs_mnist
+@slow_on_mnist
 def test_mnist_images_reference():
     """MNIST test images through the committed model: pooled activations from the golden
     model in, logits compared word by word; 8 multipliers sustain 6,760 cycles per image."""
-    if not MNIST_DIR or not Path(MNIST_DIR).is_dir():
-        pytest.skip("MNIST_DIR is not set to the MNIST folder")
-    from cnnforge import mnist
-    model = _reference_model()
-    images, _ = mnist.load("test", MNIST_DIR)
-    pooled = golden.infer_int(model, images[:4]).pooled
+    model = reference_model()
+    images, _ = mnist_images("test", 4)
+    pooled = golden.infer_int(model, images).pooled
     _, engine = check_stream("dense_mnist", REFERENCE, 16, 8, model.dense_w, model.dense_b,
                              pooled, stalls=STALL_SWEEP[:1] + STALL_SWEEP[-2:])
     assert engine.cycles_per_image == 6_760
 
 
+@needs_mnist
+@slow_on_mnist
 def test_mnist_images_reference_stream():
     """Pooled beats of 8 lanes consumed without a buffer by 4 multipliers (13,520 cycles of
     products plus 2 per beat: 14,872 per image), logits word by word."""
-    if not MNIST_DIR or not Path(MNIST_DIR).is_dir():
-        pytest.skip("MNIST_DIR is not set to the MNIST folder")
-    from cnnforge import mnist
-    model = _reference_model()
-    images, _ = mnist.load("test", MNIST_DIR)
-    pooled = golden.infer_int(model, images[:3]).pooled
+    model = reference_model()
+    images, _ = mnist_images("test", 3)
+    pooled = golden.infer_int(model, images).pooled
     _, engine = check_stream("dense_mnist_stream", REFERENCE, 8, 4, model.dense_w,
                              model.dense_b, pooled, buffer=False,
                              stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:])

@@ -11,7 +11,7 @@ from cnnforge.boards.protocol import (FLAG_MODEL, FLAG_TRAINABLE, MAX_READ_VALUE
 from cnnforge.errors import CnnforgeError
 from cnnforge.hw.params import NetworkConfig
 from cnnforge.sim.reference.trainer import forward, init_random, train_step
-from test_board_train import flat_state
+from helpers import flat_state
 
 
 class SoftDevice:

@@ -10,7 +10,6 @@ and checks every finished accumulation of each, word for word and cycle for cycl
 """
 
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +23,7 @@ from cnnforge.hw.params import NetworkConfig, Widths
 from cnnforge.sim.reference import golden
 from cnnforge.sim.verify.rtl_runner import (ECP5_CELLS, ice40_cells_sim, BUILD, build_verilog,
                                      run_cocotb, simulator)
+from helpers import case, mnist_images, needs_mnist, reference_model, slow_on_mnist
 
 
 CONFIG = NetworkConfig()
@@ -310,46 +310,45 @@ def test_generic_amaranth_sim(gaps, taps, sum_levels):
 
 # -- cocotb: generic, ice40 and ecp5 side by side ---------------------------------------------
 
-PARAMS = {
-    # name: lanes, taps, a_signed, acc_width, random accumulations, extra lengths[, sum_levels]
-    "conv16": (16, 1, False, WIDTHS.conv_acc, 400, (CONFIG.taps,)),
-    "conv4x9": (4, 9, False, WIDTHS.conv_acc, 400, (1, 2)),
-    "dense16": (16, 1, False, WIDTHS.dense_acc, 120, (CONFIG.features,)),
-    "signed3x3": (3, 3, True, 24, 400, ()),
-    "wrap1": (1, 1, True, 16, 300, (600,)),
+MAC_CASES = [
+    # name, lanes, taps, a_signed, acc_width, random accumulations, extra lengths, sum_levels
+    case("conv16", 16, 1, False, WIDTHS.conv_acc, 400, (CONFIG.taps,), None),
+    case("conv4x9", 4, 9, False, WIDTHS.conv_acc, 400, (1, 2), None,
+         slow="the unpipelined 4x9 array: the sum_levels=2 case conv4x9_s2"),
+    case("dense16", 16, 1, False, WIDTHS.dense_acc, 120, (CONFIG.features,), None),
+    case("signed3x3", 3, 3, True, 24, 400, (), None),
+    case("wrap1", 1, 1, True, 16, 300, (600,), None),
     # pipelined sums: split generic products, DSP targets padded to the same latency
-    "conv4x9_s2": (4, 9, False, WIDTHS.conv_acc, 400, (1, 2), 2),
-    "signed3x3_s1": (3, 3, True, 24, 400, (), 1),
-}
+    case("conv4x9_s2", 4, 9, False, WIDTHS.conv_acc, 400, (1, 2), 2),
+    case("signed3x3_s1", 3, 3, True, 24, 400, (), 1,
+         slow="sum_levels=1 (no preset uses it): the sum_levels=2 case conv4x9_s2"),
+]
 
 
-@pytest.mark.parametrize("name", list(PARAMS))
-def test_mac_random(name):
-    lanes, taps, a_signed, acc_width, count, extra, *sum_levels = PARAMS[name]
+@pytest.mark.parametrize("name, lanes, taps, a_signed, acc_width, count, extra, sum_levels",
+                         MAC_CASES)
+def test_mac_random(name, lanes, taps, a_signed, acc_width, count, extra, sum_levels):
     rng = np.random.default_rng(sum(map(ord, name)))
     accums = random_accums(rng, lanes, taps, a_signed, count=count, extra_lengths=extra)
     groups = sum(len(a.a) for a in accums)
     assert groups >= 1000
     run_mac_test(f"mac_{name}", accums, lanes=lanes, taps=taps, a_signed=a_signed,
-                 acc_width=acc_width, seed=len(name), sum_levels=(sum_levels or [None])[0])
+                 acc_width=acc_width, seed=len(name), sum_levels=sum_levels)
 
 
 # -- real data: MNIST through the committed model ------------------------------------------------
 
-def _mnist_and_model(count):
-    mnist_dir = os.environ.get("MNIST_DIR")
-    if not mnist_dir:
-        pytest.skip("MNIST_DIR is not set (real-data MAC test needs the MNIST test images)")
-    from cnnforge.mnist import load as load_mnist
-    from cnnforge.sim.reference.model_file import load as load_model
-    images, _ = load_mnist("test", mnist_dir)
-    return images[:count], load_model()
+def mnist_and_model(count):
+    images, _ = mnist_images("test", count)
+    return images, reference_model()
 
 
+@needs_mnist
+@slow_on_mnist
 def test_mac_mnist_conv():
     """The conv layer of MNIST test image 0 on 16 lanes (two passes over the 32 filters):
     one 9-group accumulation (taps ky, kx, c) per output pixel; results = golden conv_acc - bias."""
-    images, model = _mnist_and_model(1)
+    images, model = mnist_and_model(1)
     cfg = model.config
     lanes = 16
     assert cfg.filters % lanes == 0
@@ -367,10 +366,12 @@ def test_mac_mnist_conv():
                  acc_width=WIDTHS.conv_acc, seed=11)
 
 
+@needs_mnist
+@slow_on_mnist
 def test_mac_mnist_dense():
     """The dense layer of MNIST test images 0 and 1: one accumulation of ``features`` groups
     per image on ``classes`` lanes; results = golden logits - bias."""
-    images, model = _mnist_and_model(2)
+    images, model = mnist_and_model(2)
     cfg = model.config
     inf = golden.infer_int(model, images)
     flat = inf.pooled.reshape(len(images), -1).astype(np.int64)       # (N, features), (y, x, c)

@@ -13,37 +13,18 @@ cannot see: ``o`` holds while stalled, and ``i.ready`` drops only while ``o`` is
 """
 
 import itertools
-import os
-import random
-from pathlib import Path
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
-from cnnforge import mnist
-from cnnforge.errors import ModelError
 from cnnforge.hw.maxpool import MaxPool
 from cnnforge.hw.params import NetworkConfig, Widths
-from cnnforge.sim.reference import golden, model_file
+from cnnforge.sim.reference import golden
 from cnnforge.sim.verify.rtl_runner import STALL_SWEEP, run_stream_test
-
-
-MNIST_DIR = os.environ.get("MNIST_DIR")
+from helpers import mnist_images, needs_mnist, pack_rows, reference_model, simulate_stream
 
 
 # -- vectors --------------------------------------------------------------------------------------
-
-def pack(rows, width):
-    """Rows of ``lanes`` integers -> raw ArrayLayout words (lane 0 in the low bits)."""
-    mask = (1 << width) - 1
-    words = []
-    for row in np.asarray(rows, np.int64).tolist():
-        word = 0
-        for k, v in enumerate(row):
-            word |= (v & mask) << (width * k)
-        words.append(word)
-    return words
 
 
 def stream_words(act, config, lanes):
@@ -52,9 +33,9 @@ def stream_words(act, config, lanes):
     pooled, arg = golden.maxpool(act, config.pool)
     layout = MaxPool(config, lanes=lanes).result_layout
     offset = layout["argmax"].offset
-    ins = pack(act.reshape(-1, lanes), widths.act)
-    exp = [v | (a << offset) for v, a in zip(pack(pooled.reshape(-1, lanes), widths.act),
-                                             pack(arg.reshape(-1, lanes), widths.pool_index))]
+    ins = pack_rows(act.reshape(-1, lanes), widths.act)
+    exp = [v | (a << offset) for v, a in zip(pack_rows(pooled.reshape(-1, lanes), widths.act),
+                                             pack_rows(arg.reshape(-1, lanes), widths.pool_index))]
     return ins, exp
 
 
@@ -149,37 +130,8 @@ def test_stream_rules(lanes, pool):
     act = random_images(config, 2, rng)
     ins, exp = stream_words(act, config, lanes)
     dut = MaxPool(config, lanes=lanes)
-    pyrng = random.Random(lanes)
-    out = []
-
-    async def bench(ctx):
-        idx, held, cycles = 0, None, 0
-        while len(out) < len(exp) and cycles < 20 * len(ins):
-            if idx < len(ins) and not ctx.get(dut.i.valid) and pyrng.random() >= 0.3:
-                ctx.set(dut.i.valid, 1)
-                ctx.set(dut.i.payload.as_value(), ins[idx])
-            ctx.set(dut.o.ready, int(pyrng.random() >= 0.5))
-            await ctx.delay(1e-9)
-            o_valid, o_ready = ctx.get(dut.o.valid), ctx.get(dut.o.ready)
-            payload = ctx.get(dut.o.payload.as_value())
-            if held is not None:
-                assert o_valid and payload == held, "o.valid/payload changed before the transfer"
-            held = payload if o_valid and not o_ready else None
-            if not ctx.get(dut.i.ready):
-                assert o_valid and not o_ready, "i.ready low without output backpressure"
-            if o_valid and o_ready:
-                out.append(payload)
-            transfer = ctx.get(dut.i.valid) and ctx.get(dut.i.ready)
-            await ctx.tick()
-            cycles += 1
-            if transfer:
-                idx += 1
-                ctx.set(dut.i.valid, 0)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    out, _ = simulate_stream(dut, ins, len(exp), gap=0.3, stall=0.5, seed=lanes,
+                             max_cycles=20 * len(ins), ready_unless_backpressured=True)
     assert out == exp
 
 
@@ -210,28 +162,20 @@ def test_random_and_edges(name, input_size, kernel, pool, lanes, n_random):
     print(f"maxpool {name}: {len(ins)} beats in {cycles} cycles (no stalls)")
 
 
-def load_model():
-    try:
-        return model_file.load()
-    except ModelError as e:
-        pytest.skip(f"no committed model: {e}")
-
-
-@pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),
-                    reason="MNIST_DIR is not set to a folder with the MNIST files")
+@needs_mnist
 def test_mnist_act_to_pooled():
     """Real data: 8 MNIST test images back to back, ``act`` in, ``pooled`` + argmax out."""
-    model = load_model()
-    images, _ = mnist.load("test", MNIST_DIR)
-    inf = golden.infer_int(model, images[:8])
+    model = reference_model()
+    images, _ = mnist_images("test", 8)
+    inf = golden.infer_int(model, images)
     config, lanes = model.config, 16
     ins, exp = stream_words(inf.act, config, lanes)
     # The pooled tensors stream_words derives are the ones infer_int reports.
     layout = MaxPool(config, lanes=lanes).result_layout
     offset = layout["argmax"].offset
     assert exp == [v | (a << offset) for v, a in
-                   zip(pack(inf.pooled.reshape(-1, lanes), 8),
-                       pack(inf.pool_argmax.reshape(-1, lanes), Widths(config).pool_index))]
+                   zip(pack_rows(inf.pooled.reshape(-1, lanes), 8),
+                       pack_rows(inf.pool_argmax.reshape(-1, lanes), Widths(config).pool_index))]
     result = run_stream_test("maxpool_mnist_l16", lambda: MaxPool(config, lanes=lanes),
                              inputs=ins, expected=exp, stalls=STALL_SWEEP)
     result.assert_ok()

@@ -6,13 +6,13 @@ import http.server
 import os
 import socket
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cnnforge import cli, mnist
 from cnnforge.errors import DataError
+from helpers import MNIST_DIR, needs_mnist
 
 IMAGES, LABELS = mnist.SPLITS["test"]
 COUNT = 4                               # images in the generated test split
@@ -452,18 +452,14 @@ def test_cli_data_failure_is_one_line(tmp_path, mirrors, dataset, monkeypatch, c
 
 # -- the real MNIST -----------------------------------------------------------------------------
 
-REAL_MNIST_DIR = os.environ.get("MNIST_DIR")
-
-
-@pytest.mark.skipif(not REAL_MNIST_DIR or not Path(REAL_MNIST_DIR).is_dir(),
-                    reason="MNIST_DIR is not set to a folder with the MNIST files")
+@needs_mnist
 def test_real_mnist():
     histograms = {
         "train": [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
         "test": [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009],
     }
     for split, count in mnist.COUNTS.items():
-        images, labels = mnist.load(split, REAL_MNIST_DIR)
+        images, labels = mnist.load(split, MNIST_DIR)
         assert images.shape == (count, 28, 28) and images.dtype == np.uint8
         assert labels.shape == (count,) and labels.dtype == np.uint8
         histogram = np.bincount(labels, minlength=10)
@@ -471,6 +467,6 @@ def test_real_mnist():
         assert histogram.tolist() == histograms[split]
         assert images.max() == 255 and images[:, 0, 0].max() == 0   # corners are background
     for name, sha256 in mnist.SHA256.items():
-        assert mnist.content_sha256(mnist.find_file(REAL_MNIST_DIR, name)) == sha256
+        assert mnist.content_sha256(mnist.find_file(MNIST_DIR, name)) == sha256
     # Every file is verified and kept, so no mirror is contacted.
-    mnist.download(REAL_MNIST_DIR, mirrors=[refused_url()], progress=False)
+    mnist.download(MNIST_DIR, mirrors=[refused_url()], progress=False)

@@ -2,22 +2,17 @@
 
 import io
 import json
-import os
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cnnforge.errors import ModelError
 from cnnforge.hw.params import NetworkConfig
-from cnnforge.sim.reference import golden, model_file
+from cnnforge.sim.reference import model_file
 from cnnforge.sim.reference.float_model import init_params
 from cnnforge.sim.reference.quantize import quantize
-
-MNIST_DIR = os.environ.get("MNIST_DIR")
-needs_mnist = pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),
-                                 reason="MNIST_DIR is not set to the MNIST folder")
+from helpers import MNIST_DIR, needs_mnist
 
 
 def small_model():
@@ -106,6 +101,8 @@ def test_committed_model_accuracy_on_test_set():
 
 
 @needs_mnist
+@pytest.mark.slow(reason="the float training run twice: the other checks of the committed model "
+                         "above")
 def test_training_is_reproducible(tmp_path):
     from cnnforge.train import file_sha256, train_and_save
     kw = dict(mnist_dir=MNIST_DIR, epochs=1, limit=3000, progress=False, log=lambda *a: None)

@@ -1,19 +1,15 @@
 """The softmax block against the golden ``softmax_int`` and argmax, word for word."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from cnnforge.errors import ModelError
 from cnnforge.hw.params import NetworkConfig, SoftmaxFormat, Widths
 from cnnforge.hw.softmax import Softmax
 from cnnforge.sim.reference import golden
 from cnnforge.sim.verify.rtl_runner import STALL_SWEEP, run_stream_test
+from helpers import mnist_images, needs_mnist, reference_model, slow_on_mnist
 
 
-MNIST_DIR = os.environ.get("MNIST_DIR")
 REFERENCE = NetworkConfig()
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 
@@ -70,7 +66,13 @@ def random_logits(rng, config, count, spread):
     return rng.integers(-lim, lim + 1, (count, config.classes))
 
 
-@pytest.mark.parametrize("pipelined_exp", [False, True], ids=["serial", "pipelined"])
+@pytest.mark.parametrize("pipelined_exp", [
+    pytest.param(False, id="serial", marks=pytest.mark.slow(
+        reason="the serial softmax on 1,000 random words: its edge cases, 3 classes, the up5k "
+               "datapath and the board core on MNIST")),
+    # the pipelined one keeps its random run
+    pytest.param(True, id="pipelined"),
+])
 def test_random_logits(pipelined_exp):
     """1,000+ words: random logits at several spreads (all in the table, some underflowing,
     extreme distances), the model's scale and others."""
@@ -125,18 +127,13 @@ def test_three_classes():
           pipelined_exp=True)
 
 
+@needs_mnist
+@slow_on_mnist
 def test_mnist_logits():
     """Logits of MNIST test images through the committed model."""
-    if not MNIST_DIR or not Path(MNIST_DIR).is_dir():
-        pytest.skip("MNIST_DIR is not set to the MNIST folder")
-    from cnnforge import mnist
-    from cnnforge.sim.reference import model_file
-    try:
-        model = model_file.load()
-    except ModelError as e:
-        pytest.skip(f"no committed model: {e}")
-    images, _ = mnist.load("test", MNIST_DIR)
-    logits = golden.infer_int(model, images[:100]).logits
+    model = reference_model()
+    images, _ = mnist_images("test", 100)
+    logits = golden.infer_int(model, images).logits
     check("softmax_mnist", model.config, logits, model.softmax_mult, model.softmax_shift,
           stalls=STALL_SWEEP[:1] + STALL_SWEEP[-1:])
     check("softmax_mnist_pipelined", model.config, logits, model.softmax_mult,

@@ -6,41 +6,30 @@ training images and of inference images after training are compared too.
 """
 
 import os
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cnnforge.hw.accel import PRESETS, Parallelism
 from cnnforge.hw.params import NetworkConfig, TrainFormat, Widths
-from cnnforge.hw.train import Trainer, TrainingAccelerator, dump_order
+from cnnforge.hw.train import Trainer, dump_order
 from cnnforge.sim.reference import golden
 from cnnforge.sim.reference.trainer import init_random
 from cnnforge.sim.verify.train_system import compare_dumps, golden_training, simulate_training
-
-MNIST_DIR = os.environ.get("MNIST_DIR")
-needs_mnist = pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),
-                                 reason="MNIST_DIR is not set to the MNIST folder")
+from helpers import mnist_images, needs_mnist
 
 SMALL = NetworkConfig(input_size=12, filters=4, kernel=3, classes=10)
 SMALL_PAR = Parallelism(conv_lanes=2, requant_parallel=2, dense_mults=4)
 
 
 def mnist_train(count, crop=None):
-    from cnnforge import mnist
-    x, y = mnist.load("train", MNIST_DIR)
-    x = x[:count]
+    """The first ``count`` training images and labels, the images cropped to their central
+    ``crop`` x ``crop`` pixels."""
+    x, y = mnist_images("train", count)
     if crop is not None:
         lo = (28 - crop) // 2
         x = x[:, lo:lo + crop, lo:lo + crop]
-    return x, y[:count]
-
-
-def mnist_test(count):
-    from cnnforge import mnist
-    x, y = mnist.load("test", MNIST_DIR)
-    return x[:count], y[:count]
+    return x, y
 
 
 def check_run(run, state, images, labels, infer=(), dump_first=False):
@@ -106,7 +95,7 @@ def test_small_network_saturation(rounding, variant):
     """Large learning rates: masters and biases saturate (shifts of 0 included)."""
     state = _saturating_state(rounding, variant)
     images, labels = mnist_train(6, crop=12)
-    infer, _ = mnist_test(3)
+    infer, _ = mnist_images("test", 3)
     infer = infer[:, 8:20, 8:20]
     run = simulate_training(f"train_small_sat_{rounding}", state, SMALL_PAR, images, labels,
                             grad_lanes=2, dump_first=True, infer_images=infer)
@@ -131,8 +120,8 @@ def test_small_network_stalls():
     training image (which waits until they are out) and after the last."""
     state = init_random(SMALL, TrainFormat(rounding="stochastic", lr_shift=3))
     images, labels = mnist_train(5, crop=12)
-    first = mnist_test(4)[0][:, 8:20, 8:20]
-    after = mnist_test(7)[0][4:, 8:20, 8:20]
+    first = mnist_images("test", 4)[0][:, 8:20, 8:20]
+    after = mnist_images("test", 7)[0][4:, 8:20, 8:20]
     run = simulate_training("train_small_stalls", state, SMALL_PAR, images, labels,
                             grad_lanes=1, in_gap=0.3, out_stall=0.5, seed=7,
                             infer_first=first, infer_images=after)
@@ -153,15 +142,16 @@ REF_STEPS = int(os.environ.get("CNNFORGE_TRAIN_STEPS", "12"))
 def _reference_up5k(steps, name):
     state = init_random(NetworkConfig(), TrainFormat())
     images, labels = mnist_train(steps)
-    infer, _ = mnist_test(10)
+    infer, _ = mnist_images("test", 10)
     run = simulate_training(name, state, PRESETS["up5k"], images, labels, grad_lanes=4,
                             infer_images=infer)
     check_run(run, state, images, labels, infer)
     print(f"up5k: {np.mean(run.step_cycles):.0f} cycles per training step "
           f"({run.step_cycles.min()}..{run.step_cycles.max()}), {run.seconds} s")
     # Against the preset's sustained inference cycles per image (its slowest stage).
-    from cnnforge.boards.build import estimate_cycles
-    assert run.step_cycles.max() <= 2.5 * estimate_cycles(NetworkConfig(), PRESETS["up5k"])
+    from cnnforge.hw.accel import Accelerator
+    per_image = Accelerator(state.model(), PRESETS["up5k"]).cycles_per_image
+    assert run.step_cycles.max() <= 2.5 * per_image
 
 
 @needs_mnist
@@ -173,21 +163,22 @@ def test_reference_network_up5k():
 
 
 @needs_mnist
-@pytest.mark.slow
+@pytest.mark.slow(reason="test_reference_network_up5k: the same, REF_STEPS (12) steps")
 def test_reference_network_up5k_50_steps():
     """As above, 50 steps, every master after every step (about 5 min)."""
     _reference_up5k(50, "train_ref_up5k_50")
 
 
 @needs_mnist
-@pytest.mark.slow
+@pytest.mark.slow(reason="300 steps at the ECP5-85F parallelism: test_reference_network_up5k "
+                         "(12 steps) and the small-network tests (both roundings)")
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_reference_network_ecp5_long(rounding):
     """ECP5-85F parallelism (32 dense multipliers, 16 gradient lanes), 300 steps, every master
     after every 10th step, accuracy of the RTL-trained weights on 200 test images."""
     state = init_random(NetworkConfig(), TrainFormat(rounding=rounding))
     images, labels = mnist_train(300)
-    infer, infer_labels = mnist_test(200)
+    infer, infer_labels = mnist_images("test", 200)
     run = simulate_training(f"train_ref_ecp5_{rounding}", state, PRESETS["ecp5-85f"], images,
                             labels, grad_lanes=16, dump_every=10, infer_images=infer)
     final, ref, logits, probs = golden_training(state, images, labels, dump_every=10)
@@ -201,7 +192,8 @@ def test_reference_network_ecp5_long(rounding):
 
 
 @needs_mnist
-@pytest.mark.slow
+@pytest.mark.slow(reason="lane geometries no preset uses: the small-network tests (2 conv "
+                         "lanes, 4 dense multipliers, 1 and 2 gradient lanes)")
 @pytest.mark.parametrize("conv_lanes, dense_mults, grad_lanes", [(4, 4, 4), (2, 8, 2)])
 def test_small_network_geometries(conv_lanes, dense_mults, grad_lanes):
     """Lane geometries the presets do not cover: grad_lanes == dense_mults == conv_lanes

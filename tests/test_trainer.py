@@ -1,9 +1,7 @@
 """The fixed-point golden trainer (``sim/reference/trainer.py``): exact hand-made steps, gradients against
 float references on the same integer forward, LFSR, saturation, determinism, a short run."""
 
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +9,8 @@ import pytest
 from cnnforge.hw.params import ConfigError, NetworkConfig, TrainFormat, Widths
 from cnnforge.sim.reference import golden, trainer as T
 from cnnforge.sim.reference.float_model import loss_and_grads
+from helpers import mnist_images, needs_mnist
 
-
-MNIST_DIR = os.environ.get("MNIST_DIR")
-needs_mnist = pytest.mark.skipif(not MNIST_DIR or not Path(MNIST_DIR).is_dir(),
-                                 reason="MNIST_DIR is not set to the MNIST folder")
 
 FMT = TrainFormat()
 TINY = NetworkConfig(input_size=4, in_channels=1, filters=1, kernel=3, pool=2, classes=2)
@@ -23,14 +18,12 @@ TINY = NetworkConfig(input_size=4, in_channels=1, filters=1, kernel=3, pool=2, c
 
 @pytest.fixture(scope="module")
 def train_data():
-    from cnnforge import mnist
-    return mnist.load("train", MNIST_DIR)
+    return mnist_images("train")
 
 
 @pytest.fixture(scope="module")
 def test_data():
-    from cnnforge import mnist
-    return mnist.load("test", MNIST_DIR)
+    return mnist_images("test")
 
 
 def tiny_state(conv_w, dense_w, mult=1, shift=2, sm_mult=1, sm_shift=6, fmt=FMT):
