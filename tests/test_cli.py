@@ -70,3 +70,18 @@ def test_training_bitstream_for_a_board_too_small(capsys, board, device):
     code, out, err = run(capsys, "bitstream", "--board", board, "--train", "random")
     assert code == 1 and err.count("\n") == 1
     assert f"on-chip training does not fit the {device}" in err and "ulx3s" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train-fixed", "--set", "lr_shift"], "--set takes FIELD=INT, not 'lr_shift'"),
+    (["train-fixed", "--set", "lr_shift=x"], "--set takes FIELD=INT, not 'lr_shift=x'"),
+    (["train-fixed", "--set", "nosuch=3"], "train format: unknown field 'nosuch'"),
+    (["train-fixed", "--set", "master_frac=12"], "master_bits - master_frac must be at least 8"),
+    (["train-sim", "--preset", "nope"], "unknown preset 'nope' (one of up5k, ecp5-25f, ecp5-85f)"),
+    (["train-sim", "--steps", "0"], "--steps must be at least 1"),
+])
+def test_training_commands_bad_arguments(capsys, argv, message):
+    """The golden trainer's and the training RTL's options are refused before any data is read."""
+    code, out, err = run(capsys, "--mnist-dir", "/nonexistent", *argv)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(f"cnnforge {argv[0]}: error: ") and message in err
