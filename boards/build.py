@@ -28,8 +28,7 @@ from .top import BoardTop, get_board
 
 
 __all__ = ["TOOLS", "tool_env", "build", "program", "link_images_per_second", "TimingError",
-           "ICE40_DSPS", "ice40_dsps", "estimate_cycles", "NEXTPNR_SEEDS", "nextpnr_seeds",
-           "parse_parallelism"]
+           "ICE40_DSPS", "ice40_dsps", "NEXTPNR_SEEDS", "nextpnr_seeds", "parse_parallelism"]
 
 #: Per family: (environment variable, YoWASP command, system command).
 TOOLS = {
@@ -116,20 +115,10 @@ def ice40_dsps(par, config=None):
     from ..hw.params import NetworkConfig, Widths
     config = config or NetworkConfig()
     acc = Widths(config).conv_acc
-    conv = -(-par.conv_lanes * (config.taps if par.conv_window else 1) // 2)
+    conv = -(-par.conv_multipliers(config) // 2)
     requant = par.requant_parallel * -(-acc // 16)
     dense = -(-par.dense_mults // 2)
     return {"conv": conv, "requant": requant, "dense": dense, "total": conv + requant + dense}
-
-
-def estimate_cycles(config, par):
-    """Sustained cycles per image of the slowest stage (the stages overlap across images)."""
-    positions = config.conv_size ** 2
-    taps = 1 if par.conv_window else config.taps
-    conv = positions * taps * (config.filters // par.conv_lanes) + 3
-    requant = positions * config.filters // par.requant_parallel
-    dense = config.features * config.classes // par.dense_mults
-    return max(conv, requant, dense)
 
 
 #: Yosys commands (after `proc; splitnets`): the requantization's products onto SB_MAC16 like
@@ -307,7 +296,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         # too, for configurations that fit).
         opts["synth_opts"] = "-nodsp"
         if par is not None and accel is None and par.target == "ecp5":
-            conv = par.conv_lanes * (model.config.taps if par.conv_window else 1)
+            conv = par.conv_multipliers(model.config)
             dsp_note = (f"MULT18X18D: {conv} convolution (explicit, registered); "
                         f"requantization and dense products in LUTs (-nodsp)")
         elif par is not None and accel is None:
@@ -357,8 +346,9 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         needed = ice40_dsps(par)
         check_ice40_dsps(folder, needed["conv"] + needed["dense"])
     cycles_source = "build/bench.json"
-    if custom:
-        cycles, cycles_source = estimate_cycles(model.config, par), "estimate: slowest stage"
+    if custom and accel is None:
+        # The slowest stage's sustained cycles per image, as its engine reports them.
+        cycles, cycles_source = top.accelerator.cycles_per_image, "estimate: slowest stage"
     else:
         cycles = _bench_cycles(preset, bench_path or Path(out_dir) / "bench.json")
     result = {
@@ -393,12 +383,12 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
 
 
 #: nextpnr placements tried per family (or board, which takes precedence) until one meets the
-#: clock (``None``: nextpnr's default seed). The UP5K build fills 96 % of the device, where the
-#: Fmax of one placement varies by about +-1.5 MHz around the 30 MHz target: seed 2 first, the
-#: placement that meets it for the current netlist (31.9 MHz; default 29.3, seed 3 30.8), the
-#: others when a change moves it. The ULX3S (73 % full, 100 MHz) varies more: its current
-#: netlist gives 101.35 MHz with seed 1 and 93.41 with the default; each try takes 15-25
-#: minutes. ``CNNFORGE_NEXTPNR_SEEDS`` (comma-separated, e.g. ``default,2,3``) overrides all.
+#: clock (``None``: nextpnr's default seed). The UP5K and ULX3S builds fill most of their
+#: devices, where the Fmax of one placement varies by more than the margin to the target clock:
+#: the first seed is one whose placement meets the clock for the committed netlist, the others
+#: are tried when a change moves it (each try of the ULX3S takes many minutes); the report names
+#: the seeds tried and their Fmax. ``CNNFORGE_NEXTPNR_SEEDS`` (comma-separated, e.g.
+#: ``default,2,3``) overrides all.
 NEXTPNR_SEEDS = {"ice40": (2, 3, None), "ecp5": (None,), "ulx3s": (1, None)}
 
 

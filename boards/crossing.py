@@ -1,17 +1,18 @@
 """The accelerator in its own, faster clock domain behind the link.
 
 The host link needs a few MHz (3 Mbaud); the accelerator wants the fastest clock the device
-allows. On a large, full device the link's control paths (its executor's ``busy`` fanning out to
-the capture and cycle counter, with the UART pins and LEDs pulling it to the die's edge) were
-among the worst paths of the 100 MHz clock. :class:`ClockCrossing` lets the link run in a slow
-``sync`` domain and the accelerator in ``domain``; only FIFOs and synchronizers join them.
+allows. On a large, full device the link's control paths cannot keep up with that clock: its
+executor's ``busy`` fans out to the capture and the cycle counter, and the UART pins and LEDs
+pull the link to the die's edge, far from the accelerator. :class:`ClockCrossing` lets the link
+run in a slow ``sync`` domain and the accelerator in ``domain``; only FIFOs and synchronizers
+join them.
 """
 
 from amaranth import *
-from amaranth.lib import stream, wiring
+from amaranth.lib import wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.fifo import AsyncFIFO
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 
 from ..hw.params import NetworkConfig
 from ..hw.slice import RegisterSlice

@@ -163,7 +163,7 @@ class Client:
     def weight_payloads(self, model, parallelism, memories=None):
         """The ``WRITE_WEIGHTS`` payloads loading ``model`` into this device (checks that the
         device is built for the model's network and for ``parallelism``)."""
-        from ..hw.accel import Accelerator, ModelMemory, model_writes
+        from ..hw.accel import ModelMemory, model_word_bits, model_writes
         info = self.ping()
         config = model.config
         if (info["input_size"], info["in_channels"], info["classes"]) != \
@@ -174,7 +174,7 @@ class Client:
                                 f"{config.in_channels} -> {config.classes}")
         if not info["writable"]:
             raise CnnforgeError("the device takes no model uploads (no WRITE_WEIGHTS)")
-        word_bytes = (Accelerator(model, parallelism).mw_data_bits + 7) // 8
+        word_bytes = (model_word_bits(config, parallelism) + 7) // 8
         if word_bytes != info["word_bytes"]:
             raise CnnforgeError(f"the device's model words are {info['word_bytes']} bytes, "
                                 f"{word_bytes} for this parallelism: wrong board or preset?")

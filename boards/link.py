@@ -476,7 +476,7 @@ class Link(wiring.Component):
         t_crc = Signal(16)
 
         # The CRC starts over in LOAD of byte 0, not here: every request decision would
-        # otherwise reach the CRC register's enable (the iCE40 critical path).
+        # otherwise reach the CRC register's enable, too long a path for a full iCE40.
         def reply(command, length, src):
             m.d.sync += [r_cmd.eq(command), r_len.eq(length), r_src.eq(src), t_idx.eq(0)]
             m.next = "LOAD"

@@ -282,9 +282,14 @@ class BoardTop(Elaboratable):
         self.parallelism = self._par = parallelism
         if training and accel is None:
             accel = training_accelerator(train_init, parallelism)
+        elif accel is None:
+            from ..hw.accel import Accelerator
+            accel = Accelerator(model, parallelism)
         self.train_init = train_init
         self.baud = self._baud = baud or board.baud
-        self._accel = accel
+        #: The accelerator served by the link (:class:`~cnnforge.hw.accel.Accelerator`, a
+        #: :class:`~cnnforge.hw.train.TrainingAccelerator` or the given ``accel``).
+        self.accelerator = self._accel = accel
         target = clk_freq or (board.train_clk_freq if training else board.clk_freq)
         f_in = _default_clk_frequency(board.platform)
         if board.family == "ice40":

@@ -27,7 +27,7 @@ from .softmax import Softmax
 
 
 __all__ = ["Accelerator", "ResultLayout", "Parallelism", "PRESETS", "ModelMemory",
-           "model_writes"]
+           "model_writes", "model_word_bits"]
 
 
 class ModelMemory(enum.Enum, shape=3):
@@ -64,6 +64,19 @@ def model_writes(model, parallelism, memories=tuple(ModelMemory)):
         writes += [(ModelMemory.DENSE_B, k, int(b) & ((1 << widths.dense_bias) - 1))
                    for k, b in enumerate(np.asarray(model.dense_b))]
     return writes
+
+
+def model_word_bits(config, parallelism):
+    """Bits of a word on the model write port (``mw_data``) of an accelerator built for
+    ``config`` and ``parallelism``: the widest word of :func:`model_writes` (conv weights
+    ``8 * conv_lanes``, conv biases ``conv_bias`` times the biases per word of
+    :func:`~cnnforge.hw.conv.bias_shape`, a requantization multiplier, dense weights
+    ``8 * dense_mults``, a dense bias). The accelerator's port and the on-chip trainer's
+    (:class:`~cnnforge.hw.train.Trainer`) have this width."""
+    widths = Widths(config)
+    per_bias_word = bias_shape(parallelism.conv_lanes, config.taps)[1]
+    return max(8 * parallelism.conv_lanes, widths.conv_bias * per_bias_word,
+               widths.requant_mult, 8 * parallelism.dense_mults, widths.dense_bias)
 
 
 def ResultLayout(config):
@@ -151,10 +164,14 @@ class Parallelism:
         (``"ice40"``) or MULT18X18D (``"ecp5"``, board builds only: behavioural in simulation)."""
         return self.target
 
+    def conv_multipliers(self, config):
+        """int8 multipliers of the convolution for ``config``: one per lane, ``taps`` per lane
+        with the window engine."""
+        return self.conv_lanes * (config.taps if self.conv_window else 1)
+
     def multipliers(self, config):
         """int8 multipliers of the convolution and dense engines for ``config``."""
-        conv = self.conv_lanes * (config.taps if self.conv_window else 1)
-        return conv + self.dense_mults
+        return self.conv_multipliers(config) + self.dense_mults
 
     def to_dict(self):
         return {"conv_lanes": self.conv_lanes, "conv_window": self.conv_window,
@@ -163,19 +180,22 @@ class Parallelism:
                 "pipeline": self.pipeline, "grad_lanes": self.grad_lanes}
 
 
-#: Named configurations: for the UP5K 4 conv lanes (2 dual 8x8 SB_MAC16; 48,675 cycles per
-#: image, the slowest stage), one requantization multiplier (SB_MAC16) and a 4-wide dense
-#: engine (2 SB_MAC16, weights in two SPRAMs) that consumes the pooled stream without an
-#: activation buffer (8 lanes, 24,339 cycles, did not fit: ~6,500 cells); for the ECP5-85F the
-#: window engine (16 lanes x 9 taps = 144 multipliers: 1,352 cycles per image) with a 32-wide
-#: dense engine (1,690, the limit) that takes the pooled stream as it comes (two beats per
-#: group: an image's logits follow its last pooled beat closely, which shortens a training
-#: step by about 1,300 cycles against the activation buffer), all products in LUTs
-#: (``target="generic"``, built ``-nodsp``) and the deep pipeline. ``target="ecp5"`` puts the
-#: 144 in explicit MULT18X18D (144 of 156): 36.7k LUT4, but a 46.9 MHz placement estimate and
-#: congested routing (not finished). A 25F-sized tap-serial configuration with its 16 conv products in MULT18X18D
-#: (16 of 28) and 2 requantization multipliers (10,816 cycles per image, under the
-#: convolution's 12,171): meets 72 MHz. Build numbers: README, "Boards".
+#: Named configurations (cycles per image: :attr:`Accelerator.stage_cycles`; build figures:
+#: README, "Boards"):
+#:
+#: * ``up5k``: 4 conv lanes (2 dual 8x8 SB_MAC16; the convolution is the slowest stage), one
+#:   requantization multiplier (SB_MAC16) and a 4-wide dense engine (2 SB_MAC16, weights in
+#:   two SPRAMs) that consumes the pooled stream without an activation buffer. 8 conv lanes
+#:   would take all 8 SB_MAC16 and more logic cells than the device's 5,280.
+#: * ``ecp5-85f``: the window engine (16 lanes x 9 taps = 144 multipliers) with a 32-wide
+#:   dense engine (the slowest stage) that takes the pooled stream as it comes (two beats per
+#:   group: an image's logits follow its last pooled beat closely, so a training step's forward
+#:   pass is shorter than with the activation buffer), all products in LUTs
+#:   (``target="generic"``, built ``-nodsp``) and the deep pipeline. The 144 products do not
+#:   go into MULT18X18D (``target="ecp5"``, 144 of the 156): placed there they leave the
+#:   clock out of reach and the routing congested.
+#: * ``ecp5-25f``: tap-serial, its 16 conv products in MULT18X18D (16 of 28), and 2
+#:   requantization multipliers (fewer cycles per image than the convolution's).
 PRESETS = {
     "up5k": Parallelism(conv_lanes=4, requant_parallel=1, dense_mults=4, target="ice40",
                         grad_lanes=4),
@@ -219,12 +239,29 @@ class Accelerator(wiring.Component):
 
     def __init__(self, model, parallelism):
         self._model = model
-        self._par = parallelism
+        self._par = par = parallelism
         config = model.config
         widths = Widths(config)
-        self.mw_data_bits = max(8 * parallelism.conv_lanes, 8 * parallelism.dense_mults,
-                                widths.conv_bias * bias_shape(parallelism.conv_lanes, config.taps)[1], widths.dense_bias,
-                                widths.requant_mult)
+        deep = par.pipeline == "deep"
+        engine = WindowConvEngine if par.conv_window else ConvEngine
+        extra = {"sum_levels": par.sum_levels} if par.conv_window else {}
+        self._conv = engine(config, lanes=par.conv_lanes, conv_w=model.conv_w,
+                            conv_b=model.conv_b, target=par.mac_target, **extra)
+        self._requant = Requantize(
+            config, lanes=par.conv_lanes, requant_mult=model.requant_mult,
+            requant_shift=model.requant_shift, parallel=par.requant_parallel,
+            # iCE40: whole products, which ice40_dsp maps onto SB_MAC16 (boards/build.py);
+            # deep pipeline: 4-bit digits (short LUT multipliers, one more partial product).
+            digit=(widths.requant_mult if par.target == "ice40" else 4 if deep else None),
+            stall_free=deep)
+        self._pool = MaxPool(config, lanes=par.conv_lanes)
+        self._dense = DenseEngine(config, in_lanes=par.conv_lanes, mults=par.dense_mults,
+                                  dense_w=model.dense_w, dense_b=model.dense_b,
+                                  target=par.target, buffer=par.dense_buffer,
+                                  sum_levels=par.sum_levels)
+        self._softmax = Softmax(config, softmax_mult=model.softmax_mult,
+                                softmax_shift=model.softmax_shift, pipelined_exp=deep)
+        self.mw_data_bits = model_word_bits(config, par)
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(8), config.in_channels))),
             "o": Out(stream.Signature(ResultLayout(config))),
@@ -233,67 +270,64 @@ class Accelerator(wiring.Component):
             "mw_addr": In(16),
             "mw_data": In(self.mw_data_bits),
             "pool_valid": Out(1),
-            "pool_value": Out(data.ArrayLayout(unsigned(8), parallelism.conv_lanes)),
-            "pool_argmax": Out(data.ArrayLayout(unsigned(widths.pool_index),
-                                                parallelism.conv_lanes)),
+            "pool_value": Out(data.ArrayLayout(unsigned(8), par.conv_lanes)),
+            "pool_argmax": Out(data.ArrayLayout(unsigned(widths.pool_index), par.conv_lanes)),
         })
+
+    @property
+    def stage_cycles(self):
+        """``{stage: cycles}``: the sustained cycles per image of the convolution, the
+        requantization and the dense layer, as their engines report them. (The max-pool takes a
+        beat per cycle, as the convolution offers them at most; the softmax's few hundred cycles
+        per image are in :class:`~cnnforge.hw.softmax.Softmax`.)"""
+        return {"conv": self._conv.cycles_per_image,
+                "requant": self._requant.cycles_per_image,
+                "dense": self._dense.cycles_per_image}
+
+    @property
+    def cycles_per_image(self):
+        """Sustained cycles per image, back to back: the slowest stage's (the stages overlap
+        across images)."""
+        return max(self.stage_cycles.values())
 
     def elaborate(self, platform):
         m = Module()
-        model, par, config = self._model, self._par, self._model.config
-        target = par.mac_target
-
-        engine = WindowConvEngine if par.conv_window else ConvEngine
-        deep = par.pipeline == "deep"
-        extra = {"sum_levels": par.sum_levels} if par.conv_window else {}
-        m.submodules.conv = conv = engine(config, lanes=par.conv_lanes, conv_w=model.conv_w,
-                                          conv_b=model.conv_b, target=target, **extra)
-        m.submodules.requant = requant = Requantize(
-            config, lanes=par.conv_lanes, requant_mult=model.requant_mult,
-            requant_shift=model.requant_shift, parallel=par.requant_parallel,
-            # iCE40: whole products, which ice40_dsp maps onto SB_MAC16 (boards/build.py);
-            # deep pipeline: 4-bit digits (short LUT multipliers, one more partial product).
-            digit=(Widths(config).requant_mult if par.target == "ice40" else
-                   4 if deep else None),
-            stall_free=deep)
-        m.submodules.pool = pool = MaxPool(config, lanes=par.conv_lanes)
-        m.submodules.dense = dense = DenseEngine(config, in_lanes=par.conv_lanes,
-                                                 mults=par.dense_mults, dense_w=model.dense_w,
-                                                 dense_b=model.dense_b, target=par.target,
-                                                 buffer=par.dense_buffer,
-                                                 sum_levels=par.sum_levels)
-        m.submodules.softmax = softmax = Softmax(config, softmax_mult=model.softmax_mult,
-                                                 softmax_shift=model.softmax_shift,
-                                                 pipelined_exp=deep)
+        config = self._model.config
+        deep = self._par.pipeline == "deep"
+        m.submodules.conv = conv = self._conv
+        m.submodules.requant = requant = self._requant
+        m.submodules.pool = pool = self._pool
+        m.submodules.dense = dense = self._dense
+        m.submodules.softmax = softmax = self._softmax
 
         if deep:
             # The model write port registered once, with a copy of the registers for each
             # memory (they sit all over the device): the memory select is decoded before the
-            # register, and each copy is placed near its memory (a shared decoded enable was
-            # the ULX3S's critical path, 6 of 11 ns routing).
+            # register, and each copy is placed near its memory (a decoded enable shared by
+            # all memories would reach across the die).
             def port(memory):
                 name = memory.name.lower()
                 en = Signal(name=f"mw_{name}_en")
                 addr = Signal.like(self.mw_addr, name=f"mw_{name}_addr", reset_less=True,
                                    attrs={REPLICA: 1})
-                data = Signal.like(self.mw_data, name=f"mw_{name}_data", reset_less=True,
+                word = Signal.like(self.mw_data, name=f"mw_{name}_data", reset_less=True,
                                    attrs={REPLICA: 1})
                 m.d.sync += [en.eq(self.mw_en & (self.mw_memory == memory)),
-                             addr.eq(self.mw_addr), data.eq(self.mw_data)]
-                return en, addr, data
+                             addr.eq(self.mw_addr), word.eq(self.mw_data)]
+                return en, addr, word
         else:
             def port(memory):
                 return self.mw_en & (self.mw_memory == memory), self.mw_addr, self.mw_data
 
-        for memory, (en, addr, data) in [
+        for memory, (en, addr, word) in [
                 (ModelMemory.CONV_W, (conv.w_en, conv.w_addr, conv.w_data)),
                 (ModelMemory.CONV_B, (conv.b_en, conv.b_addr, conv.b_data)),
                 (ModelMemory.REQUANT_MULT, (requant.mult_en, requant.mult_addr,
                                             requant.mult_data)),
                 (ModelMemory.DENSE_W, (dense.w_en, dense.w_addr, dense.w_data)),
                 (ModelMemory.DENSE_B, (dense.b_en, dense.b_addr, dense.b_data))]:
-            w_en, w_addr, w_data = port(memory)
-            m.d.comb += [en.eq(w_en), addr.eq(w_addr), data.eq(w_data)]
+            w_en, w_addr, w_word = port(memory)
+            m.d.comb += [en.eq(w_en), addr.eq(w_addr), word.eq(w_word)]
 
         if deep:
             # Register slices: the pixel handshake (from the host link) and the chain of
@@ -324,8 +358,7 @@ class Accelerator(wiring.Component):
 
         # The logits go both to the softmax and, through a FIFO, to the result stream; the
         # softmax holds an image's logits before it answers, so the FIFO needs `classes` places.
-        widths = Widths(config)
-        m.submodules.logits = logits = SyncFIFOBuffered(width=widths.dense_acc,
+        m.submodules.logits = logits = SyncFIFOBuffered(width=Widths(config).dense_acc,
                                                         depth=2 * config.classes)
         m.d.comb += [
             softmax.i.payload.eq(dense.o.payload),
@@ -336,7 +369,8 @@ class Accelerator(wiring.Component):
         ]
         if deep:
             # The result stream's consumer (the board's host link) sits elsewhere on the device:
-            # its ready flag drove the logits FIFO and the softmax output across the ULX3S.
+            # a register slice keeps its ready flag from reaching the logits FIFO and the
+            # softmax output across the die.
             m.submodules.result_slice = result_slice = RegisterSlice(self.o.payload.shape())
             result = result_slice.i
             wiring.connect(m, result_slice=result_slice.o, o=wiring.flipped(self.o))

@@ -32,6 +32,8 @@ Board protocol (``boards/link.py``, ``boards/protocol.py``):
   accelerator.
 """
 
+from contextlib import contextmanager
+
 import numpy as np
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
@@ -39,7 +41,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .accel import Accelerator, ModelMemory, Parallelism, ResultLayout
+from .accel import Accelerator, ModelMemory, Parallelism, ResultLayout, model_word_bits
 from .conv import bias_shape, weight_words as conv_weight_words
 from .dense import weight_words as dense_weight_words
 from .params import SoftmaxFormat, Widths
@@ -159,6 +161,21 @@ def _round_shift(g, s, rnd=None):
     return (g + r) >> s
 
 
+@contextmanager
+def _carry(m, digit, modulus):
+    """Count the register ``digit`` modulo ``modulus`` (``m.d.sync``); the statements of the
+    ``with`` block are added where it wraps (on every count when ``modulus`` is 1): the count
+    of the next digit, for a counter of several digits."""
+    if modulus > 1:
+        with m.If(digit == modulus - 1):
+            m.d.sync += digit.eq(0)
+            yield
+        with m.Else():
+            m.d.sync += digit.eq(digit + 1)
+    else:
+        yield
+
+
 class Trainer(wiring.Component):
     """Backward pass and SGD update of the reference CNN, bit-exact with ``sim/reference/trainer.py``.
 
@@ -192,13 +209,13 @@ class Trainer(wiring.Component):
 
     Latency
     -------
-    :meth:`cycles_per_update`: ``(classes - 1) * features / mults + max(features / mults,
-    features / grad_lanes) + filters * (taps + 1) + filters / conv_lanes * (taps + chunks)``
-    plus 32 cycles of pipeline drains, from ``start`` to ``done`` (within a few cycles, and
+    :meth:`cycles_per_update`: ``(classes - 1) * features / mults + max(features / mults +
+    classes, features / grad_lanes) + filters * (taps + 1) + filters / conv_lanes * (taps +
+    chunks)`` plus ``8 * DRAIN`` (32) cycles of pipeline drains, from ``start`` to ``done`` (within a few cycles, and
     when the probabilities come at least as fast as the dense phase takes classes).
-    Reference network: 7,822 cycles at the UP5K preset (8 dense multipliers, 4 gradient
-    lanes), 2,245 at the ECP5-85F preset (32 dense multipliers, 16 gradient lanes; 2,583 with
-    8). A training step adds the forward latency of one image on the accelerator up to its
+    Reference network: 13,986 cycles at the UP5K preset (4 dense multipliers, 4 gradient
+    lanes), 7,822 at the ECP5-25F preset (8 and 4), 2,245 at the ECP5-85F preset (32 dense
+    multipliers, 16 gradient lanes; 2,583 with 8). A training step adds the forward latency of one image on the accelerator up to its
     first probability.
 
     Throughput
@@ -285,9 +302,8 @@ class Trainer(wiring.Component):
         self._state, self._par, self._g = state, parallelism, grad_lanes
         self._config, self._fmt, self._widths = config, fmt, Widths(config)
         widths = self._widths
-        self.mw_data_bits = max(8 * lanes, 8 * mults,
-                                widths.conv_bias * bias_shape(lanes, config.taps)[1],
-                                widths.dense_bias, widths.requant_mult)
+        # The words go into the accelerator's model write port: its width.
+        self.mw_data_bits = model_word_bits(config, parallelism)
         super().__init__({
             "px_en": In(1),
             "px_data": In(data.ArrayLayout(unsigned(8), config.in_channels)),
@@ -386,19 +402,16 @@ class Trainer(wiring.Component):
                     m.d.comb += [wr.addr.eq(px_addr), wr.data.eq(self.px_data),
                                  wr.en.eq(self.px_en & (ry == by) & (rx == bx))]
         with m.If(self.px_en):
-            last_x = (qx * K + rx) == cfg.input_size - 1
-            with m.If(last_x):
+            with m.If((qx * K + rx) == cfg.input_size - 1):
                 m.d.sync += [qx.eq(0), rx.eq(0)]
                 with m.If((qy * K + ry) == cfg.input_size - 1):
                     m.d.sync += [qy.eq(0), ry.eq(0)]
-                with m.Elif(ry == K - 1):
-                    m.d.sync += [ry.eq(0), qy.eq(qy + 1)]
                 with m.Else():
-                    m.d.sync += ry.eq(ry + 1)
-            with m.Elif(rx == K - 1):
-                m.d.sync += [rx.eq(0), qx.eq(qx + 1)]
+                    with _carry(m, ry, K):
+                        m.d.sync += qy.eq(qy + 1)
             with m.Else():
-                m.d.sync += rx.eq(rx + 1)
+                with _carry(m, rx, K):
+                    m.d.sync += qx.eq(qx + 1)
 
         # Pooled values: `banks` memories of `lanes` bytes (the DenseEngine scheme): beat b in
         # bank b % banks, word b // banks; argmax positions: one memory, word b.
@@ -426,12 +439,7 @@ class Trainer(wiring.Component):
                 m.d.sync += [pb.eq(0), pbank.eq(0), pword.eq(0)]
             with m.Else():
                 m.d.sync += pb.eq(pb + 1)
-                if banks > 1:
-                    with m.If(pbank == banks - 1):
-                        m.d.sync += [pbank.eq(0), pword.eq(pword + 1)]
-                    with m.Else():
-                        m.d.sync += pbank.eq(pbank + 1)
-                else:
+                with _carry(m, pbank, banks):
                     m.d.sync += pword.eq(pword + 1)
 
         probs = Array(Signal(SoftmaxFormat.prob_bits, name=f"prob{k}") for k in range(classes))
@@ -546,11 +554,45 @@ class Trainer(wiring.Component):
         dsrc = Signal(range(5))
         dsrc1 = Signal.like(dsrc)
         dj1, dk1, duj1, duc1 = Signal.like(dj), Signal.like(k0), Signal.like(uj), Signal.like(uc)
-        dumping = Signal()
         m.d.sync += [dv1.eq(0), dsrc1.eq(dsrc), dj1.eq(dj), dk1.eq(k0), duj1.eq(uj),
                      duc1.eq(uc)]
 
-        with m.FSM(name="phase"):
+        @contextmanager
+        def next_conv_master():
+            """Step ``(uc, ut)`` through the conv masters in (channel, tap) raster, with ``ua``
+            the word of channel ``uc = g * lanes + uj``, tap ``ut`` (``g * taps + ut``); the
+            statements of the ``with`` block are added at a channel's last tap."""
+            with m.If(ut == taps - 1):
+                m.d.sync += [ut.eq(0), uc.eq(uc + 1)]
+                with m.If(uj == lanes - 1):
+                    m.d.sync += [uj.eq(0), ua.eq(ua + 1)]
+                with m.Else():
+                    m.d.sync += [uj.eq(uj + 1), ua.eq(ua - (taps - 1))]
+                yield
+            with m.Else():
+                m.d.sync += [ut.eq(ut + 1), ua.eq(ua + 1)]
+
+        @contextmanager
+        def issue_words(issue, index, count):
+            """A phase that issues ``count`` words, one a cycle after the drain (``issue``,
+            ``index`` counting up); the statements of the ``with`` block are added at the
+            last."""
+            with m.If(go):
+                m.d.comb += issue.eq(1)
+                m.d.sync += index.eq(index + 1)
+                with m.If(index == count - 1):
+                    yield
+
+        @contextmanager
+        def dump_value(source):
+            """A dump state: with room in the output FIFO, the value of ``source`` (``dsrc``)
+            goes in; the statements of the ``with`` block are added then."""
+            with m.If(room):
+                m.d.comb += dsrc.eq(source)
+                m.d.sync += dv1.eq(1)
+                yield
+
+        with m.FSM(name="phase") as phase:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [label.eq(self.label), drain.eq(self.DRAIN), k0.eq(0), s0.eq(0),
@@ -560,7 +602,6 @@ class Trainer(wiring.Component):
                     m.d.sync += [a0.eq(0), dj.eq(0)]
                     m.next = "D_DENSE"
             with m.State("DENSE"):
-                m.d.comb += self.busy.eq(1)
                 with m.If(go & (k0 < probs_in)):
                     m.d.comb += d_issue.eq(1)
                     # The last class finalizes the error accumulators one word per cycle: the
@@ -577,16 +618,10 @@ class Trainer(wiring.Component):
                             m.next = "DENSE_B"
                     with m.Else():
                         m.d.sync += s0.eq(s0 + 1)
-                        if chunks > 1:
-                            with m.If(ch0 == chunks - 1):
-                                m.d.sync += [ch0.eq(0), sw0.eq(sw0 + 1)]
-                            with m.Else():
-                                m.d.sync += ch0.eq(ch0 + 1)
-                        else:
+                        with _carry(m, ch0, chunks):
                             m.d.sync += sw0.eq(sw0 + 1)
                     m.d.sync += a0.eq(a0 + 1)
             with m.State("DENSE_B"):
-                m.d.comb += self.busy.eq(1)
                 with m.If(go):
                     d = _round_shift(deltas[k0], s_db, rnd(0))
                     new = _clip(dense_b[k0] - d, -widths.dense_bias_max, widths.dense_bias_max)
@@ -599,151 +634,86 @@ class Trainer(wiring.Component):
                     with m.If(k0 == classes - 1):
                         m.next = "CONV_G"
             with m.State("CONV_G"):
-                m.d.comb += self.busy.eq(1)
                 with m.If(~cg_run & ~c_v1 & ~c_v2 & ~c_v3):
                     m.d.sync += [drain.eq(self.DRAIN), uc.eq(0), ut.eq(0), ua.eq(0),
                                  uj.eq(0), ul.eq(0), uw.eq(0)]
                     m.next = "CONV_W"
             with m.State("CONV_W"):
-                m.d.comb += self.busy.eq(1)
                 with m.If(go):
                     m.d.comb += u_issue.eq(1)
-                    # (c, t) raster; c = g * lanes + j -> word g * taps + t
-                    with m.If(ut == taps - 1):
-                        m.d.sync += [ut.eq(0), uc.eq(uc + 1)]
-                        with m.If(uj == lanes - 1):
-                            m.d.sync += [uj.eq(0), ua.eq(ua + 1)]
-                        with m.Else():
-                            m.d.sync += [uj.eq(uj + 1), ua.eq(ua - (taps - 1))]
-                        with m.If(ul == G - 1):
-                            m.d.sync += [ul.eq(0), uw.eq(uw + 1)]
-                        with m.Else():
-                            m.d.sync += ul.eq(ul + 1)
+                    with next_conv_master():
+                        with _carry(m, ul, G):
+                            m.d.sync += uw.eq(uw + 1)
                         with m.If(uc == F - 1):
                             m.d.sync += [drain.eq(self.DRAIN), ua.eq(0)]
                             m.next = "CONV_WOUT"
-                    with m.Else():
-                        m.d.sync += [ut.eq(ut + 1), ua.eq(ua + 1)]
             with m.State("CONV_WOUT"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(go):
-                    m.d.comb += o_issue.eq(1)
-                    m.d.sync += ua.eq(ua + 1)
-                    with m.If(ua == cm_words - 1):
-                        m.d.sync += [drain.eq(self.DRAIN), uc.eq(0), ul.eq(0), uw.eq(0)]
-                        m.next = "CONV_B"
+                with issue_words(o_issue, ua, cm_words):
+                    m.d.sync += [drain.eq(self.DRAIN), uc.eq(0), ul.eq(0), uw.eq(0)]
+                    m.next = "CONV_B"
             with m.State("CONV_B"):
-                m.d.comb += self.busy.eq(1)
                 with m.If(go):
                     m.d.comb += b_issue.eq(1)
                     m.d.sync += uc.eq(uc + 1)
-                    with m.If(ul == G - 1):
-                        m.d.sync += [ul.eq(0), uw.eq(uw + 1)]
-                    with m.Else():
-                        m.d.sync += ul.eq(ul + 1)
+                    with _carry(m, ul, G):
+                        m.d.sync += uw.eq(uw + 1)
                     with m.If(uc == F - 1):
                         m.d.sync += [drain.eq(self.DRAIN), bw.eq(0)]
                         m.next = "CONV_BOUT"
             with m.State("CONV_BOUT"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(go):
-                    m.d.comb += bo_issue.eq(1)
-                    m.d.sync += bw.eq(bw + 1)
-                    with m.If(bw == b_words - 1):
-                        m.next = "DONE"
+                with issue_words(bo_issue, bw, b_words):
+                    m.next = "DONE"
             with m.State("DONE"):
-                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
+                m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
             # Dump: dense masters (word a0, element dj), dense biases (k0), conv masters (the
             # CONV_W counters), conv biases (uc), the LFSR state.
             with m.State("D_DENSE"):
-                m.d.comb += [self.busy.eq(1), dumping.eq(1)]
-                with m.If(room):
-                    m.d.comb += dsrc.eq(0)
-                    m.d.sync += [dv1.eq(1), dj.eq(dj + 1)]
-                    with m.If(dj == mults - 1):
-                        m.d.sync += [dj.eq(0), a0.eq(a0 + 1)]
+                with dump_value(0):
+                    with _carry(m, dj, mults):
+                        m.d.sync += a0.eq(a0 + 1)
                         with m.If(a0 == classes * steps - 1):
                             m.d.sync += [a0.eq(0), k0.eq(0)]
                             m.next = "D_DB"
             with m.State("D_DB"):
-                m.d.comb += [self.busy.eq(1), dumping.eq(1)]
-                with m.If(room):
-                    m.d.comb += dsrc.eq(1)
-                    m.d.sync += [dv1.eq(1), k0.eq(k0 + 1)]
+                with dump_value(1):
+                    m.d.sync += k0.eq(k0 + 1)
                     with m.If(k0 == classes - 1):
                         m.d.sync += [k0.eq(0), uc.eq(0), ut.eq(0), ua.eq(0), uj.eq(0)]
                         m.next = "D_CONV"
             with m.State("D_CONV"):
-                m.d.comb += [self.busy.eq(1), dumping.eq(1)]
-                with m.If(room):
-                    m.d.comb += dsrc.eq(2)
-                    m.d.sync += dv1.eq(1)
-                    with m.If(ut == taps - 1):
-                        m.d.sync += [ut.eq(0), uc.eq(uc + 1)]
-                        with m.If(uj == lanes - 1):
-                            m.d.sync += [uj.eq(0), ua.eq(ua + 1)]
-                        with m.Else():
-                            m.d.sync += [uj.eq(uj + 1), ua.eq(ua - (taps - 1))]
+                with dump_value(2):
+                    with next_conv_master():
                         with m.If(uc == F - 1):
                             m.d.sync += [uc.eq(0), ua.eq(0), uj.eq(0)]
                             m.next = "D_CB"
-                    with m.Else():
-                        m.d.sync += [ut.eq(ut + 1), ua.eq(ua + 1)]
             with m.State("D_CB"):
-                m.d.comb += [self.busy.eq(1), dumping.eq(1)]
-                with m.If(room):
-                    m.d.comb += dsrc.eq(3)
-                    m.d.sync += [dv1.eq(1), uc.eq(uc + 1)]
+                with dump_value(3):
+                    m.d.sync += uc.eq(uc + 1)
                     with m.If(uc == F - 1):
                         m.d.sync += uc.eq(0)
                         m.next = "D_LFSR"
             with m.State("D_LFSR"):
-                m.d.comb += [self.busy.eq(1), dumping.eq(1)]
-                with m.If(room):
-                    m.d.comb += dsrc.eq(4)
-                    m.d.sync += dv1.eq(1)
+                with dump_value(4):
                     m.next = "IDLE"
+        m.d.comb += self.busy.eq(~phase.ongoing("IDLE"))
 
         # Conv-gradient issue: runs while cg_run, alongside the last dense class and the biases.
         with m.If(cg_run):
             m.d.comb += c_issue.eq(1)
             m.d.sync += cn.eq(cn + 1)
             # channel group / position
-            with m.If(cg == F // G - 1):
-                m.d.sync += cg.eq(0)
-                with m.If(cpx == P - 1):
-                    m.d.sync += [cpx.eq(0), cpy.eq(cpy + 1)]
-                with m.Else():
-                    m.d.sync += cpx.eq(cpx + 1)
-            with m.Else():
-                m.d.sync += cg.eq(cg + 1)
+            with _carry(m, cg, F // G):
+                with _carry(m, cpx, P):
+                    m.d.sync += cpy.eq(cpy + 1)
             # e_acc word/chunk
-            if mults // G > 1:
-                with m.If(ech == mults // G - 1):
-                    m.d.sync += [ech.eq(0), ew.eq(ew + 1)]
-                with m.Else():
-                    m.d.sync += ech.eq(ech + 1)
-            else:
+            with _carry(m, ech, mults // G):
                 m.d.sync += ew.eq(ew + 1)
-            # pooled beat / chunk
-            def next_beat():
+            # pooled beat (bank, word) / chunk
+            with _carry(m, gch, lanes // G):
                 m.d.sync += gb.eq(gb + 1)
-                if banks > 1:
-                    with m.If(gbank == banks - 1):
-                        m.d.sync += [gbank.eq(0), gword.eq(gword + 1)]
-                    with m.Else():
-                        m.d.sync += gbank.eq(gbank + 1)
-                else:
+                with _carry(m, gbank, banks):
                     m.d.sync += gword.eq(gword + 1)
-            if lanes // G > 1:
-                with m.If(gch == lanes // G - 1):
-                    m.d.sync += gch.eq(0)
-                    next_beat()
-                with m.Else():
-                    m.d.sync += gch.eq(gch + 1)
-            else:
-                next_beat()
             with m.If(cn == n_groups - 1):
                 m.d.sync += cg_run.eq(0)
 
@@ -984,6 +954,11 @@ class TrainingAccelerator(wiring.Component):
     def mw_data_bits(self):
         """Width of a model word on the write port (the accelerator's)."""
         return self._accel.mw_data_bits
+
+    @property
+    def cycles_per_image(self):
+        """Sustained cycles per inference image (the accelerator's)."""
+        return self._accel.cycles_per_image
 
     def elaborate(self, platform):
         m = Module()
