@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The whole inference pipeline against the golden integer model, image by image, word by word."""
 
 import dataclasses
@@ -6,13 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from cnnforge.hw.accel import Parallelism
+from cnnforge.hw.accel import PRESETS, Accelerator, Parallelism
 from cnnforge.hw.params import NetworkConfig
 from cnnforge.sim.reference import golden, model_file
 from cnnforge.sim.reference.float_model import init_params
 from cnnforge.sim.reference.quantize import calibrate
 from cnnforge.sim.verify.rtl_runner import STALL_SWEEP
-from cnnforge.sim.verify.system import simulate
+from cnnforge.sim.verify.system import cycle_budget, simulate
 from helpers import mnist_images, needs_mnist
 
 #: Test images simulated by `make test` (all 10,000 run in `make sim-full`).
@@ -99,3 +100,18 @@ def test_up5k_datapath_with_model_loaded_through_the_port():
     print(stats)
     assert stats["mismatches"] == 0
     assert stats["cycles_per_image"] <= 48_675 + 48_675 / len(images)
+
+
+def test_cycle_budget_follows_the_design():
+    """A slow valid configuration is never reported as a hang: a run's cycle budget grows with
+    the accelerator's own cycles per image (2 tap-serial conv lanes: ~97,000 cycles per image,
+    above any fixed per-image allowance), and stalls stretch it."""
+    model = model_file.load()
+    slow = Accelerator(model, Parallelism(conv_lanes=2, requant_parallel=1, dense_mults=4))
+    fast = Accelerator(model, PRESETS["ecp5-85f"])
+    assert slow.cycles_per_image > 90_000 > 2_000 > fast.cycles_per_image
+    for accel in (slow, fast):
+        budget = cycle_budget(accel, model.config, 10)
+        assert budget >= 2 * 12 * accel.cycles_per_image
+        assert cycle_budget(accel, model.config, 10, STALL_SWEEP) >= 5 * budget - 1
+    assert cycle_budget(fast, model.config, 10) < cycle_budget(slow, model.config, 10) / 10

@@ -12,7 +12,7 @@ from ..reference import golden
 from .rtl_runner import ice40_cells_sim, run_stream_test
 
 
-__all__ = ["ModelLoader", "stream_words", "simulate", "simulate_chunked"]
+__all__ = ["ModelLoader", "stream_words", "cycle_budget", "simulate", "simulate_chunked"]
 
 
 class ModelLoader(wiring.Component):
@@ -69,6 +69,17 @@ def stream_words(model, images):
     return inputs, expected, ref
 
 
+def cycle_budget(accel, config, images, stalls=((0.0, 0.0),), words=0):
+    """Cycles a run of ``images`` may take before it counts as hung: twice the accelerator's
+    sustained cycles per image (:attr:`~cnnforge.hw.accel.Accelerator.cycles_per_image`, at
+    least one pixel per cycle) plus a softmax's worth per image, for the images and two more
+    (the pipeline's fill and drain), stretched by the worst random gap or stall of ``stalls``,
+    plus one cycle per input word (``words``: model writes)."""
+    per_image = 2 * max(accel.cycles_per_image, config.input_size ** 2) + 100 * config.classes
+    slowest = max(max(stall) for stall in stalls)
+    return int(per_image * (images + 2) / max(0.05, 1 - slowest)) + words
+
+
 def simulate(name, model, parallelism, images, labels=None, *, stalls=((0.0, 0.0),),
              load_model=None):
     """Simulate ``images`` back to back; assert every result word; return the statistics.
@@ -94,16 +105,18 @@ def simulate(name, model, parallelism, images, labels=None, *, stalls=((0.0, 0.0
             raise RuntimeError("the ice40 target needs Yosys's share/ice40/cells_sim.v")
         extra.append(cells)
     writes = []
+    accel = Accelerator(model, parallelism)
     if load_model is None:
-        factory = lambda: Accelerator(model, parallelism)
+        factory = lambda: accel
     else:
         writes = [{"write": 1, "memory": mem, "addr": a, "data": w}
                   for mem, a, w in model_writes(load_model, parallelism)]
         inputs = writes + [{"write": 0, "memory": 0, "addr": 0, "data": p} for p in inputs]
-        factory = lambda: ModelLoader(Accelerator(model, parallelism))
+        factory = lambda: ModelLoader(accel)
     result = run_stream_test(name, factory, inputs=inputs,
                              expected=expected, stalls=stalls,
-                             max_cycles=60_000 * len(images) + 100_000 + len(inputs),
+                             max_cycles=cycle_budget(accel, model.config, len(images), stalls,
+                                                     len(inputs)),
                              extra_sources=extra)
     run = result.runs[0]
     run.cycles -= len(writes)     # the no-stall run takes one model word per cycle
