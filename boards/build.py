@@ -10,11 +10,24 @@ single tools (amaranth.build's convention).
 resource use against the device, Fmax against the target clock and images/s (compute-bound from
 ``build/bench.json`` when ``make bench`` has run, link-bound from the baud rate). Timing not met
 is an error (after the report is written).
+
+A build never leaves ``<board>/`` without a complete bitstream and its report: it runs in a fresh
+folder ``<board>.new-<pid>`` beside it, which replaces ``<board>/`` only when the bitstream and
+``report.json`` are complete and timing is met. A failed build (timing not met, a tool error)
+becomes ``<board>.failed/`` (its report and logs; the error names it) and leaves the last good
+build in place; an interrupted one is removed. The next build removes what a killed one left
+(fresh folders of processes that are gone, ``.part`` files) and restores ``<board>/`` if the kill
+came between the two renames that replace it. :func:`program` loads a bitstream only after
+checking it (:func:`check_bitstream`) and that its report says timing was met.
 """
 
+import contextlib
+import glob
+import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,8 +40,9 @@ from .protocol import OVERHEAD_BYTES, classify_reply_bytes, image_bytes
 from .top import BoardTop, get_board
 
 
-__all__ = ["TOOLS", "tool_env", "build", "program", "link_images_per_second", "TimingError",
-           "ICE40_DSPS", "ice40_dsps", "NEXTPNR_SEEDS", "nextpnr_seeds", "parse_parallelism"]
+__all__ = ["TOOLS", "tool_env", "build", "run_toolchain", "program", "check_bitstream",
+           "link_images_per_second", "TimingError", "ICE40_DSPS", "ice40_dsps", "NEXTPNR_SEEDS",
+           "nextpnr_seeds", "parse_parallelism"]
 
 #: Per family: (environment variable, YoWASP command, system command).
 TOOLS = {
@@ -237,6 +251,137 @@ def _markdown(r):
     return "\n".join(lines) + "\n"
 
 
+#: The bitstream file a build writes, per family.
+BITSTREAM_FILE = {"ice40": "top.bin", "ecp5": "top.bit"}
+
+
+def run_toolchain(plan, folder, env):
+    """Write ``plan``'s files into ``folder`` and run its build script there.
+
+    The tools run in a process group of their own, ended (SIGTERM) when the build is interrupted
+    (Ctrl-C, or SIGTERM through the command line): no tool writes on into a folder the build has
+    given up. :class:`subprocess.CalledProcessError` if the script fails.
+    """
+    if os.name != "posix":
+        plan.execute_local(str(folder), env=env)
+        return
+    plan.extract(str(folder))
+    script = ["sh", f"{plan.script}.sh"]
+    with subprocess.Popen(script, cwd=folder, env=env, start_new_session=True) as proc:
+        try:
+            code = proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            raise
+    if code:
+        raise subprocess.CalledProcessError(code, script)
+
+
+def _alive(pid):
+    """Whether process ``pid`` runs and is not this one (elsewhere than POSIX: assumed not)."""
+    if pid == os.getpid() or os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+#: Age (s) after which a ``.part`` file in the output folder is a leftover: a live
+#: :func:`~cnnforge.fsutil.atomic_open` holds one for the seconds its write takes.
+PART_FILE_AGE = 600
+
+
+def _tidy(final):
+    """Remove what killed builds of ``final`` left (their fresh folders, the previous build
+    renamed aside, ``.part`` files); restore ``final`` when a kill came between the renames that
+    replace it."""
+    for path in sorted(final.parent.glob(glob.escape(final.name) + ".*-*")):
+        kind, _, pid = path.name[len(final.name) + 1:].partition("-")
+        if kind not in ("new", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not final.exists():
+            os.replace(path, final)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    now = time.time()
+    for folder, min_age in ((final, 0), (final.parent, PART_FILE_AGE)):
+        for part in folder.glob(".*.part"):
+            with contextlib.suppress(OSError):
+                if now - part.stat().st_mtime >= min_age:
+                    part.unlink()
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM wait until the block is done (POSIX)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _replace_folder(new, final):
+    """``new`` becomes ``final``: the old one is renamed aside, the new one in, the old one
+    removed."""
+    old = final.with_name(f"{final.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    with _signals_held():
+        if final.exists():
+            os.replace(final, old)
+        os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def failed_folder(final):
+    """Where a failed build of ``final`` (a board's build folder) is kept."""
+    return final.with_name(final.name + ".failed")
+
+
+@contextlib.contextmanager
+def _fresh_folder(final):
+    """A new, empty folder beside ``final`` for a build. It replaces ``final`` when the block
+    completes; an interrupted block (KeyboardInterrupt) removes it, a failed one (any other
+    exception) keeps it as :func:`failed_folder`, and ``final`` is left as it was."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _tidy(final)
+    fresh = final.with_name(f"{final.name}.new-{os.getpid()}")
+    fresh.mkdir()
+    failed = failed_folder(final)
+    try:
+        yield fresh
+    except KeyboardInterrupt:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    except BaseException:
+        shutil.rmtree(failed, ignore_errors=True)
+        os.replace(fresh, failed)
+        raise
+    _replace_folder(fresh, final)
+    shutil.rmtree(failed, ignore_errors=True)
+
+
+def _last_tool_error(folder):
+    """The last ERROR line of nextpnr's or Yosys's log in ``folder``, or ``""``."""
+    for logname in ("top.tim", "top.rpt"):
+        path = folder / logname
+        if path.exists():
+            errors = [ln for ln in path.read_text(errors="replace").splitlines()
+                      if "ERROR" in ln]
+            if errors:
+                return errors[-1].strip()
+    return ""
+
+
 def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, parallelism=None,
           accel=None, bench_path=None, train_init=None, log=print):
     """Synthesize, place and route, pack; write the report. Returns the report dict.
@@ -255,10 +400,8 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                    accel=accel, train_init=train_init)
     par = top.parallelism
     custom = parallelism is not None and par.to_dict() != _preset(preset).to_dict()
-    folder = Path(out_dir) / (spec.name + ("-train" if train_init else ""))
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.json", "nextpnr.json", "top.tim"):
-        (folder / stale).unlink(missing_ok=True)
+    final = Path(out_dir) / (spec.name + ("-train" if train_init else ""))
+    failed = failed_folder(final)
     platform = spec.platform()
     opts = {
         "script_after_read": PREPARE_SCRIPT,
@@ -301,84 +444,85 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                         f"requantization and dense products in LUTs (-nodsp)")
         elif par is not None and accel is None:
             dsp_note = "all products in LUTs (-nodsp, MAC target generic)"
-    log(f"{spec.name}: building {spec.device} at {top.clk_freq / 1e6:.2f} MHz in {folder}")
-    start = time.perf_counter()
-    target = top.clk_freq / 1e6
-    seeds = nextpnr_seeds(spec.family, spec.name)
-    tried = []
-    for seed in seeds:
-        if tried:
-            how = f"--seed {seed}" if seed is not None else "its default seed"
-            log(f"{spec.name}: Fmax {tried[-1][1]:.2f} MHz < {target:.2f}: placing and routing "
-                f"again with nextpnr {how}")
-        seed_opts = dict(opts)
-        if seed is not None:
-            seed_opts["nextpnr_opts"] = opts["nextpnr_opts"] + f" --seed {seed}"
-        for stale in ("nextpnr.json", "top.tim"):
-            (folder / stale).unlink(missing_ok=True)
-        if tried:               # a platform (and its top) is prepared once
-            platform = spec.platform()
-            top = BoardTop(spec, model, parallelism=parallelism, clk_freq=clk_freq, baud=baud,
-                           accel=accel, train_init=train_init)
-        plan = platform.build(top, name="top", do_build=False, **seed_opts)
-        try:
-            plan.execute_local(str(folder), env=env)
-        except subprocess.CalledProcessError:
-            tail = ""
-            for logname in ("top.tim", "top.rpt"):
-                path = folder / logname
-                if path.exists():
-                    errors = [ln for ln in path.read_text(errors="replace").splitlines()
-                              if "ERROR" in ln]
-                    if errors:
-                        tail = errors[-1].strip()
-                        break
-            raise ToolError(f"{spec.name}: the build failed: {tail or 'see ' + str(folder)}") \
-                from None
-        report = json.loads((folder / "nextpnr.json").read_text())
-        resources, fmax = _parse_report(spec.family, report)
-        fmax_mhz, met = clock_verdict(fmax, target)
-        tried.append((seed, fmax_mhz))
-        if met:
-            break
-    seconds = time.perf_counter() - start
-    if spec.family == "ice40" and par is not None and accel is None:
-        needed = ice40_dsps(par)
-        check_ice40_dsps(folder, needed["conv"] + needed["dense"])
-    cycles_source = "build/bench.json"
-    if custom and accel is None:
-        # The slowest stage's sustained cycles per image, as its engine reports them.
-        cycles, cycles_source = top.accelerator.cycles_per_image, "estimate: slowest stage"
-    else:
-        cycles = _bench_cycles(preset, bench_path or Path(out_dir) / "bench.json")
-    result = {
-        "board": spec.name, "device": spec.device, "family": spec.family,
-        "preset": ("(replaced accelerator)" if accel is not None else
-                   "custom" if custom else preset),
-        "training": train_init,
-        "parallelism": par.to_dict() if par is not None else None,
-        "dsp_mapping": dsp_note, "cycles_source": cycles_source,
-        "target_mhz": target, "fmax_mhz": fmax_mhz, "fmax": fmax,
-        "timing_met": met, "baud": top.baud,
-        "link_clk_mhz": top.link_clk_freq / 1e6 if top.link_clk_freq else None,
-        "nextpnr_seeds": [{"seed": seed, "fmax_mhz": f} for seed, f in tried],
-        "resources": resources, "cycles_per_image": cycles,
-        "images_per_s_compute": target * 1e6 / cycles if cycles else None,
-        "images_per_s_fmax": fmax_mhz * 1e6 / cycles if cycles else None,
-        "images_per_s_link": link_images_per_second(model.config, top.baud),
-        "bitstream": str(folder / ("top.bin" if spec.family == "ice40" else "top.bit")),
-        "seconds": round(seconds, 1),
-    }
-    atomic_write_text(folder / "report.json", json.dumps(result, indent=1))
-    atomic_write_text(folder / "report.md", _markdown(result))
-    log(_markdown(result))
-    if not result["timing_met"]:
-        if fmax_mhz >= target:
-            raise TimingError(f"{spec.name}: timing not met: the host link's clock misses its "
-                              f"{result['link_clk_mhz']:.2f} MHz (report in "
-                              f"{folder / 'report.md'})")
-        raise TimingError(f"{spec.name}: timing not met: Fmax {fmax_mhz:.2f} MHz < target "
-                          f"{target:.2f} MHz (report in {folder / 'report.md'})")
+    with _fresh_folder(final) as folder:
+        log(f"{spec.name}: building {spec.device} at {top.clk_freq / 1e6:.2f} MHz in {folder} "
+            f"(it becomes {final} once complete)")
+        start = time.perf_counter()
+        target = top.clk_freq / 1e6
+        tried = []
+        for seed in nextpnr_seeds(spec.family, spec.name):
+            if tried:
+                how = f"--seed {seed}" if seed is not None else "its default seed"
+                log(f"{spec.name}: Fmax {tried[-1][1]:.2f} MHz < {target:.2f}: placing and "
+                    f"routing again with nextpnr {how}")
+                platform = spec.platform()      # a platform (and its top) is prepared once
+                top = BoardTop(spec, model, parallelism=parallelism, clk_freq=clk_freq,
+                               baud=baud, accel=accel, train_init=train_init)
+            seed_opts = dict(opts)
+            if seed is not None:
+                seed_opts["nextpnr_opts"] = opts["nextpnr_opts"] + f" --seed {seed}"
+            for stale in ("nextpnr.json", "top.tim"):
+                (folder / stale).unlink(missing_ok=True)
+            plan = platform.build(top, name="top", do_build=False, **seed_opts)
+            try:
+                run_toolchain(plan, folder, env)
+            except subprocess.CalledProcessError:
+                raise ToolError(f"{spec.name}: the build failed: "
+                                f"{_last_tool_error(folder) or 'see the logs'} (in {failed})") \
+                    from None
+            report = json.loads((folder / "nextpnr.json").read_text())
+            resources, fmax = _parse_report(spec.family, report)
+            fmax_mhz, met = clock_verdict(fmax, target)
+            tried.append((seed, fmax_mhz))
+            if met:
+                break
+        seconds = time.perf_counter() - start
+        if spec.family == "ice40" and par is not None and accel is None:
+            needed = ice40_dsps(par)
+            check_ice40_dsps(folder, needed["conv"] + needed["dense"])
+        bitstream = folder / BITSTREAM_FILE[spec.family]
+        if not bitstream.is_file():
+            raise ToolError(f"{spec.name}: the tools wrote no {bitstream.name} (in {failed})")
+        data = bitstream.read_bytes()
+        cycles_source = "build/bench.json"
+        if custom and accel is None:
+            # The slowest stage's sustained cycles per image, as its engine reports them.
+            cycles, cycles_source = top.accelerator.cycles_per_image, "estimate: slowest stage"
+        else:
+            cycles = _bench_cycles(preset, bench_path or Path(out_dir) / "bench.json")
+        result = {
+            "board": spec.name, "device": spec.device, "family": spec.family,
+            "preset": ("(replaced accelerator)" if accel is not None else
+                       "custom" if custom else preset),
+            "training": train_init,
+            "parallelism": par.to_dict() if par is not None else None,
+            "dsp_mapping": dsp_note, "cycles_source": cycles_source,
+            "target_mhz": target, "fmax_mhz": fmax_mhz, "fmax": fmax,
+            "timing_met": met, "baud": top.baud,
+            "link_clk_mhz": top.link_clk_freq / 1e6 if top.link_clk_freq else None,
+            "nextpnr_seeds": [{"seed": seed, "fmax_mhz": f} for seed, f in tried],
+            "resources": resources, "cycles_per_image": cycles,
+            "images_per_s_compute": target * 1e6 / cycles if cycles else None,
+            "images_per_s_fmax": fmax_mhz * 1e6 / cycles if cycles else None,
+            "images_per_s_link": link_images_per_second(model.config, top.baud),
+            # Where the bitstream ends up; program() checks that the file there is this one.
+            "bitstream": str((final if met else failed) / bitstream.name),
+            "bitstream_bytes": len(data),
+            "bitstream_sha256": hashlib.sha256(data).hexdigest(),
+            "seconds": round(seconds, 1),
+        }
+        atomic_write_text(folder / "report.json", json.dumps(result, indent=1))
+        atomic_write_text(folder / "report.md", _markdown(result))
+        log(_markdown(result))
+        if not met:
+            report_md = failed / "report.md"
+            if fmax_mhz >= target:
+                raise TimingError(f"{spec.name}: timing not met: the host link's clock misses "
+                                  f"its {result['link_clk_mhz']:.2f} MHz (report in "
+                                  f"{report_md}; {final} keeps the last good build)")
+            raise TimingError(f"{spec.name}: timing not met: Fmax {fmax_mhz:.2f} MHz < target "
+                              f"{target:.2f} MHz (report in {report_md}; {final} keeps the "
+                              f"last good build)")
     return result
 
 
@@ -413,12 +557,20 @@ def nextpnr_seeds(family, board=None):
     return tuple(seeds)
 
 
-def parse_parallelism(text, board):
+def parse_parallelism(text, board, *, training=False):
     """``"conv_lanes=4,requant_parallel=1,dense_mults=4"``: the board's preset with these
-    fields replaced; a :class:`~cnnforge.hw.accel.Parallelism`."""
+    fields replaced; a :class:`~cnnforge.hw.accel.Parallelism`, checked against the committed
+    model's network (:meth:`~cnnforge.hw.accel.Parallelism.check`, the trainer's rules too for
+    a ``training`` build) and, on the iCE40, against its SB_MAC16 count, before any tool runs."""
     from ..hw.accel import Parallelism
-    fields = _preset(get_board(board).preset).to_dict()
-    for item in filter(None, (t.strip() for t in text.split(","))):
+    from ..sim.reference import model_file
+    spec = get_board(board)
+    fields = _preset(spec.preset).to_dict()
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise CnnforgeError(f"--parallelism sets no field, give e.g. conv_lanes=4 (fields: "
+                            f"{', '.join(fields)})")
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in fields:
             raise CnnforgeError(f"--parallelism: {item!r} is not one of "
@@ -433,10 +585,19 @@ def parse_parallelism(text, board):
             except ValueError:
                 raise CnnforgeError(f"--parallelism: {key} must be an integer, not {value!r}") \
                     from None
+    config = model_file.load().config
     try:
-        return Parallelism(**fields)
+        par = Parallelism(**fields).check(config, training=training)
     except (TypeError, ValueError) as e:
         raise CnnforgeError(f"--parallelism: {e}") from None
+    if spec.family == "ice40" and par.target == "ice40":
+        needed = ice40_dsps(par, config)
+        explicit = needed["conv"] + needed["dense"]
+        if explicit > ICE40_DSPS:
+            raise CnnforgeError(f"--parallelism: the convolution and dense engine need {explicit} "
+                                f"SB_MAC16 ({needed['conv']} + {needed['dense']}), the "
+                                f"{spec.name}'s device has {ICE40_DSPS}")
+    return par
 
 
 _PROGRAMMERS = {
@@ -450,13 +611,87 @@ _PROGRAMMERS = {
 }
 
 
+#: Per device: the sizes in bytes a complete bitstream of our builds can have. icepack writes
+#: the whole iCE40 configuration (104,090 bytes for the UP5K, whatever the design; the rest
+#: leaves room for a comment); ecppack compresses (``--compress``, amaranth-boards' setting),
+#: to about 14 % of the uncompressed size (the upper bound) for a nearly empty design.
+BITSTREAM_BYTES = {
+    "iCE40UP5K": (104_090, 104_090 + 1024),
+    "LFE5U-25F": (591_642 // 10, 591_642 + 4096),
+    "LFE5U-85F": (1_927_725 // 10, 1_927_725 + 4096),
+}
+
+
+def _bitstream_problem(data, family, device):
+    """What makes ``data`` no complete bitstream for ``device``, or None.
+
+    Both packers start with 0xFF 0x00, a comment (NUL-separated strings) and 0x00 0xFF, then
+    the preamble: iCE40 0x7EAA997E, ECP5 0xBDB3 (after 0xFF padding; its comment names the part
+    as ``Part: LFE5U-85F-...``). The last command is the iCE40's wake-up (0x01 0x06, then zero
+    padding) or the ECP5's ISC_PROGRAM_DONE (0x5E 0 0 0, then 0xFF no-ops): a truncated file
+    lacks it.
+    """
+    if not data:
+        return "it is empty (an interrupted build?)"
+    end = data.find(b"\x00\xff", 2)
+    if not data.startswith(b"\xff\x00") or end < 0:
+        return f"it does not start like an {family} bitstream (0xFF 0x00, a comment, 0x00 0xFF)"
+    comment = data[2:end]
+    preamble = b"\x7e\xaa\x99\x7e" if family == "ice40" else b"\xbd\xb3"
+    if not data[end + 2:end + 64].lstrip(b"\xff").startswith(preamble):
+        return f"no {family} preamble ({preamble.hex().upper()}) after its header"
+    if family == "ecp5":
+        part = next((c[6:].decode(errors="replace") for c in comment.split(b"\x00")
+                     if c.startswith(b"Part: ")), None)
+        if part is None or not part.startswith(device):
+            return f"it is for {part or 'an unnamed part'}, not the {device}"
+    low, high = BITSTREAM_BYTES.get(device, (0, float("inf")))
+    if not low <= len(data) <= high:
+        return (f"it has {len(data):,} bytes; a complete {device} bitstream has {low:,} to "
+                f"{high:,}")
+    last = b"\x01\x06" if family == "ice40" else b"\x5e\x00\x00\x00"
+    if not data.rstrip(b"\x00" if family == "ice40" else b"\xff").endswith(last):
+        return f"it is truncated (its last command is not {last.hex().upper()})"
+    return None
+
+
+def check_bitstream(board, out_dir="build"):
+    """The path of ``<out_dir>/<board>/``'s bitstream after checking that it is a complete one
+    for the board's device and that ``report.json`` beside it describes this file and says
+    timing was met; :class:`CnnforgeError` (one line) otherwise."""
+    spec = get_board(board)
+    folder = Path(out_dir) / spec.name
+    bitstream = folder / BITSTREAM_FILE[spec.family]
+    rebuild = f"rebuild with `make bitstream BOARD={spec.name}`"
+    if not bitstream.is_file():
+        raise CnnforgeError(f"no bitstream {bitstream}: run `make bitstream BOARD={spec.name}`")
+    data = bitstream.read_bytes()
+    problem = _bitstream_problem(data, spec.family, spec.device)
+    if problem:
+        raise CnnforgeError(f"{bitstream}: {problem}; {rebuild}")
+    try:
+        report = json.loads((folder / "report.json").read_text())
+        digest, met = report["bitstream_sha256"], report["timing_met"]
+        fmax, target = report["fmax_mhz"], report["target_mhz"]
+    except FileNotFoundError:
+        raise CnnforgeError(f"{bitstream}: no report.json beside it; {rebuild}") from None
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise CnnforgeError(f"{folder / 'report.json'}: not a build report of this version "
+                            f"({type(e).__name__}: {e}); {rebuild}") from None
+    if digest != hashlib.sha256(data).hexdigest():
+        raise CnnforgeError(f"{bitstream} is not the bitstream report.json describes; {rebuild}")
+    if not met:
+        raise CnnforgeError(f"{bitstream}: its build did not meet timing (Fmax {fmax:.2f} MHz, "
+                            f"target {target:.2f} MHz, report.md); not loading it")
+    return bitstream
+
+
 def program(board, out_dir="build", log=print):
-    """Load ``<out_dir>/<board>/``'s bitstream onto the board (SRAM: lost at power-off)."""
+    """Load ``<out_dir>/<board>/``'s bitstream onto the board (SRAM: lost at power-off), after
+    :func:`check_bitstream`."""
     spec = get_board(board)
     var, default, template, install = _PROGRAMMERS[spec.name]
-    bitstream = Path(out_dir) / spec.name / ("top.bin" if spec.family == "ice40" else "top.bit")
-    if not bitstream.exists():
-        raise CnnforgeError(f"no bitstream {bitstream}: run `make bitstream BOARD={spec.name}`")
+    bitstream = check_bitstream(spec.name, out_dir)
     tool = os.environ.get(var, default)
     if shutil.which(tool) is None:
         raise ToolError(f"{tool} not found: {install}")

@@ -7,6 +7,7 @@ the simulated board core. :class:`Client` speaks :mod:`cnnforge.boards.protocol`
 """
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -259,18 +260,49 @@ class Client:
                               self.transport.now() - start)
 
 
-def load_image_file(path, size=28):
+def load_image_file(path, size=28, *, max_side=4096):
     """A PNG (or any Pillow format) as a ``size`` x ``size`` uint8 grayscale image, MNIST style
-    (white digit on black: a mostly white picture is inverted)."""
+    (white digit on black: a mostly white picture is inverted).
+
+    :class:`CnnforgeError` naming the problem for a missing file, one that is not an image, or
+    a picture with a side longer than ``max_side`` (told from its header, before decoding).
+    """
     try:
         from PIL import Image
     except ImportError:
         raise ToolError("Pillow is not installed: pip install Pillow") from None
+
+    def too_large(width, height):
+        return CnnforgeError(f"image {path} is {width}x{height} pixels, more than "
+                             f"{max_side}x{max_side}")
+
     try:
-        picture = Image.open(path).convert("L").resize((size, size))
-    except (OSError, ValueError) as e:
+        with warnings.catch_warnings():
+            # Pillow's warning for a picture near its limit: refused below anyway.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = Image.open(path)      # the header only: decoding waits for convert()
+    except FileNotFoundError:
+        raise CnnforgeError(f"image file {path} not found") from None
+    except Image.DecompressionBombError:
+        # Pillow refuses to open it at all; the header, read with its limit lifted (nothing
+        # is decoded), still tells the size.
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as picture:
+                size_seen = picture.size
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+        raise too_large(*size_seen) from None
+    except (OSError, ValueError, SyntaxError) as e:   # UnidentifiedImageError is an OSError
         raise CnnforgeError(f"cannot read image {path}: {e}") from None
-    image = np.asarray(picture, np.uint8)
+    with picture:
+        if max(picture.size) > max_side:
+            raise too_large(*picture.size)
+        try:
+            scaled = picture.convert("L").resize((size, size))
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise CnnforgeError(f"cannot read image {path}: {e}") from None
+    image = np.asarray(scaled, np.uint8)
     if image.mean() > 127:
         image = 255 - image
     return image

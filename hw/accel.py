@@ -7,8 +7,6 @@ on image *n* (from its ping-pong activation buffer), the convolution already run
 Sustained cycles per image are therefore those of the slowest stage, not their sum.
 """
 
-import operator
-
 import numpy as np
 from amaranth import *
 from amaranth.lib import data, enum, stream, wiring
@@ -16,7 +14,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .slice import RegisterSlice
-from .util import REPLICA, check_int, pack_fields
+from .util import REPLICA, check_config, check_int, pack_fields
 from .params import SoftmaxFormat, Widths
 from .conv import ConvEngine, bias_shape, bias_words as conv_bias_words, weight_words as conv_weight_words
 from .conv_window import WindowConvEngine
@@ -128,18 +126,26 @@ class Parallelism:
         Pooled features per cycle in the on-chip trainer's conv-gradient phase (see
         :class:`~cnnforge.hw.train.Trainer`); only a :class:`~cnnforge.hw.train.TrainingAccelerator`
         uses it.
+
+    Raises
+    ------
+    TypeError
+        If a count is not an integer or ``conv_window``/``dense_buffer`` is not a bool.
+    ValueError
+        If a count is below 1, or ``target`` or ``pipeline`` is unknown. Whether the counts
+        fit a network is :meth:`check`'s question.
     """
 
     PIPELINES = ("standard", "deep")
 
     def __init__(self, *, conv_lanes, requant_parallel, dense_mults, target="generic",
                  conv_window=False, dense_buffer=None, pipeline="standard", grad_lanes=1):
-        self.conv_lanes = operator.index(conv_lanes)
+        self.conv_lanes = check_int("conv_lanes", conv_lanes, 1)
         if not isinstance(conv_window, bool):
             raise TypeError(f"conv_window must be a bool, not {conv_window!r}")
         self.conv_window = conv_window
-        self.requant_parallel = operator.index(requant_parallel)
-        self.dense_mults = operator.index(dense_mults)
+        self.requant_parallel = check_int("requant_parallel", requant_parallel, 1)
+        self.dense_mults = check_int("dense_mults", dense_mults, 1)
         if target not in ("generic", "ice40", "ecp5"):
             raise ValueError(f"target must be 'generic', 'ice40' or 'ecp5', not {target!r}")
         self.target = target
@@ -152,6 +158,66 @@ class Parallelism:
             raise ValueError(f"pipeline must be 'standard' or 'deep', not {pipeline!r}")
         self.pipeline = pipeline
         self.grad_lanes = check_int("grad_lanes", grad_lanes, 1)
+
+    def check(self, config, *, training=False):
+        """``self`` if the engines take these counts for ``config``; ValueError naming the
+        field otherwise.
+
+        The constructors of :class:`~cnnforge.hw.conv.ConvEngine` /
+        :class:`~cnnforge.hw.conv_window.WindowConvEngine`,
+        :class:`~cnnforge.hw.requant.Requantize`, :class:`~cnnforge.hw.maxpool.MaxPool` and
+        :class:`~cnnforge.hw.dense.DenseEngine` (and, with ``training``,
+        :class:`~cnnforge.hw.train.Trainer`) ask the same of their parameters; here the
+        questions are put in terms of this class's fields, before any engine is built.
+        :class:`Accelerator` calls it first.
+
+        Parameters
+        ----------
+        config : NetworkConfig
+        training : bool
+            Also the on-chip trainer's conditions (``grad_lanes``, at least two dense steps
+            and two conv taps).
+
+        Raises
+        ------
+        TypeError
+            If ``config`` is not a :class:`~cnnforge.hw.params.NetworkConfig`.
+        ValueError
+            If a count does not fit ``config`` or the other counts.
+        """
+        config = check_config(config)
+        filters, features = config.filters, config.features
+        lanes, mults = self.conv_lanes, self.dense_mults
+        if filters % lanes:
+            raise ValueError(f"conv_lanes must divide filters ({filters}), not {lanes!r}")
+        if lanes % self.requant_parallel:
+            raise ValueError(f"requant_parallel must divide conv_lanes ({lanes}), not "
+                             f"{self.requant_parallel!r}")
+        if features % mults:
+            raise ValueError(f"dense_mults must divide features ({features}), not {mults!r}")
+        if mults % lanes and lanes % mults:
+            raise ValueError(f"dense_mults must divide or be a multiple of conv_lanes "
+                             f"({lanes}), not {mults!r}")
+        if self.target == "ice40":
+            # The dense weights in SPRAM: 16-bit blocks of 16384 words.
+            if mults % 2:
+                raise ValueError(f"dense_mults must be even with target 'ice40' (16-bit SPRAM "
+                                 f"words), not {mults!r}")
+            if config.classes * (features // mults) > 16384:
+                least = -(-config.classes * features // 16384)
+                raise ValueError(f"dense_mults must be at least {least} with target 'ice40' "
+                                 f"(the weights in 16384 SPRAM words), not {mults!r}")
+        if training:
+            grad = self.grad_lanes
+            if lanes % grad or mults % grad or filters % (2 * grad):
+                raise ValueError(f"grad_lanes must divide conv_lanes ({lanes}), dense_mults "
+                                 f"({mults}) and filters // 2 ({filters // 2}), not {grad!r}")
+            if features // mults < 2:
+                raise ValueError(f"dense_mults must divide features ({features}) at least "
+                                 f"twice for training, not {mults!r}")
+            if config.taps < 2:
+                raise ValueError(f"training needs at least 2 conv taps, not {config.taps!r}")
+        return self
 
     @property
     def sum_levels(self):
@@ -235,11 +301,22 @@ class Accelerator(wiring.Component):
         ``pool_valid`` is high in the cycle a pooled beat transfers into the dense engine, with
         its values and argmax positions (beats in the golden flatten order ``(y, x, c)``).
         Unused outputs cost nothing after synthesis.
+
+    Raises
+    ------
+    TypeError
+        If ``parallelism`` is not a :class:`Parallelism`.
+    ValueError
+        If ``parallelism`` does not fit ``model.config`` (:meth:`Parallelism.check`), or a
+        model constant is out of its engine's range.
     """
 
     def __init__(self, model, parallelism):
         self._model = model
-        self._par = par = parallelism
+        if not isinstance(parallelism, Parallelism):
+            raise TypeError(f"parallelism must be a Parallelism, not {parallelism!r}")
+        # Counts the engines below would reject fail here, named as Parallelism fields.
+        self._par = par = parallelism.check(model.config)
         config = model.config
         widths = Widths(config)
         deep = par.pipeline == "deep"

@@ -15,6 +15,47 @@ def _mnist_dir(args):
     return args.mnist_dir or os.environ.get("MNIST_DIR") or "data/mnist"
 
 
+def _check_count(option, value, minimum=1, maximum=None, of=None):
+    """``value``, an integer option (``None``: not given), if it is in ``minimum .. maximum``;
+    :class:`CnnforgeError` naming the option and the bounds otherwise (``of``: what the
+    maximum counts). Every count and index is checked here before any data is read: the
+    commands take them as Python slices, where a negative count or one past the data does
+    not fail."""
+    if value is None:
+        return value
+    if value < minimum or maximum is not None and value > maximum:
+        if maximum is None:
+            bounds = f"at least {minimum}"
+        else:
+            bounds = f"in {minimum}..{maximum}" + (f" ({of})" if of else "")
+        raise CnnforgeError(f"{option} must be {bounds}, not {value}")
+    return value
+
+
+def _mnist_images(split):
+    """Images in the MNIST ``split`` (the official counts: the loader insists on them)."""
+    from .mnist import COUNTS
+    return COUNTS[split]
+
+
+def _mnist_has(split):
+    return f"MNIST has {_mnist_images(split)} {'training' if split == 'train' else split} images"
+
+
+def _check_mnist_count(option, value, split, minimum=1):
+    """:func:`_check_count` for a number of MNIST ``split`` images."""
+    return _check_count(option, value, minimum, _mnist_images(split), of=_mnist_has(split))
+
+
+def _check_presets(names):
+    """``names`` if each is a parallelism preset; :class:`CnnforgeError` otherwise."""
+    from .hw.accel import PRESETS
+    for name in names:
+        if name not in PRESETS:
+            raise CnnforgeError(f"unknown preset {name!r} (one of {', '.join(PRESETS)})")
+    return names
+
+
 def cmd_data(args):
     from . import mnist
     directory = args.dir or _mnist_dir(args)
@@ -24,12 +65,15 @@ def cmd_data(args):
 
 def cmd_train(args):
     from . import train
+    _check_count("--epochs", args.epochs)
+    _check_count("--seed", args.seed, 0)
     train.train_and_save(mnist_dir=_mnist_dir(args), out=args.out, epochs=args.epochs,
                          seed=args.seed, progress=not args.quiet)
 
 
 def cmd_eval(args):
     from . import evaluate
+    _check_mnist_count("--limit", args.limit, "test")
     evaluate.eval_cli(mnist_dir=_mnist_dir(args), model_path=args.model, limit=args.limit,
                       progress=not args.quiet)
 
@@ -49,12 +93,17 @@ def cmd_verilog(args):
 
 def cmd_bench(args):
     from . import bench
+    _check_mnist_count("--images", args.images, "test")
+    _check_mnist_count("--train-steps", args.train_steps, "train", minimum=0)
+    _check_presets(args.presets)
     bench.bench(mnist_dir=_mnist_dir(args), images=args.images, presets=args.presets,
                 train_steps=args.train_steps)
 
 
 def cmd_sim_full(args):
     from . import bench
+    _check_mnist_count("--images", args.images, "test")
+    _check_presets([args.preset])
     bench.sim_full(mnist_dir=_mnist_dir(args), images=args.images, preset=args.preset)
 
 
@@ -75,6 +124,11 @@ def _format_overrides(items):
 def cmd_train_fixed(args):
     from . import train
     from .hw.params import ConfigError
+    _check_count("--epochs", args.epochs)
+    # The training order is `epochs` permutations of the training set, one after another.
+    _check_count("--limit", args.limit, 1, args.epochs * _mnist_images("train"),
+                 of=f"{args.epochs} epoch(s); {_mnist_has('train')}")
+    _check_mnist_count("--test-limit", args.test_limit, "test")
     try:
         fmt = train.train_format(args.init, lr_shift=args.lr_shift, rounding=args.rounding,
                                  overrides=_format_overrides(args.set))
@@ -91,18 +145,24 @@ def cmd_train_sim(args):
     import json
 
     from . import mnist
-    from .hw.accel import PRESETS
+    from .hw.accel import PRESETS, Parallelism
+    from .hw.params import NetworkConfig
     from .sim.verify.train_system import train_bench
-    for preset in args.preset or ():
-        if preset not in PRESETS:
-            raise CnnforgeError(f"unknown preset {preset!r} (one of {', '.join(PRESETS)})")
-    if args.steps < 1 or args.test_images < 0:
-        raise CnnforgeError("--steps must be at least 1 and --test-images not negative")
+    presets = _check_presets(args.preset or ["up5k", "ecp5-85f"])
+    _check_mnist_count("--steps", args.steps, "train")
+    _check_mnist_count("--test-images", args.test_images, "test", minimum=0)
+    if args.grad_lanes is not None:
+        for preset in presets:
+            try:
+                Parallelism(**{**PRESETS[preset].to_dict(), "grad_lanes": args.grad_lanes}) \
+                    .check(NetworkConfig(), training=True)
+            except (TypeError, ValueError) as e:
+                raise CnnforgeError(f"--grad-lanes with preset {preset!r}: {e}") from None
     train_x, train_y = mnist.load("train", _mnist_dir(args))
     test_x, test_y = (mnist.load("test", _mnist_dir(args)) if args.test_images
                       else ((), ()))
     ok = True
-    for preset in args.preset or ["up5k", "ecp5-85f"]:
+    for preset in presets:
         result = train_bench(preset, train_x, train_y, steps=args.steps,
                              grad_lanes=args.grad_lanes, rounding=args.rounding,
                              test_images=test_x[:args.test_images],
@@ -115,7 +175,8 @@ def cmd_train_sim(args):
 
 def cmd_bitstream(args):
     from .boards import build
-    par = build.parse_parallelism(args.parallelism, args.board) if args.parallelism else None
+    par = (build.parse_parallelism(args.parallelism, args.board, training=args.train is not None)
+           if args.parallelism is not None else None)
     build.build(args.board, args.out, parallelism=par, train_init=args.train)
 
 
@@ -130,6 +191,12 @@ def cmd_classify(args):
     from .sim.reference import model_file
     from .sim.verify import board_system
     get_board(args.board)            # an unknown board is an error before any work
+    for index in args.mnist_index:
+        _check_count("--mnist-index", index, 0, _mnist_images("test") - 1,
+                     of=_mnist_has("test"))
+    _check_count("--baud", args.baud)
+    if not args.images and not args.mnist_index:
+        raise CnnforgeError("nothing to classify: give image files or --mnist-index N")
     model = model_file.load(args.model) if args.model else model_file.load()
     size = model.config.input_size
     images, names = [], []
@@ -140,12 +207,8 @@ def cmd_classify(args):
         from . import mnist
         test_x, test_y = mnist.load("test", _mnist_dir(args))
         for index in args.mnist_index:
-            if not 0 <= index < len(test_x):
-                raise CnnforgeError(f"--mnist-index {index} is outside 0..{len(test_x) - 1}")
             images.append(test_x[index])
             names.append(f"MNIST test #{index} (label {test_y[index]})")
-    if not images:
-        raise CnnforgeError("nothing to classify: give image files or --mnist-index N")
     preset = get_board(args.board).preset
     if args.sim:
         target = "generic" if args.sim_datapath == "generic" else None
@@ -174,8 +237,10 @@ def cmd_train_board(args):
     from .sim.reference.trainer import data_order, initial_state
     from .sim.verify import board_system
     board = get_board(args.board)
-    if args.steps < 0 or args.eval < 0 or args.device_checks < 0:
-        raise CnnforgeError("--steps, --eval and --device-checks must not be negative")
+    _check_count("--steps", args.steps, 0)       # more than the training set: several epochs
+    _check_mnist_count("--eval", args.eval, "test", minimum=0)
+    _check_count("--device-checks", args.device_checks, 0)   # of the --eval images
+    _check_count("--baud", args.baud)
     if not args.sim and not args.port:
         raise CnnforgeError("give --port (the board's serial port) or --sim")
     train_x, train_y = mnist.load("train", _mnist_dir(args))
@@ -370,6 +435,17 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     args.mnist_dir = args.sub_mnist_dir or args.mnist_dir
     args.quiet = args.sub_quiet or args.quiet
+    import signal
+    import threading
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    # SIGTERM (kill, a CI timeout) ends a command as Ctrl-C does: its cleanup runs (a build
+    # removes its unfinished folder, atomic writes their .part files). Only the main thread
+    # may set handlers.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:
         args.func(args)
     except CnnforgeError as e:
@@ -378,6 +454,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"cnnforge {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
     return 0
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cnnforge.boards.build import (TimingError, clock_verdict, build, ice40_dsps,
-                                   link_images_per_second, parse_parallelism, tool_env)
+from cnnforge.boards.build import (TimingError, check_bitstream, clock_verdict, build,
+                                   ice40_dsps, link_images_per_second, parse_parallelism,
+                                   tool_env)
 from cnnforge.boards.top import (BOARDS, BoardTop, ecp5_pll_params, ecp5_secondary_div,
                                  get_board, ice40_pll_params)
 from cnnforge.errors import CnnforgeError, ToolError
@@ -209,6 +210,10 @@ def test_bitstream(name, tmp_path):
     except TimingError as e:
         pytest.fail(str(e))
     assert (out / name / BITSTREAMS[name]).stat().st_size > 0
+    # What `cnnforge program` checks (the packer's header, size and last command, the report):
+    # a real build passes it; the build ran in a fresh folder, renamed in.
+    assert check_bitstream(name, out) == out / name / BITSTREAMS[name]
+    assert not list(out.glob(f"{name}.*"))
     saved = json.loads((out / name / "report.json").read_text())
     assert saved["timing_met"] and saved["fmax_mhz"] >= saved["target_mhz"]
     assert "timing met" in (out / name / "report.md").read_text()

@@ -62,6 +62,10 @@ def test_round_trip(tmp_path):
     (dict(arrays={"conv_w": np.zeros((4, 3, 3), np.int8)}), r"conv_w has shape \(4, 3, 3\), expected"),
     (dict(arrays={"dense_b": np.zeros(3, np.int64)}), "dense_b has dtype int64, expected int32"),
     (dict(arrays={"dense_w": np.full((3, 64), -128, np.int8)}), "dense_w holds -128"),
+    (dict(meta={"requant_shift": 0}), "requant_shift must be in 1..40, not 0"),
+    (dict(meta={"softmax_mult": "7"}), "softmax_mult must be an integer, not '7'"),
+    (dict(meta={"softmax_shift": 2 ** 70}), f"softmax_shift must be in 1..39, not {2 ** 70}"),
+    (dict(meta={"config": None}), "network config must be a mapping, not NoneType"),
 ])
 def test_bad_files_are_rejected_with_one_line(tmp_path, change, message):
     model, _ = small_model()
@@ -71,6 +75,17 @@ def test_bad_files_are_rejected_with_one_line(tmp_path, change, message):
     with pytest.raises(ModelError, match=message) as exc:
         model_file.load(bad)
     assert "\n" not in str(exc.value)
+
+
+def test_float_weights_must_be_finite(tmp_path):
+    model, params = small_model()
+    params.dense_w[1, 2] = np.nan
+    path = tmp_path / "m.npz"
+    model_file.save(model, path, float_params=params)
+    model_file.load(path)                       # the integer network is fine
+    with pytest.raises(ModelError, match=r"float_dense_w holds nan \(float weights must be "
+                                         r"finite\)"):
+        model_file.load_float(path)
 
 
 def test_missing_and_corrupt_files(tmp_path):

@@ -2,19 +2,21 @@
 
 An ``.npz`` holding the int8/int32 tensors and a ``meta`` JSON string (format version, network
 description, requantization and softmax constants, float scales for reference, the accuracies
-it achieved and the recipe that made it). Loading validates version, shapes and dtypes.
+it achieved and the recipe that made it). Loading validates version, every field's type and
+range, shapes, dtypes and (float weights) finiteness.
 """
 
 import io
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import ModelError
 from ...fsutil import atomic_open
-from ...hw.params import ConfigError, NetworkConfig, Widths
+from ...hw.params import ConfigError, NetworkConfig, SoftmaxFormat, Widths
 from .golden import QuantModel
 
 
@@ -75,32 +77,68 @@ def save(model: QuantModel, path=DEFAULT_PATH, info=None, float_params=None):
         f.write(buf.getvalue())
 
 
-def load(path=None, with_info=False):
-    """Read and validate a model file; :class:`ModelError` naming the problem otherwise."""
-    path = Path(path) if path is not None else DEFAULT_PATH
+def _read(path, names, *, required=True):
+    """``(meta, {name: array})`` of the model file's ``meta.json`` and ``<name>.npy`` entries
+    (``required=False``: ``None`` for the arrays if one is absent); :class:`ModelError` for a
+    file that is missing or not a readable zip of them."""
     if not path.exists():
         raise ModelError(f"{path}: model file not found (run `make train` to make one)")
     try:
         with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            if "meta.json" not in names:
+            entries = set(zf.namelist())
+            if "meta.json" not in entries:
                 raise ModelError(f"{path}: not a cnnforge model file (no meta.json)")
             meta = json.loads(zf.read("meta.json"))
-            arrays = {}
-            for name in _ARRAYS:
-                if f"{name}.npy" not in names:
-                    raise ModelError(f"{path}: missing array {name!r}")
-                arrays[name] = np.load(io.BytesIO(zf.read(f"{name}.npy")), allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+            missing = [name for name in names if f"{name}.npy" not in entries]
+            if missing:
+                if not required:
+                    return meta, None
+                raise ModelError(f"{path}: missing array {missing[0]!r}")
+            arrays = {name: np.load(io.BytesIO(zf.read(f"{name}.npy")), allow_pickle=False)
+                      for name in names}
+    # zlib.error: a damaged deflate stream; RuntimeError: an encrypted entry;
+    # NotImplementedError: an unknown compression method.
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, RuntimeError,
+            NotImplementedError) as e:
         raise ModelError(f"{path}: corrupt model file ({e})") from None
+    return meta, arrays
+
+
+def _meta_int(path, meta, name, minimum, maximum):
+    """``meta[name]``, an integer in ``minimum .. maximum``; :class:`ModelError` naming the
+    file, the field and the value otherwise."""
+    if name not in meta:
+        raise ModelError(f"{path}: meta.json has no {name!r}")
+    value = meta[name]
+    if type(value) is not int:      # JSON numbers only: no bool, no float
+        raise ModelError(f"{path}: {name} must be an integer, not {value!r}")
+    if not minimum <= value <= maximum:
+        raise ModelError(f"{path}: {name} must be in {minimum}..{maximum}, not {value!r}")
+    return value
+
+
+def load(path=None, with_info=False):
+    """Read and validate a model file; :class:`ModelError` naming the problem otherwise.
+
+    Every field is checked against the range the accelerator's engines take (those of
+    :class:`~cnnforge.hw.requant.Requantize` and :class:`~cnnforge.hw.softmax.Softmax`), so a
+    model that loads can be built and simulated.
+    """
+    path = Path(path) if path is not None else DEFAULT_PATH
+    meta, arrays = _read(path, _ARRAYS)
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: meta.json must be a JSON object, not {type(meta).__name__}")
     if meta.get("format") != "cnnforge-model":
         raise ModelError(f"{path}: not a cnnforge model file")
-    if meta.get("version") != FORMAT_VERSION:
-        raise ModelError(f"{path}: model format version {meta.get('version')!r} is not supported "
+    version = meta.get("version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise ModelError(f"{path}: model format version {version!r} is not supported "
                          f"(expected {FORMAT_VERSION})")
+    if "config" not in meta:
+        raise ModelError(f"{path}: meta.json has no 'config'")
     try:
         config = NetworkConfig.from_dict(meta["config"])
-    except (ConfigError, TypeError, KeyError) as e:
+    except (ConfigError, TypeError) as e:
         raise ModelError(f"{path}: {e}") from None
     for name, (shape, dtype) in _expected(config).items():
         arr = arrays[name]
@@ -116,33 +154,42 @@ def load(path=None, with_info=False):
         raise ModelError(f"{path}: conv_b exceeds the conv bias bound {widths.conv_bias_max}")
     if np.abs(arrays["dense_b"]).max(initial=0) > widths.dense_bias_max:
         raise ModelError(f"{path}: dense_b exceeds the dense bias bound {widths.dense_bias_max}")
-    shift = meta.get("requant_shift")
-    if not isinstance(shift, int) or not 1 <= shift <= widths.requant_shift_max:
-        raise ModelError(f"{path}: requant_shift {shift!r} out of range")
-    model = QuantModel(config=config, requant_shift=shift,
-                       softmax_mult=int(meta["softmax_mult"]), softmax_shift=int(meta["softmax_shift"]),
-                       **arrays)
-    return (model, meta.get("info", {})) if with_info else model
+    mult_bits = SoftmaxFormat.mult_bits
+    constants = {
+        "requant_shift": _meta_int(path, meta, "requant_shift", 1, widths.requant_shift_max),
+        "softmax_mult": _meta_int(path, meta, "softmax_mult", 1, (1 << mult_bits) - 1),
+        "softmax_shift": _meta_int(path, meta, "softmax_shift", 1,
+                                   widths.dense_acc + mult_bits),
+    }
+    info = meta.get("info", {})
+    if not isinstance(info, dict):
+        raise ModelError(f"{path}: info must be a JSON object, not {type(info).__name__}")
+    model = QuantModel(config=config, **constants, **arrays)
+    return (model, info) if with_info else model
 
 
 def load_float(path=None):
-    """The float network stored beside the integer one, or :class:`ModelError` if absent."""
+    """The float network stored beside the integer one, or :class:`ModelError` if absent or
+    not finite float arrays of the integer network's shapes."""
     from .float_model import FloatParams
     path = Path(path) if path is not None else DEFAULT_PATH
     model = load(path)
-    with zipfile.ZipFile(path) as zf:
-        names = set(zf.namelist())
-        if not all(f"float_{name}.npy" in names for name in _FLOAT_ARRAYS):
-            raise ModelError(f"{path}: holds no float weights")
-        floats = {name: np.load(io.BytesIO(zf.read(f"float_{name}.npy")), allow_pickle=False)
-                  for name in _FLOAT_ARRAYS}
-    params = FloatParams(**floats)
+    names = [f"float_{name}" for name in _FLOAT_ARRAYS]
+    _, floats = _read(path, names, required=False)
+    if floats is None:
+        raise ModelError(f"{path}: holds no float weights")
     expect = _expected(model.config)
     for name in _FLOAT_ARRAYS:
-        if floats[name].shape != expect[name][0]:
-            raise ModelError(f"{path}: float_{name} has shape {floats[name].shape}, "
+        arr = floats[f"float_{name}"]
+        if arr.shape != expect[name][0]:
+            raise ModelError(f"{path}: float_{name} has shape {arr.shape}, "
                              f"expected {expect[name][0]}")
-    return params
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ModelError(f"{path}: float_{name} has dtype {arr.dtype}, expected float32")
+        if not np.isfinite(arr).all():
+            bad = arr[~np.isfinite(arr)][0]
+            raise ModelError(f"{path}: float_{name} holds {bad} (float weights must be finite)")
+    return FloatParams(**{name: floats[f"float_{name}"] for name in _FLOAT_ARRAYS})
 
 
 def export_json(model: QuantModel, path):

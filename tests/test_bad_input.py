@@ -1,0 +1,312 @@
+"""Bad input on the command line: one line ``cnnforge <cmd>: error: ...`` naming the problem,
+exit status 1, no traceback, nothing half-written (issue 19).
+
+Every refusal happens before any simulation, and the counts are refused before any data is
+read (the MNIST folder given is one that does not exist).
+"""
+
+import io
+import json
+import re
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+
+from cnnforge import cli
+from cnnforge.hw.accel import PRESETS, Accelerator, Parallelism
+from cnnforge.hw.params import NetworkConfig
+from cnnforge.sim.reference import model_file
+from helpers import needs_mnist, reference_model
+
+
+def refused(capsys, argv, message):
+    """Run ``cnnforge argv`` (the subcommand first): exit 1 and exactly one line on stderr,
+    ``cnnforge <subcommand>: error: <message>``."""
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert (code, err) == (1, f"cnnforge {argv[0]}: error: {message}\n")
+    assert "Traceback" not in out + err
+
+
+# ---- counts and indices ------------------------------------------------------------------------
+
+MNIST_TEST = "MNIST has 10000 test images"
+MNIST_TRAIN = "MNIST has 60000 training images"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--limit", "-5"], f"--limit must be in 1..10000 ({MNIST_TEST}), not -5"),
+    (["eval", "--limit", "0"], f"--limit must be in 1..10000 ({MNIST_TEST}), not 0"),
+    (["eval", "--limit", "10001"], f"--limit must be in 1..10000 ({MNIST_TEST}), not 10001"),
+    (["sim-full", "--images", "-1"], f"--images must be in 1..10000 ({MNIST_TEST}), not -1"),
+    (["sim-full", "--images", "0"], f"--images must be in 1..10000 ({MNIST_TEST}), not 0"),
+    (["sim-full", "--images", "10001"],
+     f"--images must be in 1..10000 ({MNIST_TEST}), not 10001"),
+    (["sim-full", "--preset", "nope"], "unknown preset 'nope' (one of up5k, ecp5-25f, ecp5-85f)"),
+    (["train-fixed", "--limit", "-59990"],
+     f"--limit must be in 1..60000 (1 epoch(s); {MNIST_TRAIN}), not -59990"),
+    (["train-fixed", "--limit", "0"],
+     f"--limit must be in 1..60000 (1 epoch(s); {MNIST_TRAIN}), not 0"),
+    (["train-fixed", "--epochs", "2", "--limit", "120001"],
+     f"--limit must be in 1..120000 (2 epoch(s); {MNIST_TRAIN}), not 120001"),
+    (["train-fixed", "--epochs", "-1"], "--epochs must be at least 1, not -1"),
+    (["train-fixed", "--epochs", "0"], "--epochs must be at least 1, not 0"),
+    (["train-fixed", "--test-limit", "-1"],
+     f"--test-limit must be in 1..10000 ({MNIST_TEST}), not -1"),
+    (["train-fixed", "--test-limit", "10001"],
+     f"--test-limit must be in 1..10000 ({MNIST_TEST}), not 10001"),
+    (["bench", "--images", "0"], f"--images must be in 1..10000 ({MNIST_TEST}), not 0"),
+    (["bench", "--images", "-1"], f"--images must be in 1..10000 ({MNIST_TEST}), not -1"),
+    (["bench", "--train-steps", "-1"],
+     f"--train-steps must be in 0..60000 ({MNIST_TRAIN}), not -1"),
+    (["bench", "--train-steps", "60001"],
+     f"--train-steps must be in 0..60000 ({MNIST_TRAIN}), not 60001"),
+    (["bench", "--presets", "up5k", "nope"],
+     "unknown preset 'nope' (one of up5k, ecp5-25f, ecp5-85f)"),
+    (["classify", "--mnist-index", "-1"],
+     f"--mnist-index must be in 0..9999 ({MNIST_TEST}), not -1"),
+    (["classify", "--mnist-index", "3", "--mnist-index", "10000"],
+     f"--mnist-index must be in 0..9999 ({MNIST_TEST}), not 10000"),
+    (["classify", "--mnist-index", "3", "--baud", "0"], "--baud must be at least 1, not 0"),
+    (["classify", "--sim"], "nothing to classify: give image files or --mnist-index N"),
+    (["train-sim", "--steps", "-1"], f"--steps must be in 1..60000 ({MNIST_TRAIN}), not -1"),
+    (["train-sim", "--steps", "60001"],
+     f"--steps must be in 1..60000 ({MNIST_TRAIN}), not 60001"),
+    (["train-sim", "--test-images", "-1"],
+     f"--test-images must be in 0..10000 ({MNIST_TEST}), not -1"),
+    (["train-sim", "--grad-lanes", "0"],
+     "--grad-lanes with preset 'up5k': grad_lanes must be at least 1, not 0"),
+    (["train-sim", "--preset", "ecp5-85f", "--grad-lanes", "3"],
+     "--grad-lanes with preset 'ecp5-85f': grad_lanes must divide conv_lanes (16), "
+     "dense_mults (32) and filters // 2 (16), not 3"),
+    (["train-board", "--sim", "--steps", "-1"], "--steps must be at least 0, not -1"),
+    (["train-board", "--sim", "--eval", "-1"],
+     f"--eval must be in 0..10000 ({MNIST_TEST}), not -1"),
+    (["train-board", "--sim", "--eval", "10001"],
+     f"--eval must be in 0..10000 ({MNIST_TEST}), not 10001"),
+    (["train-board", "--sim", "--device-checks", "-1"],
+     "--device-checks must be at least 0, not -1"),
+    (["train-board", "--port", "/dev/null", "--baud", "-9600"],
+     "--baud must be at least 1, not -9600"),
+    (["train", "--epochs", "0"], "--epochs must be at least 1, not 0"),
+    (["train", "--seed", "-1"], "--seed must be at least 0, not -1"),
+])
+def test_counts_are_checked_before_any_data(capsys, argv, message):
+    """Counts are not Python slices: a negative one, zero or one past the data is refused."""
+    refused(capsys, [*argv, "--mnist-dir", "/nonexistent"], message)
+
+
+@needs_mnist
+def test_the_smallest_count_is_taken(capsys):
+    assert cli.main(["eval", "--limit", "1"]) == 0
+    assert "test images     1\n" in capsys.readouterr().out
+
+
+# ---- parallelism -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fields, error, message", [
+    (dict(conv_lanes=0), ValueError, "conv_lanes must be at least 1, not 0"),
+    (dict(conv_lanes=-4), ValueError, "conv_lanes must be at least 1, not -4"),
+    (dict(conv_lanes="4"), TypeError, "conv_lanes must be an integer, not '4'"),
+    (dict(requant_parallel=0), ValueError, "requant_parallel must be at least 1, not 0"),
+    (dict(dense_mults=-1), ValueError, "dense_mults must be at least 1, not -1"),
+    (dict(dense_mults=2.0), TypeError, "dense_mults must be an integer, not 2.0"),
+    (dict(grad_lanes=0), ValueError, "grad_lanes must be at least 1, not 0"),
+])
+def test_parallelism_counts_are_positive_integers(fields, error, message):
+    with pytest.raises(error, match=f"^{message}$"):
+        Parallelism(**{**PRESETS["up5k"].to_dict(), **fields})
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(conv_lanes=3), "conv_lanes must divide filters (32), not 3"),
+    (dict(conv_lanes=64), "conv_lanes must divide filters (32), not 64"),
+    (dict(requant_parallel=3), "requant_parallel must divide conv_lanes (4), not 3"),
+    (dict(dense_mults=6), "dense_mults must divide features (5408), not 6"),
+    (dict(conv_lanes=8, requant_parallel=2, dense_mults=52, target="generic"),
+     "dense_mults must divide or be a multiple of conv_lanes (8), not 52"),
+    (dict(dense_mults=1), "dense_mults must be even with target 'ice40' (16-bit SPRAM words), "
+                          "not 1"),
+    (dict(dense_mults=2), "dense_mults must be at least 4 with target 'ice40' (the weights in "
+                          "16384 SPRAM words), not 2"),
+])
+def test_parallelism_that_does_not_fit_the_network(fields, message):
+    """Parallelism.check names the field of every combination an engine would reject, and the
+    accelerator refuses it before building any engine."""
+    par = Parallelism(**{**PRESETS["up5k"].to_dict(), **fields})
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        par.check(NetworkConfig())
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        Accelerator(reference_model(), par)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(grad_lanes=8), "grad_lanes must divide conv_lanes (4), dense_mults (4) and "
+                         "filters // 2 (16), not 8"),
+    (dict(conv_lanes=32, requant_parallel=1, dense_mults=5408, target="generic", grad_lanes=16),
+     "dense_mults must divide features (5408) at least twice for training, not 5408"),
+])
+def test_parallelism_that_cannot_train(fields, message):
+    par = Parallelism(**{**PRESETS["up5k"].to_dict(), **fields})
+    par.check(NetworkConfig())                      # inference takes it
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        par.check(NetworkConfig(), training=True)
+
+
+def test_presets_fit_the_network():
+    for par in PRESETS.values():
+        assert par.check(NetworkConfig(), training=True) is par
+
+
+def test_accelerator_takes_only_a_parallelism():
+    with pytest.raises(TypeError, match="^parallelism must be a Parallelism, not "):
+        Accelerator(reference_model(), PRESETS["up5k"].to_dict())
+
+
+@pytest.mark.parametrize("text, message", [
+    ("conv_lanes=0", "--parallelism: conv_lanes must be at least 1, not 0"),
+    ("conv_lanes=-4", "--parallelism: conv_lanes must be at least 1, not -4"),
+    ("conv_lanes=3", "--parallelism: conv_lanes must divide filters (32), not 3"),
+    (",,,", "--parallelism sets no field, give e.g. conv_lanes=4 (fields: conv_lanes, "
+            "conv_window, requant_parallel, dense_mults, target, dense_buffer, pipeline, "
+            "grad_lanes)"),
+    ("conv_lanes=32,dense_mults=8", "--parallelism: the convolution and dense engine need 20 "
+                                    "SB_MAC16 (16 + 4), the icebreaker's device has 8"),
+])
+def test_bitstream_parallelism(tmp_path, capsys, text, message):
+    refused(capsys, ["bitstream", "--out", str(tmp_path), "--parallelism", text], message)
+    assert not any(tmp_path.iterdir())
+
+
+# ---- model files -------------------------------------------------------------------------------
+
+def model_file_with(path, *, meta=None, drop=(), replace_meta=None, arrays=None):
+    """The committed model file copied to ``path`` with ``meta`` fields set, ``drop`` fields
+    removed (or the whole meta ``replace_meta``) and ``arrays`` replaced."""
+    with zipfile.ZipFile(model_file.DEFAULT_PATH) as zin, zipfile.ZipFile(path, "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if name == "meta.json":
+                doc = json.loads(data) if replace_meta is None else replace_meta
+                if isinstance(doc, dict):
+                    doc.update(meta or {})
+                    for key in drop:
+                        del doc[key]
+                data = json.dumps(doc).encode()
+            if arrays and name.removesuffix(".npy") in arrays:
+                buf = io.BytesIO()
+                np.save(buf, arrays[name.removesuffix(".npy")])
+                data = buf.getvalue()
+            zout.writestr(name, data)
+    return path
+
+
+def _float_array(name):
+    with zipfile.ZipFile(model_file.DEFAULT_PATH) as zf:
+        return np.load(io.BytesIO(zf.read(f"float_{name}.npy")))
+
+
+def _with_nan(name, index=0):
+    arr = _float_array(name).copy()
+    arr.flat[index] = np.nan
+    return arr
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(replace_meta=[1, 2]), "meta.json must be a JSON object, not list"),
+    (dict(drop=["softmax_mult"]), "meta.json has no 'softmax_mult'"),
+    (dict(drop=["config"]), "meta.json has no 'config'"),
+    (dict(meta={"softmax_mult": "33497"}), "softmax_mult must be an integer, not '33497'"),
+    (dict(meta={"softmax_mult": 10 ** 30}),
+     f"softmax_mult must be in 1..65535, not {10 ** 30}"),
+    (dict(meta={"softmax_mult": 0}), "softmax_mult must be in 1..65535, not 0"),
+    (dict(meta={"softmax_shift": -2}), "softmax_shift must be in 1..46, not -2"),
+    (dict(meta={"softmax_shift": 23.0}), "softmax_shift must be an integer, not 23.0"),
+    (dict(meta={"requant_shift": -3}), "requant_shift must be in 1..40, not -3"),
+    (dict(meta={"requant_shift": True}), "requant_shift must be an integer, not True"),
+    (dict(meta={"requant_shift": None}), "requant_shift must be an integer, not None"),
+    (dict(meta={"version": True}), "model format version True is not supported (expected 1)"),
+    (dict(meta={"config": [28, 1]}), "network config must be a mapping, not list"),
+    (dict(meta={"config": {"filters": "32"}}),
+     "network config: filters must be an integer, not '32'"),
+    (dict(meta={"info": "trained"}), "info must be a JSON object, not str"),
+])
+def test_bad_model_meta(tmp_path, capsys, change, message):
+    bad = model_file_with(tmp_path / "bad.npz", **change)
+    out = tmp_path / "model.json"
+    refused(capsys, ["export", "--model", str(bad), str(out)], f"{bad}: {message}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"float_dense_w": _with_nan("dense_w", 7)},
+     "float_dense_w holds nan (float weights must be finite)"),
+    ({"float_conv_b": np.full_like(_float_array("conv_b"), np.inf)},
+     "float_conv_b holds inf (float weights must be finite)"),
+    ({"float_conv_w": _float_array("conv_w").astype(np.int32)},
+     "float_conv_w has dtype int32, expected float32"),
+])
+def test_bad_float_weights(tmp_path, capsys, arrays, message):
+    """Float weights that are not finite numbers are refused (they evaluated to 10 %)."""
+    bad = model_file_with(tmp_path / "bad.npz", arrays=arrays)
+    refused(capsys, ["eval", "--model", str(bad), "--mnist-dir", "/nonexistent"],
+            f"{bad}: {message}")
+
+
+def test_damaged_model_file(tmp_path, capsys):
+    """A damaged compressed entry (zlib's error, or the zip's CRC) is a corrupt model file."""
+    path = tmp_path / "damaged.npz"
+    with zipfile.ZipFile(model_file.DEFAULT_PATH) as zin, \
+            zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
+        for name in zin.namelist():
+            zout.writestr(name, zin.read(name))
+    data = bytearray(path.read_bytes())
+    start = data.index(b"conv_w.npy") + 40
+    data[start:start + 30] = bytes(b ^ 0x55 for b in data[start:start + 30])
+    path.write_bytes(bytes(data))
+    out = tmp_path / "model.json"
+    code = cli.main(["export", "--model", str(path), str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(f"cnnforge export: error: {path}: corrupt model file (")
+    assert not out.exists()
+
+
+# ---- image files -------------------------------------------------------------------------------
+
+def text_file(path):
+    path.write_text("not an image")
+    return path
+
+
+def png_header(path, width, height):
+    """A PNG whose header says ``width`` x ``height`` (its pixel data is one pixel's)."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    # Beyond Pillow's own limit (a decompression bomb to it) and beyond ours.
+    (lambda p: png_header(p / "huge.png", 20000, 20000),
+     "image {path} is 20000x20000 pixels, more than 4096x4096"),
+    (lambda p: png_header(p / "big.png", 5000, 300),
+     "image {path} is 5000x300 pixels, more than 4096x4096"),
+    (lambda p: p / "none.png", "image file {path} not found"),
+    (lambda p: text_file(p / "text.png"),
+     "cannot read image {path}: cannot identify image file '{path}'"),
+    (lambda p: png_header(p / "short.png", 28, 28),
+     "cannot read image {path}: image file is truncated (0 bytes not processed)"),
+])
+def test_bad_image_files(tmp_path, capsys, make, message):
+    path = make(tmp_path)
+    refused(capsys, ["classify", "--sim", str(path)], message.format(path=path))
