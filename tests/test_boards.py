@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Board tops and the bitstream flow.
 
 Every board elaborates (``do_build=False``) with the board side alone (a fake accelerator) and
@@ -131,14 +132,14 @@ def test_parallelism_override_and_estimates():
                              "pipeline": "standard", "grad_lanes": 4}
     # The engines' figures: 676 positions x 9 taps x 8 filter groups + the bank switch;
     # requant 21,632; dense 13,520 + 2 idle cycles per pooled beat.
-    from cnnforge.hw.accel import Accelerator
+    from cnnforge.hw.accel import PRESETS, Accelerator
     model = model_file.load()
     assert Accelerator(model, par).stage_cycles == {"conv": 48_675, "requant": 21_632,
                                                     "dense": 16_224}
     assert Accelerator(model, par).cycles_per_image == 48_675
     assert ice40_dsps(par) == {"conv": 2, "requant": 2, "dense": 2, "total": 6}
     # That is the up5k preset; 8 conv lanes: 676 x 9 x 4 + 3, all eight SB_MAC16.
-    assert par.to_dict() == parse_parallelism("", "icebreaker").to_dict()
+    assert par.to_dict() == PRESETS["up5k"].to_dict()
     c8 = parse_parallelism("conv_lanes=8", "icebreaker")
     assert Accelerator(model, c8).cycles_per_image == 24_339
     assert ice40_dsps(c8) == {"conv": 4, "requant": 2, "dense": 2, "total": 8}

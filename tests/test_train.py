@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """On-chip training (hw/train.py) against the golden trainer (sim/reference/trainer.py), bit for bit.
 
 Every test trains in RTL (Verilator) and compares every master, bias and the LFSR state after
