@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .params import NetworkConfig, TrainFormat, Widths
+from .params import Network, NetworkConfig, TrainFormat, Widths
 
 
-__all__ = ["QuantModel", "TrainState"]
+__all__ = ["QuantModel", "TrainState", "QuantLayer", "QuantNetwork"]
 
 
 @dataclass
@@ -33,6 +33,10 @@ class QuantModel:
     @property
     def widths(self):
         return Widths(self.config)
+
+    def to_network(self):
+        """This model as a :class:`QuantNetwork` (its layer list)."""
+        return QuantNetwork.from_seed(self)
 
 
 @dataclass
@@ -70,3 +74,50 @@ class TrainState:
         return replace(self, conv_m=self.conv_m.copy(), conv_b=self.conv_b.copy(),
                        dense_m=self.dense_m.copy(), dense_b=self.dense_b.copy(),
                        lfsr=copy.copy(self.lfsr))
+
+
+@dataclass
+class QuantLayer:
+    """The integer tensors of one conv or dense layer of a :class:`QuantNetwork`.
+
+    ``w``: int8, ``(F, K, K, Cin)`` (conv) or ``(units, fan_in)`` (dense); ``b``: int32 ``(F,)``;
+    ``mult`` (uint16, one per output channel) and ``shift``: the requantization to uint8 after
+    ReLU, ``clip((acc * mult + 2**(shift-1)) >> shift, 0, 255)``; ``None`` on the last layer,
+    whose accumulators are the logits.
+    """
+    w: np.ndarray
+    b: np.ndarray
+    mult: object = None
+    shift: object = None
+
+
+@dataclass
+class QuantNetwork:
+    """An integer layer-list network: ``layers[i]`` is the :class:`QuantLayer` of
+    ``network.layers[i]`` (``None`` for max-pool and flatten), then the softmax constants."""
+    network: Network
+    layers: list
+    softmax_mult: int
+    softmax_shift: int
+
+    def param(self, index):
+        return self.layers[index]
+
+    def seed_model(self):
+        """The :class:`QuantModel` of a network the accelerator builds today (``ConfigError`` for
+        any other network, saying why)."""
+        config = self.network.seed_config()
+        conv, dense = self.layers[0], self.layers[3]
+        return QuantModel(config=config, conv_w=conv.w, conv_b=conv.b, requant_mult=conv.mult,
+                          requant_shift=int(conv.shift), dense_w=dense.w, dense_b=dense.b,
+                          softmax_mult=int(self.softmax_mult),
+                          softmax_shift=int(self.softmax_shift))
+
+    @classmethod
+    def from_seed(cls, model):
+        """The layer list of a :class:`QuantModel`."""
+        return cls(network=model.config.network(),
+                   layers=[QuantLayer(model.conv_w, model.conv_b, model.requant_mult,
+                                      int(model.requant_shift)), None, None,
+                           QuantLayer(model.dense_w, model.dense_b)],
+                   softmax_mult=int(model.softmax_mult), softmax_shift=int(model.softmax_shift))

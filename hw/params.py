@@ -32,11 +32,20 @@ import operator
 import numpy as np
 
 
-__all__ = ["ConfigError", "NetworkConfig", "Widths", "signed_bits", "unsigned_bits"]
+__all__ = ["ConfigError", "NetworkConfig", "Widths", "signed_bits", "unsigned_bits",
+           "Conv2D", "MaxPool", "Flatten", "Dense", "Network", "LayerWidths", "LAYER_TYPES",
+           "PRESETS", "preset"]
 
 
 class ConfigError(ValueError):
     """An impossible or malformed network description."""
+
+
+def _json_doc(what, text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} is not valid JSON: {e}") from None
 
 
 def unsigned_bits(max_value):
@@ -132,6 +141,10 @@ class NetworkConfig:
         """Multiply-accumulates per image."""
         return self.conv_macs + self.dense_macs
 
+    def network(self):
+        """This network as a layer list (:class:`Network`)."""
+        return _seed_network(self)
+
     def to_dict(self):
         return asdict(self)
 
@@ -150,11 +163,352 @@ class NetworkConfig:
 
     @classmethod
     def from_json(cls, text):
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"network config is not valid JSON: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(_json_doc("network config", text))
+
+
+# --- Layer-list networks ------------------------------------------------------------------------
+#
+# A network is an input (height, width, channels of uint8 pixels) and a list of layers; a final
+# softmax follows the last layer. Every hidden activation is uint8 after a fused ReLU, so every
+# conv layer has a ReLU, every dense layer but the last one too, and the last one gives the
+# logits. Layouts are channels last; Flatten orders features (y, x, c).
+
+_LAYER_KINDS = {}
+
+
+def _layer(kind):
+    def register(cls):
+        cls.kind = kind
+        _LAYER_KINDS[kind] = cls
+        return cls
+    return register
+
+
+def _pos_int(where, name, value, minimum=1):
+    try:
+        index = operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{where}: {name} must be an integer, not {value!r}") from None
+    if isinstance(value, bool) or index < minimum:
+        raise ConfigError(f"{where}: {name} must be an integer >= {minimum}, not {value!r}")
+    return index
+
+
+@_layer("conv2d")
+@dataclass(frozen=True)
+class Conv2D:
+    """``filters`` square ``kernel`` x ``kernel`` convolutions with bias and ReLU.
+
+    ``padding`` is ``"valid"`` (none), ``"same"`` (Keras/TensorFlow: output ``ceil(size /
+    stride)``, the odd pixel of padding at the bottom/right) or explicit zero rows/columns
+    ``(top, left, bottom, right)`` (what an ONNX ``pads`` attribute or PyTorch's ``padding``
+    gives; PyTorch's ``padding=1`` with stride 2 is not Keras' ``"same"``).
+    """
+    filters: int
+    kernel: int
+    stride: int = 1
+    padding: object = "valid"
+
+    def __post_init__(self):
+        if isinstance(self.padding, list):     # from JSON: hashable like every layer
+            object.__setattr__(self, "padding", tuple(self.padding))
+
+    def pads(self, height, width):
+        """``(top, left, bottom, right)`` zero rows/columns around a ``height`` x ``width`` input."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            def split(size):
+                out = -(-size // self.stride)
+                total = max((out - 1) * self.stride + self.kernel - size, 0)
+                return total // 2, total - total // 2
+            (top, bottom), (left, right) = split(height), split(width)
+            return (top, left, bottom, right)
+        return tuple(self.padding)
+
+    def to_dict(self):
+        pad = self.padding if isinstance(self.padding, str) else list(self.padding)
+        return {"type": self.kind, "filters": self.filters, "kernel": self.kernel,
+                "stride": self.stride, "padding": pad}
+
+
+@_layer("maxpool")
+@dataclass(frozen=True)
+class MaxPool:
+    """Max over ``size`` x ``size`` windows every ``stride`` (default ``size``) pixels, no padding;
+    rows and columns the last window does not reach are dropped (as Keras and PyTorch do)."""
+    size: int
+    stride: int = None
+
+    def __post_init__(self):
+        if self.stride is None:
+            object.__setattr__(self, "stride", self.size)
+
+    def to_dict(self):
+        return {"type": self.kind, "size": self.size, "stride": self.stride}
+
+
+@_layer("flatten")
+@dataclass(frozen=True)
+class Flatten:
+    """A feature map ``(H, W, C)`` as ``H*W*C`` features in ``(y, x, c)`` order."""
+
+    def to_dict(self):
+        return {"type": self.kind}
+
+
+@_layer("dense")
+@dataclass(frozen=True)
+class Dense:
+    """``units`` outputs of a fully connected layer with bias; ``relu`` on every hidden one, none on
+    the last (the logits)."""
+    units: int
+    relu: bool = False
+
+    def to_dict(self):
+        return {"type": self.kind, "units": self.units, "relu": self.relu}
+
+
+LAYER_TYPES = tuple(_LAYER_KINDS)
+MAX_REQUANT_PRODUCT_BITS = 63   # the golden model's int64 arithmetic
+MAX_EXACT_SUM = 1 << 53         # sums computed through float64 matrix products stay exact
+
+
+@dataclass(frozen=True)
+class LayerWidths:
+    """Bit widths of one conv or dense layer (see the table at the top of this module)."""
+    fan_in: int            # products summed per output: K*K*Cin or the dense fan-in
+    bias_max: int          # |bias| bound: fan_in * 255 * 128
+    bias: int              # signed bits of the bias
+    acc: int               # signed accumulator: fan_in products plus the bias
+    requant_product: int   # accumulator times the uint16 multiplier
+
+
+@dataclass(frozen=True)
+class Network:
+    """An input ``(height, width, channels)`` of uint8 pixels, a list of layers, then softmax.
+
+    Raises
+    ------
+    ConfigError
+        Naming the layer index, its type, the field and the value for any network that cannot
+        be built: a window larger than its input, a layer that needs a feature map after
+        Flatten (or a flat vector before it), an activation that is not uint8 after ReLU, widths
+        that overflow the formats.
+    """
+    input: tuple
+    layers: tuple
+
+    def __post_init__(self):
+        inp = self.input
+        if not isinstance(inp, (tuple, list)) or len(inp) != 3:
+            raise ConfigError(f"network: input must be [height, width, channels], not {inp!r}")
+        inp = tuple(_pos_int("network input", name, v)
+                    for name, v in zip(("height", "width", "channels"), inp))
+        object.__setattr__(self, "input", inp)
+        if not isinstance(self.layers, (tuple, list)):
+            raise ConfigError(f"network: layers must be a list, not {self.layers!r}")
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if not self.layers:
+            raise ConfigError("network: no layers (the last layer must be a dense layer)")
+        shapes = []
+        shape = inp
+        for index, layer in enumerate(self.layers):
+            shape = self._check_layer(index, layer, shape)
+            shapes.append(shape)
+        object.__setattr__(self, "_shapes", tuple(shapes))
+        last = self.layers[-1]
+        where = f"network: layer {len(self.layers) - 1} ({last.kind})"
+        if not isinstance(last, Dense):
+            raise ConfigError(f"{where}: the last layer must be dense (it gives the logits)")
+        if last.relu:
+            raise ConfigError(f"{where}: the last layer gives the logits: relu must be false")
+        if last.units < 2:
+            raise ConfigError(f"{where}: units must be at least 2 classes, not {last.units}")
+        for index in self.param_layers():
+            w = self.layer_widths(index)
+            if 2 * w.bias_max >= MAX_EXACT_SUM or w.requant_product > MAX_REQUANT_PRODUCT_BITS:
+                raise ConfigError(f"network: layer {index} ({self.layers[index].kind}): fan-in "
+                                  f"{w.fan_in} overflows the formats ({w.acc}-bit accumulator; "
+                                  f"at most {MAX_REQUANT_PRODUCT_BITS - Widths.requant_mult} bits)")
+
+    def _check_layer(self, index, layer, shape):
+        where = f"network: layer {index} ({getattr(layer, 'kind', type(layer).__name__)})"
+        if type(layer) not in _LAYER_KINDS.values():
+            raise ConfigError(f"network: layer {index}: {layer!r} is not a layer (one of "
+                              f"{', '.join(LAYER_TYPES)})")
+        spatial = len(shape) == 3
+        if isinstance(layer, Dense):
+            _pos_int(where, "units", layer.units)
+            if type(layer.relu) is not bool:
+                raise ConfigError(f"{where}: relu must be true or false, not {layer.relu!r}")
+            if spatial:
+                raise ConfigError(f"{where}: needs a flat input, not a {_fmt(shape)} feature map "
+                                  f"(put a flatten before it)")
+            if layer.relu is False and index != len(self.layers) - 1:
+                raise ConfigError(f"{where}: a hidden dense layer needs relu (activations are "
+                                  f"uint8 after ReLU)")
+            return (layer.units,)
+        if not spatial:
+            raise ConfigError(f"{where}: needs a feature map, not the {shape[0]} flat features "
+                              f"of an earlier flatten")
+        h, w, c = shape
+        if isinstance(layer, Flatten):
+            return (h * w * c,)
+        if isinstance(layer, Conv2D):
+            _pos_int(where, "filters", layer.filters)
+            _pos_int(where, "kernel", layer.kernel)
+            if _pos_int(where, "stride", layer.stride) not in (1, 2):
+                raise ConfigError(f"{where}: stride must be 1 or 2, not {layer.stride!r}")
+            pad = layer.padding
+            if isinstance(pad, str):
+                if pad not in ("valid", "same"):
+                    raise ConfigError(f"{where}: padding must be 'valid', 'same' or "
+                                      f"[top, left, bottom, right], not {pad!r}")
+            else:
+                if not isinstance(pad, (tuple, list)) or len(pad) != 4:
+                    raise ConfigError(f"{where}: padding must be 'valid', 'same' or "
+                                      f"[top, left, bottom, right], not {pad!r}")
+                for name, v in zip(("top", "left", "bottom", "right"), pad):
+                    if _pos_int(where, f"padding {name}", v, minimum=0) >= layer.kernel:
+                        raise ConfigError(f"{where}: padding {name} {v} is not smaller than "
+                                          f"the kernel {layer.kernel}")
+            top, left, bottom, right = layer.pads(h, w)
+            ph, pw = h + top + bottom, w + left + right
+            if layer.kernel > min(ph, pw):
+                raise ConfigError(f"{where}: kernel {layer.kernel} is larger than its "
+                                  f"{_fmt((ph, pw))} (padded) input")
+            return ((ph - layer.kernel) // layer.stride + 1,
+                    (pw - layer.kernel) // layer.stride + 1, layer.filters)
+        # MaxPool
+        _pos_int(where, "size", layer.size)
+        _pos_int(where, "stride", layer.stride)
+        if layer.stride > layer.size:
+            raise ConfigError(f"{where}: stride {layer.stride} is larger than the window "
+                              f"{layer.size} (inputs between windows would be skipped)")
+        if layer.size > min(h, w):
+            raise ConfigError(f"{where}: window {layer.size} is larger than its {_fmt(shape)} "
+                              f"input")
+        return ((h - layer.size) // layer.stride + 1, (w - layer.size) // layer.stride + 1, c)
+
+    # Shapes and sizes.
+    def output_shape(self, index):
+        """Output of layer ``index``: ``(H, W, C)`` or ``(features,)``."""
+        return self._shapes[index]
+
+    def input_shape(self, index):
+        return self.input if index == 0 else self._shapes[index - 1]
+
+    @property
+    def classes(self):
+        return self.layers[-1].units
+
+    def param_layers(self):
+        """Indices of the layers with weights (conv and dense), in order."""
+        return [i for i, layer in enumerate(self.layers) if isinstance(layer, (Conv2D, Dense))]
+
+    def weight_shape(self, index):
+        """``(F, K, K, Cin)`` of a conv layer, ``(units, fan_in)`` of a dense one."""
+        layer, shape = self.layers[index], self.input_shape(index)
+        if isinstance(layer, Conv2D):
+            return (layer.filters, layer.kernel, layer.kernel, shape[2])
+        return (layer.units, shape[0])
+
+    def fan_in(self, index):
+        return int(np.prod(self.weight_shape(index)[1:]))
+
+    def macs(self, index):
+        """Multiply-accumulates of layer ``index`` per image (0 for pool and flatten)."""
+        if index not in self.param_layers():
+            return 0
+        return int(np.prod(self.output_shape(index))) * self.fan_in(index)
+
+    @property
+    def total_macs(self):
+        return sum(self.macs(i) for i in range(len(self.layers)))
+
+    def layer_widths(self, index):
+        """:class:`LayerWidths` of conv or dense layer ``index``."""
+        fan_in = self.fan_in(index)
+        bias_max = fan_in * Widths.act_max * 128
+        acc = signed_bits(2 * bias_max)
+        return LayerWidths(fan_in=fan_in, bias_max=bias_max, bias=signed_bits(bias_max), acc=acc,
+                           requant_product=acc + Widths.requant_mult)
+
+    # Serialization.
+    def to_dict(self):
+        return {"input": list(self.input), "layers": [layer.to_dict() for layer in self.layers]}
+
+    @classmethod
+    def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise ConfigError(f"network must be a mapping, not {type(d).__name__}")
+        unknown = sorted(set(d) - {"input", "layers"})
+        if unknown:
+            raise ConfigError(f"network: unknown field {unknown[0]!r}")
+        for key in ("input", "layers"):
+            if key not in d:
+                raise ConfigError(f"network: no {key!r}")
+        if not isinstance(d["layers"], list):
+            raise ConfigError(f"network: layers must be a list, not {d['layers']!r}")
+        layers = []
+        for index, item in enumerate(d["layers"]):
+            if not isinstance(item, dict) or item.get("type") not in _LAYER_KINDS:
+                kind = item.get("type") if isinstance(item, dict) else item
+                raise ConfigError(f"network: layer {index}: type must be one of "
+                                  f"{', '.join(LAYER_TYPES)}, not {kind!r}")
+            cls_ = _LAYER_KINDS[item["type"]]
+            args = {k: v for k, v in item.items() if k != "type"}
+            names = {f.name for f in fields(cls_)}
+            unknown = sorted(set(args) - names)
+            if unknown:
+                raise ConfigError(f"network: layer {index} ({item['type']}): unknown field "
+                                  f"{unknown[0]!r}")
+            try:
+                layers.append(cls_(**args))
+            except TypeError as e:
+                raise ConfigError(f"network: layer {index} ({item['type']}): {e}") from None
+        return cls(d["input"], layers)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        return cls.from_dict(_json_doc("network description", text))
+
+    # The accelerator of today.
+    def seed_config(self):
+        """The :class:`NetworkConfig` of a network the accelerator's RTL builds today, or
+        :class:`ConfigError` saying why this one is not such a network."""
+        why = None
+        kinds = [layer.kind for layer in self.layers]
+        if kinds != ["conv2d", "maxpool", "flatten", "dense"]:
+            why = f"its layers are {' -> '.join(kinds)}"
+        else:
+            conv, pool = self.layers[0], self.layers[1]
+            if self.input[0] != self.input[1]:
+                why = f"its input is {_fmt(self.input[:2])}, not square"
+            elif conv.stride != 1 or conv.pads(*self.input[:2]) != (0, 0, 0, 0):
+                why = "its convolution has a stride or padding"
+            elif pool.stride != pool.size or self.output_shape(0)[0] % pool.size:
+                why = "its max-pool windows do not tile the conv output"
+        if why is not None:
+            raise ConfigError(f"the accelerator builds Conv2D (valid, stride 1) -> MaxPool -> "
+                              f"Flatten -> Dense networks so far; {why}")
+        return NetworkConfig(input_size=self.input[0], in_channels=self.input[2],
+                             filters=self.layers[0].filters, kernel=self.layers[0].kernel,
+                             pool=self.layers[1].size, classes=self.classes)
+
+
+def _fmt(shape):
+    return "x".join(str(s) for s in shape)
+
+
+def _seed_network(config):
+    return Network((config.input_size, config.input_size, config.in_channels),
+                   (Conv2D(config.filters, config.kernel), MaxPool(config.pool), Flatten(),
+                    Dense(config.classes)))
 
 
 @dataclass(frozen=True)
@@ -405,3 +759,26 @@ class TrainFormat:
 
     def conv_bias_grad_bits(self, config):
         return signed_bits(config.pool_size ** 2 * (1 << self.err_bits - 1))
+
+
+#: Named networks: ``mnist-seed`` (the reference Keras MNIST CNN the accelerator was built for),
+#: ``lenet`` (two conv layers, a hidden dense layer: >= 99 % int8 on MNIST) and ``rgb-shapes``
+#: (3-channel 32x32 input, stride-2 and same-padded convolutions).
+PRESETS = {
+    "mnist-seed": _seed_network(NetworkConfig()),
+    "lenet": Network((28, 28, 1), (
+        Conv2D(16, 5, padding="same"), MaxPool(2),
+        Conv2D(32, 5), MaxPool(2),
+        Flatten(), Dense(64, relu=True), Dense(10))),
+    "rgb-shapes": Network((32, 32, 3), (
+        Conv2D(8, 3, stride=2, padding="same"),
+        Conv2D(16, 3, padding="same"), MaxPool(2),
+        Flatten(), Dense(4))),
+}
+
+
+def preset(name):
+    """The :class:`Network` named ``name``; :class:`ConfigError` listing the names otherwise."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown network {name!r} (one of {', '.join(PRESETS)})")
+    return PRESETS[name]

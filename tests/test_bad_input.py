@@ -7,6 +7,7 @@ read (the MNIST folder given is one that does not exist).
 
 import io
 import json
+from pathlib import Path
 import re
 import struct
 import zipfile
@@ -183,10 +184,14 @@ def test_bitstream_parallelism(tmp_path, capsys, text, message):
 
 # ---- model files -------------------------------------------------------------------------------
 
-def model_file_with(path, *, meta=None, drop=(), replace_meta=None, arrays=None):
-    """The committed model file copied to ``path`` with ``meta`` fields set, ``drop`` fields
-    removed (or the whole meta ``replace_meta``) and ``arrays`` replaced."""
-    with zipfile.ZipFile(model_file.DEFAULT_PATH) as zin, zipfile.ZipFile(path, "w") as zout:
+V1_MODEL = Path(__file__).parent / "fixtures" / "mnist_cnn_v1.npz"
+
+
+def model_file_with(path, *, meta=None, drop=(), replace_meta=None, arrays=None,
+                    base=model_file.DEFAULT_PATH):
+    """The model file ``base`` (the committed one) copied to ``path`` with ``meta`` fields set,
+    ``drop`` fields removed (or the whole meta ``replace_meta``) and ``arrays`` replaced."""
+    with zipfile.ZipFile(base) as zin, zipfile.ZipFile(path, "w") as zout:
         for name in zin.namelist():
             data = zin.read(name)
             if name == "meta.json":
@@ -204,13 +209,13 @@ def model_file_with(path, *, meta=None, drop=(), replace_meta=None, arrays=None)
     return path
 
 
-def _float_array(name):
-    with zipfile.ZipFile(model_file.DEFAULT_PATH) as zf:
+def _float_array(name, base=model_file.DEFAULT_PATH):
+    with zipfile.ZipFile(base) as zf:
         return np.load(io.BytesIO(zf.read(f"float_{name}.npy")))
 
 
-def _with_nan(name, index=0):
-    arr = _float_array(name).copy()
+def _with_nan(name, index=0, base=model_file.DEFAULT_PATH):
+    arr = _float_array(name, base).copy()
     arr.flat[index] = np.nan
     return arr
 
@@ -218,21 +223,43 @@ def _with_nan(name, index=0):
 @pytest.mark.parametrize("change, message", [
     (dict(replace_meta=[1, 2]), "meta.json must be a JSON object, not list"),
     (dict(drop=["softmax_mult"]), "meta.json has no 'softmax_mult'"),
-    (dict(drop=["config"]), "meta.json has no 'config'"),
+    (dict(drop=["network"]), "meta.json has no 'network'"),
     (dict(meta={"softmax_mult": "33497"}), "softmax_mult must be an integer, not '33497'"),
     (dict(meta={"softmax_mult": 10 ** 30}),
      f"softmax_mult must be in 1..65535, not {10 ** 30}"),
     (dict(meta={"softmax_mult": 0}), "softmax_mult must be in 1..65535, not 0"),
     (dict(meta={"softmax_shift": -2}), "softmax_shift must be in 1..46, not -2"),
     (dict(meta={"softmax_shift": 23.0}), "softmax_shift must be an integer, not 23.0"),
-    (dict(meta={"requant_shift": -3}), "requant_shift must be in 1..40, not -3"),
-    (dict(meta={"requant_shift": True}), "requant_shift must be an integer, not True"),
-    (dict(meta={"requant_shift": None}), "requant_shift must be an integer, not None"),
-    (dict(meta={"version": True}), "model format version True is not supported (expected 1)"),
-    (dict(meta={"config": [28, 1]}), "network config must be a mapping, not list"),
-    (dict(meta={"config": {"filters": "32"}}),
-     "network config: filters must be an integer, not '32'"),
+    (dict(meta={"layers": [{"shift": -3}, None, None, {}]}), "shift must be in 1..40, not -3"),
+    (dict(meta={"layers": [{"shift": True}, None, None, {}]}),
+     "shift must be an integer, not True"),
+    (dict(meta={"layers": [None, None, None, {}]}),
+     "meta 'layers' entry 0 must be an object, not None"),
+    (dict(meta={"layers": [{"shift": 9}]}),
+     "meta 'layers' must be a list of 4 entries, not [{'shift': 9}]"),
+    (dict(meta={"version": True}),
+     "model format version True is not supported (this cnnforge reads 1, 2)"),
+    (dict(meta={"version": 3}),
+     "model format version 3 is not supported (this cnnforge reads 1, 2)"),
+    (dict(meta={"network": [28, 1]}), "network must be a mapping, not list"),
+    (dict(meta={"network": {"input": [28, 28, 1], "layers": [{"type": "dense", "units": 0}]}}),
+     "network: layer 0 (dense): units must be an integer >= 1, not 0"),
+    (dict(meta={"network": {"input": [28, 28, 1], "layers": [
+        {"type": "conv2d", "filters": 32, "kernel": 30}, {"type": "flatten"},
+        {"type": "dense", "units": 10}]}}),
+     "network: layer 0 (conv2d): kernel 30 is larger than its 28x28 (padded) input"),
     (dict(meta={"info": "trained"}), "info must be a JSON object, not str"),
+    # Version 1 files (the seed network's first format) are read and checked as before.
+    (dict(base=V1_MODEL, drop=["config"]), "meta.json has no 'config'"),
+    (dict(base=V1_MODEL, meta={"requant_shift": -3}), "requant_shift must be in 1..40, not -3"),
+    (dict(base=V1_MODEL, meta={"requant_shift": True}),
+     "requant_shift must be an integer, not True"),
+    (dict(base=V1_MODEL, meta={"requant_shift": None}),
+     "requant_shift must be an integer, not None"),
+    (dict(base=V1_MODEL, meta={"config": [28, 1]}), "network config must be a mapping, not list"),
+    (dict(base=V1_MODEL, meta={"config": {"filters": "32"}}),
+     "network config: filters must be an integer, not '32'"),
+    (dict(base=V1_MODEL, meta={"softmax_shift": -2}), "softmax_shift must be in 1..46, not -2"),
 ])
 def test_bad_model_meta(tmp_path, capsys, change, message):
     bad = model_file_with(tmp_path / "bad.npz", **change)
@@ -242,16 +269,33 @@ def test_bad_model_meta(tmp_path, capsys, change, message):
 
 
 @pytest.mark.parametrize("arrays, message", [
-    ({"float_dense_w": _with_nan("dense_w", 7)},
-     "float_dense_w holds nan (float weights must be finite)"),
-    ({"float_conv_b": np.full_like(_float_array("conv_b"), np.inf)},
-     "float_conv_b holds inf (float weights must be finite)"),
-    ({"float_conv_w": _float_array("conv_w").astype(np.int32)},
-     "float_conv_w has dtype int32, expected float32"),
+    ({"float_layer3_w": _with_nan("layer3_w", 7)},
+     "float_layer3_w holds nan (float weights must be finite)"),
+    ({"float_layer0_b": np.full_like(_float_array("layer0_b"), np.inf)},
+     "float_layer0_b holds inf (float weights must be finite)"),
+    ({"float_layer0_w": _float_array("layer0_w").astype(np.int32)},
+     "float_layer0_w has dtype int32, expected float32"),
+    ({"layer3_w": np.full((10, 5408), -128, np.int8)},
+     "layer 3 (dense) weights hold -128 (weights are symmetric, -127..127)"),
+    ({"layer0_mult": np.ones(31, np.uint16)}, r"layer0_mult has shape (31,), expected (32,)"),
 ])
-def test_bad_float_weights(tmp_path, capsys, arrays, message):
+def test_bad_weights(tmp_path, capsys, arrays, message):
     """Float weights that are not finite numbers are refused (they evaluated to 10 %)."""
     bad = model_file_with(tmp_path / "bad.npz", arrays=arrays)
+    refused(capsys, ["eval", "--model", str(bad), "--mnist-dir", "/nonexistent"],
+            f"{bad}: {message}")
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"float_dense_w": _with_nan("dense_w", 7, V1_MODEL)},
+     "float_dense_w holds nan (float weights must be finite)"),
+    ({"float_conv_b": np.full_like(_float_array("conv_b", V1_MODEL), np.inf)},
+     "float_conv_b holds inf (float weights must be finite)"),
+    ({"float_conv_w": _float_array("conv_w", V1_MODEL).astype(np.int32)},
+     "float_conv_w has dtype int32, expected float32"),
+])
+def test_bad_float_weights_v1(tmp_path, capsys, arrays, message):
+    bad = model_file_with(tmp_path / "bad.npz", arrays=arrays, base=V1_MODEL)
     refused(capsys, ["eval", "--model", str(bad), "--mnist-dir", "/nonexistent"],
             f"{bad}: {message}")
 
@@ -264,7 +308,7 @@ def test_damaged_model_file(tmp_path, capsys):
         for name in zin.namelist():
             zout.writestr(name, zin.read(name))
     data = bytearray(path.read_bytes())
-    start = data.index(b"conv_w.npy") + 40
+    start = data.index(b"layer0_w.npy") + 40
     data[start:start + 30] = bytes(b ^ 0x55 for b in data[start:start + 30])
     path.write_bytes(bytes(data))
     out = tmp_path / "model.json"

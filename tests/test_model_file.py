@@ -3,6 +3,7 @@
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,14 +59,15 @@ def test_round_trip(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (dict(meta={"version": 99}), "model format version 99 is not supported"),
-    (dict(meta={"config": {"filters": 0}}), "filters must be a positive integer, not 0"),
-    (dict(arrays={"conv_w": np.zeros((4, 3, 3), np.int8)}), r"conv_w has shape \(4, 3, 3\), expected"),
-    (dict(arrays={"dense_b": np.zeros(3, np.int64)}), "dense_b has dtype int64, expected int32"),
-    (dict(arrays={"dense_w": np.full((3, 64), -128, np.int8)}), "dense_w holds -128"),
-    (dict(meta={"requant_shift": 0}), "requant_shift must be in 1..40, not 0"),
+    (dict(meta={"network": {"input": [10, 10, 1], "layers": []}}), "network: no layers"),
+    (dict(arrays={"layer0_w": np.zeros((4, 3, 3), np.int8)}),
+     r"layer0_w has shape \(4, 3, 3\), expected"),
+    (dict(arrays={"layer3_b": np.zeros(3, np.int64)}), "layer3_b has dtype int64, expected int32"),
+    (dict(arrays={"layer3_w": np.full((3, 64), -128, np.int8)}), "weights hold -128"),
+    (dict(meta={"layers": [{"shift": 0}, None, None, {}]}), "shift must be in 1..40, not 0"),
     (dict(meta={"softmax_mult": "7"}), "softmax_mult must be an integer, not '7'"),
     (dict(meta={"softmax_shift": 2 ** 70}), f"softmax_shift must be in 1..39, not {2 ** 70}"),
-    (dict(meta={"config": None}), "network config must be a mapping, not NoneType"),
+    (dict(meta={"network": None}), "network must be a mapping, not NoneType"),
 ])
 def test_bad_files_are_rejected_with_one_line(tmp_path, change, message):
     model, _ = small_model()
@@ -83,7 +85,7 @@ def test_float_weights_must_be_finite(tmp_path):
     path = tmp_path / "m.npz"
     model_file.save(model, path, float_params=params)
     model_file.load(path)                       # the integer network is fine
-    with pytest.raises(ModelError, match=r"float_dense_w holds nan \(float weights must be "
+    with pytest.raises(ModelError, match=r"float_layer3_w holds nan \(float weights must be "
                                          r"finite\)"):
         model_file.load_float(path)
 
@@ -94,6 +96,55 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
     with pytest.raises(ModelError, match="corrupt model file"):
         model_file.load(tmp_path / "junk.npz")
+
+
+V1_MODEL = Path(__file__).parent / "fixtures" / "mnist_cnn_v1.npz"
+
+# sha256 of the committed model's int64 logits and Q15 probabilities on the 10,000 MNIST test
+# images, taken before the layer-list networks (format version 1, commit 6e3509f): the migration
+# to version 2 and the layer-list oracle change no result.
+SEED_LOGITS_SHA256 = "80a2d972e58c5f7577f7d85e6a3d9590eae13489247cabf26c669db3197d98d6"
+SEED_PROBS_SHA256 = "66f54b75fe5b7858f165ec3d0af2d13497f6a276ffd9204c1c6b91463a8e9b26"
+
+
+def test_version_1_file_reads_as_its_migration():
+    """The first format's file (the seed model as committed before version 2) still loads, and
+    holds exactly what the migrated committed file holds."""
+    old, old_info = model_file.load(V1_MODEL, with_info=True)
+    new, new_info = model_file.load(with_info=True)
+    assert old_info == new_info
+    for name in ("conv_w", "conv_b", "requant_mult", "dense_w", "dense_b"):
+        assert np.array_equal(getattr(old, name), getattr(new, name))
+        assert getattr(old, name).dtype == getattr(new, name).dtype
+    assert ((old.requant_shift, old.softmax_mult, old.softmax_shift)
+            == (new.requant_shift, new.softmax_mult, new.softmax_shift))
+    old_float, new_float = model_file.load_float(V1_MODEL), model_file.load_float()
+    for name in ("conv_w", "conv_b", "dense_w", "dense_b"):
+        assert np.array_equal(getattr(old_float, name), getattr(new_float, name))
+    # Saving what a version 1 file holds writes the committed version 2 file, byte for byte.
+    with zipfile.ZipFile(model_file.DEFAULT_PATH) as zf:
+        assert json.loads(zf.read("meta.json"))["version"] == model_file.FORMAT_VERSION == 2
+
+
+def test_migrating_a_version_1_file_gives_the_committed_file(tmp_path):
+    model, info = model_file.load(V1_MODEL, with_info=True)
+    model_file.save(model, tmp_path / "m.npz", info=info,
+                    float_params=model_file.load_float(V1_MODEL))
+    assert (tmp_path / "m.npz").read_bytes() == model_file.DEFAULT_PATH.read_bytes()
+
+
+@needs_mnist
+def test_committed_model_gives_every_logit_it_gave():
+    import hashlib
+    from cnnforge.mnist import load as load_mnist
+    from cnnforge.sim.reference.golden import infer_int
+    images, _ = load_mnist("test", MNIST_DIR)
+    qnet = model_file.load_network()
+    results = [infer_int(qnet, images[i:i + 2000]) for i in range(0, len(images), 2000)]
+    logits = np.concatenate([r.logits for r in results]).astype("<i8")
+    probs = np.concatenate([r.probs for r in results]).astype("<i8")
+    assert hashlib.sha256(logits.tobytes()).hexdigest() == SEED_LOGITS_SHA256
+    assert hashlib.sha256(probs.tobytes()).hexdigest() == SEED_PROBS_SHA256
 
 
 def test_committed_model_loads():

@@ -14,7 +14,7 @@ from ...hw.params import NetworkConfig
 from .golden import im2col
 
 
-__all__ = ["FloatParams", "init_params", "forward", "loss_and_grads", "Adam", "predict"]
+__all__ = ["FloatParams", "init_params", "forward", "softmax", "loss_and_grads", "Adam", "predict"]
 
 
 @dataclass
@@ -64,7 +64,7 @@ def forward(params, config, images, keep=False):
     return logits
 
 
-def _softmax(logits):
+def softmax(logits):
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
@@ -73,7 +73,7 @@ def loss_and_grads(params, config, images, labels):
     """Mean cross-entropy and its gradients (a :class:`FloatParams` of gradients)."""
     logits, (cols, z, arg, flat) = forward(params, config, images, keep=True)
     n = len(labels)
-    prob = _softmax(logits)
+    prob = softmax(logits)
     loss = -np.mean(np.log(prob[np.arange(n), labels] + 1e-12))
     dlogits = prob
     dlogits[np.arange(n), labels] -= 1

@@ -8,7 +8,8 @@ same machine -> same parameters, bit for bit.
 import numpy as np
 from tqdm import tqdm
 
-from . import float_model
+from ...hw.params import Network
+from . import float_model, float_network
 
 
 __all__ = ["SEED", "EPOCHS", "BATCH", "LR", "PATIENCE", "train_float"]
@@ -20,10 +21,52 @@ LR = 1e-3
 PATIENCE = 2
 
 
-def _val_loss(params, config, images, labels):
+class _Seed:
+    """The float model of the seed network (``float_model``: its recipe's exact arithmetic)."""
+    def __init__(self, config):
+        self.config = config
+
+    def init(self, rng):
+        return float_model.init_params(self.config, rng)
+
+    def forward(self, params, images):
+        return float_model.forward(params, self.config, images)
+
+    def loss_and_grads(self, params, images, labels):
+        return float_model.loss_and_grads(params, self.config, images, labels)
+
+    def predict(self, params, images):
+        return float_model.predict(params, self.config, images)
+
+    def copy(self, params):
+        return float_model.FloatParams(*(a.copy() for a in params.arrays()))
+
+
+class _Layers:
+    """The float model of any layer list (``float_network``)."""
+    def __init__(self, network):
+        self.network = network
+
+    def init(self, rng):
+        return float_network.init_network(self.network, rng)
+
+    def forward(self, params, images):
+        return float_network.forward(params, images)
+
+    def loss_and_grads(self, params, images, labels):
+        return float_network.loss_and_grads(params, images, labels)
+
+    def predict(self, params, images):
+        return float_network.predict(params, images)
+
+    def copy(self, params):
+        return params.copy()
+
+
+def _val_loss(model, params, images, labels):
     losses = []
     for i in range(0, len(images), 2000):
-        logits = float_model.forward(params, config, images[i:i + 2000]).astype(np.float64)
+        logits = model.forward(params, images[i:i + 2000]).astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
         losses.append(-logp[np.arange(len(logp)), labels[i:i + 2000]])
@@ -32,9 +75,13 @@ def _val_loss(params, config, images, labels):
 
 def train_float(config, images, labels, val_images, val_labels, *, seed=SEED, epochs=EPOCHS,
                 batch=BATCH, lr=LR, patience=PATIENCE, progress=True, log=print):
-    """Adam on cross-entropy with early stopping; returns the best params and the history."""
+    """Adam on cross-entropy with early stopping; returns the best params and the history.
+
+    ``config`` is a :class:`~cnnforge.hw.params.NetworkConfig` (the seed network: ``FloatParams``)
+    or any :class:`~cnnforge.hw.params.Network` (a ``FloatNetwork``)."""
+    model = _Layers(config) if isinstance(config, Network) else _Seed(config)
     rng = np.random.default_rng(seed)
-    params = float_model.init_params(config, rng)
+    params = model.init(rng)
     opt = float_model.Adam(params, lr=lr)
     best, best_loss, since_best, history = None, np.inf, 0, []
     for epoch in range(epochs):
@@ -43,16 +90,16 @@ def train_float(config, images, labels, val_images, val_labels, *, seed=SEED, ep
                    disable=not progress, leave=False, unit="batch")
         for i in bar:
             idx = order[i:i + batch]
-            loss, grads = float_model.loss_and_grads(params, config, images[idx], labels[idx])
+            loss, grads = model.loss_and_grads(params, images[idx], labels[idx])
             opt.step(params, grads)
-        val_loss = _val_loss(params, config, val_images, val_labels)
-        val_acc = float(np.mean(float_model.predict(params, config, val_images) == val_labels))
+        val_loss = _val_loss(model, params, val_images, val_labels)
+        val_acc = float(np.mean(model.predict(params, val_images) == val_labels))
         history.append({"epoch": epoch + 1, "val_loss": round(val_loss, 6),
                         "val_acc": round(val_acc, 6)})
         log(f"epoch {epoch + 1}: val loss {val_loss:.4f}, val accuracy {100 * val_acc:.2f} %")
         if val_loss < best_loss:
             best_loss, since_best = val_loss, 0
-            best = float_model.FloatParams(*(a.copy() for a in params.arrays()))
+            best = model.copy(params)
         else:
             since_best += 1
             if since_best >= patience:

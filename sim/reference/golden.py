@@ -23,42 +23,66 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...hw.model import QuantModel
-from ...hw.params import SoftmaxFormat, Widths
+from ...hw.model import QuantLayer, QuantModel, QuantNetwork
+from ...hw.params import Conv2D, Flatten, MaxPool, SoftmaxFormat, Widths
 
 
-__all__ = ["QuantModel", "Inference", "requantize", "conv_acc", "maxpool", "dense",
-           "softmax_int", "infer_int", "SOFTMAX"]
+__all__ = ["QuantModel", "QuantLayer", "QuantNetwork", "Inference", "NetworkInference",
+           "LayerResult", "as_images", "pad", "im2col", "requantize", "conv_acc", "conv_layer_acc",
+           "maxpool", "dense", "softmax_int", "infer_int", "infer_network", "predict_int",
+           "SOFTMAX"]
 
 
 SOFTMAX = SoftmaxFormat()
 
 
 @dataclass
-class Inference:
-    """Every intermediate tensor of :func:`infer_int`, for block-level comparison."""
-    conv_acc: np.ndarray      # (N, H', W', F) int64, bias included
-    act: np.ndarray           # (N, H', W', F) uint8, requantized + ReLU
-    pooled: np.ndarray        # (N, P, P, F) uint8
-    pool_argmax: np.ndarray   # (N, P, P, F) uint8, raster position inside the window
+class LayerResult:
+    """What one layer of :func:`infer_int` computed."""
+    out: np.ndarray                   # uint8 activations (N, H, W, C) or (N, units); the logits
+                                      # (int64) of the last layer
+    acc: np.ndarray = None            # int64 accumulators with bias (conv and dense layers)
+    argmax: np.ndarray = None         # uint8 raster position of the maximum in each pool window
+
+
+@dataclass
+class NetworkInference:
+    """Every intermediate tensor of :func:`infer_int`, per layer."""
+    layers: list              # one LayerResult per layer of the network
     logits: np.ndarray        # (N, classes) int64
     probs: np.ndarray         # (N, classes) int64, Q15
     cls: np.ndarray           # (N,) int64
 
 
-def _as_images(images, config):
+@dataclass
+class Inference(NetworkInference):
+    """:class:`NetworkInference` of a :class:`QuantModel` (Conv -> MaxPool -> Dense), with the
+    tensors under the names the accelerator's blocks use."""
+    conv_acc: np.ndarray = None      # (N, H', W', F) int64, bias included
+    act: np.ndarray = None           # (N, H', W', F) uint8, requantized + ReLU
+    pooled: np.ndarray = None        # (N, P, P, F) uint8
+    pool_argmax: np.ndarray = None   # (N, P, P, F) uint8, raster position inside the window
+
+
+def as_images(images, shape):
+    """``images`` as ``(N, H, W, C)`` uint8 for an input ``shape`` ``(H, W, C)``; one image or a
+    batch, the channel axis optional when ``C`` is 1."""
     images = np.asarray(images)
-    if images.ndim == 2:
+    h, w, c = shape
+    if images.ndim == 2 or (images.ndim == 3 and images.shape == (h, w, c) and c != 1):
         images = images[None]
-    if images.ndim == 3:
+    if images.ndim == 3 and c == 1:
         images = images[..., None]
-    expect = (config.input_size, config.input_size, config.in_channels)
-    if images.ndim != 4 or images.shape[1:] != expect:
-        raise ValueError(f"images must have shape (N, {expect[0]}, {expect[1]}[, {expect[2]}]), "
-                         f"not {images.shape}")
+    if images.ndim != 4 or images.shape[1:] != (h, w, c):
+        raise ValueError(f"images must have shape (N, {h}, {w}{', 1' if c == 1 else ''}) or "
+                         f"(N, {h}, {w}, {c}), not {images.shape}")
     if images.dtype != np.uint8:
         raise ValueError(f"images must be uint8, not {images.dtype}")
     return images
+
+
+def _as_images(images, config):
+    return as_images(images, (config.input_size, config.input_size, config.in_channels))
 
 
 def _exact_matmul(a, b):
@@ -66,13 +90,30 @@ def _exact_matmul(a, b):
     return np.rint(np.asarray(a, np.float64) @ np.asarray(b, np.float64)).astype(np.int64)
 
 
-def im2col(images, kernel):
-    """``(N, H, W, C)`` -> ``(N, H', W', K*K*C)`` windows, tap order ``(ky, kx, c)``."""
+def pad(images, pads):
+    """Zero rows/columns ``(top, left, bottom, right)`` around ``(N, H, W, C)`` maps."""
+    top, left, bottom, right = pads
+    if not any(pads):
+        return images
+    return np.pad(images, ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+
+def im2col(images, kernel, stride=1):
+    """``(N, H, W, C)`` -> ``(N, H', W', K*K*C)`` windows every ``stride`` pixels, tap order
+    ``(ky, kx, c)``."""
     n, h, w, c = images.shape
-    out = h - kernel + 1
     view = np.lib.stride_tricks.sliding_window_view(images, (kernel, kernel), axis=(1, 2))
+    view = view[:, ::stride, ::stride]
     # view: (N, H', W', C, K, K) -> (N, H', W', K, K, C)
-    return view.transpose(0, 1, 2, 4, 5, 3).reshape(n, out, out, kernel * kernel * c)
+    return view.transpose(0, 1, 2, 4, 5, 3).reshape(*view.shape[:3], kernel * kernel * c)
+
+
+def conv_layer_acc(images, layer, w, b):
+    """Accumulators with bias ``(N, H', W', F)`` int64 of a :class:`Conv2D` ``layer`` with int8
+    weights ``w`` ``(F, K, K, Cin)`` and bias ``b`` on uint8 maps ``(N, H, W, Cin)``."""
+    x = pad(images, layer.pads(*images.shape[1:3]))
+    cols = im2col(x, layer.kernel, layer.stride)
+    return _exact_matmul(cols, w.reshape(len(w), -1).T) + b.astype(np.int64)
 
 
 def conv_acc(model, images):
@@ -92,14 +133,21 @@ def requantize(acc, mult, shift):
     return np.clip(rounded, 0, Widths.act_max).astype(np.uint8)
 
 
-def maxpool(act, pool):
-    """``(N, H, W, C)`` -> pooled ``(N, H/p, W/p, C)`` and argmax position ``dy*p + dx``.
+def maxpool(act, size, stride=None):
+    """``(N, H, W, C)`` -> pooled ``(N, H', W', C)`` and argmax position ``dy*size + dx`` of
+    ``size`` x ``size`` windows every ``stride`` (default ``size``) pixels.
 
     The first maximum in raster order inside the window wins.
     """
+    stride = size if stride is None else stride
     n, h, w, c = act.shape
-    win = act.reshape(n, h // pool, pool, w // pool, pool, c).transpose(0, 1, 3, 5, 2, 4)
-    win = win.reshape(n, h // pool, w // pool, c, pool * pool)
+    if stride == size and h % size == 0 and w % size == 0:
+        win = act.reshape(n, h // size, size, w // size, size, c).transpose(0, 1, 3, 5, 2, 4)
+        win = win.reshape(n, h // size, w // size, c, size * size)
+    else:
+        win = np.lib.stride_tricks.sliding_window_view(act, (size, size), axis=(1, 2))
+        win = win[:, ::stride, ::stride]
+        win = win.reshape(*win.shape[:4], size * size)
     arg = np.argmax(win, axis=-1)   # numpy returns the first maximum
     pooled = np.take_along_axis(win, arg[..., None], axis=-1)[..., 0]
     return pooled.astype(np.uint8), arg.astype(np.uint8)
@@ -140,27 +188,58 @@ def softmax_int(logits, mult, shift, fmt=SOFTMAX):
     return p[0] if squeeze else p
 
 
+def infer_network(qnet, images):
+    """Run the integer layer-list network :class:`QuantNetwork` ``qnet`` on ``images``."""
+    net = qnet.network
+    x = as_images(images, net.input)
+    results = []
+    for index, layer in enumerate(net.layers):
+        p = qnet.layers[index]
+        if isinstance(layer, Conv2D):
+            acc = conv_layer_acc(x, layer, p.w, p.b)
+            x = requantize(acc, p.mult, p.shift)
+            results.append(LayerResult(out=x, acc=acc))
+        elif isinstance(layer, MaxPool):
+            x, arg = maxpool(x, layer.size, layer.stride)
+            results.append(LayerResult(out=x, argmax=arg))
+        elif isinstance(layer, Flatten):
+            x = x.reshape(len(x), -1)
+            results.append(LayerResult(out=x))
+        else:
+            acc = _exact_matmul(x, p.w.T) + p.b.astype(np.int64)
+            x = acc if p.mult is None else requantize(acc, p.mult, p.shift)
+            results.append(LayerResult(out=x, acc=acc))
+    logits = results[-1].acc
+    probs = softmax_int(logits, qnet.softmax_mult, qnet.softmax_shift)
+    return NetworkInference(layers=results, logits=logits, probs=probs,
+                            cls=np.argmax(logits, axis=1))
+
+
 def infer_int(model, images):
-    """Run the integer network on ``images`` (one ``(H, W)`` image or a batch).
+    """Run the integer network on ``images`` (one image or a batch).
+
+    ``model`` is a :class:`QuantNetwork` (any layer list) or a :class:`QuantModel` (the network
+    the accelerator builds today: its result also names the conv, ReLU and pool tensors).
 
     Returns
     -------
-    :class:`Inference`
+    :class:`NetworkInference` or :class:`Inference`
         Logits, class and probabilities, and every intermediate tensor.
     """
-    cfg = model.config
-    acc = conv_acc(model, images)
-    act = requantize(acc, model.requant_mult, model.requant_shift)
-    pooled, arg = maxpool(act, cfg.pool)
-    logits = dense(model, pooled)
-    probs = softmax_int(logits, model.softmax_mult, model.softmax_shift)
-    return Inference(conv_acc=acc, act=act, pooled=pooled, pool_argmax=arg, logits=logits,
-                     probs=probs, cls=np.argmax(logits, axis=1))
-
-
-def predict_int(model, images, batch=1000):
-    """Classes only, batched to bound memory."""
+    if isinstance(model, QuantNetwork):
+        return infer_network(model, images)
     images = _as_images(images, model.config)
+    r = infer_network(model.to_network(), images)
+    conv, pool = r.layers[0], r.layers[1]
+    return Inference(layers=r.layers, logits=r.logits, probs=r.probs, cls=r.cls,
+                     conv_acc=conv.acc, act=conv.out, pooled=pool.out, pool_argmax=pool.argmax)
+
+
+def predict_int(model, images, batch=500):
+    """Classes only, batched to bound memory."""
+    shape = model.network.input if isinstance(model, QuantNetwork) else (
+        model.config.input_size, model.config.input_size, model.config.in_channels)
+    images = as_images(images, shape)
     out = []
     for i in range(0, len(images), batch):
         out.append(infer_int(model, images[i:i + batch]).cls)
