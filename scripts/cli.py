@@ -63,12 +63,72 @@ def cmd_data(args):
     print(f"MNIST ready in {directory}")
 
 
+def _network(text):
+    """A preset name or a JSON file of a layer list: ``(Network, preset name or None)``."""
+    from pathlib import Path
+    from .hw.params import PRESETS, ConfigError, Network
+    if text in PRESETS:
+        return PRESETS[text], text
+    if not text.endswith(".json"):
+        raise CnnforgeError(f"unknown network {text!r} (a preset: {', '.join(PRESETS)}, or a "
+                            f".json layer list)")
+    try:
+        return Network.from_json(Path(text).read_text()), None
+    except OSError as e:
+        raise CnnforgeError(f"{text}: cannot read the network ({e.strerror})") from None
+    except ConfigError as e:
+        raise CnnforgeError(f"{text}: {e}") from None
+
+
 def cmd_train(args):
     from . import train
-    _check_count("--epochs", args.epochs)
+    from .hw.params import ConfigError
+    _check_count("--epochs", args.epochs, maximum=1000)
     _check_count("--seed", args.seed, 0)
-    train.train_and_save(mnist_dir=_mnist_dir(args), out=args.out, epochs=args.epochs,
-                         seed=args.seed, progress=not args.quiet)
+    network, name = _network(args.network)
+    try:
+        train.train_network(network, name=name, mnist_dir=_mnist_dir(args), out=args.out,
+                            epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    except ConfigError as e:
+        raise CnnforgeError(str(e)) from None
+
+
+def cmd_import(args):
+    from .importers import convert
+    _check_count("--calibration-images", args.calibration_images, maximum=60_000)
+    convert.import_model(args.model, args.out, calibration_images=args.calibration_images,
+                         scale=args.input_scale, mean=args.input_mean, std=args.input_std,
+                         mnist_dir=_mnist_dir(args), calibration=args.calibration_data)
+
+
+def cmd_describe(args):
+    from . import describe
+    describe.describe(args.model)
+
+
+def cmd_predict(args):
+    import numpy as np
+    from . import datasets, describe
+    from .evaluate import dataset_of
+    from .sim.reference import model_file
+    qnet, info = model_file.load_network(args.model, with_info=True)
+    if bool(args.images) == bool(args.mnist_range):
+        raise CnnforgeError("give image files or --mnist-range A:B (one of the two)")
+    h, w, c = qnet.network.input
+    if args.mnist_range:
+        data = dataset_of(qnet, info)
+        test_x, test_y = datasets.load(data, "test", _mnist_dir(args))
+        picked = describe.parse_range(args.mnist_range, len(test_x))
+        images = test_x[picked.start:picked.stop]
+        names = [f"{data} test #{i} (label {test_y[i]})" for i in picked]
+    else:
+        from .boards import host
+        if c != 1 or h != w:
+            raise CnnforgeError(f"image files are read as square grayscale pictures; this "
+                                f"network takes {h}x{w}x{c} images (use --mnist-range)")
+        images = np.stack([host.load_image_file(p, h) for p in args.images])[..., None]
+        names = list(args.images)
+    describe.predict(args.model, images, names, args.out)
 
 
 def cmd_eval(args):
@@ -319,12 +379,43 @@ def build_parser():
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="train the float model, quantize it, write the model file")
-    p.add_argument("--out", default=None, help="model file to write (default: the committed one)")
+    p.add_argument("--network", default="mnist-seed",
+                   help="a preset (mnist-seed, lenet, rgb-shapes) or a .json layer list")
+    p.add_argument("--out", default=None, help="model file to write (default: the preset's "
+                                               "committed one)")
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the recipe's)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the recipe's)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="float and int8 accuracy on the MNIST test set")
+    p = sub.add_parser("import", help="an ONNX or Keras model to a model file: layers mapped, "
+                                      "post-training quantization")
+    p.add_argument("model", help="the .onnx, .keras or .h5 file")
+    p.add_argument("--out", required=True, help="model file to write (.npz)")
+    p.add_argument("--calibration-images", type=int, default=2000,
+                   help="training images the activation scales are calibrated on")
+    p.add_argument("--calibration-data", default=None,
+                   help="a .npy of uint8 images (N, H, W, C) to calibrate on instead of the "
+                        "data set")
+    p.add_argument("--input-scale", type=float, default=None,
+                   help="model input = (pixel * SCALE - MEAN) / STD (default SCALE 1/255)")
+    p.add_argument("--input-mean", type=float, default=None, help="see --input-scale (default 0)")
+    p.add_argument("--input-std", type=float, default=None, help="see --input-scale (default 1)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("describe", help="a model file's layers: shapes, MACs, weights, bits")
+    p.add_argument("model", nargs="?", default=None, help="model file (default: the committed one)")
+    p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("predict", help="float and int8 logits, probabilities and classes of a "
+                                       "model file on test images or image files")
+    p.add_argument("model", help="model file")
+    p.add_argument("images", nargs="*", help="image files (PNG, ...)")
+    p.add_argument("--mnist-range", default=None, metavar="A:B",
+                   help="test images A..B-1 of the model's data set (MNIST)")
+    p.add_argument("--out", required=True, help="results file to write (.npz)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("eval", help="float and int8 accuracy on the model's test set")
     p.add_argument("--model", default=None, help="model file (default: the committed one)")
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
     p.set_defaults(func=cmd_eval)

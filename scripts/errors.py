@@ -1,6 +1,6 @@
 """Errors that reach the user as one line and a non-zero exit (no traceback)."""
 
-__all__ = ["CnnforgeError", "DataError", "ModelError", "ToolError"]
+__all__ = ["CnnforgeError", "DataError", "ModelError", "ToolError", "UnsupportedModel"]
 
 
 class CnnforgeError(Exception):
@@ -17,3 +17,8 @@ class ModelError(CnnforgeError):
 
 class ToolError(CnnforgeError):
     """A required external tool is missing or failed."""
+
+
+class UnsupportedModel(CnnforgeError):
+    """A model file to import uses an op, attribute or layout cnnforge cannot map, or is not a
+    readable model file."""

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from .hw.params import ConfigError, NetworkConfig, TrainFormat
-from . import mnist
-from .sim.reference import float_model, model_file, quantize as quant, trainer
+from . import datasets, mnist
+from .sim.reference import float_model, float_network, model_file, quantize as quant, trainer
 from .sim.reference.float_train import BATCH, EPOCHS, LR, PATIENCE, SEED, train_float
 from .sim.reference.golden import predict_int
 
 
-__all__ = ["train_and_save", "train_format", "train_fixed", "file_sha256"]
+__all__ = ["train_and_save", "train_network", "model_path", "train_format", "train_fixed",
+           "file_sha256"]
 
 
 def file_sha256(path):
@@ -65,6 +66,63 @@ def train_and_save(mnist_dir=None, out=None, epochs=None, seed=None, progress=Tr
         f"on {len(test_x)} test images")
     log(f"wrote {out} (sha256 {file_sha256(out)})")
     return qmodel, info
+
+
+def model_path(name):
+    """The committed model file of preset network ``name``."""
+    if name == "mnist-seed":
+        return model_file.DEFAULT_PATH
+    return model_file.DEFAULT_PATH.with_name(f"{name}.npz")
+
+
+def train_network(network, *, name=None, mnist_dir=None, out=None, epochs=None, seed=None,
+                  progress=True, limit=None, log=print):
+    """The float recipe for any layer list: train (Adam, early stopping on the last 10 % of the
+    training images), calibrate on the validation images, quantize per layer, evaluate on the
+    test set, save the model file (the committed one of preset ``name`` unless ``out``).
+
+    The seed network takes :func:`train_and_save` (its own float model, so the committed file is
+    reproduced byte for byte)."""
+    if name == "mnist-seed":
+        return train_and_save(mnist_dir=mnist_dir, out=out, epochs=epochs, seed=seed,
+                              progress=progress, config=network.seed_config(), limit=limit,
+                              log=log)
+    seed = SEED if seed is None else seed
+    epochs = EPOCHS if epochs is None else epochs
+    if out is None:
+        if name is None:
+            raise ConfigError("give --out: the network is not a preset with a committed file")
+        out = model_path(name)
+    data = datasets.for_input(network.input)
+    train_x, train_y = datasets.load(data, "train", mnist_dir)
+    test_x, test_y = datasets.load(data, "test", mnist_dir)
+    if limit is not None:
+        train_x, train_y = train_x[:limit], train_y[:limit]
+    n_val = len(train_x) // 10
+    fit_x, fit_y = train_x[:-n_val], train_y[:-n_val]
+    val_x, val_y = train_x[-n_val:], train_y[-n_val:]
+    params, history = train_float(network, fit_x, fit_y, val_x, val_y, seed=seed, epochs=epochs,
+                                  progress=progress, log=log)
+    qnet, scales, pct, val_int_acc = quant.calibrate_network(params, val_x, val_y)
+    float_acc = float(np.mean(float_network.predict(params, test_x) == test_y))
+    int_acc = float(np.mean(predict_int(qnet, test_x) == test_y))
+    info = {
+        "name": name or "custom",
+        "dataset": data,
+        "recipe": {"seed": seed, "max_epochs": epochs, "batch": BATCH, "lr": LR,
+                   "optimizer": "adam", "validation": n_val, "patience": PATIENCE,
+                   "train_images": len(fit_x), "activation_percentile": pct},
+        "history": history,
+        "act_scales": {str(k): v for k, v in scales.items()},
+        "test_accuracy_float": round(float_acc, 6),
+        "test_accuracy_int8": round(int_acc, 6),
+        "test_images": len(test_x),
+    }
+    model_file.save(qnet, out, info=info, float_params=params)
+    log(f"float accuracy {100 * float_acc:.2f} %, int8 accuracy {100 * int_acc:.2f} % "
+        f"on {len(test_x)} test images")
+    log(f"wrote {out} (sha256 {file_sha256(out)})")
+    return qnet, info
 
 
 def train_format(init="random", *, lr_shift=None, rounding="nearest", overrides=None):

@@ -92,7 +92,8 @@ MNIST_TRAIN = "MNIST has 60000 training images"
      "--device-checks must be at least 0, not -1"),
     (["train-board", "--port", "/dev/null", "--baud", "-9600"],
      "--baud must be at least 1, not -9600"),
-    (["train", "--epochs", "0"], "--epochs must be at least 1, not 0"),
+    (["train", "--epochs", "0"], "--epochs must be in 1..1000, not 0"),
+    (["train", "--epochs", "1000000"], "--epochs must be in 1..1000, not 1000000"),
     (["train", "--seed", "-1"], "--seed must be at least 0, not -1"),
 ])
 def test_counts_are_checked_before_any_data(capsys, argv, message):
@@ -103,7 +104,7 @@ def test_counts_are_checked_before_any_data(capsys, argv, message):
 @needs_mnist
 def test_the_smallest_count_is_taken(capsys):
     assert cli.main(["eval", "--limit", "1"]) == 0
-    assert "test images     1\n" in capsys.readouterr().out
+    assert "test images     1 (mnist)\n" in capsys.readouterr().out
 
 
 # ---- parallelism -------------------------------------------------------------------------------
