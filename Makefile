@@ -29,8 +29,11 @@ $(STAMP): pyproject.toml
 data: $(STAMP)
 	$(CNNFORGE) data --dir $(MNIST_DIR)
 
+# NETWORK: a preset (mnist-seed, lenet, rgb-shapes) or a .json layer list (then give --out
+# through TRAIN_ARGS); presets rewrite their committed model file.
+NETWORK ?= mnist-seed
 train: $(STAMP)
-	$(CNNFORGE) train
+	$(CNNFORGE) train --network $(NETWORK) $(TRAIN_ARGS)
 
 # The golden fixed-point trainer (the on-chip training reference): one epoch from random init,
 # and fine-tuning of the committed model.

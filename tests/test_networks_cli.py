@@ -107,3 +107,20 @@ def test_shapes_data_set_is_fixed():
     import hashlib
     # The same images on every machine: integer arithmetic after the seeded draws.
     assert hashlib.sha256(x[:100].tobytes()).hexdigest()[:16] == SHAPES_SHA
+
+
+@needs_mnist
+@pytest.mark.parametrize("name, floor", [("lenet", 0.990), ("rgb-shapes", 0.95)])
+def test_committed_network_models(name, floor):
+    """The committed lenet (>= 99.0 % int8 on the 10,000 MNIST test images, float within 0.3
+    points) and rgb-shapes models give the accuracies their files record."""
+    from cnnforge.evaluate import evaluate
+    from cnnforge.train import model_path
+    from cnnforge.hw.params import preset
+    qnet, info = model_file.load_network(model_path(name), with_info=True)
+    assert qnet.network == preset(name)
+    result = evaluate(model_path(name), MNIST_DIR)
+    assert result["images"] == info["test_images"]
+    assert result["int8"] == info["test_accuracy_int8"] >= floor
+    assert abs(result["float"] - info["test_accuracy_float"]) < 1e-9
+    assert abs(result["float"] - result["int8"]) <= 0.003

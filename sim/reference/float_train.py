@@ -73,12 +73,23 @@ def _val_loss(model, params, images, labels):
     return float(np.concatenate(losses).mean())
 
 
+def shifted(images, shift, rng):
+    """Each image moved by a random whole number of pixels in ``-shift..shift`` down and right,
+    the border filled with pixel 0 (data augmentation: the batch's copy)."""
+    n, h, w = images.shape[:3]
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift)) + ((0, 0),) *
+                    (images.ndim - 3))
+    dy, dx = rng.integers(0, 2 * shift + 1, (2, n))
+    return np.stack([padded[i, y:y + h, x:x + w] for i, (y, x) in enumerate(zip(dy, dx))])
+
+
 def train_float(config, images, labels, val_images, val_labels, *, seed=SEED, epochs=EPOCHS,
-                batch=BATCH, lr=LR, patience=PATIENCE, progress=True, log=print):
+                batch=BATCH, lr=LR, patience=PATIENCE, shift=0, progress=True, log=print):
     """Adam on cross-entropy with early stopping; returns the best params and the history.
 
     ``config`` is a :class:`~cnnforge.hw.params.NetworkConfig` (the seed network: ``FloatParams``)
-    or any :class:`~cnnforge.hw.params.Network` (a ``FloatNetwork``)."""
+    or any :class:`~cnnforge.hw.params.Network` (a ``FloatNetwork``). ``shift`` > 0 trains on
+    copies of each batch moved by up to ``shift`` pixels (:func:`shifted`)."""
     model = _Layers(config) if isinstance(config, Network) else _Seed(config)
     rng = np.random.default_rng(seed)
     params = model.init(rng)
@@ -90,7 +101,8 @@ def train_float(config, images, labels, val_images, val_labels, *, seed=SEED, ep
                    disable=not progress, leave=False, unit="batch")
         for i in bar:
             idx = order[i:i + batch]
-            loss, grads = model.loss_and_grads(params, images[idx], labels[idx])
+            x = shifted(images[idx], shift, rng) if shift else images[idx]
+            loss, grads = model.loss_and_grads(params, x, labels[idx])
             opt.step(params, grads)
         val_loss = _val_loss(model, params, val_images, val_labels)
         val_acc = float(np.mean(model.predict(params, val_images) == val_labels))
