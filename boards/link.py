@@ -293,6 +293,14 @@ class Link(wiring.Component):
                                 m.d.sync += p_hdr_len.eq(TRAIN_HEADER_BYTES)
                             with m.Case(Command.READ_WEIGHTS):
                                 m.d.sync += p_hdr_len.eq(READ_HEADER_BYTES)
+                    # A LOAD_IMAGE (or TRAIN) of any length discards the loaded image, so
+                    # that one which fails (its length, its CRC, a timeout) leaves NO_IMAGE,
+                    # never the previous image. (While busy it is NAKed and touches nothing.)
+                    stages_image = p_cmd == Command.LOAD_IMAGE
+                    if self._trainable:
+                        stages_image = stages_image | (p_cmd == Command.TRAIN)
+                    with m.If(stages_image & ~busy):
+                        m.d.sync += image_valid.eq(0)
                     with m.If(length > max_len):
                         m.d.sync += p_code.eq(Error.BAD_LENGTH)
                         m.next = "DECIDE"

@@ -362,6 +362,10 @@ def check_board_scenario(out, images, fault_images, check):
     nak(f["flipped_bit"]["reply"], Error.BAD_CRC, Command.LOAD_IMAGE.value)
     nak(f["flipped_bit"]["classify"], Error.NO_IMAGE, Command.CLASSIFY.value)
     check(f["flipped_bit"]["after"], img_a, "after flipped bit")
+    for name in ("short_load", "long_load"):
+        nak(f[name]["reply"], Error.BAD_LENGTH, Command.LOAD_IMAGE.value)
+        nak(f[name]["classify"], Error.NO_IMAGE, Command.CLASSIFY.value)
+        check(f[name]["after"], img_a, f"after {name}")
     assert f["flipped_length"]["reply"]["nak"] is not None
     nak(f["truncated"]["reply"], Error.TIMEOUT, Command.LOAD_IMAGE.value)
     assert f["garbage"]["reply"]["nak"] is None

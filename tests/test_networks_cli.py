@@ -124,3 +124,25 @@ def test_committed_network_models(name, floor):
     assert result["int8"] == info["test_accuracy_int8"] >= floor
     assert abs(result["float"] - info["test_accuracy_float"]) < 1e-9
     assert abs(result["float"] - result["int8"]) <= 0.003
+
+
+@needs_mnist
+def test_training_a_layer_list_is_reproducible(tmp_path):
+    net = Network((28, 28, 1), (Conv2D(4, 3, stride=2), MaxPool(3, 2), Flatten(), Dense(10)))
+    kw = dict(mnist_dir=MNIST_DIR, epochs=1, limit=3000, progress=False, log=lambda *a: None)
+    train_network(net, out=tmp_path / "a.npz", seed=3, **kw)
+    train_network(net, out=tmp_path / "b.npz", seed=3, **kw)
+    train_network(net, out=tmp_path / "c.npz", seed=4, **kw)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    assert (tmp_path / "a.npz").read_bytes() != (tmp_path / "c.npz").read_bytes()
+
+
+@needs_mnist
+@pytest.mark.slow(reason="23 minutes of float training on 2 cores; the committed lenet model is "
+                         "checked above")
+def test_lenet_recipe_reaches_99_percent(tmp_path):
+    from cnnforge.hw.params import preset
+    qnet, info = train_network(preset("lenet"), name="lenet", mnist_dir=MNIST_DIR,
+                               out=tmp_path / "lenet.npz", progress=False, log=lambda *a: None)
+    assert info["test_accuracy_int8"] >= 0.990
+    assert abs(info["test_accuracy_float"] - info["test_accuracy_int8"]) <= 0.003

@@ -237,6 +237,13 @@ def board_scenario(transport, images, fault_images, upload=None):
     bad[200] ^= 0x08
     faults["flipped_bit"] = {"reply": reply(bad), "classify": reply(encode(Command.CLASSIFY)),
                              "after": asdict(c.classify(img_a))}
+    # A LOAD_IMAGE with a good CRC but a byte too few or too many: BAD_LENGTH, and the
+    # image loaded before is gone (NO_IMAGE), not classified again.
+    for name, data in (("short_load", img_b.tobytes()[:-1]), ("long_load", img_b.tobytes() + b"\0")):
+        c.load_image(img_a)
+        faults[name] = {"reply": reply(encode(Command.LOAD_IMAGE, data)),
+                        "classify": reply(encode(Command.CLASSIFY)),
+                        "after": asdict(c.classify(img_a))}
     # A flipped bit in the header's length: BAD_LENGTH or BAD_CRC, never silence.
     bad = bytearray(encode(Command.PING))
     bad[2] ^= 0x01
