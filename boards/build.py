@@ -255,8 +255,13 @@ def _markdown(r):
 BITSTREAM_FILE = {"ice40": "top.bin", "ecp5": "top.bit"}
 
 
+#: The build script's output (Yosys, nextpnr, the packer), in the build folder.
+TOOL_LOG = "build.log"
+
+
 def run_toolchain(plan, folder, env):
-    """Write ``plan``'s files into ``folder`` and run its build script there.
+    """Write ``plan``'s files into ``folder`` and run its build script there, its output into
+    ``folder / TOOL_LOG``.
 
     The tools run in a process group of their own, ended (SIGTERM) when the build is interrupted
     (Ctrl-C, or SIGTERM through the command line): no tool writes on into a folder the build has
@@ -267,7 +272,10 @@ def run_toolchain(plan, folder, env):
         return
     plan.extract(str(folder))
     script = ["sh", f"{plan.script}.sh"]
-    with subprocess.Popen(script, cwd=folder, env=env, start_new_session=True) as proc:
+    # The tools' output (thousands of lines) goes to build.log, named when the build fails.
+    with open(folder / TOOL_LOG, "wb") as out, \
+            subprocess.Popen(script, cwd=folder, env=env, start_new_session=True, stdout=out,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) as proc:
         try:
             code = proc.wait()
         except BaseException:
@@ -372,7 +380,7 @@ def _fresh_folder(final):
 
 def _last_tool_error(folder):
     """The last ERROR line of nextpnr's or Yosys's log in ``folder``, or ``""``."""
-    for logname in ("top.tim", "top.rpt"):
+    for logname in ("top.tim", "top.rpt", TOOL_LOG):
         path = folder / logname
         if path.exists():
             errors = [ln for ln in path.read_text(errors="replace").splitlines()
@@ -468,8 +476,8 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                 run_toolchain(plan, folder, env)
             except subprocess.CalledProcessError:
                 raise ToolError(f"{spec.name}: the build failed: "
-                                f"{_last_tool_error(folder) or 'see the logs'} (in {failed})") \
-                    from None
+                                f"{_last_tool_error(folder) or 'no ERROR line'} (log: "
+                                f"{failed / TOOL_LOG})") from None
             report = json.loads((folder / "nextpnr.json").read_text())
             resources, fmax = _parse_report(spec.family, report)
             fmax_mhz, met = clock_verdict(fmax, target)
@@ -655,16 +663,18 @@ def _bitstream_problem(data, family, device):
     return None
 
 
-def check_bitstream(board, out_dir="build"):
-    """The path of ``<out_dir>/<board>/``'s bitstream after checking that it is a complete one
-    for the board's device and that ``report.json`` beside it describes this file and says
-    timing was met; :class:`CnnforgeError` (one line) otherwise."""
+def check_bitstream(board, out_dir="build", *, train=False):
+    """The path of ``<out_dir>/<board>/``'s bitstream (``<board>-train/``'s with ``train``: the
+    build with on-chip training) after checking that it is a complete one for the board's
+    device and that ``report.json`` beside it describes this file and says timing was met;
+    :class:`CnnforgeError` (one line) otherwise."""
     spec = get_board(board)
-    folder = Path(out_dir) / spec.name
+    folder = Path(out_dir) / (spec.name + ("-train" if train else ""))
     bitstream = folder / BITSTREAM_FILE[spec.family]
-    rebuild = f"rebuild with `make bitstream BOARD={spec.name}`"
+    make = f"make bitstream BOARD={spec.name}" + (" TRAIN=random" if train else "")
+    rebuild = f"rebuild with `{make}`"
     if not bitstream.is_file():
-        raise CnnforgeError(f"no bitstream {bitstream}: run `make bitstream BOARD={spec.name}`")
+        raise CnnforgeError(f"no bitstream {bitstream}: run `{make}`")
     data = bitstream.read_bytes()
     problem = _bitstream_problem(data, spec.family, spec.device)
     if problem:
@@ -686,12 +696,12 @@ def check_bitstream(board, out_dir="build"):
     return bitstream
 
 
-def program(board, out_dir="build", log=print):
-    """Load ``<out_dir>/<board>/``'s bitstream onto the board (SRAM: lost at power-off), after
-    :func:`check_bitstream`."""
+def program(board, out_dir="build", *, train=False, log=print):
+    """Load ``<out_dir>/<board>/``'s bitstream (``<board>-train/``'s with ``train``) onto the
+    board (SRAM: lost at power-off), after :func:`check_bitstream`."""
     spec = get_board(board)
     var, default, template, install = _PROGRAMMERS[spec.name]
-    bitstream = check_bitstream(spec.name, out_dir)
+    bitstream = check_bitstream(spec.name, out_dir, train=train)
     tool = os.environ.get(var, default)
     if shutil.which(tool) is None:
         raise ToolError(f"{tool} not found: {install}")

@@ -24,7 +24,7 @@ from .dense import DenseEngine, weight_words as dense_weight_words
 from .softmax import Softmax
 
 
-__all__ = ["Accelerator", "ResultLayout", "Parallelism", "PRESETS", "ModelMemory",
+__all__ = ["Accelerator", "ResultLayout", "Parallelism", "PRESETS", "ModelMemory", "model_bits",
            "model_writes", "model_word_bits"]
 
 
@@ -62,6 +62,19 @@ def model_writes(model, parallelism, memories=tuple(ModelMemory)):
         writes += [(ModelMemory.DENSE_B, k, int(b) & ((1 << widths.dense_bias) - 1))
                    for k, b in enumerate(np.asarray(model.dense_b))]
     return writes
+
+
+#: Block RAM of the largest FPGA a board here carries (LFE5U-85F: 208 EBR of 18 Kbit); no
+#: network whose model needs more is generated.
+LARGEST_DEVICE_MEMORY_BITS = 208 * 18 * 1024
+
+
+def model_bits(config):
+    """Bits of the model an accelerator for ``config`` holds: int8 weights, biases and the
+    uint16 requantization multipliers."""
+    w = Widths(config)
+    return (config.filters * (config.taps * 8 + w.conv_bias + w.requant_mult)
+            + config.classes * (config.features * 8 + w.dense_bias))
 
 
 def model_word_bits(config, parallelism):
@@ -186,6 +199,11 @@ class Parallelism:
             If a count does not fit ``config`` or the other counts.
         """
         config = check_config(config)
+        bits = model_bits(config)
+        if bits > LARGEST_DEVICE_MEMORY_BITS:
+            raise ValueError(f"the model needs {bits:,} bits of on-chip memory, more than the "
+                             f"largest supported FPGA has ({LARGEST_DEVICE_MEMORY_BITS:,} bits of "
+                             f"block RAM in an ECP5-85F)")
         filters, features = config.filters, config.features
         lanes, mults = self.conv_lanes, self.dense_mults
         if filters % lanes:

@@ -106,6 +106,10 @@ class NetworkConfig:
                               f"{self.conv_size}")
         if self.classes < 2:
             raise ConfigError(f"network config: classes must be at least 2, not {self.classes!r}")
+        try:
+            self.network()          # the layer list's size limits
+        except ConfigError as e:
+            raise ConfigError(f"network config: {str(e).removeprefix('network: ')}") from None
 
     # Derived sizes.
     @property
@@ -272,6 +276,9 @@ class Dense:
 LAYER_TYPES = tuple(_LAYER_KINDS)
 MAX_REQUANT_PRODUCT_BITS = 63   # the golden model's int64 arithmetic
 MAX_EXACT_SUM = 1 << 53         # sums computed through float64 matrix products stay exact
+#: Values of one tensor per image (a layer's output, weights, or conv windows) that the models
+#: hold: 67 M (512 MB in float64); far beyond any FPGA's memory (an ECP5-85F holds 3.8 Mbit).
+MAX_TENSOR_VALUES = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -317,6 +324,18 @@ class Network:
             shape = self._check_layer(index, layer, shape)
             shapes.append(shape)
         object.__setattr__(self, "_shapes", tuple(shapes))
+        for index, layer in enumerate(self.layers):
+            sizes = [("output values", int(np.prod(shapes[index], dtype=object)))]
+            if isinstance(layer, (Conv2D, Dense)):
+                sizes.append(("weights", int(np.prod(self.weight_shape(index), dtype=object))))
+            if isinstance(layer, Conv2D):
+                sizes.append(("window values", sizes[0][1] // layer.filters
+                              * self.fan_in(index)))
+            for what, n in sizes:
+                if n > MAX_TENSOR_VALUES:
+                    raise ConfigError(f"network: layer {index} ({layer.kind}): {n:,} {what} per "
+                                      f"image, more than the {MAX_TENSOR_VALUES:,} a tensor of "
+                                      f"cnnforge's models may hold")
         last = self.layers[-1]
         where = f"network: layer {len(self.layers) - 1} ({last.kind})"
         if not isinstance(last, Dense):
@@ -325,12 +344,6 @@ class Network:
             raise ConfigError(f"{where}: the last layer gives the logits: relu must be false")
         if last.units < 2:
             raise ConfigError(f"{where}: units must be at least 2 classes, not {last.units}")
-        for index in self.param_layers():
-            w = self.layer_widths(index)
-            if 2 * w.bias_max >= MAX_EXACT_SUM or w.requant_product > MAX_REQUANT_PRODUCT_BITS:
-                raise ConfigError(f"network: layer {index} ({self.layers[index].kind}): fan-in "
-                                  f"{w.fan_in} overflows the formats ({w.acc}-bit accumulator; "
-                                  f"at most {MAX_REQUANT_PRODUCT_BITS - Widths.requant_mult} bits)")
 
     def _check_layer(self, index, layer, shape):
         where = f"network: layer {index} ({getattr(layer, 'kind', type(layer).__name__)})"
@@ -673,6 +686,7 @@ class TrainFormat:
     dense_init_bits: int = 13    # +-16 int8 LSB = +-0.031 (Glorot limit: 0.033)
 
     weight_max = 127
+    lr_shift_max = 32
     lfsr_bits = 32
     lfsr_taps = 0x80200003       # Galois, x^32 + x^22 + x^2 + x + 1 (maximal length)
     lfsr_leap = 32               # states advance 32 steps per draw: 32 fresh bits each
@@ -690,6 +704,10 @@ class TrainFormat:
             except TypeError:
                 raise ConfigError(f"train format: {f.name} must be an integer, "
                                   f"not {value!r}") from None
+        if not 0 <= self.lr_shift <= self.lr_shift_max:
+            raise ConfigError(f"train format: lr_shift must be in 0..{self.lr_shift_max} (the "
+                              f"learning rate 2**-lr_shift; below 2**-{self.lr_shift_max} no "
+                              f"update changes a master), not {self.lr_shift!r}")
         if not 1 <= self.seed < (1 << self.lfsr_bits):
             raise ConfigError(f"train format: seed must be in 1..2**32-1, not {self.seed!r}")
         if self.master_bits - self.master_frac < 8:
@@ -759,6 +777,13 @@ class TrainFormat:
 
     def conv_bias_grad_bits(self, config):
         return signed_bits(config.pool_size ** 2 * (1 << self.err_bits - 1))
+
+
+# A fan-in is at most MAX_TENSOR_VALUES (the weights of one output), so every accumulator (the
+# products and the clipped bias) is exact in float64 and its requantization product fits int64.
+assert 2 * MAX_TENSOR_VALUES * Widths.act_max * 128 < MAX_EXACT_SUM
+assert (signed_bits(2 * MAX_TENSOR_VALUES * Widths.act_max * 128) + Widths.requant_mult
+        <= MAX_REQUANT_PRODUCT_BITS)
 
 
 #: Named networks: ``mnist-seed`` (the reference Keras MNIST CNN the accelerator was built for),

@@ -282,21 +282,10 @@ class Trainer(wiring.Component):
         if grad_lanes is None:
             grad_lanes = parallelism.grad_lanes
         grad_lanes = check_int("grad_lanes", grad_lanes, 1)
-        lanes, mults = parallelism.conv_lanes, parallelism.dense_mults
-        for name, n in (("dense_mults", mults), ("conv_lanes", lanes)):
-            if n % grad_lanes:
-                raise ValueError(f"grad_lanes must divide {name} ({n}), not {grad_lanes!r}")
-        if config.filters % (2 * grad_lanes):
-            raise ValueError(f"grad_lanes must divide filters // 2 ({config.filters // 2}), "
-                             f"not {grad_lanes!r}")
-        if config.features % mults or config.features // mults < 2:
-            raise ValueError(f"dense_mults must divide features ({config.features}) at least "
-                             f"twice, not {mults!r}")
-        if config.taps < 2:
-            raise ValueError(f"the trainer needs at least 2 conv taps, not {config.taps!r}")
-        if config.filters % lanes or (mults % lanes and lanes % mults):
-            raise ValueError(f"conv_lanes ({lanes}) must divide filters and divide or be a "
-                             f"multiple of dense_mults ({mults})")
+        # The conditions on the counts are Parallelism.check's (training=True): one place.
+        Parallelism(**{**parallelism.to_dict(), "grad_lanes": grad_lanes}).check(config,
+                                                                             training=True)
+        lanes = parallelism.conv_lanes
         if fmt.lfsr_bits != self.DUMP_BITS:
             raise ValueError(f"the LFSR must have {self.DUMP_BITS} bits, not {fmt.lfsr_bits!r}")
         self._state, self._par, self._g = state, parallelism, grad_lanes

@@ -117,8 +117,8 @@ def cmd_predict(args):
     h, w, c = qnet.network.input
     if args.mnist_range:
         data = dataset_of(qnet, info)
+        picked = describe.parse_range(args.mnist_range, datasets.count(data, "test"))
         test_x, test_y = datasets.load(data, "test", _mnist_dir(args))
-        picked = describe.parse_range(args.mnist_range, len(test_x))
         images = test_x[picked.start:picked.stop]
         names = [f"{data} test #{i} (label {test_y[i]})" for i in picked]
     else:
@@ -184,7 +184,7 @@ def _format_overrides(items):
 def cmd_train_fixed(args):
     from . import train
     from .hw.params import ConfigError
-    _check_count("--epochs", args.epochs)
+    _check_count("--epochs", args.epochs, maximum=1000)
     # The training order is `epochs` permutations of the training set, one after another.
     _check_count("--limit", args.limit, 1, args.epochs * _mnist_images("train"),
                  of=f"{args.epochs} epoch(s); {_mnist_has('train')}")
@@ -242,7 +242,7 @@ def cmd_bitstream(args):
 
 def cmd_program(args):
     from .boards import build
-    build.program(args.board, args.out)
+    build.program(args.board, args.out, train=args.train)
 
 
 def cmd_classify(args):
@@ -486,6 +486,8 @@ def build_parser():
     p = sub.add_parser("program", help="load the board's bitstream (iceprog / openFPGALoader)")
     p.add_argument("--board", default="icebreaker")
     p.add_argument("--out", default="build")
+    p.add_argument("--train", action="store_true",
+                   help="the build with on-chip training (OUT/BOARD-train/)")
     p.set_defaults(func=cmd_program)
 
     p = sub.add_parser("classify", help="classify images on the board (or its simulation)")

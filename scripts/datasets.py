@@ -3,7 +3,7 @@ colour shapes (32x32x3, :mod:`cnnforge.shapes`)."""
 
 from .errors import CnnforgeError
 
-__all__ = ["NAMES", "for_input", "load"]
+__all__ = ["NAMES", "for_input", "count", "load"]
 
 NAMES = {"mnist": (28, 28, 1), "shapes": (32, 32, 3)}
 
@@ -15,6 +15,15 @@ def for_input(shape):
             return name
     raise CnnforgeError(f"no data set has {'x'.join(map(str, shape))} images (MNIST: 28x28x1, "
                         f"shapes: 32x32x3)")
+
+
+def count(name, split):
+    """Images in data set ``name``'s ``split`` (known before any file is read)."""
+    if name == "mnist":
+        from .mnist import COUNTS
+    else:
+        from .shapes import COUNTS
+    return COUNTS[split]
 
 
 def load(name, split, mnist_dir=None):

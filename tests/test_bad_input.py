@@ -53,8 +53,12 @@ MNIST_TRAIN = "MNIST has 60000 training images"
      f"--limit must be in 1..60000 (1 epoch(s); {MNIST_TRAIN}), not 0"),
     (["train-fixed", "--epochs", "2", "--limit", "120001"],
      f"--limit must be in 1..120000 (2 epoch(s); {MNIST_TRAIN}), not 120001"),
-    (["train-fixed", "--epochs", "-1"], "--epochs must be at least 1, not -1"),
-    (["train-fixed", "--epochs", "0"], "--epochs must be at least 1, not 0"),
+    (["train-fixed", "--epochs", "-1"], "--epochs must be in 1..1000, not -1"),
+    (["train-fixed", "--epochs", "0"], "--epochs must be in 1..1000, not 0"),
+    (["train-fixed", "--epochs", "100000"], "--epochs must be in 1..1000, not 100000"),
+    (["train-fixed", "--lr-shift", "4000"],
+     "train format: lr_shift must be in 0..32 (the learning rate 2**-lr_shift; below 2**-32 no "
+     "update changes a master), not 4000"),
     (["train-fixed", "--test-limit", "-1"],
      f"--test-limit must be in 1..10000 ({MNIST_TEST}), not -1"),
     (["train-fixed", "--test-limit", "10001"],
@@ -143,6 +147,31 @@ def test_parallelism_that_does_not_fit_the_network(fields, message):
         par.check(NetworkConfig())
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         Accelerator(reference_model(), par)
+
+
+@pytest.mark.parametrize("config, message", [
+    (dict(input_size=4096, filters=4096),
+     "network config: layer 0 (conv2d): 68,652,384,256 output values per image, more than the "
+     "67,108,864 a tensor of cnnforge's models may hold"),
+    (dict(input_size=256, in_channels=3000),
+     "network config: layer 0 (conv2d): 1,741,932,000 window values per image, more than the "
+     "67,108,864 a tensor of cnnforge's models may hold"),
+])
+def test_networks_too_large_for_the_models(config, message):
+    """Refused when described, with the size (they ran out of memory minutes later)."""
+    from cnnforge.hw.params import ConfigError
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        NetworkConfig(**config)
+
+
+def test_networks_too_large_for_any_board():
+    """A network the models can hold but no supported FPGA: refused before any engine is built,
+    with the bits it needs."""
+    config = NetworkConfig(input_size=256, filters=64)
+    message = ("the model needs 82,587,752 bits of on-chip memory, more than the largest "
+               "supported FPGA has (3,833,856 bits of block RAM in an ECP5-85F)")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        PRESETS["ecp5-85f"].check(config)
 
 
 @pytest.mark.parametrize("fields, message", [

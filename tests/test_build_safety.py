@@ -131,7 +131,8 @@ def test_failed_build_is_kept_aside(fake_build, tmp_path):
     assert not saved["timing_met"] and saved["bitstream"] == str(failed / "top.bin")
     assert "timing NOT met" in (failed / "report.md").read_text()
 
-    with pytest.raises(ToolError, match=rf"the build failed: ERROR: no route \(in {failed}\)$"):
+    with pytest.raises(ToolError, match=rf"the build failed: ERROR: no route \(log: "
+                                        rf"{failed / 'build.log'}\)$"):
         fake_build(FakeTools(stop=subprocess.CalledProcessError(1, "sh"),
                              log_line="ERROR: no route"))
     assert snapshot(final) == good and (failed / "top.tim").exists()
@@ -182,10 +183,10 @@ def test_kill_between_the_renames_is_repaired(fake_build, programmer, tmp_path):
     program("icebreaker", tmp_path)
 
 
-def good_build(out, board="icebreaker", **report):
+def good_build(out, board="icebreaker", folder_name=None, **report):
     """A build folder as build() leaves it (bitstream and report), written directly."""
     spec = get_board(board)
-    folder = out / board
+    folder = out / (folder_name or board)
     folder.mkdir(parents=True)
     data = fake_bitstream(spec.family, spec.device)
     name = "top.bin" if spec.family == "ice40" else "top.bit"
@@ -203,6 +204,18 @@ def test_program_loads_a_good_build(tmp_path, programmer):
         assert check_bitstream(board, tmp_path) == path
         program(board, tmp_path)
         assert programmer[-1][-1] == str(path)
+
+
+def test_program_loads_the_training_build(tmp_path, programmer, capsys):
+    """`program --train` loads `<board>-train/` (the on-chip training build), with its checks."""
+    with pytest.raises(CnnforgeError, match=r"no bitstream .*orangecrab-train/top.bit: run `make "
+                                            r"bitstream BOARD=orangecrab TRAIN=random`"):
+        check_bitstream("orangecrab", tmp_path, train=True)
+    path = good_build(tmp_path, "orangecrab", "orangecrab-train")
+    assert cli.main(["program", "--board", "orangecrab", "--out", str(tmp_path), "--train"]) == 0
+    assert programmer[-1][-1] == str(path)
+    assert cli.main(["program", "--board", "orangecrab", "--out", str(tmp_path)]) == 1
+    assert "no bitstream" in capsys.readouterr().err
 
 
 def _empty(path):

@@ -79,7 +79,8 @@ def layers_of(d):
     ({"input": [28, 28, 1]}, "network: no 'layers'"),
     ({"input": [1 << 20, 1 << 20, 1], "layers": [{"type": "flatten"},
                                                   {"type": "dense", "units": 2}]},
-     "layer 1 (dense): fan-in 1099511627776 overflows the formats"),
+     "layer 0 (flatten): 1,099,511,627,776 output values per image, more than the 67,108,864 "
+     "a tensor of cnnforge's models may hold"),
 ])
 def test_impossible_networks_name_layer_field_and_value(doc, message):
     with pytest.raises(ConfigError, match=re.escape(message)) as exc:

@@ -55,9 +55,11 @@ def check_run(run, state, images, labels, infer=(), dump_first=False):
 
 def test_grad_lanes_is_checked():
     state = init_random(SMALL)
-    with pytest.raises(ValueError, match="grad_lanes must divide dense_mults"):
+    with pytest.raises(ValueError, match=r"grad_lanes must divide conv_lanes \(2\), dense_mults "
+                                         r"\(4\) and filters // 2 \(2\), not 3"):
         Trainer(state, SMALL_PAR, grad_lanes=3)
-    with pytest.raises(ValueError, match=r"grad_lanes must divide filters // 2 \(2\)"):
+    with pytest.raises(ValueError, match=r"grad_lanes must divide conv_lanes \(4\), dense_mults "
+                                         r"\(4\) and filters // 2 \(2\), not 4"):
         Trainer(state, Parallelism(conv_lanes=4, requant_parallel=2, dense_mults=4),
                 grad_lanes=4)
     with pytest.raises(TypeError, match="grad_lanes must be an integer"):

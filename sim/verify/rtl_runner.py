@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,16 +120,44 @@ def run_cocotb(name, sources, toplevel, test_module, extra_env=None):
     else:
         kwargs["timescale"] = ("1ns", "1ps")
     runner = get_runner(sim)
-    runner.build(sources=[str(s) for s in sources], hdl_toplevel=toplevel,
-                 build_dir=folder / sim, always=True, build_args=build_args, waves=waves,
-                 **kwargs)
-    xml = runner.test(hdl_toplevel=toplevel, test_module=test_module, test_dir=folder,
-                      build_dir=folder / sim, extra_env={k: str(v) for k, v in
-                                                         (extra_env or {}).items()},
-                      waves=waves, **({"timescale": kwargs["timescale"]} if kwargs else {}))
+    # The simulator's compile log and the test's log go to files, named when something fails.
+    folder.mkdir(parents=True, exist_ok=True)
+    build_log, test_log = folder / "build.log", folder / "test.log"
+    try:
+        runner.build(sources=[str(s) for s in sources], hdl_toplevel=toplevel,
+                     build_dir=folder / sim, always=True, build_args=build_args, waves=waves,
+                     log_file=build_log, **kwargs)
+    except subprocess.CalledProcessError:
+        raise ToolError(f"{name}: the {sim} build failed: {_last_error(build_log)} "
+                        f"(log: {build_log})") from None
+    try:
+        xml = runner.test(hdl_toplevel=toplevel, test_module=test_module, test_dir=folder,
+                          build_dir=folder / sim, extra_env={k: str(v) for k, v in
+                                                             (extra_env or {}).items()},
+                          waves=waves, log_file=test_log,
+                          **({"timescale": kwargs["timescale"]} if kwargs else {}))
+    except subprocess.CalledProcessError:
+        raise ToolError(f"{name}: the simulation ended abnormally: {_last_error(test_log)} "
+                        f"(log: {test_log})") from None
     tests, failed = get_results(xml)
     if tests == 0 or failed:
-        raise AssertionError(f"{name}: {failed} of {tests} cocotb tests failed (see {folder})")
+        raise AssertionError(f"{name}: {failed} of {tests} cocotb tests failed (log: "
+                             f"{test_log}):\n{_tail(test_log)}")
+
+
+def _tail(path, lines=40):
+    """The last ``lines`` lines of a log (what pytest shows of a failed simulation)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _last_error(path):
+    """The last line of a log that says error (or its last line)."""
+    text = _tail(path, 400).splitlines()
+    errors = [ln for ln in text if re.search(r"error|Error|ERROR|FAIL", ln)]
+    return (errors or text or ["no output"])[-1].strip()
 
 
 def _pack(shape, value):
