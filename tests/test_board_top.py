@@ -148,3 +148,41 @@ def test_board_core_clock_crossing(tmp_path):
                          divisor=SIM_CLK_FREQ // SIM_BAUD)
     assert crossed == [r["cycles"] for r in single["result"]]
     print(f"cycles per classification: {crossed}")
+
+
+def fuzz_link(images, seed, rounds):
+    from cnnforge.boards.top import sim_core
+    from cnnforge.sim.reference import model_file
+    model = model_file.load()
+    link = sim_core(model, "up5k", clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD)
+    out = run_sim_job(f"board_fuzz_{seed}", link, "cnnforge.sim.verify.tb_board:fuzz_scenario",
+                      {"images": [im.tolist() for im in images], "seed": seed,
+                       "rounds": rounds}, divisor=SIM_CLK_FREQ // SIM_BAUD)
+    job = out["result"]
+    assert out["framing_errors"] == 0
+    assert job["problems"] == []
+    assert job["final"]
+    for k, result in job["classified"]:
+        check_classification(result, model, images[k], f"fuzz image {k}")
+    return job
+
+
+@needs_mnist
+def test_link_fuzz():
+    """A few hundred seeded rounds of faults (garbage with and without SYNC bytes, framing
+    errors, breaks, truncated, wrong-length, bad-CRC and oversized frames) interleaved with
+    PINGs and classifications checked against the golden model."""
+    images, _ = mnist_images("test", 8)
+    job = fuzz_link(images, seed=1, rounds=300)
+    assert set(job["counts"]) == {"ping", "classify", "garbage", "garbage_sync",
+                                  "framing_error", "break", "truncated", "wrong_length",
+                                  "bad_crc", "oversized"}
+    print(f"fuzz rounds: {job['counts']}")
+
+
+@needs_mnist
+@pytest.mark.slow(reason="thousands of fuzz rounds; test_link_fuzz runs 300")
+@pytest.mark.parametrize("seed", [2, 3, 4])
+def test_link_fuzz_long(seed):
+    images, _ = mnist_images("test", 16)
+    fuzz_link(images, seed=seed, rounds=1500)

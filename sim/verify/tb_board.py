@@ -44,6 +44,15 @@ class UartModel:
                 self._dut.rx.value = level
                 await Timer(self.bit_ns, "ns")
 
+    async def send_levels(self, levels):
+        """Drive ``rx`` to each level for one bit time: malformed UART frames (a low stop bit,
+        a break)."""
+        await FallingEdge(self._dut.clk)
+        for level in levels:
+            self._dut.rx.value = level
+            await Timer(self.bit_ns, "ns")
+        self._dut.rx.value = 1
+
     async def monitor(self):
         tx = self._dut.tx
         while True:
@@ -97,6 +106,10 @@ class SimTransport:
 
     def write(self, data):
         resume(self._uart.send)(bytes(data))
+
+    def write_levels(self, levels):
+        """The line itself, one level per bit time (framing errors, breaks)."""
+        resume(self._uart.send_levels)(list(levels))
 
     def read(self, n, timeout):
         return resume(self._uart.recv)(n, timeout * self._ns_per_s)
@@ -371,4 +384,120 @@ def board_train_scenario(transport, images, labels, check_image, ranges, ranges_
                                    for fr in frames if _nak(fr) is None]}
     out["values_after"] = [c.read_values(first, count) for first, count in ranges_after]
     out["final"] = asdict(c.classify(check))
+    return out
+
+
+#: The kinds of round of :func:`fuzz_scenario`, and how often each is drawn.
+FUZZ_KINDS = {"ping": 3, "classify": 2, "garbage": 2, "garbage_sync": 3, "framing_error": 2,
+              "break": 1, "truncated": 2, "wrong_length": 2, "bad_crc": 2, "oversized": 1}
+
+
+def fuzz_scenario(transport, images, seed, rounds, drain_s=0.004):
+    """Seeded fuzzing of the link: ``rounds`` rounds, each a valid request checked right here
+    (PING) or recorded for the golden model (LOAD_IMAGE + CLASSIFY of one of ``images``), or a
+    fault with the answer the protocol documents: garbage (no answer, or NAKs once it holds SYNC
+    bytes), a byte with a low stop bit or a break inside a frame (NAKs: the frame is lost), a
+    truncated frame (``TIMEOUT``), a LOAD_IMAGE one byte short or long (``BAD_LENGTH``, then
+    ``CLASSIFY`` answers ``NO_IMAGE``), a bad CRC (``BAD_CRC``), an oversized length
+    (``BAD_LENGTH``). After every fault the replies are drained (``drain_s`` of silence: the
+    device's inter-byte timeout and its NAK) and the next round must be answered exactly.
+
+    Returns ``{"info", "problems": [text], "classified": [[image index, result]], "counts"}``.
+    """
+    import random
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from cnnforge.boards.host import Client, LinkError
+    from cnnforge.boards.protocol import SYNC, Command, Error, encode
+
+    rng = random.Random(seed)
+    c = Client(transport, timeout=0.05)
+    info = c.ping()
+    out = {"info": info, "problems": [], "classified": [], "counts": {}}
+    problems = out["problems"]
+    images = [np.asarray(im, np.uint8) for im in images]
+    kinds, weights = zip(*FUZZ_KINDS.items())
+
+    def drain():
+        """Every frame until ``drain_s`` of silence: ``[nak or None]``."""
+        got = []
+        while True:
+            try:
+                got.append(_nak(c.read_frame(timeout=drain_s)))
+            except LinkError as e:
+                if "no reply" not in str(e):
+                    problems.append(f"round {n}: {e}")
+                return got
+
+    def expect(kind, naks, allowed, answered=False):
+        """Only NAKs with a code in ``allowed`` (and, if ``answered``, the request's reply: the
+        malformed byte was dropped and the frame around it arrived whole)."""
+        codes = {a.value for a in allowed}
+        if any((code is None and not answered) or (code is not None and code[0] not in codes)
+               for code in naks):
+            problems.append(f"round {n} ({kind}): replies {naks}, expected NAKs of "
+                            f"{sorted(a.name for a in allowed)}")
+
+    def byte_levels(byte, stop=1):
+        return [0] + [(byte >> i) & 1 for i in range(8)] + [stop]
+
+    any_error = set(Error)
+    for n in range(rounds):
+        kind = rng.choices(kinds, weights)[0]
+        out["counts"][kind] = out["counts"].get(kind, 0) + 1
+        if kind == "ping":
+            got = c.ping()
+            if got != info:
+                problems.append(f"round {n}: PING answered {got}")
+        elif kind == "classify":
+            k = rng.randrange(len(images))
+            out["classified"].append([k, asdict(c.classify(images[k]))])
+        elif kind in ("garbage", "garbage_sync"):
+            data = bytearray(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+            if kind == "garbage":
+                data = bytes(b for b in data if b != SYNC)
+            else:
+                for _ in range(rng.randrange(1, 4)):
+                    data[rng.randrange(len(data))] = SYNC
+            c.send(bytes(data))
+            naks = drain()
+            expect(kind, naks, any_error)
+            if kind == "garbage" and naks:
+                problems.append(f"round {n}: garbage without SYNC answered {naks}")
+        elif kind in ("framing_error", "break"):
+            frame = encode(Command.PING)
+            cut = rng.randrange(1, len(frame))
+            levels = [lv for b in frame[:cut] for lv in byte_levels(b)]
+            if kind == "framing_error":
+                levels += byte_levels(rng.randrange(256), stop=0) + [1]
+            else:
+                levels += [0] * rng.randrange(12, 60) + [1]
+            transport.write_levels(levels)
+            c.send(frame[cut:])
+            expect(kind, drain(), any_error, answered=True)
+        elif kind == "truncated":
+            frame = encode(Command.LOAD_IMAGE, images[0].tobytes())
+            c.send(frame[:rng.randrange(1, len(frame) - 1)])
+            expect(kind, drain(), {Error.TIMEOUT})
+        elif kind == "wrong_length":
+            c.load_image(images[0])
+            data = images[0].tobytes()
+            data = data[:-1] if rng.random() < 0.5 else data + bytes([rng.randrange(256)])
+            c.send(encode(Command.LOAD_IMAGE, data))
+            expect(kind, drain(), {Error.BAD_LENGTH})
+            c.send(encode(Command.CLASSIFY))
+            naks = drain()
+            if naks != [[Error.NO_IMAGE.value, Command.CLASSIFY.value]]:
+                problems.append(f"round {n}: CLASSIFY after a failed load answered {naks}")
+        elif kind == "bad_crc":
+            frame = bytearray(encode(Command.PING, b""))
+            frame[-1 - rng.randrange(2)] ^= 1 << rng.randrange(8)
+            c.send(bytes(frame))
+            expect(kind, drain(), {Error.BAD_CRC})
+        elif kind == "oversized":
+            c.send(bytes([SYNC, Command.LOAD_IMAGE.value, 0xFF, 0xFF]))
+            expect(kind, drain(), {Error.BAD_LENGTH})
+    out["final"] = c.ping() == info
     return out
