@@ -140,7 +140,7 @@ def cmd_eval(args):
 
 def cmd_export(args):
     from .sim.reference import model_file
-    model = model_file.load(args.model)
+    model = model_file.load_network(args.model)
     model_file.export_json(model, args.out)
     print(f"wrote {args.out}")
 
