@@ -260,9 +260,10 @@ class Client:
                               self.transport.now() - start)
 
 
-def load_image_file(path, size=28, *, max_side=4096):
+def load_image_file(path, size=28, *, max_side=4096, channels=1):
     """A PNG (or any Pillow format) as a ``size`` x ``size`` uint8 grayscale image, MNIST style
-    (white digit on black: a mostly white picture is inverted).
+    (white digit on black: a mostly white picture is inverted); with ``channels=3`` an RGB
+    ``(size, size, 3)`` image as it is.
 
     :class:`CnnforgeError` naming the problem for a missing file, one that is not an image, or
     a picture with a side longer than ``max_side`` (told from its header, before decoding).
@@ -299,11 +300,11 @@ def load_image_file(path, size=28, *, max_side=4096):
         if max(picture.size) > max_side:
             raise too_large(*picture.size)
         try:
-            scaled = picture.convert("L").resize((size, size))
+            scaled = picture.convert("L" if channels == 1 else "RGB").resize((size, size))
         except (OSError, ValueError, SyntaxError, EOFError) as e:
             raise CnnforgeError(f"cannot read image {path}: {e}") from None
     image = np.asarray(scaled, np.uint8)
-    if image.mean() > 127:
+    if channels == 1 and image.mean() > 127:
         image = 255 - image
     return image
 

@@ -123,10 +123,11 @@ def cmd_predict(args):
         names = [f"{data} test #{i} (label {test_y[i]})" for i in picked]
     else:
         from .boards import host
-        if c != 1 or h != w:
-            raise CnnforgeError(f"image files are read as square grayscale pictures; this "
-                                f"network takes {h}x{w}x{c} images (use --mnist-range)")
-        images = np.stack([host.load_image_file(p, h) for p in args.images])[..., None]
+        if c not in (1, 3) or h != w:
+            raise CnnforgeError(f"image files are read as square grayscale or RGB pictures; "
+                                f"this network takes {h}x{w}x{c} images (use --mnist-range)")
+        images = np.stack([host.load_image_file(p, h, channels=c) for p in args.images])
+        images = images.reshape(len(images), h, w, c)
         names = list(args.images)
     describe.predict(args.model, images, names, args.out)
 

@@ -166,3 +166,22 @@ def test_export_any_network_as_json(tmp_path, capsys):
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1)).astype(np.uint8)
     expect = infer_int(model_file.load_network(model_path("lenet")), images)
     assert np.array_equal(infer_int(rebuilt, images).logits, expect.logits)
+
+
+def test_predict_rgb_image_files(tmp_path, capsys):
+    """A 3-channel network reads image files as RGB: the shapes test images saved as PNG
+    (one scaled up) give the integer network's classes of the arrays themselves."""
+    from PIL import Image
+    from cnnforge.sim.reference.golden import infer_int
+    from cnnforge.train import model_path
+    x, y = shapes.load("test")
+    Image.fromarray(x[0]).save(tmp_path / "a.png")
+    Image.fromarray(x[1]).save(tmp_path / "b.png")
+    out = tmp_path / "r.npz"
+    code = cli.main(["predict", str(model_path("rgb-shapes")), str(tmp_path / "a.png"),
+                     str(tmp_path / "b.png"), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    r = np.load(out)
+    expect = infer_int(model_file.load_network(model_path("rgb-shapes")), x[:2])
+    assert np.array_equal(r["int8_logits"], expect.logits)
+    assert list(r["names"]) == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
