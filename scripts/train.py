@@ -29,6 +29,17 @@ def file_sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _splits(data, mnist_dir, limit):
+    """``(fit, validation, test)`` ``(images, labels)`` of data set ``data``: the last 10 % of
+    the (first ``limit``) training images are the validation split."""
+    train_x, train_y = datasets.load(data, "train", mnist_dir)
+    test = datasets.load(data, "test", mnist_dir)
+    if limit is not None:
+        train_x, train_y = train_x[:limit], train_y[:limit]
+    n_val = len(train_x) // 10
+    return ((train_x[:-n_val], train_y[:-n_val]), (train_x[-n_val:], train_y[-n_val:]), test)
+
+
 def train_and_save(mnist_dir=None, out=None, epochs=None, seed=None, progress=True,
                    config=NetworkConfig(), limit=None, log=print):
     """The whole recipe: train, calibrate, quantize, evaluate on the test set, save.
@@ -38,13 +49,8 @@ def train_and_save(mnist_dir=None, out=None, epochs=None, seed=None, progress=Tr
     seed = SEED if seed is None else seed
     epochs = EPOCHS if epochs is None else epochs
     out = model_file.DEFAULT_PATH if out is None else Path(out)
-    train_x, train_y = mnist.load("train", mnist_dir)
-    test_x, test_y = mnist.load("test", mnist_dir)
-    if limit is not None:
-        train_x, train_y = train_x[:limit], train_y[:limit]
-    n_val = len(train_x) // 10
-    fit_x, fit_y = train_x[:-n_val], train_y[:-n_val]
-    val_x, val_y = train_x[-n_val:], train_y[-n_val:]
+    (fit_x, fit_y), (val_x, val_y), (test_x, test_y) = _splits("mnist", mnist_dir, limit)
+    n_val = len(val_x)
 
     params, history = train_float(config, fit_x, fit_y, val_x, val_y, seed=seed, epochs=epochs,
                                   progress=progress, log=log)
@@ -104,13 +110,8 @@ def train_network(network, *, name=None, mnist_dir=None, out=None, epochs=None, 
             raise ConfigError("give --out: the network is not a preset with a committed file")
         out = model_path(name)
     data = datasets.for_input(network.input)
-    train_x, train_y = datasets.load(data, "train", mnist_dir)
-    test_x, test_y = datasets.load(data, "test", mnist_dir)
-    if limit is not None:
-        train_x, train_y = train_x[:limit], train_y[:limit]
-    n_val = len(train_x) // 10
-    fit_x, fit_y = train_x[:-n_val], train_y[:-n_val]
-    val_x, val_y = train_x[-n_val:], train_y[-n_val:]
+    (fit_x, fit_y), (val_x, val_y), (test_x, test_y) = _splits(data, mnist_dir, limit)
+    n_val = len(val_x)
     params, history = train_float(network, fit_x, fit_y, val_x, val_y, seed=seed, epochs=epochs,
                                   patience=recipe["patience"], shift=recipe["shift"],
                                   progress=progress, log=log)
