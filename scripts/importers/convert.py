@@ -74,6 +74,10 @@ def import_model(path, out, *, calibration_images=2000, scale=None, mean=None, s
     path = Path(path)
     params, fmt = read_model(path, *input_mapping(scale, mean, std))
     net = params.network
+    try:
+        quantize.fold_input(params)      # an input mapping the integer network cannot take:
+    except ConfigError as e:             # refused before any data is read
+        raise UnsupportedModel(f"{path}: {e}") from None
     if calibration is not None:
         try:
             images = np.load(calibration, allow_pickle=False)
