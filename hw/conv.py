@@ -8,8 +8,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .mac import MACArray
-from .util import (ChannelBlock, check_bias_array, check_choice, check_config, check_int8_array,
-                   check_lanes, pack_fields)
+from .util import (ChannelBlock, check_bias_array, check_choice, check_config, check_int,
+                   check_int8_array, check_lanes, pack_fields)
 from .params import Widths
 
 
@@ -34,26 +34,30 @@ def bias_shape(lanes, taps):
     return chunks, -(-lanes // chunks)
 
 
-def weight_words(config, lanes, conv_w):
+def weight_words(config, lanes, conv_w, channels=1):
     """Weight memory words in write-port address order.
 
-    Word ``g * taps + t`` holds, in lane ``l``, the weight of filter ``g * lanes + l`` at tap
-    ``t = (ky * K + kx) * in_channels + c`` (the golden model's im2col order). Returns a list of
-    ``filters // lanes * taps`` lists of ``lanes`` ints.
+    With ``steps = taps // channels``, word ``g * steps + s`` holds, in element
+    ``l * channels + j``, the weight of filter ``g * lanes + l`` at tap ``t = s * channels + j``,
+    ``t = (ky * K + kx) * in_channels + c`` (the golden model's im2col order; ``channels`` input
+    channels are multiplied per cycle). Returns a list of ``filters // lanes * steps`` lists of
+    ``lanes * channels`` ints.
     """
     flat = np.asarray(conv_w).reshape(config.filters, config.taps).astype(np.int64)
-    return [[int(flat[g * lanes + l, t]) for l in range(lanes)]
-            for g in range(config.filters // lanes) for t in range(config.taps)]
+    steps = config.taps // channels
+    return [[int(flat[g * lanes + l, s * channels + j]) for l in range(lanes)
+             for j in range(channels)]
+            for g in range(config.filters // lanes) for s in range(steps)]
 
 
-def bias_words(config, lanes, conv_b):
+def bias_words(config, lanes, conv_b, channels=1):
     """Bias memory words in write-port address order.
 
     With ``(chunks, per) = ConvEngine.bias_word_shape``, word ``g * chunks + j`` holds, in
     element ``k``, the bias of filter ``g * lanes + j * per + k`` (0 where ``j * per + k >=
     lanes``). Returns a list of ``filters // lanes * chunks`` lists of ``per`` ints.
     """
-    chunks, per = bias_shape(lanes, config.taps)
+    chunks, per = bias_shape(lanes, config.taps // channels)
     b = np.asarray(conv_b).astype(np.int64)
     return [[int(b[g * lanes + j * per + k]) if j * per + k < lanes else 0 for k in range(per)]
             for g in range(config.filters // lanes) for j in range(chunks)]
@@ -143,23 +147,28 @@ class ConvInterface(ChannelBlock):
         value_errors="",
     )
 
-    def __init__(self, config, *, lanes, conv_w, conv_b, target):
+    def __init__(self, config, *, lanes, conv_w, conv_b, target, channels=1):
         self._config = check_config(config)
         self._lanes = check_lanes(config, lanes, requirement="a positive integer")
+        self._channels = check_int("channels", channels, 1)
+        if config.in_channels % self._channels:
+            raise ValueError(f"channels must divide in_channels ({config.in_channels}), not "
+                             f"{channels!r}")
         self._target = check_choice("target", target, MACArray.TARGETS)
         self._conv_w, self._conv_b = check_conv_arrays(config, conv_w, conv_b)
         self._widths = widths = Widths(config)
         self._groups = config.filters // self._lanes
         self._taps = config.taps
-        self._w_abits = max(1, ceil_log2(self._groups * self._taps))
-        self._b_chunks, self._b_per = bias_shape(self._lanes, self._taps)
+        self._steps = config.taps // self._channels     # weight words (cycles) per group
+        self._w_abits = max(1, ceil_log2(self._groups * self._steps))
+        self._b_chunks, self._b_per = bias_shape(self._lanes, self._steps)
         self._b_abits = max(1, ceil_log2(self._groups * self._b_chunks))
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(8), config.in_channels))),
             "o": Out(stream.Signature(data.ArrayLayout(signed(widths.conv_acc), self._lanes))),
             "w_en": In(1),
             "w_addr": In(unsigned(self._w_abits)),
-            "w_data": In(data.ArrayLayout(signed(8), self._lanes)),
+            "w_data": In(data.ArrayLayout(signed(8), self._lanes * self._channels)),
             "b_en": In(1),
             "b_addr": In(unsigned(self._b_abits)),
             "b_data": In(data.ArrayLayout(signed(widths.conv_bias), self._b_per)),
@@ -170,6 +179,16 @@ class ConvInterface(ChannelBlock):
     @property
     def target(self):
         return self._target
+
+    @property
+    def channels(self):
+        """Input channels multiplied per cycle and lane."""
+        return self._channels
+
+    @property
+    def multipliers(self):
+        """int8 multipliers: ``lanes * channels``."""
+        return self._lanes * self._channels
 
     @property
     def bias_word_shape(self):
@@ -185,7 +204,9 @@ class ConvInterface(ChannelBlock):
 class ConvEngine(ConvInterface):
     __doc__ = ConvInterface._doc_template.format(
         description="""
-    'Valid' KxK convolution of a raster pixel stream, ``lanes`` filters per cycle.
+    'Valid' KxK convolution of a raster pixel stream, ``lanes`` filters per cycle, windows every
+    ``config.stride`` pixels (1 or 2; a :class:`~cnnforge.hw.params.StageConfig`'s input is
+    already padded and cropped so that the last window ends on the last pixel).
 
     Pixels are written into a ring buffer (one block RAM word of ``in_channels`` bytes per
     pixel) as they arrive. A scheduler walks the output positions in raster order; for each
@@ -239,14 +260,25 @@ class ConvEngine(ConvInterface):
     #: window ready (the last bias read is done, then one cycle switches the banks).
     SWITCH_CYCLES = 3
 
-    def __init__(self, config, *, lanes, conv_w, conv_b, target="generic"):
-        super().__init__(config, lanes=lanes, conv_w=conv_w, conv_b=conv_b, target=target)
+    def __init__(self, config, *, lanes, conv_w, conv_b, target="generic", channels=1):
+        super().__init__(config, lanes=lanes, conv_w=conv_w, conv_b=conv_b, target=target,
+                         channels=channels)
         k, n = config.kernel, config.input_size
-        self._buffer_depth = 1 << ceil_log2(2 * (k - 1) * n + 2 * k)
+        # Room for a window and a half, and at least for a window plus the pixels the next row
+        # of positions needs (with stride 2 a row step moves the window by two input rows).
+        need = (k - 1) * n + k
+        self._buffer_depth = 1 << ceil_log2(max(2 * need, need + self.row_step + k))
         # A group lives taps cycles in the array, LATENCY + 2 in the pipeline, and up to taps more
         # in the consumer (a Requantize with fewer multipliers than lanes holds each beat for
         # lanes / parallel cycles): one entry per taps cycles of that, so the array never waits.
-        self._fifo_depth = 2 + -(-(MACArray.LATENCY + 2) // self._taps)
+        self._fifo_depth = 2 + -(-(MACArray.LATENCY + 2) // self._steps)
+
+    @property
+    def row_step(self):
+        """Pixels from the top-left pixel of a row's last window to the next row's first:
+        ``stride * input_size - (conv_size - 1) * stride``."""
+        cfg = self._config
+        return cfg.stride * cfg.input_size - (cfg.conv_size - 1) * cfg.stride
 
     @property
     def buffer_depth(self):
@@ -255,8 +287,8 @@ class ConvEngine(ConvInterface):
 
     @property
     def cycles_per_position(self):
-        """Sustained cycles per output position: ``taps * filters // lanes``."""
-        return self._taps * self._groups
+        """Sustained cycles per output position: ``taps // channels * filters // lanes``."""
+        return self._steps * self._groups
 
     @property
     def cycles_per_image(self):
@@ -269,7 +301,10 @@ class ConvEngine(ConvInterface):
         m = Module()
         cfg, widths = self._config, self._widths
         n, k, cin = cfg.input_size, cfg.kernel, cfg.in_channels
-        lanes, groups, taps = self._lanes, self._groups, self._taps
+        stride = cfg.stride
+        lanes, groups, taps = self._lanes, self._groups, self._steps
+        channels = self._channels
+        cin_steps = cin // channels       # channel groups per pixel
         last_pos = cfg.conv_size - 1
         depth = self._buffer_depth
         need = (k - 1) * n + k            # pixels from a window's top-left to its bottom-right + 1
@@ -300,13 +335,15 @@ class ConvEngine(ConvInterface):
         # -- weight and bias memories, double-buffered per word ---------------------------------
         # cur[a]: bank the running image reads; newest[a]: bank holding the latest write. A write
         # goes to bank ~cur[a]; when an image starts, cur <= newest.
-        w_init = [pack_fields(word, 8) for word in weight_words(cfg, lanes, self._conv_w)]
+        w_init = [pack_fields(word, 8)
+                  for word in weight_words(cfg, lanes, self._conv_w, channels)]
         w_init = w_init + [0] * ((1 << self._w_abits) - words)
-        m.submodules.weights = wmem = Memory(shape=8 * lanes, depth=2 << self._w_abits,
+        m.submodules.weights = wmem = Memory(shape=8 * lanes * channels, depth=2 << self._w_abits,
                                              init=w_init + w_init, attrs=_NO_RW_CHECK)
         chunks, per = self._b_chunks, self._b_per
         b_words = groups * chunks
-        b_init = [pack_fields(word, bias_w) for word in bias_words(cfg, lanes, self._conv_b)]
+        b_init = [pack_fields(word, bias_w)
+                  for word in bias_words(cfg, lanes, self._conv_b, channels)]
         b_init = b_init + [0] * ((1 << self._b_abits) - b_words)
         m.submodules.biases = bmem = Memory(shape=bias_w * per, depth=2 << self._b_abits,
                                             init=b_init + b_init, attrs=_NO_RW_CHECK)
@@ -339,7 +376,7 @@ class ConvEngine(ConvInterface):
 
         # -- scheduler (stage 0): one tap per cycle ----------------------------------------------
         t = Signal(_index(taps))           # tap within the group
-        c = Signal(_index(cin))            # channel of the tap
+        c = Signal(_index(cin_steps))      # channel group of the tap
         kx = Signal(_index(k))             # kernel column of the tap
         g = Signal(_index(groups))         # filter group
         ox = Signal(_index(last_pos + 1))  # output position
@@ -354,7 +391,7 @@ class ConvEngine(ConvInterface):
         issue = Signal()
         start = Signal()
         advance = Signal()
-        step = Signal(range(need + 1))
+        step = Signal(range(max(need, self.row_step, stride) + 1))
 
         last_tap = t == taps - 1
         last_group = g == groups - 1
@@ -385,9 +422,9 @@ class ConvEngine(ConvInterface):
 
         # Output position step, in pixels, after the last tap of the last group.
         with m.If(ox != last_pos):
-            m.d.comb += step.eq(1)
+            m.d.comb += step.eq(stride)
         with m.Elif(oy != last_pos):
-            m.d.comb += step.eq(k)
+            m.d.comb += step.eq(self.row_step)
         with m.Else():
             m.d.comb += step.eq(need)
         m.d.comb += advance.eq(issue & last_tap & last_group)
@@ -395,9 +432,9 @@ class ConvEngine(ConvInterface):
         with m.If(issue):
             m.d.sync += [t.eq(Mux(last_tap, 0, t + 1)), wa.eq(Mux(wa == words - 1, 0, wa + 1))]
             # Pixel address of the next tap: c fastest, then kx, then ky.
-            pixel_done = (c == cin - 1) if cin > 1 else 1
+            pixel_done = (c == cin_steps - 1) if cin_steps > 1 else 1
             kx_done = (kx == k - 1) & pixel_done
-            if cin > 1:
+            if cin_steps > 1:
                 m.d.sync += c.eq(Mux(pixel_done, 0, c + 1))
             with m.If(pixel_done):
                 m.d.sync += [kx.eq(Mux(kx == k - 1, 0, kx + 1)), pa.eq(pa + 1)]
@@ -440,16 +477,20 @@ class ConvEngine(ConvInterface):
             s1_g.eq(g), s1_t.eq(t),
         ]
 
-        m.submodules.mac = mac = MACArray(lanes=lanes, taps=1, a_signed=False, acc_width=acc_w,
-                                          target=self._target)
+        m.submodules.mac = mac = MACArray(lanes=lanes, taps=channels, a_signed=False,
+                                          acc_width=acc_w, target=self._target)
         m.d.comb += [
             mac.i_valid.eq(s1_valid),
             mac.i_first.eq(s1_first),
             mac.i_last.eq(s1_last),
-            mac.a[0].eq(pix_rd.data.word_select(s1_c, 8) if cin > 1 else pix_rd.data),
         ]
+        group = (pix_rd.data.word_select(s1_c, 8 * channels) if cin_steps > 1 else pix_rd.data)
+        for j in range(channels):
+            m.d.comb += mac.a[j].eq(group[8 * j:8 * j + 8])
         for l in range(lanes):
-            m.d.comb += mac.b[l][0].eq(w_rd.data[8 * l:8 * l + 8])
+            for j in range(channels):
+                e = l * channels + j
+                m.d.comb += mac.b[l][j].eq(w_rd.data[8 * e:8 * e + 8])
 
         # Biases: during taps j < chunks of a group, bias word g * chunks + j is read (two
         # cycles after the tap, so that the staging register changes only after the previous

@@ -158,6 +158,9 @@ class WindowConvEngine(ConvInterface):
 
     def __init__(self, config, *, lanes, conv_w, conv_b, target="generic", sum_levels=None):
         super().__init__(config, lanes=lanes, conv_w=conv_w, conv_b=conv_b, target=target)
+        if config.stride != 1:
+            raise ValueError(f"the window engine computes stride 1 only, not stride "
+                             f"{config.stride} (use ConvEngine)")
         self._sum_levels = None if sum_levels is None else check_int("sum_levels", sum_levels, 1)
         self._mac_latency = MACArray.latency_for(taps=self._taps, sum_levels=sum_levels)
         # Output FIFO: a group's place is reserved at issue and freed when its beat leaves;

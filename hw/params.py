@@ -32,7 +32,7 @@ import operator
 import numpy as np
 
 
-__all__ = ["ConfigError", "NetworkConfig", "Widths", "signed_bits", "unsigned_bits",
+__all__ = ["ConfigError", "NetworkConfig", "StageConfig", "Widths", "signed_bits", "unsigned_bits",
            "Conv2D", "MaxPool", "Flatten", "Dense", "Network", "LayerWidths", "LAYER_TYPES",
            "PRESETS", "preset"]
 
@@ -58,8 +58,40 @@ def signed_bits(max_magnitude):
     return int(max_magnitude).bit_length() + 1
 
 
+class _Sizes:
+    """Sizes derived from the fields :class:`NetworkConfig` and :class:`StageConfig` share."""
+
+    @property
+    def conv_size(self):
+        """Side of the conv output ('valid' convolution of the input, windows every ``stride``)."""
+        return (self.input_size - self.kernel) // self.stride + 1
+
+    @property
+    def pool_size(self):
+        """Side of the max-pool output."""
+        return self.conv_size // self.pool
+
+    @property
+    def taps(self):
+        """Multiplications per conv output: kernel * kernel * in_channels."""
+        return self.kernel * self.kernel * self.in_channels
+
+    @property
+    def features(self):
+        """Length of the flattened pooled activation (the dense layer's fan-in)."""
+        return self.pool_size * self.pool_size * self.filters
+
+    @property
+    def conv_macs(self):
+        return self.conv_size * self.conv_size * self.filters * self.taps
+
+    @property
+    def dense_macs(self):
+        return self.features * self.classes
+
+
 @dataclass(frozen=True)
-class NetworkConfig:
+class NetworkConfig(_Sizes):
     """Conv2D(filters, kernel x kernel, valid, ReLU) -> MaxPool(pool) -> Flatten -> Dense(classes).
 
     Parameters
@@ -89,6 +121,10 @@ class NetworkConfig:
     pool: int = 2
     classes: int = 10
 
+    #: The seed's convolution has stride 1 (a class attribute, not a field: the engines read
+    #: ``config.stride`` of a :class:`StageConfig` or of this).
+    stride = 1
+
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
@@ -110,35 +146,6 @@ class NetworkConfig:
             self.network()          # the layer list's size limits
         except ConfigError as e:
             raise ConfigError(f"network config: {str(e).removeprefix('network: ')}") from None
-
-    # Derived sizes.
-    @property
-    def conv_size(self):
-        """Side of the conv output ('valid' convolution, stride 1)."""
-        return self.input_size - self.kernel + 1
-
-    @property
-    def pool_size(self):
-        """Side of the max-pool output."""
-        return self.conv_size // self.pool
-
-    @property
-    def taps(self):
-        """Multiplications per conv output: kernel * kernel * in_channels."""
-        return self.kernel * self.kernel * self.in_channels
-
-    @property
-    def features(self):
-        """Length of the flattened pooled activation (the dense layer's fan-in)."""
-        return self.pool_size * self.pool_size * self.filters
-
-    @property
-    def conv_macs(self):
-        return self.conv_size * self.conv_size * self.filters * self.taps
-
-    @property
-    def dense_macs(self):
-        return self.features * self.classes
 
     @property
     def macs(self):
@@ -168,6 +175,43 @@ class NetworkConfig:
     @classmethod
     def from_json(cls, text):
         return cls.from_dict(_json_doc("network config", text))
+
+
+@dataclass(frozen=True)
+class StageConfig(_Sizes):
+    """The geometry one engine of a layer-list accelerator works on, in :class:`NetworkConfig`'s
+    terms, so that the engines and :class:`Widths` take either.
+
+    A conv stage: a square ``input_size`` x ``input_size`` map of ``in_channels`` (padding
+    already inserted, rows and columns no window reaches already dropped), ``filters`` kernels of
+    ``kernel`` x ``kernel`` every ``stride`` pixels; the fan-in (``taps``) is ``kernel**2 *
+    in_channels``. A max-pool stage: ``input_size`` the conv output's side (``kernel`` 1),
+    ``filters`` its channels, windows of ``pool``. A dense stage: ``features`` (the flattened
+    ``input_size**2 * filters`` of ``kernel`` 1, ``pool`` 1) in, ``classes`` out. The
+    requantization of a hidden dense layer: ``input_size`` 1, ``kernel`` 1, ``in_channels`` the
+    fan-in, ``filters`` the units (its accumulators are ``taps`` products wide).
+    :func:`cnnforge.hw.network.stages` derives them from a :class:`Network`.
+    """
+    input_size: int = 1
+    in_channels: int = 1
+    filters: int = 1
+    kernel: int = 1
+    stride: int = 1
+    pool: int = 1
+    classes: int = 2
+
+    def __post_init__(self):
+        for f in fields(self):
+            _pos_int("stage", f.name, getattr(self, f.name))
+        if self.kernel > self.input_size:
+            raise ConfigError(f"stage: kernel {self.kernel} is larger than input_size "
+                              f"{self.input_size}")
+        if (self.input_size - self.kernel) % self.stride:
+            raise ConfigError(f"stage: the windows of stride {self.stride} do not end on the "
+                              f"input's last row (crop it first)")
+        if self.conv_size % self.pool:
+            raise ConfigError(f"stage: pool {self.pool} does not divide the conv output size "
+                              f"{self.conv_size}")
 
 
 # --- Layer-list networks ------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import operator
 import numpy as np
 from amaranth.lib import wiring
 
-from .params import NetworkConfig
+from .params import NetworkConfig, StageConfig
 
 
 __all__ = ["REPLICA", "check_int", "check_config", "check_lanes", "check_choice",
@@ -40,9 +40,11 @@ def check_int(name, value, minimum, maximum=None, *, requirement=None):
 
 
 def check_config(config):
-    """``config`` if it is a :class:`~cnnforge.hw.params.NetworkConfig`; TypeError otherwise."""
-    if not isinstance(config, NetworkConfig):
-        raise TypeError(f"config must be a NetworkConfig, not {config!r}")
+    """``config`` if it is a :class:`~cnnforge.hw.params.NetworkConfig` or a
+    :class:`~cnnforge.hw.params.StageConfig` (one engine of a layer-list accelerator); TypeError
+    otherwise."""
+    if not isinstance(config, (NetworkConfig, StageConfig)):
+        raise TypeError(f"config must be a NetworkConfig or StageConfig, not {config!r}")
     return config
 
 

@@ -65,9 +65,11 @@ def bench(mnist_dir=None, images=200, presets=("up5k", "ecp5-85f"), out="build",
                              "train_cycles_per_step": round(t["cycles_per_step"], 1),
                              "train_to_inference": round(t["cycles_per_step"]
                                                          / stats["cycles_per_image"], 2)})
+    networks = network_rows(mnist_dir, presets, min(images, NETWORK_BENCH_IMAGES), log=log)
     out = Path(out)
     atomic_write_text(out / "bench.json", json.dumps({"macs_per_image": model.config.macs,
-                                                       "configs": rows}, indent=1))
+                                                       "configs": rows, "networks": networks},
+                                                      indent=1))
     table = markdown_table(
         ["config", "multipliers", "cycles/image", "multiplier utilization", "images simulated",
          "accuracy", "training cycles/step", "training / inference", "golden numpy images/s (CPU)"],
@@ -76,21 +78,87 @@ def bench(mnist_dir=None, images=200, presets=("up5k", "ecp5-85f"), out="build",
           f"{100 * r['accuracy']:.2f} %", r.get("train_cycles_per_step", "-"),
           f"{r['train_to_inference']:.2f} x" if "train_to_inference" in r else "-",
           r["golden_cpu_images_per_s"]) for r in rows])
-    atomic_write_text(out / "bench.md", table + "\n")
+    network_table = markdown_table(
+        ["network", "config", "multipliers", "cycles/image (sim)", "sustained (model)",
+         "MACs / multipliers", "x the bound", "images", "mismatching words"],
+        [(r["network"], r["config"], r["multipliers"], r["cycles_per_image"],
+          r["sustained_cycles_per_image"], r["multiplier_bound"], f"{r['bound_ratio']:.2f}",
+          r["images"], r["mismatches"]) for r in networks])
+    atomic_write_text(out / "bench.md", table + "\n\n" + network_table + "\n")
     log(table)
+    log(network_table)
     return rows
 
 
-def sim_full(mnist_dir=None, images=10_000, preset="up5k", log=print):
+#: Images per layer-list row of `make bench` (a lenet image is 20,000 to 160,000 cycles).
+NETWORK_BENCH_IMAGES = 20
+
+
+def network_rows(mnist_dir, presets, images, *, networks=("lenet",), log=print):
+    """``make bench``'s layer-list rows: each committed network on the layer-list accelerator
+    with each preset's multiplier budget (:data:`~cnnforge.hw.network.MULTIPLIER_BUDGETS`),
+    ``images`` test images in RTL, cycles per image against the multiplier bound (MACs per
+    image over multipliers)."""
+    from . import datasets
+    from .evaluate import dataset_of
+    from .hw.network import MULTIPLIER_BUDGETS, LayerParallelism
+    from .sim.reference import model_file
+    from .sim.verify.system import simulate_network
+    from .train import model_path
+    rows = []
+    for network in networks:
+        qnet, info = model_file.load_network(model_path(network), with_info=True)
+        x, y = datasets.load(dataset_of(qnet, info), "test", mnist_dir)
+        for preset in presets:
+            par = LayerParallelism.balanced(qnet.network, MULTIPLIER_BUDGETS[preset])
+            stats = simulate_network(f"bench_{network}_{preset}", qnet, par, x[:images],
+                                     y[:images])
+            bound = qnet.network.total_macs / par.multipliers
+            rows.append({"network": network, "config": preset, "multipliers": par.multipliers,
+                         "lanes": par.to_dict(),
+                         "cycles_per_image": round(stats["cycles_per_image"], 1),
+                         "sustained_cycles_per_image": par.cycles_per_image,
+                         "multiplier_bound": round(bound), "images": stats["images"],
+                         "bound_ratio": round(stats["cycles_per_image"] / bound, 3),
+                         "mismatches": stats["mismatches"], "accuracy": stats["accuracy"]})
+            log(f"{network} {preset}: {stats['cycles_per_image']:.0f} cycles/image "
+                f"({par.multipliers} multipliers; bound {bound:.0f})")
+    return rows
+
+
+def sim_full(mnist_dir=None, images=10_000, preset="up5k", log=print, model_path=None,
+             multipliers=None):
+    """Test images through the RTL, every result word checked against the golden model. The
+    seed network (the default model) runs on ``preset``'s accelerator; any other model file on
+    the layer-list accelerator (:mod:`cnnforge.hw.network`) with ``multipliers`` (default: the
+    preset's :data:`~cnnforge.hw.network.MULTIPLIER_BUDGETS`) balanced over its layers."""
+    from . import datasets
+    from .evaluate import dataset_of
     from .hw.accel import PRESETS
+    from .hw.network import MULTIPLIER_BUDGETS, LayerParallelism
+    from .hw.params import ConfigError
     from .sim.reference import model_file
     from .sim.verify.system import simulate_chunked
-    model = model_file.load()
-    x, y = mnist.load("test", mnist_dir)
-    log(f"simulating {min(images, len(x))} test images through the {preset} accelerator RTL "
+    qnet, info = model_file.load_network(model_path, with_info=True)
+    name = "seed" if model_path is None else Path(model_path).stem
+    try:
+        model, par = qnet.seed_model(), _generic(PRESETS[preset])
+        if multipliers is not None:
+            raise ConfigError("a multiplier budget asks for the layer-list accelerator")
+        what = f"the {preset} accelerator"
+    except ConfigError:
+        budget = MULTIPLIER_BUDGETS[preset] if multipliers is None else multipliers
+        try:
+            model, par = qnet, LayerParallelism.balanced(qnet.network, budget)
+        except ConfigError as e:
+            raise CnnforgeError(f"{model_path}: {e}") from None
+        what = (f"the layer-list accelerator ({par.multipliers} multipliers, "
+                f"{par.cycles_per_image:,} cycles/image sustained)")
+    x, y = datasets.load(dataset_of(qnet, info), "test", mnist_dir)
+    log(f"simulating {min(images, len(x))} test images of {name} through {what} in RTL "
         f"(Verilator)...")
     try:
-        stats = simulate_chunked(f"sim_full_{preset}", model, _generic(PRESETS[preset]),
+        stats = simulate_chunked(f"sim_full_{name}_{preset}", model, par,
                                  x[:images], y[:images], log=log)
     except AssertionError as e:
         raise CnnforgeError(f"the RTL disagrees with the golden model: {e}") from None

@@ -7,6 +7,7 @@ loaded. Errors of :class:`~cnnforge.errors.CnnforgeError` print one line and exi
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from .errors import CnnforgeError
 
@@ -161,11 +162,27 @@ def cmd_bench(args):
                 train_steps=args.train_steps)
 
 
+def _model_file(path):
+    """A ``--model`` argument: the file, or the committed model file of that name
+    (``lenet.npz``), so that ``make sim-full MODEL=lenet.npz`` works from any folder."""
+    if path is None:
+        return None
+    from .sim.reference import model_file
+    given = Path(path)
+    committed = model_file.DEFAULT_PATH.with_name(given.name)
+    if not given.exists() and given.name == path and committed.exists():
+        return committed
+    return given
+
+
 def cmd_sim_full(args):
     from . import bench
     _check_mnist_count("--images", args.images, "test")
     _check_presets([args.preset])
-    bench.sim_full(mnist_dir=_mnist_dir(args), images=args.images, preset=args.preset)
+    if args.multipliers is not None:
+        _check_count("--multipliers", args.multipliers, maximum=100_000)
+    bench.sim_full(mnist_dir=_mnist_dir(args), images=args.images, preset=args.preset,
+                   model_path=_model_file(args.model), multipliers=args.multipliers)
 
 
 def _format_overrides(items):
@@ -441,6 +458,11 @@ def build_parser():
     p = sub.add_parser("sim-full", help="all MNIST test images through the RTL, checked")
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--preset", default="up5k")
+    p.add_argument("--model", default=None,
+                   help="a model file (default: the committed seed model); a network other than "
+                        "the seed runs on the layer-list accelerator")
+    p.add_argument("--multipliers", type=int, default=None,
+                   help="multipliers of the layer-list accelerator (default: the preset's)")
     p.set_defaults(func=cmd_sim_full)
 
     p = sub.add_parser("train-fixed", help="the golden fixed-point SGD trainer (batch 1), "

@@ -47,6 +47,7 @@ MNIST_TRAIN = "MNIST has 60000 training images"
     (["sim-full", "--images", "10001"],
      f"--images must be in 1..10000 ({MNIST_TEST}), not 10001"),
     (["sim-full", "--preset", "nope"], "unknown preset 'nope' (one of up5k, ecp5-25f, ecp5-85f)"),
+    (["sim-full", "--multipliers", "0"], "--multipliers must be in 1..100000, not 0"),
     (["train-fixed", "--limit", "-59990"],
      f"--limit must be in 1..60000 (1 epoch(s); {MNIST_TRAIN}), not -59990"),
     (["train-fixed", "--limit", "0"],

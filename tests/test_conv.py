@@ -51,7 +51,7 @@ def test_rejects_bad_arguments(engine):
     w, b = random_weights(config, np.random.default_rng(0))
     good = {"config": config, "lanes": 2, "conv_w": w, "conv_b": b}
     for bad, error, message in [
-        ({"config": {"filters": 4}}, TypeError, "config must be a NetworkConfig, not"),
+        ({"config": {"filters": 4}}, TypeError, "config must be a NetworkConfig or StageConfig, not"),
         ({"lanes": 2.0}, TypeError, r"lanes must be an integer, not 2\.0"),
         ({"lanes": 3}, ValueError, r"lanes must divide filters \(4\), not 3"),
         ({"lanes": 0}, ValueError, "lanes must be a positive integer, not 0"),

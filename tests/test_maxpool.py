@@ -108,7 +108,7 @@ def test_constructor_validates(lanes, error, message):
 
 
 def test_constructor_rejects_non_config():
-    with pytest.raises(TypeError, match=r"config must be a NetworkConfig, not None"):
+    with pytest.raises(TypeError, match=r"config must be a NetworkConfig or StageConfig, not None"):
         MaxPool(None, lanes=4)
 
 

@@ -140,7 +140,7 @@ def test_constructor_validates(kwargs, error, message):
 
 
 def test_constructor_rejects_non_config():
-    with pytest.raises(TypeError, match=r"config must be a NetworkConfig, not 'x'"):
+    with pytest.raises(TypeError, match=r"config must be a NetworkConfig or StageConfig, not 'x'"):
         Requantize("x", lanes=4, requant_mult=MODEL_MULT, requant_shift=8)
 
 

@@ -7,12 +7,15 @@ from amaranth import Module, Shape
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ...hw.accel import Accelerator, ModelMemory, ResultLayout, model_writes
+from ...hw.accel import Accelerator, ResultLayout, model_writes
+from ...hw.model import QuantNetwork
+from ...hw.network import NetworkAccelerator, NetworkResultLayout, network_writes
 from ..reference import golden
 from .rtl_runner import ice40_cells_sim, run_stream_test
 
 
-__all__ = ["ModelLoader", "stream_words", "cycle_budget", "simulate", "simulate_chunked"]
+__all__ = ["ModelLoader", "stream_words", "cycle_budget", "simulate", "simulate_chunked",
+           "network_stream_words", "simulate_network"]
 
 
 class ModelLoader(wiring.Component):
@@ -26,8 +29,10 @@ class ModelLoader(wiring.Component):
 
     def __init__(self, accel):
         self._accel = accel
-        self.layout = data.StructLayout({"write": 1, "memory": ModelMemory, "addr": 16,
-                                         "data": accel.mw_data_bits})
+        self.layout = data.StructLayout({"write": 1, "memory": accel.mw_memory.shape(),
+                                         "addr": 16,
+                                         "data": max(accel.mw_data_bits,
+                                                     accel.i.payload.shape().size)})
         super().__init__({"i": In(stream.Signature(self.layout)),
                           "o": Out(stream.Signature(accel.o.payload.shape()))})
 
@@ -56,17 +61,20 @@ def stream_words(model, images):
     pixels = np.asarray(images, np.uint8).reshape(-1, config.in_channels).astype(np.int64)
     shifts = 8 * np.arange(config.in_channels)
     inputs = (pixels << shifts).sum(axis=1).tolist()
-    layout = ResultLayout(config)
+    return inputs, _result_words(ResultLayout(config), ref, config.classes), ref
+
+
+def _result_words(layout, ref, classes):
+    """The result stream's words (raw bits of ``layout``) of the golden result ``ref``."""
     fields = {name: (field.offset, Shape.cast(field.shape).width) for name, field in layout}
     columns = {
         "logit": ref.logits.astype(np.int64),
         "prob": ref.probs.astype(np.int64),
-        "cls": np.repeat(ref.cls.astype(np.int64)[:, None], config.classes, axis=1),
+        "cls": np.repeat(ref.cls.astype(np.int64)[:, None], classes, axis=1),
     }
     words = [((columns[name] & ((1 << width) - 1)).astype(object) << offset)
              for name, (offset, width) in fields.items()]
-    expected = sum(words).reshape(-1).tolist()
-    return inputs, expected, ref
+    return sum(words).reshape(-1).tolist()
 
 
 def cycle_budget(accel, config, images, stalls=((0.0, 0.0),), words=0):
@@ -132,15 +140,18 @@ def simulate(name, model, parallelism, images, labels=None, *, stalls=((0.0, 0.0
 
 
 def simulate_chunked(name, model, parallelism, images, labels=None, *, chunk=1000, log=None):
-    """:func:`simulate` in chunks of ``chunk`` images (one simulator build serves every chunk of
+    """:func:`simulate` (:func:`simulate_network` for a
+    :class:`~cnnforge.hw.model.QuantNetwork` and its
+    :class:`~cnnforge.hw.network.LayerParallelism`) in chunks of ``chunk`` images (one simulator build serves every chunk of
     the same size: the images reach it as a ROM file). Cycles add up over the chunks, so each
     chunk's pipeline fill (about one image) is counted. Same statistics as :func:`simulate`."""
     start = time.perf_counter()
     total = {"images": 0, "cycles": 0, "mismatches": 0, "correct": 0}
+    run = simulate_network if isinstance(model, QuantNetwork) else simulate
     for first in range(0, len(images), chunk):
         part = slice(first, first + chunk)
-        stats = simulate(name, model, parallelism, images[part],
-                         None if labels is None else labels[part])
+        stats = run(name, model, parallelism, images[part],
+                    None if labels is None else labels[part])
         total["images"] += stats["images"]
         total["cycles"] += stats["cycles"]
         total["mismatches"] += stats["mismatches"]
@@ -155,3 +166,52 @@ def simulate_chunked(name, model, parallelism, images, labels=None, *, chunk=100
         total["accuracy"] = correct / max(1, total["images"])
     total["seconds"] = round(time.perf_counter() - start, 1)
     return total
+
+
+def network_stream_words(qnet, images):
+    """:func:`stream_words` for a :class:`~cnnforge.hw.model.QuantNetwork`: harness input words
+    (pixels), expected result words and the golden result."""
+    ref = golden.infer_int(qnet, images)
+    network = qnet.network
+    channels = network.input[2]
+    pixels = golden.as_images(images, network.input).reshape(-1, channels).astype(np.int64)
+    inputs = (pixels << (8 * np.arange(channels))).sum(axis=1).tolist()
+    return inputs, _result_words(NetworkResultLayout(network), ref, network.classes), ref
+
+
+def simulate_network(name, qnet, parallelism, images, labels=None, *, stalls=((0.0, 0.0),),
+                     load=None):
+    """:func:`simulate` for a layer-list accelerator (:class:`NetworkAccelerator`): ``images``
+    back to back, every result word asserted; ``load`` a :class:`QuantNetwork` written through
+    the model write port first (the accelerator is built with ``qnet``'s contents). Same
+    statistics as :func:`simulate`."""
+    if not isinstance(qnet, QuantNetwork):
+        raise TypeError(f"qnet must be a QuantNetwork, not {qnet!r}")
+    start = time.perf_counter()
+    inputs, expected, ref = network_stream_words(qnet if load is None else load, images)
+    accel = NetworkAccelerator(qnet, parallelism)
+    writes = []
+    if load is None:
+        factory = lambda: accel
+    else:
+        writes = [{"write": 1, "memory": mem, "addr": a, "data": w}
+                  for mem, a, w in network_writes(load, parallelism)]
+        inputs = writes + [{"write": 0, "memory": 0, "addr": 0, "data": p} for p in inputs]
+        factory = lambda: ModelLoader(accel)
+    side = qnet.network.input[0]
+    per_image = 2 * max(accel.cycles_per_image, side * side) + 100 * qnet.network.classes
+    slowest = max(max(stall) for stall in stalls)
+    budget = int(per_image * (len(images) + 2 * len(parallelism.stages)) / max(0.05, 1 - slowest))
+    result = run_stream_test(name, factory, inputs=inputs, expected=expected, stalls=stalls,
+                             max_cycles=budget + len(inputs))
+    run = result.runs[0]
+    run.cycles -= len(writes)
+    mismatches = sum(g != e for g, e in zip(run.words, result.expected))
+    mismatches += abs(len(result.expected) - run.received)
+    result.assert_ok()
+    stats = {"images": len(images), "cycles": run.cycles,
+             "cycles_per_image": run.cycles / len(images), "mismatches": mismatches,
+             "seconds": round(time.perf_counter() - start, 1)}
+    if labels is not None:
+        stats["accuracy"] = float(np.mean(ref.cls == np.asarray(labels)))
+    return stats

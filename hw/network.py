@@ -1,0 +1,614 @@
+"""Accelerators for layer-list networks (:class:`~cnnforge.hw.params.Network`): a dataflow chain
+of one engine per layer, every engine a stream block, so that layers overlap across images.
+
+``pixels -> [Border] -> ConvEngine -> Requantize -> [Border] -> [MaxPool] -> [Gather] -> ...
+-> DenseEngine -> [Requantize -> DenseEngine ...] -> Softmax -> results``
+
+:func:`stages` turns a network into the engines' geometries (:class:`ConvStage`,
+:class:`DenseStage`); :class:`LayerParallelism` says how many multipliers each layer gets
+(:meth:`LayerParallelism.balanced` chooses them from a budget); :func:`weight_memories` lists
+the model memories as data, the one list from which the write port's addresses, the words
+(:func:`network_writes`) and the engines' memories derive.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth import Module, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from .conv import ConvEngine, bias_shape, bias_words as conv_bias_words, weight_words as conv_weight_words
+from .dense import DenseEngine, weight_words as dense_weight_words
+from .maxpool import MaxPool
+from .model import QuantNetwork
+from .params import ConfigError, Conv2D, Dense, Flatten, MaxPool as MaxPoolLayer, Network, \
+    SoftmaxFormat, StageConfig, Widths, unsigned_bits
+from .reshape import Border, Gather
+from .requant import Requantize
+from .softmax import Softmax
+from .util import check_int, pack_fields
+
+
+__all__ = ["ConvStage", "DenseStage", "stages", "LayerParallelism", "MULTIPLIER_BUDGETS", "WeightMemory",
+           "weight_memories", "network_writes", "NetworkResultLayout", "NetworkAccelerator"]
+
+
+# -- The network as engine geometries --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConvStage:
+    """A conv layer (and the max-pool that follows it, if any) as the engines see them.
+
+    ``border``: ``(top, left, bottom, right)`` zero rows/columns added to (negative: cut from)
+    the ``in_size`` x ``in_size`` input so that the conv engine's windows end on its last
+    pixel; ``conv``: the engine's :class:`StageConfig`; ``pool_border`` and ``pool``: the same
+    for the max-pool (``None`` without one).
+    """
+    index: int
+    in_size: int
+    border: tuple
+    conv: StageConfig
+    pool_index: object = None
+    pool_border: object = None
+    pool: object = None
+
+    @property
+    def out_size(self):
+        """Side of the map this stage sends on (pooled, if it pools)."""
+        return self.pool.pool_size if self.pool is not None else self.conv.conv_size
+
+    @property
+    def channels(self):
+        return self.conv.filters
+
+
+@dataclass(frozen=True)
+class DenseStage:
+    """A dense layer: ``dense`` is the engine's :class:`StageConfig` (``features`` in,
+    ``classes`` = units out); ``requant``, for a hidden layer, its requantization's."""
+    index: int
+    dense: StageConfig
+    requant: object = None
+
+
+def _why_not(index, layer, what):
+    return ConfigError(f"network: layer {index} ({layer.kind}): the accelerator's RTL {what}")
+
+
+def stages(network):
+    """The engine geometries of ``network``: a list of :class:`ConvStage` and
+    :class:`DenseStage` in order. :class:`ConfigError` naming the layer for what the RTL does
+    not build (yet): non-square feature maps, a max-pool whose stride is not its size or that
+    does not follow a convolution."""
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a Network, not {network!r}")
+    out = []
+    layers = network.layers
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        shape = network.input_shape(i)
+        if isinstance(layer, Conv2D):
+            h, w, c = shape
+            if h != w:
+                raise _why_not(i, layer, f"takes square feature maps, not {h}x{w}")
+            top, left, bottom, right = layer.pads(h, w)
+            if top + bottom != left + right:
+                raise _why_not(i, layer, f"takes square padded maps, not padding "
+                                         f"{(top, left, bottom, right)}")
+            side = network.output_shape(i)[0]
+            used = (side - 1) * layer.stride + layer.kernel
+            border = (top, left, used - h - top, used - w - left)
+            conv = StageConfig(input_size=used, in_channels=c, filters=layer.filters,
+                               kernel=layer.kernel, stride=layer.stride)
+            stage = ConvStage(index=i, in_size=h, border=border, conv=conv)
+            if i + 1 < len(layers) and isinstance(layers[i + 1], MaxPoolLayer):
+                pool = layers[i + 1]
+                if pool.stride != pool.size:
+                    raise _why_not(i + 1, pool, f"pools windows that tile the map (stride = size), "
+                                                f"not size {pool.size} stride {pool.stride}")
+                kept = network.output_shape(i + 1)[0] * pool.size
+                stage = ConvStage(index=i, in_size=h, border=border, conv=conv, pool_index=i + 1,
+                                  pool_border=(0, 0, kept - side, kept - side),
+                                  pool=StageConfig(input_size=kept, filters=layer.filters,
+                                                   pool=pool.size))
+                i += 1
+            out.append(stage)
+        elif isinstance(layer, MaxPoolLayer):
+            raise _why_not(i, layer, "pools right after a convolution only")
+        elif isinstance(layer, Dense):
+            prev = out[-1] if out else None
+            if isinstance(prev, ConvStage):
+                side, filters = prev.out_size, prev.channels
+            else:
+                side, filters = 1, shape[0]
+            dense = StageConfig(input_size=side, filters=filters, classes=layer.units)
+            requant = None
+            if layer.relu:
+                requant = StageConfig(in_channels=shape[0], filters=layer.units)
+            out.append(DenseStage(index=i, dense=dense, requant=requant))
+        elif not isinstance(layer, Flatten):
+            raise _why_not(i, layer, "does not build this layer")
+        i += 1
+    return out
+
+
+# -- Parallelism ------------------------------------------------------------------------------------
+
+def _divisors(n):
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+class LayerParallelism:
+    """Multipliers per layer of a layer-list accelerator.
+
+    Parameters
+    ----------
+    network : Network
+    lanes : dict
+        For every conv and dense layer index: for a conv layer its lanes (filters computed in
+        parallel; must divide the filters) or ``(lanes, channels)`` (and input channels
+        multiplied per cycle and lane; must divide the input channels; default 1:
+        ``lanes * channels`` multipliers); for a dense layer its multipliers (must divide the
+        fan-in, and divide or be a multiple of the lanes of the layer before it).
+    target : str
+        ``"generic"`` or ``"ecp5"`` (plain products; the board build decides LUTs or DSPs).
+
+    Raises
+    ------
+    ConfigError
+        For a count that does not fit its layer, naming the layer.
+    """
+
+    TARGETS = ("generic", "ecp5")
+
+    #: :meth:`balanced` takes a plan this much slower than the fastest if it needs fewer
+    #: multipliers.
+    SLACK = 0.05
+
+    def __init__(self, network, lanes, *, target="generic"):
+        self._stages = stages(network)
+        self._network = network
+        if target not in self.TARGETS:
+            raise ValueError(f"target must be one of {', '.join(map(repr, self.TARGETS))}, "
+                             f"not {target!r}")
+        self.target = target
+        if not isinstance(lanes, dict):
+            raise TypeError(f"lanes must be a dict {{layer index: count}}, not {lanes!r}")
+        wanted = {s.index for s in self._stages}
+        unknown = sorted(set(lanes) - wanted)
+        if unknown:
+            raise ConfigError(f"parallelism: layer {unknown[0]} has no multipliers to set "
+                              f"(conv and dense layers: {sorted(wanted)})")
+        self.lanes = {}
+        self.channels = {}
+        before = None
+        for stage in self._stages:
+            layer = network.layers[stage.index]
+            where = f"parallelism: layer {stage.index} ({layer.kind})"
+            if stage.index not in lanes:
+                raise ConfigError(f"{where}: no count given")
+            value = lanes[stage.index]
+            c = 1
+            try:
+                if isinstance(stage, ConvStage) and isinstance(value, (tuple, list)):
+                    if len(value) != 2:
+                        raise ValueError(f"give lanes or (lanes, channels), not {value!r}")
+                    value, c = value
+                    c = check_int("channels", c, 1)
+                n = check_int("lanes", value, 1)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{where}: {e}") from None
+            if isinstance(stage, ConvStage):
+                if stage.conv.filters % n:
+                    raise ConfigError(f"{where}: lanes must divide the filters "
+                                      f"({stage.conv.filters}), not {n}")
+                if stage.conv.in_channels % c:
+                    raise ConfigError(f"{where}: channels must divide the input channels "
+                                      f"({stage.conv.in_channels}), not {c}")
+                self.channels[stage.index] = c
+            else:
+                fan_in = stage.dense.features
+                if fan_in % n:
+                    raise ConfigError(f"{where}: multipliers must divide the fan-in ({fan_in}), "
+                                      f"not {n}")
+                if n % before and before % n:
+                    raise ConfigError(f"{where}: multipliers ({n}) and the {before} activations "
+                                      f"per beat of the layer before must divide one another")
+            self.lanes[stage.index] = n
+            before = n if isinstance(stage, ConvStage) else 1
+
+    @property
+    def network(self):
+        return self._network
+
+    @property
+    def stages(self):
+        return self._stages
+
+    def in_lanes(self, stage):
+        """Activations per beat into ``stage``'s engine."""
+        k = self._stages.index(stage)
+        if k == 0:
+            return self._network.input[2]
+        prev = self._stages[k - 1]
+        return self.lanes[prev.index] if isinstance(prev, ConvStage) else 1
+
+    def requant_parallel(self, stage):
+        """Requantization multipliers of a conv stage: the fewest that keep up with its engine
+        (``lanes`` accumulators every ``taps // channels`` cycles)."""
+        lanes = self.lanes[stage.index]
+        steps = stage.conv.taps // self.channels[stage.index]
+        return next(p for p in _divisors(lanes) if lanes // p <= steps)
+
+    def stage_cycles(self):
+        """``{layer index: cycles per image}`` of every stage's slowest engine."""
+        cycles = {}
+        for stage in self._stages:
+            n = self.lanes[stage.index]
+            if isinstance(stage, ConvStage):
+                cycles[stage.index] = _conv_cycles(stage, n, self.channels[stage.index])
+            else:
+                cycles[stage.index] = stage.dense.classes * (stage.dense.features // n)
+        return cycles
+
+    @property
+    def cycles_per_image(self):
+        """Sustained cycles per image: the slowest stage's."""
+        return max(self.stage_cycles().values())
+
+    def layer_multipliers(self, index):
+        """int8 multipliers of layer ``index``'s engine."""
+        return self.lanes[index] * self.channels.get(index, 1)
+
+    @property
+    def multipliers(self):
+        """int8 multipliers of the conv and dense engines."""
+        return sum(self.layer_multipliers(i) for i in self.lanes)
+
+    @classmethod
+    def balanced(cls, network, multipliers, *, target="generic"):
+        """The parallelism with the fewest cycles per image (within :attr:`SLACK`, then the
+        fewest multipliers) whose conv and dense engines use at most ``multipliers``
+        multipliers: every layer gets the fewest that bring it under a common cycle count, the
+        lowest count that fits the budget (at least one multiplier per layer, whatever the
+        budget)."""
+        multipliers = check_int("multipliers", multipliers, 1)
+        net_stages = stages(network)
+
+        def plan(limit):
+            lanes, before = {}, None
+            for stage in net_stages:
+                if isinstance(stage, ConvStage):
+                    conv = stage.conv
+                    options = sorted(((n * c, -n), (n, c)) for n in _divisors(conv.filters)
+                                     for c in _divisors(conv.in_channels)
+                                     if _conv_cycles(stage, n, c) <= limit)
+                    n, c = options[0][1] if options else (conv.filters, conv.in_channels)
+                    lanes[stage.index] = (n, c)
+                    before = n
+                    continue
+                else:
+                    fan_in = stage.dense.features
+                    fits = [n for n in _divisors(fan_in) if not (n % before and before % n)]
+                    options = [n for n in fits
+                               if stage.dense.classes * (fan_in // n) <= limit]
+                    n = options[0] if options else fits[-1]
+                    before = 1
+                lanes[stage.index] = n
+            return lanes
+
+        trials = [cls(network, plan(float("inf")), target=target)]   # one multiplier per layer
+        for limit in sorted({c for s in net_stages for c in _stage_cycle_options(s)}):
+            trial = cls(network, plan(limit), target=target)
+            if trial.multipliers <= multipliers:
+                trials.append(trial)
+        # The fewest cycles, but not at any price: the divisors make the counts coarse (a
+        # layer may need twice the multipliers for the last 2 %), so of the plans within
+        # SLACK of the fastest the one with the fewest multipliers.
+        fastest = min(t.cycles_per_image for t in trials)
+        return min((t for t in trials if t.cycles_per_image <= fastest * (1 + cls.SLACK)),
+                   key=lambda t: (t.multipliers, t.cycles_per_image))
+
+    def to_dict(self):
+        return {"lanes": {str(k): v for k, v in self.lanes.items()},
+                "channels": {str(k): v for k, v in self.channels.items()}, "target": self.target}
+
+
+def _conv_cycles(stage, lanes, channels):
+    """Cycles per image of a conv stage's engine: its taps, or one cycle per (padded) input
+    pixel if that is more."""
+    conv = stage.conv
+    compute = (conv.conv_size ** 2 * (conv.taps // channels) * (conv.filters // lanes)
+               + ConvEngine.SWITCH_CYCLES)
+    return max(compute, conv.input_size ** 2)
+
+
+def _stage_cycle_options(stage):
+    if isinstance(stage, ConvStage):
+        return [_conv_cycles(stage, n, c) for n in _divisors(stage.conv.filters)
+                for c in _divisors(stage.conv.in_channels)]
+    d = stage.dense
+    return [d.classes * (d.features // n) for n in _divisors(d.features)]
+
+
+#: Multipliers a layer-list accelerator gets by default on each board configuration (the
+#: preset names of :data:`cnnforge.hw.accel.PRESETS`): the multipliers the seed's presets use.
+MULTIPLIER_BUDGETS = {"up5k": 16, "ecp5-25f": 28, "ecp5-85f": 160}
+
+
+# -- Model memories as data -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WeightMemory:
+    """One writable model memory: layer ``layer``'s ``kind`` (``"conv_w"``, ``"conv_b"``,
+    ``"requant_mult"``, ``"dense_w"``, ``"dense_b"``), ``words`` words of ``bits`` bits."""
+    layer: int
+    kind: str
+    words: int
+    bits: int
+
+    @property
+    def total_bits(self):
+        return self.words * self.bits
+
+
+def weight_memories(parallelism):
+    """The model memories of an accelerator built with ``parallelism``, in write-port order
+    (``mw_memory`` is the index in this list)."""
+    mems = []
+    for stage in parallelism.stages:
+        n = parallelism.lanes[stage.index]
+        if isinstance(stage, ConvStage):
+            conv = stage.conv
+            widths = Widths(conv)
+            groups = conv.filters // n
+            c = parallelism.channels[stage.index]
+            chunks, per = bias_shape(n, conv.taps // c)
+            mems += [WeightMemory(stage.index, "conv_w", groups * (conv.taps // c), 8 * n * c),
+                     WeightMemory(stage.index, "conv_b", groups * chunks, widths.conv_bias * per),
+                     WeightMemory(stage.index, "requant_mult", conv.filters, widths.requant_mult)]
+        else:
+            dense = stage.dense
+            widths = Widths(dense)
+            mems += [WeightMemory(stage.index, "dense_w", dense.classes * (dense.features // n),
+                                  8 * n),
+                     WeightMemory(stage.index, "dense_b", dense.classes, widths.dense_bias)]
+            if stage.requant is not None:
+                mems.append(WeightMemory(stage.index, "requant_mult", dense.classes,
+                                         Widths.requant_mult))
+    return mems
+
+
+def network_writes(qnet, parallelism):
+    """``[(memory index, address, word)]``: every model word of ``qnet`` for the write port of an
+    accelerator built with ``parallelism`` (raw bits, in :func:`weight_memories` order)."""
+    writes = []
+    for index, mem in enumerate(weight_memories(parallelism)):
+        p = qnet.layers[mem.layer]
+        stage = next(s for s in parallelism.stages if s.index == mem.layer)
+        n = parallelism.lanes[mem.layer]
+        c = parallelism.channels.get(mem.layer, 1)
+        if mem.kind == "conv_w":
+            words = [pack_fields(w, 8) for w in conv_weight_words(stage.conv, n, p.w, c)]
+        elif mem.kind == "conv_b":
+            bits = Widths(stage.conv).conv_bias
+            words = [pack_fields(b, bits) for b in conv_bias_words(stage.conv, n, p.b, c)]
+        elif mem.kind == "requant_mult":
+            words = [int(v) for v in np.asarray(p.mult)]
+        elif mem.kind == "dense_w":
+            words = [pack_fields(w, 8) for w in dense_weight_words(stage.dense, n, p.w)]
+        else:
+            mask = (1 << mem.bits) - 1
+            words = [int(b) & mask for b in np.asarray(p.b)]
+        writes += [(index, a, w) for a, w in enumerate(words)]
+    return writes
+
+
+# -- The accelerator --------------------------------------------------------------------------------
+
+def NetworkResultLayout(network):
+    """Payload of the result stream: ``classes`` beats per image, beat ``k`` for class ``k``
+    (the layout of :func:`~cnnforge.hw.accel.ResultLayout` for the seed network)."""
+    last = network.param_layers()[-1]
+    return data.StructLayout({
+        "logit": signed(network.layer_widths(last).acc),
+        "prob": unsigned(SoftmaxFormat.prob_bits),
+        "cls": unsigned(unsigned_bits(network.classes - 1)),
+    })
+
+
+class NetworkAccelerator(wiring.Component):
+    """Raw pixels in, logits / probabilities / class out, for any layer list :func:`stages`
+    takes: one engine per layer (a dataflow chain; layers overlap across images, so the
+    sustained cycles per image are the slowest engine's, :attr:`cycles_per_image`).
+
+    Parameters
+    ----------
+    qnet : :class:`~cnnforge.hw.model.QuantNetwork`
+        The integer network; its tensors initialize the model memories.
+    parallelism : :class:`LayerParallelism`
+        For ``qnet.network``.
+
+    Members
+    -------
+    i : ``In(stream.Signature(data.ArrayLayout(unsigned(8), channels)))``
+        Pixels of consecutive images in raster order.
+    o : ``Out(stream.Signature(NetworkResultLayout(network)))``
+        ``classes`` beats per image: logit ``k``, probability ``k`` (Q15) and the class.
+    mw_en : ``In(1)``, mw_memory : ``In(range(len(memories)))``, mw_addr : ``In(16)``,
+    mw_data : ``In(mw_data_bits)``
+        Model write port: a word of :func:`network_writes` per cycle with ``mw_en``, to memory
+        :attr:`memories` ``[mw_memory]``. Conv weights and biases switch between images; the
+        other memories take effect at once.
+    """
+
+    def __init__(self, qnet, parallelism):
+        if not isinstance(qnet, QuantNetwork):
+            raise TypeError(f"qnet must be a QuantNetwork, not {qnet!r}")
+        if not isinstance(parallelism, LayerParallelism):
+            raise TypeError(f"parallelism must be a LayerParallelism, not {parallelism!r}")
+        if parallelism.network != qnet.network:
+            raise ValueError("parallelism was made for another network")
+        self._qnet, self._par = qnet, parallelism
+        self.memories = weight_memories(parallelism)
+        self.mw_data_bits = max(m.bits for m in self.memories)
+        network = qnet.network
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(unsigned(8), network.input[2]))),
+            "o": Out(stream.Signature(NetworkResultLayout(network))),
+            "mw_en": In(1),
+            "mw_memory": In(range(max(2, len(self.memories)))),
+            "mw_addr": In(16),
+            "mw_data": In(self.mw_data_bits),
+        })
+
+    @property
+    def network(self):
+        return self._qnet.network
+
+    @property
+    def parallelism(self):
+        return self._par
+
+    @property
+    def stage_cycles(self):
+        return self._par.stage_cycles()
+
+    @property
+    def cycles_per_image(self):
+        return self._par.cycles_per_image
+
+    def elaborate(self, platform):
+        m = Module()
+        qnet, par = self._qnet, self._par
+        ports = {}      # (layer, kind) -> (en, addr, data) of the engine
+
+        def port(layer, kind, en, addr, word):
+            ports[(layer, kind)] = (en, addr, word)
+
+        source = wiring.flipped(self.i)     # the stream the next engine reads
+        for k, stage in enumerate(par.stages):
+            p = qnet.layers[stage.index]
+            n = par.lanes[stage.index]
+            name = f"layer{stage.index}"
+            if isinstance(stage, ConvStage):
+                conv_cfg = stage.conv
+                top, left, bottom, right = stage.border
+                if any(stage.border):
+                    border = Border(source.payload.shape(), height=stage.in_size,
+                                    width=stage.in_size, top=top, left=left, bottom=bottom,
+                                    right=right)
+                    m.submodules[f"{name}_border"] = border
+                    wiring.connect(m, source, border.i)
+                    source = border.o
+                conv = ConvEngine(conv_cfg, lanes=n, conv_w=p.w, conv_b=p.b,
+                                  target=par.target, channels=par.channels[stage.index])
+                m.submodules[f"{name}_conv"] = conv
+                wiring.connect(m, source, conv.i)
+                port(stage.index, "conv_w", conv.w_en, conv.w_addr, conv.w_data)
+                port(stage.index, "conv_b", conv.b_en, conv.b_addr, conv.b_data)
+                requant = Requantize(conv_cfg, lanes=n, requant_mult=p.mult,
+                                     requant_shift=int(p.shift),
+                                     parallel=par.requant_parallel(stage))
+                m.submodules[f"{name}_requant"] = requant
+                wiring.connect(m, conv.o, requant.i)
+                port(stage.index, "requant_mult", requant.mult_en, requant.mult_addr,
+                     requant.mult_data)
+                source = requant.o
+                if stage.pool is not None:
+                    if any(stage.pool_border):
+                        crop = Border(source.payload.shape(), height=conv_cfg.conv_size,
+                                      width=conv_cfg.conv_size, beats=conv_cfg.filters // n,
+                                      bottom=stage.pool_border[2], right=stage.pool_border[3])
+                        m.submodules[f"{name}_crop"] = crop
+                        wiring.connect(m, source, crop.i)
+                        source = crop.o
+                    pool = MaxPool(stage.pool, lanes=n)
+                    m.submodules[f"layer{stage.pool_index}_pool"] = pool
+                    wiring.connect(m, source, pool.i)
+                    # Inference takes the pooled values; the argmax positions are for training.
+                    values = _Values(pool)
+                    m.submodules[f"layer{stage.pool_index}_values"] = values
+                    wiring.connect(m, pool.o, values.i)
+                    source = values.o
+                nxt = par.stages[k + 1] if k + 1 < len(par.stages) else None
+                if isinstance(nxt, ConvStage) and conv_cfg.filters // n > 1:
+                    gather = Gather(unsigned(8), lanes=n, count=conv_cfg.filters // n)
+                    m.submodules[f"{name}_gather"] = gather
+                    wiring.connect(m, source, gather.i)
+                    source = gather.o
+            else:
+                dense_cfg = stage.dense
+                dense = DenseEngine(dense_cfg, in_lanes=par.in_lanes(stage), mults=n,
+                                    dense_w=p.w, dense_b=p.b, target="generic", buffer=True)
+                m.submodules[f"{name}_dense"] = dense
+                wiring.connect(m, source, dense.i)
+                port(stage.index, "dense_w", dense.w_en, dense.w_addr, dense.w_data)
+                port(stage.index, "dense_b", dense.b_en, dense.b_addr, dense.b_data)
+                if stage.requant is not None:
+                    requant = Requantize(stage.requant, lanes=1, requant_mult=p.mult,
+                                         requant_shift=int(p.shift), parallel=1)
+                    m.submodules[f"{name}_requant"] = requant
+                    m.d.comb += [
+                        requant.i.payload[0].eq(dense.o.payload),
+                        requant.i.valid.eq(dense.o.valid),
+                        dense.o.ready.eq(requant.i.ready),
+                    ]
+                    port(stage.index, "requant_mult", requant.mult_en, requant.mult_addr,
+                         requant.mult_data)
+                    source = requant.o
+                else:
+                    source = dense.o
+
+        # The model write port: memory `mw_memory` of the list, decoded here.
+        for index, mem in enumerate(self.memories):
+            en, addr, word = ports[(mem.layer, mem.kind)]
+            m.d.comb += [
+                en.eq(self.mw_en & (self.mw_memory == index)),
+                addr.eq(self.mw_addr),
+                word.eq(self.mw_data),
+            ]
+
+        # Softmax and the logits beside it (see hw/accel.py).
+        last = par.stages[-1].dense
+        m.submodules.softmax = softmax = Softmax(last, softmax_mult=int(qnet.softmax_mult),
+                                                 softmax_shift=int(qnet.softmax_shift))
+        acc_bits = Widths(last).dense_acc
+        m.submodules.logits = logits = SyncFIFOBuffered(width=acc_bits, depth=2 * last.classes)
+        m.d.comb += [
+            softmax.i.payload.eq(source.payload),
+            logits.w_data.eq(source.payload),
+            softmax.i.valid.eq(source.valid & logits.w_rdy),
+            logits.w_en.eq(source.valid & softmax.i.ready),
+            source.ready.eq(softmax.i.ready & logits.w_rdy),
+            self.o.payload.logit.eq(logits.r_data),
+            self.o.payload.prob.eq(softmax.o.payload.prob),
+            self.o.payload.cls.eq(softmax.o.payload.cls),
+            self.o.valid.eq(softmax.o.valid & logits.r_rdy),
+            softmax.o.ready.eq(self.o.ready & logits.r_rdy),
+            logits.r_en.eq(self.o.ready & softmax.o.valid),
+        ]
+        return m
+
+
+class _Values(wiring.Component):
+    """The values of a max-pool's output stream (its argmax positions dropped)."""
+
+    def __init__(self, pool):
+        self._lanes = pool.lanes
+        super().__init__({
+            "i": In(stream.Signature(pool.result_layout)),
+            "o": Out(stream.Signature(data.ArrayLayout(unsigned(8), pool.lanes))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += [
+            self.o.payload.eq(self.i.payload.value),
+            self.o.valid.eq(self.i.valid),
+            self.i.ready.eq(self.o.ready),
+        ]
+        return m
