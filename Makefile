@@ -101,7 +101,7 @@ bench: $(STAMP)
 # Board builds: build/$(BOARD)/ with the bitstream and report.md (icebreaker, ulx3s, orangecrab);
 # TRAIN=random|model adds on-chip training (build/$(BOARD)-train/, for `cnnforge train-board`).
 bitstream: $(STAMP)
-	$(CNNFORGE) bitstream --board $(BOARD) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(TRAIN),--train $(TRAIN))
+	$(CNNFORGE) bitstream --board $(BOARD) $(if $(MODEL),--model $(MODEL)) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(TRAIN),--train $(TRAIN))
 
 program: $(STAMP)
 	$(CNNFORGE) program --board $(BOARD) $(if $(TRAIN),--train)

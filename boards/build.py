@@ -37,7 +37,7 @@ from ..errors import CnnforgeError, ToolError
 from ..fsutil import atomic_write_text
 from ..hw.util import REPLICA
 from .protocol import OVERHEAD_BYTES, classify_reply_bytes, image_bytes
-from .top import BoardTop, get_board
+from .top import BoardTop, get_board, link_config
 
 
 __all__ = ["TOOLS", "tool_env", "build", "run_toolchain", "program", "check_bitstream",
@@ -391,24 +391,50 @@ def _last_tool_error(folder):
 
 
 def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, parallelism=None,
-          accel=None, bench_path=None, train_init=None, log=print):
+          accel=None, bench_path=None, train_init=None, name=None, log=print):
     """Synthesize, place and route, pack; write the report. Returns the report dict.
 
     ``train_init`` (``"random"``, ``"model"``): build with on-chip training
     (:class:`~cnnforge.hw.train.TrainingAccelerator`, ``TRAIN``/``READ_WEIGHTS`` on the link)
     from that starting point; the build folder is then ``<board>-train``.
+
+    ``model`` a :class:`~cnnforge.hw.model.QuantNetwork` other than the seed network: built as
+    a :class:`~cnnforge.hw.network.NetworkAccelerator` with ``parallelism`` (a
+    :class:`~cnnforge.hw.network.LayerParallelism`; default: the board preset's multiplier
+    budget balanced over the layers) in ``<board>-<name>``.
     """
+    from ..hw.model import QuantNetwork
+    from ..hw.network import MULTIPLIER_BUDGETS, LayerParallelism, NetworkAccelerator
+    from ..hw.params import ConfigError
     from ..sim.reference import model_file
     spec = get_board(board)
     # A training build's preset; fails at once, before any tool runs, if the board cannot fit it.
     preset = spec.training_preset() if train_init is not None else spec.preset
     env = tool_env(spec.family)
     model = model if model is not None else model_file.load()
-    top = BoardTop(spec, model, parallelism=parallelism, clk_freq=clk_freq, baud=baud,
-                   accel=accel, train_init=train_init)
+    network_par = None
+    if isinstance(model, QuantNetwork):
+        try:
+            model = model.seed_model()          # the seed network: the board's presets
+        except ConfigError:
+            if train_init is not None:
+                raise CnnforgeError("on-chip training builds the seed network only "
+                                    "(mnist-seed)") from None
+            network_par = parallelism if isinstance(parallelism, LayerParallelism) else \
+                LayerParallelism.balanced(model.network, MULTIPLIER_BUDGETS[preset])
+            parallelism = None
+    layer_list = network_par is not None
+
+    def new_top():
+        return BoardTop(spec, model, parallelism=parallelism, clk_freq=clk_freq, baud=baud,
+                        accel=NetworkAccelerator(model, network_par) if layer_list else accel,
+                        train_init=train_init)
+
+    top = new_top()
     par = top.parallelism
     custom = parallelism is not None and par.to_dict() != _preset(preset).to_dict()
-    final = Path(out_dir) / (spec.name + ("-train" if train_init else ""))
+    variant = "-train" if train_init else f"-{name or 'network'}" if layer_list else ""
+    final = Path(out_dir) / (spec.name + variant)
     failed = failed_folder(final)
     platform = spec.platform()
     opts = {
@@ -450,7 +476,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             conv = par.conv_multipliers(model.config)
             dsp_note = (f"MULT18X18D: {conv} convolution (explicit, registered); "
                         f"requantization and dense products in LUTs (-nodsp)")
-        elif par is not None and accel is None:
+        elif (par is not None and accel is None) or layer_list:
             dsp_note = "all products in LUTs (-nodsp, MAC target generic)"
     with _fresh_folder(final) as folder:
         log(f"{spec.name}: building {spec.device} at {top.clk_freq / 1e6:.2f} MHz in {folder} "
@@ -464,8 +490,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                 log(f"{spec.name}: Fmax {tried[-1][1]:.2f} MHz < {target:.2f}: placing and "
                     f"routing again with nextpnr {how}")
                 platform = spec.platform()      # a platform (and its top) is prepared once
-                top = BoardTop(spec, model, parallelism=parallelism, clk_freq=clk_freq,
-                               baud=baud, accel=accel, train_init=train_init)
+                top = new_top()
             seed_opts = dict(opts)
             if seed is not None:
                 seed_opts["nextpnr_opts"] = opts["nextpnr_opts"] + f" --seed {seed}"
@@ -493,17 +518,24 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             raise ToolError(f"{spec.name}: the tools wrote no {bitstream.name} (in {failed})")
         data = bitstream.read_bytes()
         cycles_source = "build/bench.json"
-        if custom and accel is None:
+        if layer_list:
+            cycles = network_par.cycles_per_image
+            cycles_source = "the layer-list model: the slowest engine's sustained cycles"
+        elif custom and accel is None:
             # The slowest stage's sustained cycles per image, as its engine reports them.
             cycles, cycles_source = top.accelerator.cycles_per_image, "estimate: slowest stage"
         else:
             cycles = _bench_cycles(preset, bench_path or Path(out_dir) / "bench.json")
         result = {
             "board": spec.name, "device": spec.device, "family": spec.family,
-            "preset": ("(replaced accelerator)" if accel is not None else
+            "preset": ("layer-list" if layer_list else
+                       "(replaced accelerator)" if accel is not None else
                        "custom" if custom else preset),
             "training": train_init,
-            "parallelism": par.to_dict() if par is not None else None,
+            "network": model.network.to_dict() if layer_list else None,
+            "multipliers": network_par.multipliers if layer_list else None,
+            "parallelism": (network_par.to_dict() if layer_list else
+                            par.to_dict() if par is not None else None),
             "dsp_mapping": dsp_note, "cycles_source": cycles_source,
             "target_mhz": target, "fmax_mhz": fmax_mhz, "fmax": fmax,
             "timing_met": met, "baud": top.baud,
@@ -512,7 +544,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             "resources": resources, "cycles_per_image": cycles,
             "images_per_s_compute": target * 1e6 / cycles if cycles else None,
             "images_per_s_fmax": fmax_mhz * 1e6 / cycles if cycles else None,
-            "images_per_s_link": link_images_per_second(model.config, top.baud),
+            "images_per_s_link": link_images_per_second(link_config(model), top.baud),
             # Where the bitstream ends up; program() checks that the file there is this one.
             "bitstream": str((final if met else failed) / bitstream.name),
             "bitstream_bytes": len(data),

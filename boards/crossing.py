@@ -72,6 +72,8 @@ class ClockCrossing(wiring.Component):
         members = {"i": accel_members["i"], "o": accel_members["o"], "cycles": Out(32)}
         if self._writable:
             self.mw_data_bits = accel.mw_data_bits
+            if hasattr(accel, "memories"):
+                self.memories = accel.memories      # a layer-list accelerator's model memories
             for name in ("mw_en", "mw_memory", "mw_addr", "mw_data"):
                 members[name] = accel_members[name]
         super().__init__(members)
@@ -163,10 +165,10 @@ class ClockCrossing(wiring.Component):
 
         # ---- model write port ---------------------------------------------------------------
         if self._writable:
-            w_fields = Cat(self.mw_memory.as_value(), self.mw_addr, self.mw_data)
+            w_fields = Cat(Value.cast(self.mw_memory), self.mw_addr, self.mw_data)
             m.submodules.mw_fifo = mw_fifo = AsyncFIFO(width=len(w_fields), depth=8,
                                                        w_domain="sync", r_domain=fast)
-            r_fields = Cat(accel.mw_memory.as_value(), accel.mw_addr, accel.mw_data)
+            r_fields = Cat(Value.cast(accel.mw_memory), accel.mw_addr, accel.mw_data)
             m.d.comb += [
                 mw_fifo.w_data.eq(w_fields),
                 mw_fifo.w_en.eq(self.mw_en),

@@ -165,8 +165,10 @@ class Client:
         """The ``WRITE_WEIGHTS`` payloads loading ``model`` into this device (checks that the
         device is built for the model's network and for ``parallelism``)."""
         from ..hw.accel import ModelMemory, model_word_bits, model_writes
+        from ..hw.model import QuantNetwork
+        from .top import link_config
         info = self.ping()
-        config = model.config
+        config = link_config(model)
         if (info["input_size"], info["in_channels"], info["classes"]) != \
                 (config.input_size, config.in_channels, config.classes):
             raise CnnforgeError(f"the device runs a {info['input_size']}x{info['input_size']}x"
@@ -175,12 +177,20 @@ class Client:
                                 f"{config.in_channels} -> {config.classes}")
         if not info["writable"]:
             raise CnnforgeError("the device takes no model uploads (no WRITE_WEIGHTS)")
-        word_bytes = (model_word_bits(config, parallelism) + 7) // 8
+        if isinstance(model, QuantNetwork):
+            # A layer-list accelerator: its memories are a list (hw/network.py), `memories`
+            # their indices.
+            from ..hw.network import network_writes, weight_memories
+            word_bytes = (max(m.bits for m in weight_memories(parallelism)) + 7) // 8
+            writes = [w for w in network_writes(model, parallelism)
+                      if memories is None or w[0] in memories]
+        else:
+            word_bytes = (model_word_bits(config, parallelism) + 7) // 8
+            writes = model_writes(model, parallelism,
+                                  tuple(ModelMemory) if memories is None else memories)
         if word_bytes != info["word_bytes"]:
             raise CnnforgeError(f"the device's model words are {info['word_bytes']} bytes, "
                                 f"{word_bytes} for this parallelism: wrong board or preset?")
-        writes = model_writes(model, parallelism,
-                              tuple(ModelMemory) if memories is None else memories)
         return weight_frames(writes, word_bytes, max_weight_words(config, word_bytes))
 
     def load_model(self, model=None, parallelism=None, memories=None):

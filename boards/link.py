@@ -209,7 +209,9 @@ class Link(wiring.Component):
         wt_min = WEIGHTS_HEADER_BYTES + word_bytes
         wt_max = WEIGHTS_HEADER_BYTES + max_words * word_bytes
         model_ok = Signal(init=self._model_loaded)
-        if self._writable:
+        if self._writable and hasattr(self._accel, "memories"):
+            n_memories = len(self._accel.memories)      # a layer-list accelerator's list
+        elif self._writable:
             from ..hw.accel import ModelMemory
             n_memories = len(ModelMemory)
         else:
@@ -572,7 +574,7 @@ class Link(wiring.Component):
         if self._writable:
             m.d.comb += [
                 accel.mw_en.eq(k_en),
-                accel.mw_memory.as_value().eq(k_mem),
+                Value.cast(accel.mw_memory).eq(k_mem),
                 accel.mw_addr.eq(k_addr),
                 accel.mw_data.eq(k_word),
             ]

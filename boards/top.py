@@ -209,6 +209,21 @@ def training_accelerator(train_init, parallelism):
     return TrainingAccelerator(initial_state(train_init), parallelism)
 
 
+def link_config(model):
+    """What the host link needs of a model: its input size and channels and its classes, as a
+    :class:`~cnnforge.hw.params.NetworkConfig` (the seed's own; for any other layer list one
+    with its input and classes, whose other fields nothing on the link reads)."""
+    from ..hw.model import QuantNetwork
+    from ..hw.params import NetworkConfig
+    if not isinstance(model, QuantNetwork):
+        return model.config
+    h, w, c = model.network.input
+    if h != w:
+        raise CnnforgeError(f"the host link takes square images, not {h}x{w}")
+    return NetworkConfig(input_size=h, in_channels=c, filters=1, kernel=1, pool=1,
+                         classes=model.network.classes)
+
+
 def board_core(model, parallelism, *, clk_freq, baud, timeout_s=0.1, accel=None,
                accel_domain=None):
     """The link serving ``Accelerator(model, parallelism)`` (or a given ``accel``, e.g. a
@@ -224,10 +239,11 @@ def board_core(model, parallelism, *, clk_freq, baud, timeout_s=0.1, accel=None,
         from ..hw.accel import Accelerator
         accel = Accelerator(model, parallelism)
     model_loaded = parallelism is None or parallelism.target != "ice40"
+    config = link_config(model)
     if accel_domain is not None:
         from .crossing import ClockCrossing
-        accel = ClockCrossing(accel, model.config, domain=accel_domain)
-    return Link(accel=accel, config=model.config, divisor=divisor_for(clk_freq, baud),
+        accel = ClockCrossing(accel, config, domain=accel_domain)
+    return Link(accel=accel, config=config, divisor=divisor_for(clk_freq, baud),
                 timeout=max(1, round(timeout_s * clk_freq)), model_loaded=model_loaded)
 
 
@@ -252,7 +268,10 @@ class BoardTop(Elaboratable):
     Parameters
     ----------
     board : Board
-    model : QuantModel
+    model : QuantModel or QuantNetwork
+        A :class:`~cnnforge.hw.model.QuantNetwork` is built as a
+        :class:`~cnnforge.hw.network.NetworkAccelerator` (give it as ``accel``, with
+        ``parallelism`` its :class:`~cnnforge.hw.network.LayerParallelism`).
     parallelism : Parallelism, optional
         Default: the board's preset (with ``train_init``, its training preset).
     clk_freq : float, optional

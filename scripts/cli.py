@@ -255,7 +255,16 @@ def cmd_bitstream(args):
     from .boards import build
     par = (build.parse_parallelism(args.parallelism, args.board, training=args.train is not None)
            if args.parallelism is not None else None)
-    build.build(args.board, args.out, parallelism=par, train_init=args.train)
+    model = None
+    if args.model is not None:
+        from .sim.reference import model_file
+        path = _model_file(args.model)
+        model = model_file.load_network(path)
+        if args.parallelism is not None:
+            raise CnnforgeError("--parallelism sets the seed network's presets; a --model is "
+                                "balanced over its layers")
+    build.build(args.board, args.out, parallelism=par, train_init=args.train, model=model,
+                name=None if args.model is None else Path(args.model).stem)
 
 
 def cmd_program(args):
@@ -504,6 +513,10 @@ def build_parser():
     p.add_argument("--train", choices=("random", "model"), default=None,
                    help="build with on-chip training from this starting point (cnnforge "
                         "train-board); the build goes to OUT/BOARD-train")
+    p.add_argument("--model", default=None,
+                   help="a model file (or a committed one's name, e.g. lenet.npz): a network "
+                        "other than the seed is built as a layer-list accelerator in "
+                        "OUT/BOARD-NAME")
     p.set_defaults(func=cmd_bitstream)
 
     p = sub.add_parser("program", help="load the board's bitstream (iceprog / openFPGALoader)")

@@ -261,3 +261,34 @@ def test_lenet_on_mnist(name, budget):
     stats = simulate_network(f"net_lenet_{budget}", qnet, par, images, labels)
     assert stats["mismatches"] == 0
     assert stats["accuracy"] == float(np.mean(golden.infer_int(qnet, images).cls == labels))
+
+
+def test_board_core_serves_a_layer_list_accelerator(tmp_path):
+    """The board core (UART link, the accelerator behind a ClockCrossing as on the ULX3S) with a
+    layer-list accelerator: the host uploads another network's tensors through
+    ``WRITE_WEIGHTS`` frames (memories from :func:`weight_memories`), then classifies; every
+    class, logit and probability is the uploaded network's."""
+    from cnnforge.boards.top import board_core
+    from cnnforge.sim.verify.board_system import SIM_BAUD, SIM_CLK_FREQ, run_sim_job
+    from helpers import check_classification
+    net = NETWORKS["stride2-same-rgb"]
+    lanes = PLANS["stride2-same-rgb"]
+    par = LayerParallelism(net, lanes)
+    built, other = random_qnet(net, 1), random_qnet(net, 2)
+    loaded = QuantNetwork(net, [None if p is None else QuantLayer(q.w, q.b, q.mult, p.shift)
+                                for p, q in zip(built.layers, other.layers)],
+                          built.softmax_mult, built.softmax_shift)
+    model_file.save(loaded, tmp_path / "loaded.npz")
+    images = random_images(net, 3, 8)
+    link = board_core(built, None, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD,
+                      accel=NetworkAccelerator(built, par), accel_domain="fast")
+    out = run_sim_job("board_network", link,
+                      "cnnforge.sim.verify.tb_board:upload_network_and_classify",
+                      {"images": [im.tolist() for im in images],
+                       "model_path": str(tmp_path / "loaded.npz"),
+                       "lanes": {str(k): list(v) if isinstance(v, tuple) else v
+                                 for k, v in lanes.items()}},
+                      divisor=SIM_CLK_FREQ // SIM_BAUD)
+    assert out["result"]["upload"]["loaded_after"]
+    for k, (got, image) in enumerate(zip(out["result"]["results"], images)):
+        check_classification(got, loaded, image, f"image {k}")

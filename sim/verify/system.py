@@ -126,13 +126,20 @@ def simulate(name, model, parallelism, images, labels=None, *, stalls=((0.0, 0.0
                              max_cycles=cycle_budget(accel, model.config, len(images), stalls,
                                                      len(inputs)),
                              extra_sources=extra)
+    return _statistics(result, len(writes), ref, labels, start)
+
+
+def _statistics(result, writes, ref, labels, start):
+    """The statistics of :func:`simulate` from a stream run (asserted) that began with
+    ``writes`` model words."""
     run = result.runs[0]
-    run.cycles -= len(writes)     # the no-stall run takes one model word per cycle
+    run.cycles -= writes          # the no-stall run takes one model word per cycle
     mismatches = sum(g != e for g, e in zip(run.words, result.expected))
     mismatches += abs(len(result.expected) - run.received)
     result.assert_ok()
-    stats = {"images": len(images), "cycles": run.cycles,
-             "cycles_per_image": run.cycles / len(images), "mismatches": mismatches,
+    images = len(ref.cls)
+    stats = {"images": images, "cycles": run.cycles,
+             "cycles_per_image": run.cycles / images, "mismatches": mismatches,
              "seconds": round(time.perf_counter() - start, 1)}
     if labels is not None:
         stats["accuracy"] = float(np.mean(ref.cls == np.asarray(labels)))
@@ -142,7 +149,8 @@ def simulate(name, model, parallelism, images, labels=None, *, stalls=((0.0, 0.0
 def simulate_chunked(name, model, parallelism, images, labels=None, *, chunk=1000, log=None):
     """:func:`simulate` (:func:`simulate_network` for a
     :class:`~cnnforge.hw.model.QuantNetwork` and its
-    :class:`~cnnforge.hw.network.LayerParallelism`) in chunks of ``chunk`` images (one simulator build serves every chunk of
+    :class:`~cnnforge.hw.network.LayerParallelism`) in chunks of ``chunk`` images (one
+    simulator build serves every chunk of
     the same size: the images reach it as a ROM file). Cycles add up over the chunks, so each
     chunk's pipeline fill (about one image) is counted. Same statistics as :func:`simulate`."""
     start = time.perf_counter()
@@ -204,14 +212,4 @@ def simulate_network(name, qnet, parallelism, images, labels=None, *, stalls=((0
     budget = int(per_image * (len(images) + 2 * len(parallelism.stages)) / max(0.05, 1 - slowest))
     result = run_stream_test(name, factory, inputs=inputs, expected=expected, stalls=stalls,
                              max_cycles=budget + len(inputs))
-    run = result.runs[0]
-    run.cycles -= len(writes)
-    mismatches = sum(g != e for g, e in zip(run.words, result.expected))
-    mismatches += abs(len(result.expected) - run.received)
-    result.assert_ok()
-    stats = {"images": len(images), "cycles": run.cycles,
-             "cycles_per_image": run.cycles / len(images), "mismatches": mismatches,
-             "seconds": round(time.perf_counter() - start, 1)}
-    if labels is not None:
-        stats["accuracy"] = float(np.mean(ref.cls == np.asarray(labels)))
-    return stats
+    return _statistics(result, len(writes), ref, labels, start)

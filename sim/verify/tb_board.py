@@ -195,6 +195,30 @@ def _upload(c, transport, upload):
     return weights, record
 
 
+def upload_network_and_classify(transport, images, model_path, lanes):
+    """Upload the layer-list model at ``model_path`` for the parallelism ``lanes`` (``{layer
+    index: count}``, as :class:`~cnnforge.hw.network.LayerParallelism`), then classify
+    ``images``; ``{"upload": record, "results": [classification]}``."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from cnnforge.boards.host import Client
+    from cnnforge.boards.protocol import Command
+    from cnnforge.hw.network import LayerParallelism
+    from cnnforge.sim.reference import model_file
+    qnet = model_file.load_network(model_path)
+    par = LayerParallelism(qnet.network, {int(k): tuple(v) if isinstance(v, list) else v
+                                          for k, v in lanes.items()})
+    c = Client(transport, timeout=0.05)
+    weights = c.weight_payloads(qnet, par)
+    for payload in weights:
+        c.request(Command.WRITE_WEIGHTS, payload)
+    record = {"frames": len(weights), "loaded_after": c.ping()["model_loaded"]}
+    return {"upload": record,
+            "results": [asdict(c.classify(np.asarray(image, np.uint8))) for image in images]}
+
+
 def upload_and_classify(transport, images, upload):
     """Upload a model (as ``board_scenario``), then classify ``images``; ``[classification]``."""
     from dataclasses import asdict
