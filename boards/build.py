@@ -420,8 +420,10 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             if train_init is not None:
                 raise CnnforgeError("on-chip training builds the seed network only "
                                     "(mnist-seed)") from None
+            # The board preset's multiplier budget and pipeline (deep for the ULX3S' 100 MHz).
             network_par = parallelism if isinstance(parallelism, LayerParallelism) else \
-                LayerParallelism.balanced(model.network, MULTIPLIER_BUDGETS[preset])
+                LayerParallelism.balanced(model.network, MULTIPLIER_BUDGETS[preset],
+                                          pipeline=_preset(preset).pipeline)
             parallelism = None
     layer_list = network_par is not None
 

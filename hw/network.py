@@ -14,7 +14,7 @@ the model memories as data, the one list from which the write port's addresses, 
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth import Module, signed, unsigned
+from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -27,8 +27,9 @@ from .params import ConfigError, Conv2D, Dense, Flatten, MaxPool as MaxPoolLayer
     SoftmaxFormat, StageConfig, Widths, unsigned_bits
 from .reshape import Border, Gather
 from .requant import Requantize
+from .slice import RegisterSlice
 from .softmax import Softmax
-from .util import check_int, pack_fields
+from .util import REPLICA, check_int, pack_fields
 
 
 __all__ = ["ConvStage", "DenseStage", "stages", "LayerParallelism", "MULTIPLIER_BUDGETS", "WeightMemory",
@@ -155,6 +156,13 @@ class LayerParallelism:
         fan-in, and divide or be a multiple of the lanes of the layer before it).
     target : str
         ``"generic"`` or ``"ecp5"`` (plain products; the board build decides LUTs or DSPs).
+    pipeline : str
+        ``"standard"`` or ``"deep"`` (for fast clocks on LUT fabric, as
+        :class:`~cnnforge.hw.accel.Parallelism`'s): register slices between the engines and on
+        the input and result streams, requantizations that never stall with 4-bit multiplier
+        digits, the dense engines' sums registered every two adder levels, the softmax's exp
+        step pipelined and the model write port registered per memory (writes land a cycle
+        later). Costs latency and registers, not throughput; results are the same.
 
     Raises
     ------
@@ -168,13 +176,18 @@ class LayerParallelism:
     #: multipliers.
     SLACK = 0.05
 
-    def __init__(self, network, lanes, *, target="generic"):
+    PIPELINES = ("standard", "deep")
+
+    def __init__(self, network, lanes, *, target="generic", pipeline="standard"):
         self._stages = stages(network)
         self._network = network
         if target not in self.TARGETS:
             raise ValueError(f"target must be one of {', '.join(map(repr, self.TARGETS))}, "
                              f"not {target!r}")
         self.target = target
+        if pipeline not in self.PIPELINES:
+            raise ValueError(f"pipeline must be 'standard' or 'deep', not {pipeline!r}")
+        self.pipeline = pipeline
         if not isinstance(lanes, dict):
             raise TypeError(f"lanes must be a dict {{layer index: count}}, not {lanes!r}")
         wanted = {s.index for s in self._stages}
@@ -269,7 +282,7 @@ class LayerParallelism:
         return sum(self.layer_multipliers(i) for i in self.lanes)
 
     @classmethod
-    def balanced(cls, network, multipliers, *, target="generic"):
+    def balanced(cls, network, multipliers, *, target="generic", pipeline="standard"):
         """The parallelism with the fewest cycles per image (within :attr:`SLACK`, then the
         fewest multipliers) whose conv and dense engines use at most ``multipliers``
         multipliers: every layer gets the fewest that bring it under a common cycle count, the
@@ -300,9 +313,12 @@ class LayerParallelism:
                 lanes[stage.index] = n
             return lanes
 
-        trials = [cls(network, plan(float("inf")), target=target)]   # one multiplier per layer
+        def make(lanes):
+            return cls(network, lanes, target=target, pipeline=pipeline)
+
+        trials = [make(plan(float("inf")))]     # one multiplier per layer
         for limit in sorted({c for s in net_stages for c in _stage_cycle_options(s)}):
-            trial = cls(network, plan(limit), target=target)
+            trial = make(plan(limit))
             if trial.multipliers <= multipliers:
                 trials.append(trial)
         # The fewest cycles, but not at any price: the divisors make the counts coarse (a
@@ -314,7 +330,8 @@ class LayerParallelism:
 
     def to_dict(self):
         return {"lanes": {str(k): v for k, v in self.lanes.items()},
-                "channels": {str(k): v for k, v in self.channels.items()}, "target": self.target}
+                "channels": {str(k): v for k, v in self.channels.items()}, "target": self.target,
+                "pipeline": self.pipeline}
 
 
 def _conv_cycles(stage, lanes, channels):
@@ -484,10 +501,21 @@ class NetworkAccelerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         qnet, par = self._qnet, self._par
+        deep = par.pipeline == "deep"
         ports = {}      # (layer, kind) -> (en, addr, data) of the engine
 
         def port(layer, kind, en, addr, word):
             ports[(layer, kind)] = (en, addr, word)
+
+        def link(source, sink, name):
+            """Connect two engines' streams (through a register slice in the deep pipeline: the
+            engines sit apart on the device, and their handshakes would chain)."""
+            if deep:
+                cut = RegisterSlice(source.payload.shape())
+                m.submodules[f"{name}_slice"] = cut
+                wiring.connect(m, source, cut.i)
+                source = cut.o
+            wiring.connect(m, source, sink)
 
         source = wiring.flipped(self.i)     # the stream the next engine reads
         for k, stage in enumerate(par.stages):
@@ -502,19 +530,20 @@ class NetworkAccelerator(wiring.Component):
                                     width=stage.in_size, top=top, left=left, bottom=bottom,
                                     right=right)
                     m.submodules[f"{name}_border"] = border
-                    wiring.connect(m, source, border.i)
+                    link(source, border.i, f"{name}_border_in")
                     source = border.o
                 conv = ConvEngine(conv_cfg, lanes=n, conv_w=p.w, conv_b=p.b,
                                   target=par.target, channels=par.channels[stage.index])
                 m.submodules[f"{name}_conv"] = conv
-                wiring.connect(m, source, conv.i)
+                link(source, conv.i, f"{name}_conv_in")
                 port(stage.index, "conv_w", conv.w_en, conv.w_addr, conv.w_data)
                 port(stage.index, "conv_b", conv.b_en, conv.b_addr, conv.b_data)
                 requant = Requantize(conv_cfg, lanes=n, requant_mult=p.mult,
                                      requant_shift=int(p.shift),
-                                     parallel=par.requant_parallel(stage))
+                                     parallel=par.requant_parallel(stage),
+                                     digit=4 if deep else None, stall_free=deep)
                 m.submodules[f"{name}_requant"] = requant
-                wiring.connect(m, conv.o, requant.i)
+                link(conv.o, requant.i, f"{name}_requant_in")
                 port(stage.index, "requant_mult", requant.mult_en, requant.mult_addr,
                      requant.mult_data)
                 source = requant.o
@@ -528,7 +557,7 @@ class NetworkAccelerator(wiring.Component):
                         source = crop.o
                     pool = MaxPool(stage.pool, lanes=n)
                     m.submodules[f"layer{stage.pool_index}_pool"] = pool
-                    wiring.connect(m, source, pool.i)
+                    link(source, pool.i, f"layer{stage.pool_index}_pool_in")
                     # Inference takes the pooled values; the argmax positions are for training.
                     values = _Values(pool)
                     m.submodules[f"layer{stage.pool_index}_values"] = values
@@ -543,14 +572,16 @@ class NetworkAccelerator(wiring.Component):
             else:
                 dense_cfg = stage.dense
                 dense = DenseEngine(dense_cfg, in_lanes=par.in_lanes(stage), mults=n,
-                                    dense_w=p.w, dense_b=p.b, target="generic", buffer=True)
+                                    dense_w=p.w, dense_b=p.b, target="generic", buffer=True,
+                                    sum_levels=2 if deep else None)
                 m.submodules[f"{name}_dense"] = dense
-                wiring.connect(m, source, dense.i)
+                link(source, dense.i, f"{name}_dense_in")
                 port(stage.index, "dense_w", dense.w_en, dense.w_addr, dense.w_data)
                 port(stage.index, "dense_b", dense.b_en, dense.b_addr, dense.b_data)
                 if stage.requant is not None:
                     requant = Requantize(stage.requant, lanes=1, requant_mult=p.mult,
-                                         requant_shift=int(p.shift), parallel=1)
+                                         requant_shift=int(p.shift), parallel=1,
+                                         digit=4 if deep else None, stall_free=deep)
                     m.submodules[f"{name}_requant"] = requant
                     m.d.comb += [
                         requant.i.payload[0].eq(dense.o.payload),
@@ -563,33 +594,53 @@ class NetworkAccelerator(wiring.Component):
                 else:
                     source = dense.o
 
-        # The model write port: memory `mw_memory` of the list, decoded here.
+        # The model write port: memory `mw_memory` of the list, decoded here (in the deep
+        # pipeline decoded before a register, with a copy of the registers per memory, placed
+        # near it).
         for index, mem in enumerate(self.memories):
             en, addr, word = ports[(mem.layer, mem.kind)]
-            m.d.comb += [
-                en.eq(self.mw_en & (self.mw_memory == index)),
-                addr.eq(self.mw_addr),
-                word.eq(self.mw_data),
-            ]
+            if deep:
+                name = f"mw_{index}"
+                r_en = Signal(name=f"{name}_en")
+                r_addr = Signal.like(self.mw_addr, name=f"{name}_addr", reset_less=True,
+                                     attrs={REPLICA: 1})
+                r_word = Signal.like(self.mw_data, name=f"{name}_data", reset_less=True,
+                                     attrs={REPLICA: 1})
+                m.d.sync += [r_en.eq(self.mw_en & (self.mw_memory == index)),
+                             r_addr.eq(self.mw_addr), r_word.eq(self.mw_data)]
+                m.d.comb += [en.eq(r_en), addr.eq(r_addr), word.eq(r_word)]
+            else:
+                m.d.comb += [
+                    en.eq(self.mw_en & (self.mw_memory == index)),
+                    addr.eq(self.mw_addr),
+                    word.eq(self.mw_data),
+                ]
 
         # Softmax and the logits beside it (see hw/accel.py).
         last = par.stages[-1].dense
         m.submodules.softmax = softmax = Softmax(last, softmax_mult=int(qnet.softmax_mult),
-                                                 softmax_shift=int(qnet.softmax_shift))
+                                                 softmax_shift=int(qnet.softmax_shift),
+                                                 pipelined_exp=deep)
         acc_bits = Widths(last).dense_acc
         m.submodules.logits = logits = SyncFIFOBuffered(width=acc_bits, depth=2 * last.classes)
+        if deep:
+            m.submodules.result_slice = result_slice = RegisterSlice(self.o.payload.shape())
+            result = result_slice.i
+            wiring.connect(m, result_slice.o, wiring.flipped(self.o))
+        else:
+            result = self.o
         m.d.comb += [
             softmax.i.payload.eq(source.payload),
             logits.w_data.eq(source.payload),
             softmax.i.valid.eq(source.valid & logits.w_rdy),
             logits.w_en.eq(source.valid & softmax.i.ready),
             source.ready.eq(softmax.i.ready & logits.w_rdy),
-            self.o.payload.logit.eq(logits.r_data),
-            self.o.payload.prob.eq(softmax.o.payload.prob),
-            self.o.payload.cls.eq(softmax.o.payload.cls),
-            self.o.valid.eq(softmax.o.valid & logits.r_rdy),
-            softmax.o.ready.eq(self.o.ready & logits.r_rdy),
-            logits.r_en.eq(self.o.ready & softmax.o.valid),
+            result.payload.logit.eq(logits.r_data),
+            result.payload.prob.eq(softmax.o.payload.prob),
+            result.payload.cls.eq(softmax.o.payload.cls),
+            result.valid.eq(softmax.o.valid & logits.r_rdy),
+            softmax.o.ready.eq(result.ready & logits.r_rdy),
+            logits.r_en.eq(result.ready & softmax.o.valid),
         ]
         return m
 

@@ -222,6 +222,18 @@ def test_generated_network_bit_exact(name):
     assert len(set(ref.cls.tolist())) > 1, "a case whose classes never change tests too little"
 
 
+@pytest.mark.parametrize("name", ["stride2-same-rgb", "valid-stride2-hidden"])
+def test_deep_pipeline_bit_exact(name):
+    """The deep pipeline (register slices, stall-free requantization, pipelined sums and exp):
+    the same results, and the same sustained cycles."""
+    net = NETWORKS[name]
+    qnet = random_qnet(net, 11)
+    par = LayerParallelism(net, PLANS[name], pipeline="deep")
+    images = random_images(net, 6, 21)
+    stats = simulate_network(f"net_deep_{name}", qnet, par, images, stalls=STALLS)
+    assert stats["mismatches"] == 0
+
+
 def test_model_write_port_loads_another_network():
     """Built with one network's tensors, loaded with another's through the write port: the
     results are the loaded network's."""
