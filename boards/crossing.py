@@ -68,14 +68,13 @@ class ClockCrossing(wiring.Component):
         accel_members = accel.signature.members
         if "step_done" in accel_members:
             raise TypeError("ClockCrossing carries inference only, not a TrainingAccelerator")
-        self._writable = "mw_en" in accel_members
+        self._writable = "mw" in accel_members
         members = {"i": accel_members["i"], "o": accel_members["o"], "cycles": Out(32)}
         if self._writable:
             self.mw_data_bits = accel.mw_data_bits
             if hasattr(accel, "memories"):
                 self.memories = accel.memories      # a layer-list accelerator's model memories
-            for name in ("mw_en", "mw_memory", "mw_addr", "mw_data"):
-                members[name] = accel_members[name]
+            members["mw"] = accel_members["mw"]
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -165,15 +164,15 @@ class ClockCrossing(wiring.Component):
 
         # ---- model write port ---------------------------------------------------------------
         if self._writable:
-            w_fields = Cat(Value.cast(self.mw_memory), self.mw_addr, self.mw_data)
+            w_fields = Cat(Value.cast(self.mw.memory), self.mw.addr, self.mw.data)
             m.submodules.mw_fifo = mw_fifo = AsyncFIFO(width=len(w_fields), depth=8,
                                                        w_domain="sync", r_domain=fast)
-            r_fields = Cat(Value.cast(accel.mw_memory), accel.mw_addr, accel.mw_data)
+            r_fields = Cat(Value.cast(accel.mw.memory), accel.mw.addr, accel.mw.data)
             m.d.comb += [
                 mw_fifo.w_data.eq(w_fields),
-                mw_fifo.w_en.eq(self.mw_en),
+                mw_fifo.w_en.eq(self.mw.en),
                 r_fields.eq(mw_fifo.r_data),
-                accel.mw_en.eq(mw_fifo.r_rdy),
+                accel.mw.en.eq(mw_fifo.r_rdy),
                 mw_fifo.r_en.eq(1),
             ]
 

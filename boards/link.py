@@ -62,8 +62,8 @@ class Link(wiring.Component):
     arrive meanwhile are answered ``BUSY``; the classification's reply follows when it
     completes.
 
-    ``WRITE_WEIGHTS`` (when the accelerator has the model write port ``mw_en``, ``mw_memory``,
-    ``mw_addr``, ``mw_data`` of :class:`~cnnforge.hw.accel.Accelerator`): the payload's words
+    ``WRITE_WEIGHTS`` (when the accelerator has the model write port ``mw``,
+    :class:`~cnnforge.hw.util.ModelWriteSignature`): the payload's words
     are staged in the image memory as they arrive; once the frame's CRC checks, the executor
     assembles them (one byte per 2 cycles) and writes one word per ``word_bytes`` bytes through
     the port, at consecutive addresses. Without the port it is NAKed ``UNSUPPORTED``.
@@ -130,7 +130,7 @@ class Link(wiring.Component):
             raise TypeError(f"model_loaded must be a bool, not {model_loaded!r}")
         self._model_loaded = model_loaded
         members = getattr(getattr(accel, "signature", None), "members", {})
-        self._writable = "mw_en" in members
+        self._writable = "mw" in members
         self._trainable = "step_done" in members and "dump" in members
         if self._trainable:
             from ..hw.train import dump_order
@@ -573,10 +573,10 @@ class Link(wiring.Component):
         k_mem = Signal(8)
         if self._writable:
             m.d.comb += [
-                accel.mw_en.eq(k_en),
-                Value.cast(accel.mw_memory).eq(k_mem),
-                accel.mw_addr.eq(k_addr),
-                accel.mw_data.eq(k_word),
+                accel.mw.en.eq(k_en),
+                Value.cast(accel.mw.memory).eq(k_mem),
+                accel.mw.addr.eq(k_addr),
+                accel.mw.data.eq(k_word),
             ]
         m.d.sync += k_en.eq(0)
         with m.If(k_en):

@@ -14,7 +14,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .slice import RegisterSlice
-from .util import REPLICA, check_config, check_int, pack_fields
+from .util import REPLICA, ModelWriteSignature, check_config, check_int, pack_fields
 from .params import SoftmaxFormat, Widths
 from .conv import ConvEngine, bias_shape, bias_words as conv_bias_words, weight_words as conv_weight_words
 from .conv_window import WindowConvEngine
@@ -29,7 +29,7 @@ __all__ = ["Accelerator", "ResultLayout", "Parallelism", "PRESETS", "ModelMemory
 
 
 class ModelMemory(enum.Enum, shape=3):
-    """The accelerator's writable model memories (``mw_memory``)."""
+    """The accelerator's writable model memories (``mw.memory``)."""
     CONV_W = 0        # ConvEngine weight words (see hw/conv.py: weight_words)
     CONV_B = 1        # ConvEngine bias words (hw/conv.py: bias_words)
     REQUANT_MULT = 2  # per-filter requantization multipliers
@@ -306,10 +306,9 @@ class Accelerator(wiring.Component):
         Pixels of consecutive images in raster order.
     o : ``Out(stream.Signature(ResultLayout(config)))``
         ``classes`` beats per image: logit ``k``, probability ``k`` (Q15) and the class.
-    mw_en : ``In(1)``, mw_memory : ``In(ModelMemory)``, mw_addr : ``In(16)``,
-    mw_data : ``In(mw_data_bits)``
-        Model write port: one word per cycle with ``mw_en``, in the formats of
-        :func:`model_writes`. Conv weights and biases are double-banked and switch between
+    mw : ``In(ModelWriteSignature(ModelMemory, mw_data_bits))``
+        Model write port: one word per cycle with ``mw.en`` to ``mw.memory`` at ``mw.addr``, in
+        the formats of :func:`model_writes`. Conv weights and biases are double-banked and switch between
         images (see :class:`~cnnforge.hw.conv.ConvEngine`); the other memories take effect at
         once, so write them while no image is in flight. With ``target="ice40"`` the dense
         weights live in SPRAM, which starts empty: write them before the first image.
@@ -360,10 +359,7 @@ class Accelerator(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(8), config.in_channels))),
             "o": Out(stream.Signature(ResultLayout(config))),
-            "mw_en": In(1),
-            "mw_memory": In(ModelMemory),
-            "mw_addr": In(16),
-            "mw_data": In(self.mw_data_bits),
+            "mw": In(ModelWriteSignature(ModelMemory, self.mw_data_bits)),
             "pool_valid": Out(1),
             "pool_value": Out(data.ArrayLayout(unsigned(8), par.conv_lanes)),
             "pool_argmax": Out(data.ArrayLayout(unsigned(widths.pool_index), par.conv_lanes)),
@@ -403,16 +399,16 @@ class Accelerator(wiring.Component):
             def port(memory):
                 name = memory.name.lower()
                 en = Signal(name=f"mw_{name}_en")
-                addr = Signal.like(self.mw_addr, name=f"mw_{name}_addr", reset_less=True,
+                addr = Signal.like(self.mw.addr, name=f"mw_{name}_addr", reset_less=True,
                                    attrs={REPLICA: 1})
-                word = Signal.like(self.mw_data, name=f"mw_{name}_data", reset_less=True,
+                word = Signal.like(self.mw.data, name=f"mw_{name}_data", reset_less=True,
                                    attrs={REPLICA: 1})
-                m.d.sync += [en.eq(self.mw_en & (self.mw_memory == memory)),
-                             addr.eq(self.mw_addr), word.eq(self.mw_data)]
+                m.d.sync += [en.eq(self.mw.en & (self.mw.memory == memory)),
+                             addr.eq(self.mw.addr), word.eq(self.mw.data)]
                 return en, addr, word
         else:
             def port(memory):
-                return self.mw_en & (self.mw_memory == memory), self.mw_addr, self.mw_data
+                return self.mw.en & (self.mw.memory == memory), self.mw.addr, self.mw.data
 
         for memory, (en, addr, word) in [
                 (ModelMemory.CONV_W, (conv.w_en, conv.w_addr, conv.w_data)),

@@ -29,7 +29,7 @@ from .reshape import Border, Gather
 from .requant import Requantize
 from .slice import RegisterSlice
 from .softmax import Softmax
-from .util import REPLICA, check_int, pack_fields
+from .util import REPLICA, ModelWriteSignature, check_int, pack_fields
 
 
 __all__ = ["ConvStage", "DenseStage", "stages", "LayerParallelism", "MULTIPLIER_BUDGETS", "WeightMemory",
@@ -374,7 +374,7 @@ class WeightMemory:
 
 def weight_memories(parallelism):
     """The model memories of an accelerator built with ``parallelism``, in write-port order
-    (``mw_memory`` is the index in this list)."""
+    (``mw.memory`` is the index in this list)."""
     mems = []
     for stage in parallelism.stages:
         n = parallelism.lanes[stage.index]
@@ -455,10 +455,9 @@ class NetworkAccelerator(wiring.Component):
         Pixels of consecutive images in raster order.
     o : ``Out(stream.Signature(NetworkResultLayout(network)))``
         ``classes`` beats per image: logit ``k``, probability ``k`` (Q15) and the class.
-    mw_en : ``In(1)``, mw_memory : ``In(range(len(memories)))``, mw_addr : ``In(16)``,
-    mw_data : ``In(mw_data_bits)``
-        Model write port: a word of :func:`network_writes` per cycle with ``mw_en``, to memory
-        :attr:`memories` ``[mw_memory]``. Conv weights and biases switch between images; the
+    mw : ``In(ModelWriteSignature(range(len(memories)), mw_data_bits))``
+        Model write port: a word of :func:`network_writes` per cycle with ``mw.en``, to memory
+        :attr:`memories` ``[mw.memory]``. Conv weights and biases switch between images; the
         other memories take effect at once.
     """
 
@@ -476,10 +475,7 @@ class NetworkAccelerator(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(8), network.input[2]))),
             "o": Out(stream.Signature(NetworkResultLayout(network))),
-            "mw_en": In(1),
-            "mw_memory": In(range(max(2, len(self.memories)))),
-            "mw_addr": In(16),
-            "mw_data": In(self.mw_data_bits),
+            "mw": In(ModelWriteSignature(range(max(2, len(self.memories))), self.mw_data_bits)),
         })
 
     @property
@@ -594,7 +590,7 @@ class NetworkAccelerator(wiring.Component):
                 else:
                     source = dense.o
 
-        # The model write port: memory `mw_memory` of the list, decoded here (in the deep
+        # The model write port: memory `mw.memory` of the list, decoded here (in the deep
         # pipeline decoded before a register, with a copy of the registers per memory, placed
         # near it).
         for index, mem in enumerate(self.memories):
@@ -602,18 +598,18 @@ class NetworkAccelerator(wiring.Component):
             if deep:
                 name = f"mw_{index}"
                 r_en = Signal(name=f"{name}_en")
-                r_addr = Signal.like(self.mw_addr, name=f"{name}_addr", reset_less=True,
+                r_addr = Signal.like(self.mw.addr, name=f"{name}_addr", reset_less=True,
                                      attrs={REPLICA: 1})
-                r_word = Signal.like(self.mw_data, name=f"{name}_data", reset_less=True,
+                r_word = Signal.like(self.mw.data, name=f"{name}_data", reset_less=True,
                                      attrs={REPLICA: 1})
-                m.d.sync += [r_en.eq(self.mw_en & (self.mw_memory == index)),
-                             r_addr.eq(self.mw_addr), r_word.eq(self.mw_data)]
+                m.d.sync += [r_en.eq(self.mw.en & (self.mw.memory == index)),
+                             r_addr.eq(self.mw.addr), r_word.eq(self.mw.data)]
                 m.d.comb += [en.eq(r_en), addr.eq(r_addr), word.eq(r_word)]
             else:
                 m.d.comb += [
-                    en.eq(self.mw_en & (self.mw_memory == index)),
-                    addr.eq(self.mw_addr),
-                    word.eq(self.mw_data),
+                    en.eq(self.mw.en & (self.mw.memory == index)),
+                    addr.eq(self.mw.addr),
+                    word.eq(self.mw.data),
                 ]
 
         # Softmax and the logits beside it (see hw/accel.py).

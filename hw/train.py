@@ -45,7 +45,7 @@ from .accel import Accelerator, ModelMemory, Parallelism, ResultLayout, model_wo
 from .conv import bias_shape, weight_words as conv_weight_words
 from .dense import weight_words as dense_weight_words
 from .params import SoftmaxFormat, Widths
-from .util import check_int, pack_fields
+from .util import ModelWriteSignature, check_int, pack_fields
 
 
 __all__ = ["TrainCommand", "TrainInputLayout", "Trainer", "TrainingAccelerator",
@@ -258,7 +258,7 @@ class Trainer(wiring.Component):
         the probabilities come in class order).
     busy : ``Out(1)``, done : ``Out(1)``
         ``done`` pulses when the last model word is written.
-    mw_en, mw_memory, mw_addr, mw_data : ``Out``
+    mw : ``Out(ModelWriteSignature(ModelMemory, mw_data_bits))``
         Model writes for the accelerator's port (formats of
         :func:`~cnnforge.hw.accel.model_writes`).
     dump_start : ``In(1)``; dump : ``Out(stream.Signature(unsigned(DUMP_BITS)))``
@@ -306,10 +306,7 @@ class Trainer(wiring.Component):
             "label": In(range(config.classes)),
             "busy": Out(1),
             "done": Out(1),
-            "mw_en": Out(1),
-            "mw_memory": Out(ModelMemory),
-            "mw_addr": Out(16),
-            "mw_data": Out(self.mw_data_bits),
+            "mw": Out(ModelWriteSignature(ModelMemory, self.mw_data_bits)),
             "dump_start": In(1),
             "dump": Out(stream.Signature(unsigned(self.DUMP_BITS))),
         })
@@ -482,8 +479,8 @@ class Trainer(wiring.Component):
         # --- Model write port (driven by one phase at a time) --------------------------------
         mw_en, mw_mem, mw_addr, mw_data = (Signal(), Signal(ModelMemory), Signal(16),
                                            Signal(self.mw_data_bits))
-        m.d.comb += [self.mw_en.eq(mw_en), self.mw_memory.eq(mw_mem), self.mw_addr.eq(mw_addr),
-                     self.mw_data.eq(mw_data)]
+        m.d.comb += [self.mw.en.eq(mw_en), self.mw.memory.eq(mw_mem), self.mw.addr.eq(mw_addr),
+                     self.mw.data.eq(mw_data)]
 
         # --- Phase control -------------------------------------------------------------------
         drain = Signal(range(self.DRAIN + 1))
@@ -909,7 +906,7 @@ class TrainingAccelerator(wiring.Component):
     i : ``In(stream.Signature(TrainInputLayout(config)))``
     o : ``Out(stream.Signature(ResultLayout(config)))``
     dump : ``Out(stream.Signature(unsigned(32)))``
-    mw_en, mw_memory, mw_addr, mw_data : ``In``
+    mw : ``In(ModelWriteSignature(ModelMemory, mw_data_bits))``
         The accelerator's model write port for the host (the trainer's writes take
         precedence; host writes change the int8 weights only, not the masters).
     busy : ``Out(1)``
@@ -927,10 +924,7 @@ class TrainingAccelerator(wiring.Component):
             "i": In(stream.Signature(TrainInputLayout(config))),
             "o": Out(stream.Signature(ResultLayout(config))),
             "dump": Out(stream.Signature(unsigned(Trainer.DUMP_BITS))),
-            "mw_en": In(1),
-            "mw_memory": In(ModelMemory),
-            "mw_addr": In(16),
-            "mw_data": In(self._accel.mw_data_bits),
+            "mw": In(ModelWriteSignature(ModelMemory, self._accel.mw_data_bits)),
             "busy": Out(1),
             "step_done": Out(1),
         })
@@ -1004,10 +998,9 @@ class TrainingAccelerator(wiring.Component):
         ]
         with m.If(trainer.done):
             m.d.sync += training.eq(0)
-        with m.If(trainer.mw_en):
-            m.d.comb += [accel.mw_en.eq(1), accel.mw_memory.eq(trainer.mw_memory),
-                         accel.mw_addr.eq(trainer.mw_addr), accel.mw_data.eq(trainer.mw_data)]
+        # The trainer's writes take the port; the host's wait (the link writes between steps).
+        with m.If(trainer.mw.en):
+            wiring.connect(m, trainer.mw, accel.mw)
         with m.Else():
-            m.d.comb += [accel.mw_en.eq(self.mw_en), accel.mw_memory.eq(self.mw_memory),
-                         accel.mw_addr.eq(self.mw_addr), accel.mw_data.eq(self.mw_data)]
+            wiring.connect(m, wiring.flipped(self.mw), accel.mw)
         return m

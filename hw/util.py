@@ -9,7 +9,7 @@ from amaranth.lib import wiring
 from .params import NetworkConfig, StageConfig
 
 
-__all__ = ["REPLICA", "check_int", "check_config", "check_lanes", "check_choice",
+__all__ = ["ModelWriteSignature", "REPLICA", "check_int", "check_config", "check_lanes", "check_choice",
            "check_int8_array", "check_bias_array", "ChannelBlock", "pack_fields"]
 
 
@@ -110,6 +110,42 @@ class ChannelBlock(wiring.Component):
     def groups(self):
         """Beats (channel groups) per position: ``filters // lanes``."""
         return self._config.filters // self._lanes
+
+
+class ModelWriteSignature(wiring.Signature):
+    """The model write port, as its writer sees it: one word per cycle with ``en``, word
+    ``data`` to address ``addr`` of memory ``memory``. The accelerators take it (``In``), the
+    on-chip trainer, the host link's executor and the test loader drive it (``Out``); a
+    :class:`~cnnforge.boards.crossing.ClockCrossing` carries it across clock domains.
+
+    Parameters
+    ----------
+    memory : shape-like
+        The memory select: :class:`~cnnforge.hw.accel.ModelMemory` for the seed's accelerator,
+        ``range(len(memories))`` for a layer-list accelerator (its
+        :func:`~cnnforge.hw.network.weight_memories`).
+    data_bits : int
+        Bits of a word: the widest memory word.
+    """
+
+    def __init__(self, memory, data_bits):
+        self._memory, self._data_bits = memory, data_bits
+        super().__init__({
+            "en": wiring.Out(1),
+            "memory": wiring.Out(memory),
+            "addr": wiring.Out(16),
+            "data": wiring.Out(data_bits),
+        })
+
+    @property
+    def data_bits(self):
+        return self._data_bits
+
+    def __eq__(self, other):
+        return (isinstance(other, ModelWriteSignature) and self.members == other.members)
+
+    def __repr__(self):
+        return f"ModelWriteSignature({self._memory!r}, {self._data_bits})"
 
 
 def pack_fields(values, width):

@@ -29,7 +29,7 @@ class ModelLoader(wiring.Component):
 
     def __init__(self, accel):
         self._accel = accel
-        self.layout = data.StructLayout({"write": 1, "memory": accel.mw_memory.shape(),
+        self.layout = data.StructLayout({"write": 1, "memory": accel.mw.memory.shape(),
                                          "addr": 16,
                                          "data": max(accel.mw_data_bits,
                                                      accel.i.payload.shape().size)})
@@ -45,10 +45,10 @@ class ModelLoader(wiring.Component):
             accel.i.payload.eq(p.data),
             accel.i.valid.eq(self.i.valid & ~p.write),
             self.i.ready.eq(p.write | accel.i.ready),
-            accel.mw_en.eq(self.i.valid & p.write),
-            accel.mw_memory.eq(p.memory),
-            accel.mw_addr.eq(p.addr),
-            accel.mw_data.eq(p.data),
+            accel.mw.en.eq(self.i.valid & p.write),
+            accel.mw.memory.eq(p.memory),
+            accel.mw.addr.eq(p.addr),
+            accel.mw.data.eq(p.data),
         ]
         return m
 
