@@ -207,7 +207,13 @@ def clock_verdict(fmax, target):
 def _markdown(r):
     par = r.get("parallelism")
     what = f"preset `{r['preset']}`"
-    if par:
+    if par and r["preset"] == "layer-list":
+        layers = ", ".join(
+            f"layer {k}: {v}" + (f"x{par['channels'][k]}" if par["channels"].get(k, 1) > 1 else "")
+            for k, v in par["lanes"].items())
+        what = (f"layer-list accelerator ({r['multipliers']} multipliers: {layers}; pipeline "
+                f"{par['pipeline']})")
+    elif par:
         what += (f" (conv_lanes {par['conv_lanes']}{', window' if par['conv_window'] else ''}, "
                  f"requant_parallel {par['requant_parallel']}, dense_mults "
                  f"{par['dense_mults']}, target {par['target']}"
@@ -404,7 +410,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     budget balanced over the layers) in ``<board>-<name>``.
     """
     from ..hw.model import QuantNetwork
-    from ..hw.network import MULTIPLIER_BUDGETS, LayerParallelism, NetworkAccelerator
+    from ..hw.network import LayerParallelism, NetworkAccelerator, preset_parallelism
     from ..hw.params import ConfigError
     from ..sim.reference import model_file
     spec = get_board(board)
@@ -422,8 +428,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                                     "(mnist-seed)") from None
             # The board preset's multiplier budget and pipeline (deep for the ULX3S' 100 MHz).
             network_par = parallelism if isinstance(parallelism, LayerParallelism) else \
-                LayerParallelism.balanced(model.network, MULTIPLIER_BUDGETS[preset],
-                                          pipeline=_preset(preset).pipeline)
+                preset_parallelism(model.network, preset)
             parallelism = None
     layer_list = network_par is not None
 

@@ -251,7 +251,16 @@ class ConvEngine(ConvInterface):
     (28x28, 32 filters of 3x3): 12,168 cycles per image at 16 lanes, 24,336 at 8 lanes and
     6,084 at 32 lanes.
     """,
-        parameters="",
+        parameters="""
+    channels : int
+        Input channels multiplied per cycle and lane (must divide ``in_channels``): ``lanes *
+        channels`` multipliers, ``taps // channels`` cycles per filter group; the weight words
+        hold ``lanes * channels`` weights (:func:`weight_words`).
+    read_stage : bool
+        One more pipeline stage between the memories and the MAC array (the pixel word
+        registered out of the block RAM before its channel group is selected, the weight word
+        read a cycle later from registered addresses): one cycle more latency, for fast
+        clocks; results and throughput are the same.""",
         type_errors="",
         value_errors="",
     )
@@ -260,9 +269,13 @@ class ConvEngine(ConvInterface):
     #: window ready (the last bias read is done, then one cycle switches the banks).
     SWITCH_CYCLES = 3
 
-    def __init__(self, config, *, lanes, conv_w, conv_b, target="generic", channels=1):
+    def __init__(self, config, *, lanes, conv_w, conv_b, target="generic", channels=1,
+                 read_stage=False):
         super().__init__(config, lanes=lanes, conv_w=conv_w, conv_b=conv_b, target=target,
                          channels=channels)
+        if not isinstance(read_stage, bool):
+            raise TypeError(f"read_stage must be a bool, not {read_stage!r}")
+        self._read_stage = read_stage
         k, n = config.kernel, config.input_size
         # Room for a window and a half, and at least for a window plus the pixels the next row
         # of positions needs (with stride 2 a row step moves the window by two input rows).
@@ -271,7 +284,7 @@ class ConvEngine(ConvInterface):
         # A group lives taps cycles in the array, LATENCY + 2 in the pipeline, and up to taps more
         # in the consumer (a Requantize with fewer multipliers than lanes holds each beat for
         # lanes / parallel cycles): one entry per taps cycles of that, so the array never waits.
-        self._fifo_depth = 2 + -(-(MACArray.LATENCY + 2) // self._steps)
+        self._fifo_depth = 2 + -(-(MACArray.LATENCY + 2 + read_stage) // self._steps)
 
     @property
     def row_step(self):
@@ -460,10 +473,18 @@ class ConvEngine(ConvInterface):
         xfer = self.o.valid & self.o.ready
         m.d.sync += credit.eq(credit + start - xfer)
 
-        m.d.comb += [
-            pix_rd.addr.eq(pa),
-            w_rd.addr.eq(Cat(wa, w_cur.bit_select(wa, 1))),
-        ]
+        m.d.comb += pix_rd.addr.eq(pa)
+        w_bank = w_cur.bit_select(wa, 1)
+        if self._read_stage:
+            # The weight word is read a cycle later, from registered address and bank bit (the
+            # bank bit is a multiplexer over every word's bit), to arrive with the registered
+            # pixel word.
+            wa_r = Signal.like(wa, reset_less=True)
+            bank_r = Signal(reset_less=True)
+            m.d.sync += [wa_r.eq(wa), bank_r.eq(w_bank)]
+            m.d.comb += w_rd.addr.eq(Cat(wa_r, bank_r))
+        else:
+            m.d.comb += w_rd.addr.eq(Cat(wa, w_bank))
 
         # -- stage 1: memory data into the MAC array ---------------------------------------------
         s1_valid = Signal()
@@ -476,6 +497,17 @@ class ConvEngine(ConvInterface):
             s1_valid.eq(issue), s1_first.eq(t == 0), s1_last.eq(last_tap), s1_c.eq(c),
             s1_g.eq(g), s1_t.eq(t),
         ]
+        pixel_word = pix_rd.data
+        if self._read_stage:
+            # One more stage: the pixel word registered straight out of the block RAM (whose
+            # clock-to-output is most of a 100 MHz cycle), the channel group selected after it.
+            stage2 = [Signal.like(x, name=f"{x.name}_r", reset_less=x is not s1_valid)
+                      for x in (s1_valid, s1_first, s1_last, s1_c, s1_g, s1_t)]
+            m.d.sync += [r.eq(x) for r, x in zip(stage2, (s1_valid, s1_first, s1_last, s1_c,
+                                                          s1_g, s1_t))]
+            s1_valid, s1_first, s1_last, s1_c, s1_g, s1_t = stage2
+            pixel_word = Signal.like(pix_rd.data, name="pixel_word", reset_less=True)
+            m.d.sync += pixel_word.eq(pix_rd.data)
 
         m.submodules.mac = mac = MACArray(lanes=lanes, taps=channels, a_signed=False,
                                           acc_width=acc_w, target=self._target)
@@ -484,7 +516,7 @@ class ConvEngine(ConvInterface):
             mac.i_first.eq(s1_first),
             mac.i_last.eq(s1_last),
         ]
-        group = (pix_rd.data.word_select(s1_c, 8 * channels) if cin_steps > 1 else pix_rd.data)
+        group = (pixel_word.word_select(s1_c, 8 * channels) if cin_steps > 1 else pixel_word)
         for j in range(channels):
             m.d.comb += mac.a[j].eq(group[8 * j:8 * j + 8])
         for l in range(lanes):

@@ -32,7 +32,8 @@ from .softmax import Softmax
 from .util import REPLICA, ModelWriteSignature, check_int, pack_fields
 
 
-__all__ = ["ConvStage", "DenseStage", "stages", "LayerParallelism", "MULTIPLIER_BUDGETS", "WeightMemory",
+__all__ = ["ConvStage", "DenseStage", "stages", "LayerParallelism", "MULTIPLIER_BUDGETS",
+           "DEEP_MAX_WEIGHT_WORDS", "preset_parallelism", "WeightMemory",
            "weight_memories", "network_writes", "NetworkResultLayout", "NetworkAccelerator"]
 
 
@@ -282,14 +283,23 @@ class LayerParallelism:
         return sum(self.layer_multipliers(i) for i in self.lanes)
 
     @classmethod
-    def balanced(cls, network, multipliers, *, target="generic", pipeline="standard"):
+    def balanced(cls, network, multipliers, *, target="generic", pipeline="standard",
+                 max_weight_words=None):
         """The parallelism with the fewest cycles per image (within :attr:`SLACK`, then the
         fewest multipliers) whose conv and dense engines use at most ``multipliers``
         multipliers: every layer gets the fewest that bring it under a common cycle count, the
         lowest count that fits the budget (at least one multiplier per layer, whatever the
-        budget)."""
+        budget).
+
+        ``max_weight_words``: no weight memory deeper than this many words (a conv layer's two
+        banks counted), so that a weight read is one block RAM deep, with no multiplexer
+        between the blocks' outputs and the multipliers (at 100 MHz on the ECP5 a block RAM's
+        clock-to-output takes most of the cycle): such layers get more multipliers.
+        """
         multipliers = check_int("multipliers", multipliers, 1)
         net_stages = stages(network)
+        deepest = float("inf") if max_weight_words is None else \
+            check_int("max_weight_words", max_weight_words, 1)
 
         def plan(limit):
             lanes, before = {}, None
@@ -298,7 +308,8 @@ class LayerParallelism:
                     conv = stage.conv
                     options = sorted(((n * c, -n), (n, c)) for n in _divisors(conv.filters)
                                      for c in _divisors(conv.in_channels)
-                                     if _conv_cycles(stage, n, c) <= limit)
+                                     if _conv_cycles(stage, n, c) <= limit
+                                     and 2 * conv.filters // n * conv.taps // c <= deepest)
                     n, c = options[0][1] if options else (conv.filters, conv.in_channels)
                     lanes[stage.index] = (n, c)
                     before = n
@@ -307,7 +318,7 @@ class LayerParallelism:
                     fan_in = stage.dense.features
                     fits = [n for n in _divisors(fan_in) if not (n % before and before % n)]
                     options = [n for n in fits
-                               if stage.dense.classes * (fan_in // n) <= limit]
+                               if stage.dense.classes * (fan_in // n) <= min(limit, deepest)]
                     n = options[0] if options else fits[-1]
                     before = 1
                 lanes[stage.index] = n
@@ -354,6 +365,24 @@ def _stage_cycle_options(stage):
 #: Multipliers a layer-list accelerator gets by default on each board configuration (the
 #: preset names of :data:`cnnforge.hw.accel.PRESETS`): the multipliers the seed's presets use.
 MULTIPLIER_BUDGETS = {"up5k": 16, "ecp5-25f": 28, "ecp5-85f": 160}
+
+
+#: The deepest weight memory with the deep pipeline: one ECP5 DP16KD deep (2048 x 9), so that
+#: no multiplexer sits between block RAM outputs and the multipliers' operand registers.
+DEEP_MAX_WEIGHT_WORDS = 2048
+
+
+def preset_parallelism(network, preset):
+    """The :class:`LayerParallelism` of ``network`` on board configuration ``preset`` (a name of
+    :data:`cnnforge.hw.accel.PRESETS`): its multiplier budget (:data:`MULTIPLIER_BUDGETS`)
+    balanced over the layers, with its pipeline (``deep`` also bounds the weight memories'
+    depth, :data:`DEEP_MAX_WEIGHT_WORDS`). What ``make bitstream`` builds and ``make sim-full``
+    simulates."""
+    from .accel import PRESETS
+    pipeline = PRESETS[preset].pipeline
+    return LayerParallelism.balanced(
+        network, MULTIPLIER_BUDGETS[preset], pipeline=pipeline,
+        max_weight_words=DEEP_MAX_WEIGHT_WORDS if pipeline == "deep" else None)
 
 
 # -- Model memories as data -------------------------------------------------------------------------
@@ -529,7 +558,8 @@ class NetworkAccelerator(wiring.Component):
                     link(source, border.i, f"{name}_border_in")
                     source = border.o
                 conv = ConvEngine(conv_cfg, lanes=n, conv_w=p.w, conv_b=p.b,
-                                  target=par.target, channels=par.channels[stage.index])
+                                  target=par.target, channels=par.channels[stage.index],
+                                  read_stage=deep)
                 m.submodules[f"{name}_conv"] = conv
                 link(source, conv.i, f"{name}_conv_in")
                 port(stage.index, "conv_w", conv.w_en, conv.w_addr, conv.w_data)

@@ -96,12 +96,12 @@ NETWORK_BENCH_IMAGES = 20
 
 def network_rows(mnist_dir, presets, images, *, networks=("lenet",), log=print):
     """``make bench``'s layer-list rows: each committed network on the layer-list accelerator
-    with each preset's multiplier budget (:data:`~cnnforge.hw.network.MULTIPLIER_BUDGETS`),
+    as built for each preset (:func:`~cnnforge.hw.network.preset_parallelism`),
     ``images`` test images in RTL, cycles per image against the multiplier bound (MACs per
     image over multipliers)."""
     from . import datasets
     from .evaluate import dataset_of
-    from .hw.network import MULTIPLIER_BUDGETS, LayerParallelism
+    from .hw.network import preset_parallelism
     from .sim.reference import model_file
     from .sim.verify.system import simulate_network
     from .train import model_path
@@ -110,7 +110,7 @@ def network_rows(mnist_dir, presets, images, *, networks=("lenet",), log=print):
         qnet, info = model_file.load_network(model_path(network), with_info=True)
         x, y = datasets.load(dataset_of(qnet, info), "test", mnist_dir)
         for preset in presets:
-            par = LayerParallelism.balanced(qnet.network, MULTIPLIER_BUDGETS[preset])
+            par = preset_parallelism(qnet.network, preset)
             stats = simulate_network(f"bench_{network}_{preset}", qnet, par, x[:images],
                                      y[:images])
             bound = qnet.network.total_macs / par.multipliers
@@ -130,12 +130,13 @@ def sim_full(mnist_dir=None, images=10_000, preset="up5k", log=print, model_path
              multipliers=None):
     """Test images through the RTL, every result word checked against the golden model. The
     seed network (the default model) runs on ``preset``'s accelerator; any other model file on
-    the layer-list accelerator (:mod:`cnnforge.hw.network`) with ``multipliers`` (default: the
-    preset's :data:`~cnnforge.hw.network.MULTIPLIER_BUDGETS`) balanced over its layers."""
+    the layer-list accelerator (:mod:`cnnforge.hw.network`) as built for ``preset``
+    (:func:`~cnnforge.hw.network.preset_parallelism`), or with ``multipliers`` balanced over its
+    layers."""
     from . import datasets
     from .evaluate import dataset_of
     from .hw.accel import PRESETS
-    from .hw.network import MULTIPLIER_BUDGETS, LayerParallelism
+    from .hw.network import LayerParallelism, preset_parallelism
     from .hw.params import ConfigError
     from .sim.reference import model_file
     from .sim.verify.system import simulate_chunked
@@ -147,13 +148,13 @@ def sim_full(mnist_dir=None, images=10_000, preset="up5k", log=print, model_path
             raise ConfigError("a multiplier budget asks for the layer-list accelerator")
         what = f"the {preset} accelerator"
     except ConfigError:
-        budget = MULTIPLIER_BUDGETS[preset] if multipliers is None else multipliers
         try:
-            model, par = qnet, LayerParallelism.balanced(qnet.network, budget)
+            model, par = qnet, (preset_parallelism(qnet.network, preset) if multipliers is None
+                                else LayerParallelism.balanced(qnet.network, multipliers))
         except ConfigError as e:
             raise CnnforgeError(f"{model_path}: {e}") from None
         what = (f"the layer-list accelerator ({par.multipliers} multipliers, "
-                f"{par.cycles_per_image:,} cycles/image sustained)")
+                f"{par.pipeline} pipeline, {par.cycles_per_image:,} cycles/image sustained)")
     x, y = datasets.load(dataset_of(qnet, info), "test", mnist_dir)
     log(f"simulating {min(images, len(x))} test images of {name} through {what} in RTL "
         f"(Verilator)...")

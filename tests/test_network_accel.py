@@ -9,7 +9,7 @@ import pytest
 from cnnforge.hw.conv import ConvEngine
 from cnnforge.hw.model import QuantLayer, QuantNetwork
 from cnnforge.hw.network import (ConvStage, DenseStage, LayerParallelism, NetworkAccelerator,
-                                 network_writes, stages, weight_memories)
+                                 network_writes, preset_parallelism, stages, weight_memories)
 from cnnforge.hw.params import ConfigError, Conv2D, Dense, Flatten, MaxPool, Network, StageConfig
 from cnnforge.hw.reshape import Border, Gather
 from cnnforge.hw.util import pack_fields
@@ -122,6 +122,22 @@ def test_balanced_parallelism_spends_the_budget_on_the_slowest_layer():
         assert par.cycles_per_image <= 1.5 * net.total_macs / par.multipliers
 
 
+def test_weight_memory_depth_bound():
+    """With ``max_weight_words`` no weight memory is deeper (the deep pipeline's one-block
+    reads); ``preset_parallelism`` applies it to the deep ``ecp5-85f`` preset only."""
+    net = Network((28, 28, 1), (Conv2D(16, 5, 1, "same"), MaxPool(2), Conv2D(32, 5), MaxPool(2),
+                                Flatten(), Dense(64, True), Dense(10)))
+    free = LayerParallelism.balanced(net, 160)
+    assert max(m.words for m in weight_memories(free)) > 2048
+    bounded = LayerParallelism.balanced(net, 160, max_weight_words=2048)
+    for mem in weight_memories(bounded):
+        assert mem.words * (2 if mem.kind == "conv_w" else 1) <= 2048, mem
+    assert bounded.cycles_per_image == free.cycles_per_image
+    deep = preset_parallelism(net, "ecp5-85f")
+    assert deep.pipeline == "deep" and deep.lanes == bounded.lanes
+    assert preset_parallelism(net, "ecp5-25f").pipeline == "standard"
+
+
 def test_weight_memories_and_writes_follow_one_list():
     net = NETWORKS["stride2-same-rgb"]
     par = LayerParallelism(net, PLANS["stride2-same-rgb"])
@@ -186,9 +202,11 @@ def test_gather(count):
     result.assert_ok()
 
 
-@pytest.mark.parametrize("stride, lanes, channels", [(2, 2, 1), (2, 4, 2), (1, 2, 4)])
-def test_conv_engine_stride_and_channels(stride, lanes, channels):
-    """The conv engine alone against the golden conv, strided and channel-parallel."""
+@pytest.mark.parametrize("stride, lanes, channels, read_stage", [
+    (2, 2, 1, False), (2, 4, 2, True), (1, 2, 4, False), (1, 1, 2, True)])
+def test_conv_engine_stride_and_channels(stride, lanes, channels, read_stage):
+    """The conv engine alone against the golden conv, strided and channel-parallel, with and
+    without the read stage."""
     rng = np.random.default_rng(stride * 10 + channels)
     cfg = StageConfig(input_size=11, in_channels=4, filters=4, kernel=3, stride=stride)
     w = rng.integers(-128, 128, (4, 3, 3, 4))
@@ -201,9 +219,9 @@ def test_conv_engine_stride_and_channels(stride, lanes, channels):
                 for n in range(3) for y in range(cfg.conv_size) for x in range(cfg.conv_size)
                 for g in range(4 // lanes)]
     inputs = [pack_fields(p, 8) for p in images.reshape(-1, 4)]
-    result = run_stream_test(f"conv_s{stride}_l{lanes}_c{channels}",
+    result = run_stream_test(f"conv_s{stride}_l{lanes}_c{channels}_r{int(read_stage)}",
                              lambda: ConvEngine(cfg, lanes=lanes, conv_w=w, conv_b=b,
-                                                channels=channels),
+                                                channels=channels, read_stage=read_stage),
                              inputs=inputs, expected=expected)
     result.assert_ok()
 
