@@ -430,6 +430,11 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             network_par = parallelism if isinstance(parallelism, LayerParallelism) else \
                 preset_parallelism(model.network, preset)
             parallelism = None
+            # `cnnforge check` first: a network that cannot fit stops here, in one line.
+            from ..check import check
+            verdict = check(model, board, parallelism=network_par)
+            if not verdict["fits"]:
+                raise CnnforgeError(f"{spec.name}: {verdict['problem']}")
     layer_list = network_par is not None
 
     def new_top():

@@ -175,6 +175,13 @@ def _model_file(path):
     return given
 
 
+def cmd_check(args):
+    from . import check
+    if args.multipliers is not None:
+        _check_count("--multipliers", args.multipliers, maximum=100_000)
+    check.check_cli(_model_file(args.model), args.board, args.multipliers)
+
+
 def cmd_sim_full(args):
     from . import bench
     _check_mnist_count("--images", args.images, "test")
@@ -463,6 +470,14 @@ def build_parser():
     p.add_argument("--train-steps", type=int, default=10,
                    help="on-chip training steps per configuration (0: skip training)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("check", help="before any synthesis: what a model's accelerator needs "
+                                     "of a board, per layer and in total, and whether it fits")
+    p.add_argument("model", help="a model file (or a committed one's name, e.g. lenet.npz)")
+    p.add_argument("--board", default="ulx3s", help="ulx3s or orangecrab")
+    p.add_argument("--multipliers", type=int, default=None,
+                   help="multipliers to balance over the layers (default: the board preset's)")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("sim-full", help="all MNIST test images through the RTL, checked")
     p.add_argument("--images", type=int, default=10_000)

@@ -217,5 +217,16 @@ def test_bitstream(name, tmp_path):
     assert not list(out.glob(f"{name}.*"))
     saved = json.loads((out / name / "report.json").read_text())
     assert saved["timing_met"] and saved["fmax_mhz"] >= saved["target_mhz"]
+    if spec.family == "ecp5":
+        # `cnnforge check`'s block RAM count, from the elaborated design, is what it used.
+        from cnnforge.boards.top import board_core
+        from cnnforge.check import block_ram_blocks, design_memories
+        from cnnforge.hw.accel import PRESETS
+        from cnnforge.sim.reference import model_file
+        core = board_core(model_file.load(), PRESETS[spec.preset],
+                          clk_freq=spec.link_clk_freq or spec.clk_freq, baud=spec.baud,
+                          accel_domain="fast" if spec.link_clk_freq else None)
+        used = {r["cell"]: r["used"] for r in saved["resources"]}
+        assert sum(block_ram_blocks(m) for m in design_memories(core)) == used["DP16KD"]
     assert "timing met" in (out / name / "report.md").read_text()
     print(json.dumps(report, indent=1))

@@ -1,0 +1,99 @@
+# amaranth: UnusedElaboratable=no
+"""``cnnforge check``: block RAM counted from the elaborated design against what the builds'
+reports said, cycles against simulation, and refusals in one line."""
+
+import subprocess
+import sys
+
+import pytest
+
+from cnnforge.boards.top import board_core
+from cnnforge.check import block_ram_blocks, check, design_memories, Memory
+from cnnforge.errors import CnnforgeError
+from cnnforge.hw.accel import PRESETS
+from cnnforge.hw.network import LayerParallelism, NetworkAccelerator, preset_parallelism
+from cnnforge.hw.params import Conv2D, Dense, Flatten, MaxPool, Network
+from cnnforge.sim.reference import model_file
+from cnnforge.sim.verify.networks import random_qnet
+
+
+def _lenet():
+    return model_file.load_network(model_file.DEFAULT_PATH.with_name("lenet.npz"))
+
+
+def _blocks(core):
+    return sum(block_ram_blocks(m) for m in design_memories(core))
+
+
+#: DP16KD used, from the build reports (`make bitstream BOARD=…`; the lenet builds
+#: `make bitstream BOARD=ulx3s MODEL=lenet.npz`, the standard one at 7e9beba with 160
+#: multipliers balanced, the deep one at a31ed97). The seed builds are also rebuilt by
+#: tests/test_boards.py::test_bitstream, which checks its report against this estimate.
+BUILD_REPORTS = [
+    ("ulx3s seed", lambda: board_core(model_file.load(), PRESETS["ecp5-85f"], clk_freq=30e6,
+                                      baud=3_000_000, accel_domain="fast"), 35),
+    ("orangecrab seed", lambda: board_core(model_file.load(), PRESETS["ecp5-25f"],
+                                           clk_freq=72e6, baud=3_000_000), 41),
+    ("ulx3s lenet standard", lambda: board_core(
+        _lenet(), None, clk_freq=30e6, baud=3_000_000, accel_domain="fast",
+        accel=NetworkAccelerator(_lenet(), LayerParallelism.balanced(_lenet().network, 160))),
+     62),
+    ("ulx3s lenet deep", lambda: board_core(
+        _lenet(), None, clk_freq=30e6, baud=3_000_000, accel_domain="fast",
+        accel=NetworkAccelerator(_lenet(), preset_parallelism(_lenet().network, "ecp5-85f"))),
+     65),
+]
+
+
+@pytest.mark.parametrize("name, core, used", BUILD_REPORTS, ids=[b[0] for b in BUILD_REPORTS])
+def test_block_ram_as_the_builds_used(name, core, used):
+    assert _blocks(core()) == used
+
+
+def test_block_ram_rule():
+    # Shallow, small, asynchronously read or read-only memories are not block RAM.
+    assert block_ram_blocks(Memory("m", 32, 64, True, True)) == 0
+    assert block_ram_blocks(Memory("m", 64, 16, True, True)) == 0          # 1,024 bits
+    assert block_ram_blocks(Memory("m", 64, 26, False, True)) == 0
+    assert block_ram_blocks(Memory("m", 64, 32, True, False)) == 0
+    assert block_ram_blocks(Memory("m", 64, 25, True, True)) == 1
+    assert block_ram_blocks(Memory("m", 1600, 256, True, True)) == 29     # 2048 x 9, one deep
+    assert block_ram_blocks(Memory("m", 12800, 32, True, True)) == 26     # 1024 x 18, 13 deep
+
+
+def test_check_lenet_on_the_ulx3s():
+    r = check(_lenet(), "ulx3s")
+    assert r["fits"] and r["problem"] is None
+    t = r["totals"]
+    assert t["block_ram"] == 65 and t["multipliers"] == 113
+    assert t["cycles_per_image"] == 20_003
+    assert [row["kind"] for row in r["layers"]] == ["conv2d", "maxpool", "conv2d", "maxpool",
+                                                   "flatten", "dense", "dense"]
+    assert sum(row["macs"] for row in r["layers"]) == 1_645_440
+
+
+def test_a_network_that_does_not_fit_is_refused_in_one_line(tmp_path):
+    net = Network((28, 28, 1), (Conv2D(8, 3), MaxPool(2), Flatten(), Dense(300, True),
+                                Dense(10)))
+    qnet = random_qnet(net, 1)
+    r = check(qnet, "orangecrab")
+    assert not r["fits"]
+    assert r["problem"].startswith("does not fit: block RAM (DP16KD): needs ")
+    assert r["problem"].endswith("the LFE5U-25F has 56")
+    path = tmp_path / "big.npz"
+    model_file.save(qnet, path)
+    for command in (["check", str(path), "--board", "orangecrab"],
+                    ["bitstream", "--board", "orangecrab", "--model", str(path),
+                     "--out", str(tmp_path / "build")]):
+        run = subprocess.run([sys.executable, "-m", "cnnforge.cli", *command],
+                             capture_output=True, text=True)
+        assert run.returncode != 0
+        last = run.stderr.strip().splitlines()
+        assert len(last) == 1 and "does not fit: block RAM (DP16KD): needs" in last[0], \
+            run.stderr
+    assert not (tmp_path / "build").exists() or not any((tmp_path / "build").iterdir())
+
+
+def test_check_refuses_the_ice40_for_now():
+    with pytest.raises(CnnforgeError, match="built for ECP5 boards so far"):
+        check(_lenet(), "icebreaker")
