@@ -17,7 +17,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 CNNFORGE = PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(VENV)/bin/cnnforge
 
-.PHONY: setup data train eval test test-all demo verilog sim sim-full bench bitstream program test-bitstreams train-fixed train-sim clean
+.PHONY: setup data train eval test test-all demo verilog sim sim-full bench bitstream check program test-bitstreams train-fixed train-sim clean
 
 setup: $(STAMP)
 # pip's own output (build backends' warnings included) goes to build/setup.log, shown on failure.
@@ -102,6 +102,10 @@ bench: $(STAMP)
 # TRAIN=random|model adds on-chip training (build/$(BOARD)-train/, for `cnnforge train-board`).
 bitstream: $(STAMP)
 	$(CNNFORGE) bitstream --board $(BOARD) $(if $(MODEL),--model $(MODEL)) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(TRAIN),--train $(TRAIN))
+
+# Before any synthesis: what MODEL's accelerator needs of BOARD, and whether it fits.
+check: $(STAMP)
+	$(CNNFORGE) check $(or $(MODEL),lenet.npz) --board $(BOARD)
 
 program: $(STAMP)
 	$(CNNFORGE) program --board $(BOARD) $(if $(TRAIN),--train)

@@ -182,6 +182,11 @@ def cmd_check(args):
     check.check_cli(_model_file(args.model), args.board, args.multipliers)
 
 
+def cmd_explore(args):
+    from . import explore
+    explore.explore_cli(_model_file(args.model), args.board, args.out)
+
+
 def cmd_sim_full(args):
     from . import bench
     _check_mnist_count("--images", args.images, "test")
@@ -478,6 +483,13 @@ def build_parser():
     p.add_argument("--multipliers", type=int, default=None,
                    help="multipliers to balance over the layers (default: the board preset's)")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("explore", help="every balanced parallelism of a model on a board: "
+                                       "cycles, block RAM, images/s; JSON, CSV and a plot")
+    p.add_argument("model", help="a model file (or a committed one's name, e.g. lenet.npz)")
+    p.add_argument("--board", default="ulx3s", help="ulx3s or orangecrab")
+    p.add_argument("--out", default="build/explore", help="output folder")
+    p.set_defaults(func=cmd_explore)
 
     p = sub.add_parser("sim-full", help="all MNIST test images through the RTL, checked")
     p.add_argument("--images", type=int, default=10_000)

@@ -97,3 +97,23 @@ def test_a_network_that_does_not_fit_is_refused_in_one_line(tmp_path):
 def test_check_refuses_the_ice40_for_now():
     with pytest.raises(CnnforgeError, match="built for ECP5 boards so far"):
         check(_lenet(), "icebreaker")
+
+
+def test_explore_writes_the_sweep(tmp_path):
+    """`cnnforge explore`: every balanced parallelism, more multipliers never slower, the
+    board preset's marked, JSON, CSV and a PNG written."""
+    import json
+    from cnnforge.explore import explore_cli
+    net = Network((12, 12, 3), (Conv2D(4, 3, 2, "same"), Conv2D(6, 3, 1, "same"), MaxPool(2),
+                                Flatten(), Dense(8, True), Dense(5)))
+    path = tmp_path / "small.npz"
+    model_file.save(random_qnet(net, 1), path)
+    points = explore_cli(path, "orangecrab", tmp_path / "out", log=lambda *a: None)
+    assert len(points) >= 4 and sum(p["default"] for p in points) == 1
+    assert all(a["cycles_per_image"] >= b["cycles_per_image"]
+               for a, b in zip(points, points[1:]))
+    saved = json.loads((tmp_path / "out" / "small-orangecrab.json").read_text())
+    assert saved["points"] == points
+    rows = (tmp_path / "out" / "small-orangecrab.csv").read_text().splitlines()
+    assert rows[0].startswith("multipliers,cycles_per_image") and len(rows) == len(points) + 1
+    assert (tmp_path / "out" / "small-orangecrab.png").read_bytes()[:4] == b"\x89PNG"

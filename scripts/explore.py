@@ -1,0 +1,128 @@
+"""``cnnforge explore MODEL --board B``: the design space of a model's layer-list accelerator on a
+board — every balanced parallelism from one multiplier per layer to as many as the layers can
+use, each through :func:`cnnforge.check.check` (cycles per image, block RAM) — written as
+``build/explore/<model>-<board>.{json,csv,png}``; the best point that fits is printed.
+
+Logic (LUTs) is not estimated yet (see :mod:`cnnforge.check`): points are placed by their
+multipliers (int8 products, in LUTs on the ECP5 builds: most of the logic of a wide
+configuration), and "fits" means block RAM.
+"""
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from .errors import CnnforgeError
+from .fsutil import atomic_write_bytes, atomic_write_text
+
+
+__all__ = ["explore", "explore_cli"]
+
+
+def _budgets(network):
+    """Multiplier budgets from one per layer to what the layers can use, about 25 % apart."""
+    from .hw.network import ConvStage, stages
+    useful = 0
+    for stage in stages(network):
+        if isinstance(stage, ConvStage):
+            useful += stage.conv.filters * stage.conv.in_channels
+        else:
+            useful += stage.dense.features
+    budget, out = len(stages(network)), []
+    while budget < useful:
+        out.append(budget)
+        budget = max(budget + 1, math.ceil(budget * 1.25))
+    return out + [useful]
+
+
+def explore(qnet, board, log=print):
+    """The sweep: a list of points (dicts), each with ``multipliers``, ``cycles_per_image``,
+    ``images_per_s``, ``block_ram``, ``fits``, ``default`` and the ``lanes``."""
+    from .boards.top import get_board
+    from .check import check
+    from .hw.network import LayerParallelism, preset_parallelism
+    from .hw.accel import PRESETS
+    from .hw.network import DEEP_MAX_WEIGHT_WORDS
+    spec = get_board(board)
+    default = check(qnet, board)          # refuses boards the generator does not build for
+    pipeline = PRESETS[spec.preset].pipeline
+    deepest = DEEP_MAX_WEIGHT_WORDS if pipeline == "deep" else None
+    plans = {}
+    for budget in _budgets(qnet.network):
+        par = LayerParallelism.balanced(qnet.network, budget, pipeline=pipeline,
+                                        max_weight_words=deepest)
+        plans.setdefault(json.dumps(par.to_dict(), sort_keys=True), par)
+    chosen = json.dumps(preset_parallelism(qnet.network, spec.preset).to_dict(), sort_keys=True)
+    points = []
+    for key, par in plans.items():
+        r = default if key == chosen else check(qnet, board, parallelism=par)
+        t = r["totals"]
+        points.append({"multipliers": t["multipliers"], "cycles_per_image": t["cycles_per_image"],
+                       "images_per_s": round(t["images_per_s"], 1),
+                       "block_ram": t["block_ram"], "block_ram_available": t["block_ram_available"],
+                       "fits": r["fits"], "default": key == chosen,
+                       "lanes": par.to_dict()})
+        log(f"  {t['multipliers']:5d} multipliers: {t['cycles_per_image']:>9,} cycles/image, "
+            f"{t['block_ram']} DP16KD{'' if r['fits'] else ' (does not fit)'}")
+    points.sort(key=lambda p: (p["multipliers"], p["cycles_per_image"]))
+    return points
+
+
+def _plot(points, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for fits, marker, label in ((True, "o", "fits"), (False, "x", "does not fit (block RAM)")):
+        sel = [p for p in points if p["fits"] == fits]
+        if sel:
+            ax.plot([p["multipliers"] for p in sel], [p["images_per_s"] for p in sel], marker,
+                    linestyle="none", label=label)
+    for p in points:
+        if p["default"]:
+            ax.plot(p["multipliers"], p["images_per_s"], "o", markersize=14, fillstyle="none",
+                    color="red", label="default (the board preset's budget)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("int8 multipliers (in LUTs)")
+    ax.set_ylabel("images/s at the board's clock (compute-bound)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out.getvalue()
+
+
+def explore_cli(model_path, board, out_dir="build/explore", log=print):
+    from .sim.reference import model_file
+    qnet = model_file.load_network(model_path)
+    name = f"{Path(model_path).stem}-{board}"
+    log(f"exploring {Path(model_path).name} on {board}:")
+    points = explore(qnet, board, log=log)
+    out = Path(out_dir)
+    atomic_write_text(out / f"{name}.json", json.dumps({"model": str(model_path),
+                                                         "board": board, "points": points},
+                                                        indent=1))
+    text = io.StringIO()
+    writer = csv.writer(text)
+    columns = ["multipliers", "cycles_per_image", "images_per_s", "block_ram", "fits", "default"]
+    writer.writerow(columns)
+    for p in points:
+        writer.writerow([p[c] for c in columns])
+    atomic_write_text(out / f"{name}.csv", text.getvalue())
+    atomic_write_bytes(out / f"{name}.png",
+                       _plot(points, f"{Path(model_path).stem} on {board}: every balanced "
+                                     f"parallelism"))
+    fitting = [p for p in points if p["fits"]]
+    if not fitting:
+        raise CnnforgeError(f"{model_path} on {board}: no point of the sweep fits")
+    best = max(fitting, key=lambda p: (p["images_per_s"], -p["multipliers"]))
+    log(f"best fitting point: {best['multipliers']} multipliers, {best['cycles_per_image']:,} "
+        f"cycles/image, {best['images_per_s']:,.0f} images/s, {best['block_ram']} DP16KD "
+        f"(logic not estimated: check the build's report); wrote {out / name}.{{json,csv,png}}")
+    return points
