@@ -506,8 +506,11 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             seed_opts = dict(opts)
             if seed is not None:
                 seed_opts["nextpnr_opts"] = opts["nextpnr_opts"] + f" --seed {seed}"
-            for stale in ("nextpnr.json", "top.tim"):
-                (folder / stale).unlink(missing_ok=True)
+            # The last placement's timing log stays (top.<seed>.tim) for its critical path.
+            if tried and (folder / "top.tim").exists():
+                last = "default" if tried[-1][0] is None else tried[-1][0]
+                (folder / "top.tim").replace(folder / f"top.{last}.tim")
+            (folder / "nextpnr.json").unlink(missing_ok=True)
             plan = platform.build(top, name="top", do_build=False, **seed_opts)
             try:
                 run_toolchain(plan, folder, env)

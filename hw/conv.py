@@ -260,7 +260,12 @@ class ConvEngine(ConvInterface):
         One more pipeline stage between the memories and the MAC array (the pixel word
         registered out of the block RAM before its channel group is selected, the weight word
         read a cycle later from registered addresses): one cycle more latency, for fast
-        clocks; results and throughput are the same.""",
+        clocks; results and throughput are the same.
+    sum_levels : int or None
+        The MAC array's adder levels per pipeline stage (:class:`~cnnforge.hw.mac.MACArray`):
+        ``None`` products and sums in one stage each; 2 for fast clocks on LUT fabric (products
+        split into two registered 8x4 partial products). Results and throughput do not depend
+        on it.""",
         type_errors="",
         value_errors="",
     )
@@ -270,12 +275,14 @@ class ConvEngine(ConvInterface):
     SWITCH_CYCLES = 3
 
     def __init__(self, config, *, lanes, conv_w, conv_b, target="generic", channels=1,
-                 read_stage=False):
+                 read_stage=False, sum_levels=None):
         super().__init__(config, lanes=lanes, conv_w=conv_w, conv_b=conv_b, target=target,
                          channels=channels)
         if not isinstance(read_stage, bool):
             raise TypeError(f"read_stage must be a bool, not {read_stage!r}")
         self._read_stage = read_stage
+        self._sum_levels = None if sum_levels is None else check_int("sum_levels", sum_levels, 1)
+        self._mac_latency = MACArray.latency_for(taps=self._channels, sum_levels=sum_levels)
         k, n = config.kernel, config.input_size
         # Room for a window and a half, and at least for a window plus the pixels the next row
         # of positions needs (with stride 2 a row step moves the window by two input rows).
@@ -284,7 +291,7 @@ class ConvEngine(ConvInterface):
         # A group lives taps cycles in the array, LATENCY + 2 in the pipeline, and up to taps more
         # in the consumer (a Requantize with fewer multipliers than lanes holds each beat for
         # lanes / parallel cycles): one entry per taps cycles of that, so the array never waits.
-        self._fifo_depth = 2 + -(-(MACArray.LATENCY + 2 + read_stage) // self._steps)
+        self._fifo_depth = 2 + -(-(self._mac_latency + 2 + read_stage) // self._steps)
 
     @property
     def row_step(self):
@@ -510,7 +517,8 @@ class ConvEngine(ConvInterface):
             m.d.sync += pixel_word.eq(pix_rd.data)
 
         m.submodules.mac = mac = MACArray(lanes=lanes, taps=channels, a_signed=False,
-                                          acc_width=acc_w, target=self._target)
+                                          acc_width=acc_w, target=self._target,
+                                          sum_levels=self._sum_levels)
         m.d.comb += [
             mac.i_valid.eq(s1_valid),
             mac.i_first.eq(s1_first),
@@ -528,12 +536,20 @@ class ConvEngine(ConvInterface):
         # cycles after the tap, so that the staging register changes only after the previous
         # group's o_valid) and shifted into the staging register, complete by the group's o_valid.
         jbits = chunks.bit_length() - 1
+        # With a MAC array deeper than MACArray.LATENCY (pipelined sums), its results come
+        # later: the bias reads follow as much later.
+        b_valid, b_t, b_g = s1_valid, s1_t, s1_g
+        for k in range(self._mac_latency - MACArray.LATENCY):
+            delayed = (Signal(name=f"bias_valid_{k}"), Signal.like(s1_t, name=f"bias_t_{k}"),
+                       Signal.like(s1_g, name=f"bias_g_{k}"))
+            m.d.sync += [d.eq(x) for d, x in zip(delayed, (b_valid, b_t, b_g))]
+            b_valid, b_t, b_g = delayed
         s2_load = Signal()
         s2_word = Signal(self._b_abits, reset_less=True)
         s3_load = Signal()
         m.d.sync += [
-            s2_load.eq(s1_valid & (s1_t < chunks)),
-            s2_word.eq(Cat(s1_t[:jbits], s1_g)),
+            s2_load.eq(b_valid & (b_t < chunks)),
+            s2_word.eq(Cat(b_t[:jbits], b_g)),
             s3_load.eq(s2_load),
         ]
         m.d.comb += b_rd.addr.eq(Cat(s2_word, b_cur.bit_select(s2_word, 1)))

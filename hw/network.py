@@ -559,7 +559,7 @@ class NetworkAccelerator(wiring.Component):
                     source = border.o
                 conv = ConvEngine(conv_cfg, lanes=n, conv_w=p.w, conv_b=p.b,
                                   target=par.target, channels=par.channels[stage.index],
-                                  read_stage=deep)
+                                  read_stage=deep, sum_levels=2 if deep else None)
                 m.submodules[f"{name}_conv"] = conv
                 link(source, conv.i, f"{name}_conv_in")
                 port(stage.index, "conv_w", conv.w_en, conv.w_addr, conv.w_data)

@@ -202,11 +202,12 @@ def test_gather(count):
     result.assert_ok()
 
 
-@pytest.mark.parametrize("stride, lanes, channels, read_stage", [
-    (2, 2, 1, False), (2, 4, 2, True), (1, 2, 4, False), (1, 1, 2, True)])
-def test_conv_engine_stride_and_channels(stride, lanes, channels, read_stage):
+@pytest.mark.parametrize("stride, lanes, channels, read_stage, sum_levels", [
+    (2, 2, 1, False, None), (2, 4, 2, True, 2), (1, 2, 4, False, 2), (1, 1, 2, True, None),
+    (1, 4, 4, True, 1)])
+def test_conv_engine_stride_and_channels(stride, lanes, channels, read_stage, sum_levels):
     """The conv engine alone against the golden conv, strided and channel-parallel, with and
-    without the read stage."""
+    without the read stage and pipelined sums."""
     rng = np.random.default_rng(stride * 10 + channels)
     cfg = StageConfig(input_size=11, in_channels=4, filters=4, kernel=3, stride=stride)
     w = rng.integers(-128, 128, (4, 3, 3, 4))
@@ -219,9 +220,11 @@ def test_conv_engine_stride_and_channels(stride, lanes, channels, read_stage):
                 for n in range(3) for y in range(cfg.conv_size) for x in range(cfg.conv_size)
                 for g in range(4 // lanes)]
     inputs = [pack_fields(p, 8) for p in images.reshape(-1, 4)]
-    result = run_stream_test(f"conv_s{stride}_l{lanes}_c{channels}_r{int(read_stage)}",
+    result = run_stream_test(f"conv_s{stride}_l{lanes}_c{channels}_r{int(read_stage)}"
+                             f"_s{sum_levels}",
                              lambda: ConvEngine(cfg, lanes=lanes, conv_w=w, conv_b=b,
-                                                channels=channels, read_stage=read_stage),
+                                                channels=channels, read_stage=read_stage,
+                                                sum_levels=sum_levels),
                              inputs=inputs, expected=expected)
     result.assert_ok()
 
