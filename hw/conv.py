@@ -313,7 +313,8 @@ class ConvEngine(ConvInterface):
     @property
     def cycles_per_image(self):
         """Sustained cycles per image in a back-to-back stream (compute plus bank switch)."""
-        return self._config.conv_size ** 2 * self.cycles_per_position + self.SWITCH_CYCLES
+        return (self._config.conv_size ** 2 * self.cycles_per_position + self.SWITCH_CYCLES
+                + self._read_stage)
 
     # -- hardware ---------------------------------------------------------------------------------
 
@@ -411,6 +412,11 @@ class ConvEngine(ConvInterface):
         issue = Signal()
         start = Signal()
         advance = Signal()
+        swap_request_raw = Signal()        # the banks may switch for the next image
+        swap_request = Signal()
+        # A window is complete: `ahead >= need`, registered from the next value of `ahead` in
+        # the deep pipeline (the compare's carry chain off the scheduler's path).
+        window_ok = Signal()
         step = Signal(range(max(need, self.row_step, stride) + 1))
 
         last_tap = t == taps - 1
@@ -424,12 +430,24 @@ class ConvEngine(ConvInterface):
                 with m.If(g != 0):
                     m.d.comb += [issue.eq(credit < self._fifo_depth),
                                  start.eq(credit < self._fifo_depth)]
-            with m.If((g == 0) & (ahead >= need)):
+            with m.If((g == 0) & window_ok):
                 with m.If(at_image & ~swapped):
-                    m.d.comb += swap.eq(quiet == 0)
+                    m.d.comb += swap_request_raw.eq(quiet == 0)
                 with m.Elif(credit < self._fifo_depth):
                     m.d.comb += [issue.eq(1), start.eq(1)]
 
+        if self._read_stage:
+            # The bank switch registered (it enables every word's bank bit, all over the
+            # device): requested once, done the next cycle; the image starts the cycle after.
+            pending = Signal()
+            m.d.comb += swap_request.eq(swap_request_raw & ~pending)
+            m.d.sync += swap.eq(swap_request)
+            with m.If(swap_request):
+                m.d.sync += pending.eq(1)
+            with m.If(swap):
+                m.d.sync += pending.eq(0)
+        else:
+            m.d.comb += swap.eq(swap_request_raw)
         with m.If(swap):
             m.d.sync += swapped.eq(1)
         with m.If(start & (g == 0)):
@@ -475,7 +493,13 @@ class ConvEngine(ConvInterface):
                 m.d.sync += [ox.eq(0), oy.eq(Mux(oy == last_pos, 0, oy + 1))]
                 with m.If(oy == last_pos):
                     m.d.sync += at_image.eq(1)
-        m.d.sync += ahead.eq(ahead + accept - Mux(advance, step, 0))
+        ahead_next = Signal.like(ahead)
+        m.d.comb += ahead_next.eq(ahead + accept - Mux(advance, step, 0))
+        m.d.sync += ahead.eq(ahead_next)
+        if self._read_stage:
+            m.d.sync += window_ok.eq(ahead_next >= need)
+        else:
+            m.d.comb += window_ok.eq(ahead >= need)
 
         xfer = self.o.valid & self.o.ready
         m.d.sync += credit.eq(credit + start - xfer)

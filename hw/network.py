@@ -263,7 +263,8 @@ class LayerParallelism:
         for stage in self._stages:
             n = self.lanes[stage.index]
             if isinstance(stage, ConvStage):
-                cycles[stage.index] = _conv_cycles(stage, n, self.channels[stage.index])
+                cycles[stage.index] = _conv_cycles(stage, n, self.channels[stage.index],
+                                                   self.pipeline == "deep")
             else:
                 cycles[stage.index] = stage.dense.classes * (stage.dense.features // n)
         return cycles
@@ -345,12 +346,12 @@ class LayerParallelism:
                 "pipeline": self.pipeline}
 
 
-def _conv_cycles(stage, lanes, channels):
+def _conv_cycles(stage, lanes, channels, deep=False):
     """Cycles per image of a conv stage's engine: its taps, or one cycle per (padded) input
-    pixel if that is more."""
+    pixel if that is more (the deep pipeline's engine switches images in one more cycle)."""
     conv = stage.conv
     compute = (conv.conv_size ** 2 * (conv.taps // channels) * (conv.filters // lanes)
-               + ConvEngine.SWITCH_CYCLES)
+               + ConvEngine.SWITCH_CYCLES + deep)
     return max(compute, conv.input_size ** 2)
 
 
