@@ -419,8 +419,19 @@ class ConvEngine(ConvInterface):
         window_ok = Signal()
         step = Signal(range(max(need, self.row_step, stride) + 1))
 
-        last_tap = t == taps - 1
-        last_group = g == groups - 1
+        if self._read_stage:
+            # Flip-flops beside the counters instead of comparators after them: the scheduler's
+            # enables (the fill count's update, the window-complete compare) start from
+            # registers.
+            last_tap = Signal(init=int(taps == 1))
+            last_group = Signal(init=int(groups == 1))
+            ox_last = Signal(init=int(last_pos == 0))
+            oy_last = Signal(init=int(last_pos == 0))
+        else:
+            last_tap = t == taps - 1
+            last_group = g == groups - 1
+            ox_last = ox == last_pos
+            oy_last = oy == last_pos
         if taps > 1:
             with m.If(t != 0):
                 m.d.comb += issue.eq(1)
@@ -459,9 +470,9 @@ class ConvEngine(ConvInterface):
             m.d.sync += quiet.eq(quiet - 1)
 
         # Output position step, in pixels, after the last tap of the last group.
-        with m.If(ox != last_pos):
+        with m.If(~ox_last):
             m.d.comb += step.eq(stride)
-        with m.Elif(oy != last_pos):
+        with m.Elif(~oy_last):
             m.d.comb += step.eq(self.row_step)
         with m.Else():
             m.d.comb += step.eq(need)
@@ -486,8 +497,18 @@ class ConvEngine(ConvInterface):
             with m.If(last_tap):
                 m.d.sync += g.eq(Mux(last_group, 0, g + 1))
 
+        if self._read_stage:
+            with m.If(issue):
+                m.d.sync += last_tap.eq(Mux(last_tap, taps == 1, t == taps - 2))
+                with m.If(last_tap):
+                    m.d.sync += last_group.eq(Mux(last_group, groups == 1, g == groups - 2))
+            with m.If(advance):
+                m.d.sync += ox_last.eq(Mux(ox_last, last_pos == 0, ox == last_pos - 1))
+                with m.If(ox_last):
+                    m.d.sync += oy_last.eq(Mux(oy_last, last_pos == 0, oy == last_pos - 1))
+
         with m.If(advance):
-            with m.If(ox != last_pos):
+            with m.If(~ox_last):
                 m.d.sync += ox.eq(ox + 1)
             with m.Else():
                 m.d.sync += [ox.eq(0), oy.eq(Mux(oy == last_pos, 0, oy + 1))]
