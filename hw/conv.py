@@ -414,8 +414,7 @@ class ConvEngine(ConvInterface):
         advance = Signal()
         swap_request_raw = Signal()        # the banks may switch for the next image
         swap_request = Signal()
-        # A window is complete: `ahead >= need`, registered from the next value of `ahead` in
-        # the deep pipeline (the compare's carry chain off the scheduler's path).
+        # A window is complete: `ahead >= need` (in the deep pipeline from registers, below).
         window_ok = Signal()
         step = Signal(range(max(need, self.row_step, stride) + 1))
 
@@ -518,7 +517,14 @@ class ConvEngine(ConvInterface):
         m.d.comb += ahead_next.eq(ahead + accept - Mux(advance, step, 0))
         m.d.sync += ahead.eq(ahead_next)
         if self._read_stage:
-            m.d.sync += window_ok.eq(ahead_next >= need)
+            # From registers only: whether the window is complete if the position stays, and
+            # if it moves on (by `step`, known from flip-flops), chosen by whether it moved.
+            # A pixel accepted in the cycle before is not counted yet: never too early, at most
+            # a cycle late when the input is exactly on time.
+            ok_stay, ok_move, moved = Signal(), Signal(), Signal()
+            m.d.sync += [ok_stay.eq(ahead >= need), ok_move.eq(ahead >= need + step),
+                         moved.eq(advance)]
+            m.d.comb += window_ok.eq(Mux(moved, ok_move, ok_stay))
         else:
             m.d.comb += window_ok.eq(ahead >= need)
 
