@@ -532,17 +532,18 @@ class ConvEngine(ConvInterface):
         m.d.sync += credit.eq(credit + start - xfer)
 
         m.d.comb += pix_rd.addr.eq(pa)
-        w_bank = w_cur.bit_select(wa, 1)
         if self._read_stage:
             # The weight word is read a cycle later, from registered address and bank bit (the
             # bank bit is a multiplexer over every word's bit), to arrive with the registered
-            # pixel word.
+            # pixel word. The address is the tap's `g * taps + t`, not the counter `wa`: no
+            # enable from the scheduler's decision reaches across the die to the weights.
+            word = t if groups == 1 else t + g * taps
             wa_r = Signal.like(wa, reset_less=True)
             bank_r = Signal(reset_less=True)
-            m.d.sync += [wa_r.eq(wa), bank_r.eq(w_bank)]
+            m.d.sync += [wa_r.eq(word), bank_r.eq(w_cur.bit_select(word, 1))]
             m.d.comb += w_rd.addr.eq(Cat(wa_r, bank_r))
         else:
-            m.d.comb += w_rd.addr.eq(Cat(wa, w_bank))
+            m.d.comb += w_rd.addr.eq(Cat(wa, w_cur.bit_select(wa, 1)))
 
         # -- stage 1: memory data into the MAC array ---------------------------------------------
         s1_valid = Signal()
