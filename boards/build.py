@@ -431,7 +431,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                 preset_parallelism(model.network, preset)
             parallelism = None
             # `cnnforge check` first: a network that cannot fit stops here, in one line.
-            from ..check import check
+            from .check import check
             verdict = check(model, board, parallelism=network_par)
             if not verdict["fits"]:
                 raise CnnforgeError(f"{spec.name}: {verdict['problem']}")

@@ -1,9 +1,9 @@
 """``cnnforge explore MODEL --board B``: the design space of a model's layer-list accelerator on a
 board — every balanced parallelism from one multiplier per layer to as many as the layers can
-use, each through :func:`cnnforge.check.check` (cycles per image, block RAM) — written as
+use, each through :func:`cnnforge.boards.check.check` (cycles per image, block RAM) — written as
 ``build/explore/<model>-<board>.{json,csv,png}``; the best point that fits is printed.
 
-Logic (LUTs) is not estimated yet (see :mod:`cnnforge.check`): points are placed by their
+Logic (LUTs) is not estimated yet (see :mod:`cnnforge.boards.check`): points are placed by their
 multipliers (int8 products, in LUTs on the ECP5 builds: most of the logic of a wide
 configuration), and "fits" means block RAM.
 """
@@ -41,7 +41,7 @@ def explore(qnet, board, log=print):
     """The sweep: a list of points (dicts), each with ``multipliers``, ``cycles_per_image``,
     ``images_per_s``, ``block_ram``, ``fits``, ``default`` and the ``lanes``."""
     from .boards.top import get_board
-    from .check import check
+    from .boards.check import check
     from .hw.network import LayerParallelism, preset_parallelism
     from .hw.accel import PRESETS
     from .hw.network import DEEP_MAX_WEIGHT_WORDS

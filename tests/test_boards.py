@@ -220,7 +220,7 @@ def test_bitstream(name, tmp_path):
     if spec.family == "ecp5":
         # `cnnforge check`'s block RAM count, from the elaborated design, is what it used.
         from cnnforge.boards.top import board_core
-        from cnnforge.check import block_ram_blocks, design_memories
+        from cnnforge.boards.check import block_ram_blocks, design_memories
         from cnnforge.hw.accel import PRESETS
         from cnnforge.sim.reference import model_file
         core = board_core(model_file.load(), PRESETS[spec.preset],

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cnnforge.boards.top import board_core
-from cnnforge.check import block_ram_blocks, check, design_memories, Memory
+from cnnforge.boards.check import block_ram_blocks, check, design_memories, Memory
 from cnnforge.errors import CnnforgeError
 from cnnforge.hw.accel import PRESETS
 from cnnforge.hw.network import LayerParallelism, NetworkAccelerator, preset_parallelism

@@ -1,0 +1,173 @@
+"""``cnnforge check MODEL --board B``: before any synthesis, what a model's accelerator needs of
+a board — per layer (MACs, weights, multipliers, weight memory, cycles) and in total (block RAM,
+multipliers, cycles and images/s) — and whether it fits.
+
+Block RAM is counted from the design itself: the board core (host link, clock crossing, the
+accelerator) is elaborated (a second or so) and every memory in it is placed the way Yosys's
+memory mapping places it on the ECP5: a writable memory with synchronous read ports, more than
+32 words and more than 1,024 bits goes into DP16KD blocks (of the block's shapes, 512 x 36 to
+16,384 x 1, the fewest blocks, a deep cascade's multiplexer counted against it), every other
+one into LUT RAM or logic. The rule gives the DP16KD count of every ECP5 build report it was
+held against exactly (the ULX3S and OrangeCrab builds of the seed network, the ULX3S lenet
+builds; ``tests/test_check.py``). Logic (LUTs, flip-flops) is not estimated
+here: the build's report gives it.
+"""
+
+from dataclasses import dataclass
+import math
+
+from amaranth import Shape
+
+from ..errors import CnnforgeError
+
+
+__all__ = ["Memory", "design_memories", "block_ram_blocks", "DEVICES", "check"]
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One memory of an elaborated design: its path, words, bits per word, and whether every
+    read port is synchronous and it has a write port."""
+    path: str
+    depth: int
+    width: int
+    sync_read: bool
+    writable: bool
+
+    @property
+    def bits(self):
+        return self.depth * self.width
+
+
+def design_memories(design):
+    """Every memory of ``design`` (an Amaranth elaboratable), elaborated without a platform."""
+    from amaranth.hdl._ir import Fragment
+    from amaranth.hdl._mem import MemoryInstance
+    found = []
+
+    def walk(fragment, path):
+        for sub, name, _ in fragment.subfragments:
+            where = path + (str(name),)
+            if isinstance(sub, MemoryInstance):
+                data = sub._data
+                found.append(Memory(
+                    "/".join(where), data.depth, Shape.cast(data.shape).width,
+                    all(port._domain != "comb" for port in sub._read_ports),
+                    bool(sub._write_ports)))
+            else:
+                walk(sub, where)
+
+    walk(Fragment.get(design, None), ())
+    return found
+
+
+#: Block RAM shapes ``(depth, width)`` of a family's block.
+_BLOCK_SHAPES = {"ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))}
+
+
+def _in_block_ram(memory):
+    """Whether Yosys maps ``memory`` into ECP5 block RAM (see the module doc)."""
+    return memory.sync_read and memory.writable and memory.depth > 32 and memory.bits > 1024
+
+
+def block_ram_blocks(memory, family="ecp5"):
+    """Blocks of ``family``'s block RAM ``memory`` takes if it goes there, else 0."""
+    if not _in_block_ram(memory):
+        return 0
+    # Of the block shapes, the one Yosys picks: the fewest blocks, but a deep cascade costs the
+    # multiplexer over its outputs (12,800 x 32 takes 26 blocks of 1,024 x 18, two wide and 13
+    # deep, rather than 25 of 512 x 36 in one column 25 deep).
+    options = []
+    for d, w in _BLOCK_SHAPES[family]:
+        wide, deep = math.ceil(memory.width / w), math.ceil(memory.depth / d)
+        options.append((wide * deep + (deep - 1) * memory.width / 256, wide * deep))
+    return min(options)[1]
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    luts: int
+    block_ram: int        # blocks
+    block_ram_name: str
+    dsps: int
+
+
+DEVICES = {
+    "LFE5U-25F": Device("LFE5U-25F", 24_288, 56, "DP16KD", 28),
+    "LFE5U-85F": Device("LFE5U-85F", 83_640, 208, "DP16KD", 156),
+}
+
+
+def _board_core(qnet, spec, par):
+    from .top import board_core
+    from ..hw.network import NetworkAccelerator
+    return board_core(qnet, None, clk_freq=spec.link_clk_freq or spec.clk_freq, baud=spec.baud,
+                      accel=NetworkAccelerator(qnet, par),
+                      accel_domain="fast" if spec.link_clk_freq else None)
+
+
+def check(qnet, board, multipliers=None, *, parallelism=None):
+    """The check of ``qnet`` (a :class:`~cnnforge.hw.model.QuantNetwork`) on ``board``: a dict
+    with ``layers`` (rows), ``totals``, ``fits`` and ``problem`` (the one-line reason it does
+    not fit, or None). :class:`CnnforgeError` for what the generator cannot build at all.
+    ``parallelism``: a :class:`~cnnforge.hw.network.LayerParallelism` to check instead of the
+    board preset's."""
+    from .build import link_images_per_second
+    from .top import get_board, link_config
+    from ..hw.network import (ConvStage, LayerParallelism, preset_parallelism, weight_memories)
+    from ..hw.params import ConfigError, Conv2D, Dense
+    spec = get_board(board)
+    if spec.family != "ecp5":
+        raise CnnforgeError(f"{spec.name}: the layer-list accelerator is built for ECP5 boards so "
+                            f"far (the {spec.device}'s folded mapping, layers sharing one MAC "
+                            f"array with the weights in SPRAM, is not built yet)")
+    device = DEVICES[spec.device]
+    network = qnet.network
+    try:
+        par = (parallelism if parallelism is not None else
+               preset_parallelism(network, spec.preset) if multipliers is None else
+               LayerParallelism.balanced(network, multipliers))
+    except ConfigError as e:
+        raise CnnforgeError(str(e)) from None
+    cycles = par.stage_cycles()
+    mems = weight_memories(par)
+    rows = []
+    for index, layer in enumerate(network.layers):
+        row = {"layer": index, "kind": layer.kind,
+               "output": "x".join(map(str, network.output_shape(index))),
+               "macs": network.macs(index), "weights": 0, "multipliers": 0,
+               "weight_bits": 0, "cycles": None}
+        if isinstance(layer, (Conv2D, Dense)):
+            row["weights"] = int(math.prod(network.weight_shape(index)))
+            row["multipliers"] = par.layer_multipliers(index)
+            row["weight_bits"] = sum(m.total_bits for m in mems if m.layer == index)
+            row["cycles"] = cycles[index]
+            stage = next(s for s in par.stages if s.index == index)
+            n = par.lanes[index]
+            if isinstance(stage, ConvStage):
+                c = par.channels[index]
+                row["parallelism"] = f"{n} lanes" + (f" x {c} channels" if c > 1 else "")
+            else:
+                row["parallelism"] = f"{n} multiplier{'s' if n > 1 else ''}"
+        rows.append(row)
+    memories = design_memories(_board_core(qnet, spec, par))
+    blocks = sum(block_ram_blocks(m) for m in memories)
+    per_image = par.cycles_per_image
+    clock = spec.clk_freq
+    totals = {
+        "macs": network.total_macs, "multipliers": par.multipliers,
+        "multiplier_bound": network.total_macs / par.multipliers,
+        "block_ram": blocks, "block_ram_available": device.block_ram,
+        "dsps": 0, "dsps_available": device.dsps,
+        "cycles_per_image": per_image, "clock_mhz": clock / 1e6,
+        "images_per_s": clock / per_image,
+        "images_per_s_link": link_images_per_second(link_config(qnet), spec.baud),
+        "pipeline": par.pipeline,
+    }
+    problem = None
+    if blocks > device.block_ram:
+        problem = (f"does not fit: block RAM ({device.block_ram_name}): needs {blocks}, the "
+                   f"{device.name} has {device.block_ram}")
+    return {"board": spec.name, "device": device.name, "layers": rows, "totals": totals,
+            "fits": problem is None, "problem": problem, "parallelism": par}
