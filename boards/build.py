@@ -207,7 +207,10 @@ def clock_verdict(fmax, target):
 def _markdown(r):
     par = r.get("parallelism")
     what = f"preset `{r['preset']}`"
-    if par and r["preset"] == "layer-list":
+    if par and r["preset"] == "layer-list" and par.get("mapping") == "folded":
+        what = (f"layer-list accelerator, folded ({r['multipliers']} multipliers shared by "
+                f"every layer: {par['lanes']} lanes x 2 pixels, target {par['target']})")
+    elif par and r["preset"] == "layer-list":
         layers = ", ".join(
             f"layer {k}: {v}" + (f"x{par['channels'][k]}" if par["channels"].get(k, 1) > 1 else "")
             for k, v in par["lanes"].items())
@@ -410,7 +413,8 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     budget balanced over the layers) in ``<board>-<name>``.
     """
     from ..hw.model import QuantNetwork
-    from ..hw.network import LayerParallelism, NetworkAccelerator, preset_parallelism
+    from ..hw.network import FoldedMapping, LayerParallelism, network_accelerator, \
+        preset_parallelism
     from ..hw.params import ConfigError
     from ..sim.reference import model_file
     spec = get_board(board)
@@ -427,7 +431,8 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                 raise CnnforgeError("on-chip training builds the seed network only "
                                     "(mnist-seed)") from None
             # The board preset's multiplier budget and pipeline (deep for the ULX3S' 100 MHz).
-            network_par = parallelism if isinstance(parallelism, LayerParallelism) else \
+            network_par = parallelism if isinstance(parallelism, (LayerParallelism, FoldedMapping)) \
+                else \
                 preset_parallelism(model.network, preset)
             parallelism = None
             # `cnnforge check` first: a network that cannot fit stops here, in one line.
@@ -439,7 +444,8 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
 
     def new_top():
         return BoardTop(spec, model, parallelism=parallelism, clk_freq=clk_freq, baud=baud,
-                        accel=NetworkAccelerator(model, network_par) if layer_list else accel,
+                        accel=(network_accelerator(model, network_par) if layer_list
+                               else accel),
                         train_init=train_init)
 
     top = new_top()
@@ -462,7 +468,11 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         # products (the only other multipliers) are mapped the same way as -dsp would, but in
         # the requantization module only, before synthesis; otherwise they stay in LUTs.
         opts["synth_opts"] = ""
-        if par is not None and accel is None:
+        if layer_list:
+            dsp_note = (f"SB_MAC16: {network_par.lanes} (dual 8x8: the shared MAC array's "
+                        f"{network_par.multipliers} products, explicit); requantization in "
+                        f"LUTs (radix 4)")
+        elif par is not None and accel is None:
             needed = ice40_dsps(par)
             if needed["total"] <= ICE40_DSPS:
                 opts["script_after_read"] += "\n" + _ICE40_REQUANT_DSP
@@ -525,7 +535,9 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             if met:
                 break
         seconds = time.perf_counter() - start
-        if spec.family == "ice40" and par is not None and accel is None:
+        if spec.family == "ice40" and layer_list:
+            check_ice40_dsps(folder, network_par.lanes)
+        elif spec.family == "ice40" and par is not None and accel is None:
             needed = ice40_dsps(par)
             check_ice40_dsps(folder, needed["conv"] + needed["dense"])
         bitstream = folder / BITSTREAM_FILE[spec.family]
@@ -535,7 +547,9 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         cycles_source = "build/bench.json"
         if layer_list:
             cycles = network_par.cycles_per_image
-            cycles_source = "the layer-list model: the slowest engine's sustained cycles"
+            cycles_source = ("the folded mapping's estimate (sim-full gives the exact count)"
+                             if isinstance(network_par, FoldedMapping) else
+                             "the layer-list model: the slowest engine's sustained cycles")
         elif custom and accel is None:
             # The slowest stage's sustained cycles per image, as its engine reports them.
             cycles, cycles_source = top.accelerator.cycles_per_image, "estimate: slowest stage"

@@ -62,17 +62,22 @@ def design_memories(design):
 
 
 #: Block RAM shapes ``(depth, width)`` of a family's block.
-_BLOCK_SHAPES = {"ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))}
+_BLOCK_SHAPES = {"ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)),
+                 "ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2))}
 
 
-def _in_block_ram(memory):
-    """Whether Yosys maps ``memory`` into ECP5 block RAM (see the module doc)."""
+def _in_block_ram(memory, family="ecp5"):
+    """Whether Yosys maps ``memory`` into ``family``'s block RAM (see the module doc). The
+    iCE40 has no LUT RAM: every writable memory with synchronous reads goes to SB_RAM40_4K,
+    however small; read-only tables become logic."""
+    if family == "ice40":
+        return memory.sync_read and memory.writable
     return memory.sync_read and memory.writable and memory.depth > 32 and memory.bits > 1024
 
 
 def block_ram_blocks(memory, family="ecp5"):
     """Blocks of ``family``'s block RAM ``memory`` takes if it goes there, else 0."""
-    if not _in_block_ram(memory):
+    if not _in_block_ram(memory, family):
         return 0
     # Of the block shapes, the one Yosys picks: the fewest blocks, but a deep cascade costs the
     # multiplexer over its outputs (12,800 x 32 takes 26 blocks of 1,024 x 18, two wide and 13
@@ -91,19 +96,22 @@ class Device:
     block_ram: int        # blocks
     block_ram_name: str
     dsps: int
+    dsp_name: str = "MULT18X18D"
+    spram: int = 0
 
 
 DEVICES = {
     "LFE5U-25F": Device("LFE5U-25F", 24_288, 56, "DP16KD", 28),
     "LFE5U-85F": Device("LFE5U-85F", 83_640, 208, "DP16KD", 156),
+    "iCE40UP5K": Device("iCE40UP5K", 5_280, 30, "SB_RAM40_4K", 8, "SB_MAC16", 4),
 }
 
 
 def _board_core(qnet, spec, par):
     from .top import board_core
-    from ..hw.network import NetworkAccelerator
+    from ..hw.network import network_accelerator
     return board_core(qnet, None, clk_freq=spec.link_clk_freq or spec.clk_freq, baud=spec.baud,
-                      accel=NetworkAccelerator(qnet, par),
+                      accel=network_accelerator(qnet, par),
                       accel_domain="fast" if spec.link_clk_freq else None)
 
 
@@ -115,21 +123,26 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
     board preset's."""
     from .build import link_images_per_second
     from .top import get_board, link_config
-    from ..hw.network import (ConvStage, LayerParallelism, preset_parallelism, weight_memories)
+    from ..hw.network import (ConvStage, FoldedMapping, LayerParallelism, preset_parallelism,
+                              weight_memories)
     from ..hw.params import ConfigError, Conv2D, Dense
     spec = get_board(board)
-    if spec.family != "ecp5":
-        raise CnnforgeError(f"{spec.name}: the layer-list accelerator is built for ECP5 boards so "
-                            f"far (the {spec.device}'s folded mapping, layers sharing one MAC "
-                            f"array with the weights in SPRAM, is not built yet)")
     device = DEVICES[spec.device]
     network = qnet.network
     try:
-        par = (parallelism if parallelism is not None else
-               preset_parallelism(network, spec.preset) if multipliers is None else
-               LayerParallelism.balanced(network, multipliers))
+        if parallelism is not None:
+            par = parallelism
+        elif spec.family == "ice40":
+            # The folded mapping: a budget of 2 * lanes multipliers.
+            lanes = 8 if multipliers is None else max(2, multipliers // 2 // 2 * 2)
+            par = FoldedMapping(network, lanes, target="ice40")
+        elif multipliers is None:
+            par = preset_parallelism(network, spec.preset)
+        else:
+            par = LayerParallelism.balanced(network, multipliers)
     except ConfigError as e:
         raise CnnforgeError(str(e)) from None
+    folded = isinstance(par, FoldedMapping)
     cycles = par.stage_cycles()
     mems = weight_memories(par)
     rows = []
@@ -140,9 +153,14 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
                "weight_bits": 0, "cycles": None}
         if isinstance(layer, (Conv2D, Dense)):
             row["weights"] = int(math.prod(network.weight_shape(index)))
-            row["multipliers"] = par.layer_multipliers(index)
             row["weight_bits"] = sum(m.total_bits for m in mems if m.layer == index)
             row["cycles"] = cycles[index]
+            if folded:
+                row["multipliers"] = par.multipliers
+                row["parallelism"] = f"shared: {par.lanes} lanes x 2 pixels"
+                rows.append(row)
+                continue
+            row["multipliers"] = par.layer_multipliers(index)
             stage = next(s for s in par.stages if s.index == index)
             n = par.lanes[index]
             if isinstance(stage, ConvStage):
@@ -152,14 +170,19 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
                 row["parallelism"] = f"{n} multiplier{'s' if n > 1 else ''}"
         rows.append(row)
     memories = design_memories(_board_core(qnet, spec, par))
-    blocks = sum(block_ram_blocks(m) for m in memories)
+    blocks = sum(block_ram_blocks(m, spec.family) for m in memories)
+    # DSPs used by explicit instances: the folded mapping's SB_MAC16 (two products each) and
+    # its SPRAM (16 bits each); the ECP5 layer-list products are in LUTs (-nodsp).
+    dsps = par.lanes if folded else 0
+    spram = par.lanes * 8 // 16 if folded and par.target == "ice40" else 0
     per_image = par.cycles_per_image
     clock = spec.clk_freq
     totals = {
         "macs": network.total_macs, "multipliers": par.multipliers,
         "multiplier_bound": network.total_macs / par.multipliers,
         "block_ram": blocks, "block_ram_available": device.block_ram,
-        "dsps": 0, "dsps_available": device.dsps,
+        "dsps": dsps, "dsps_available": device.dsps, "dsp_name": device.dsp_name,
+        "spram": spram, "spram_available": device.spram,
         "cycles_per_image": per_image, "clock_mhz": clock / 1e6,
         "images_per_s": clock / per_image,
         "images_per_s_link": link_images_per_second(link_config(qnet), spec.baud),
@@ -169,5 +192,11 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
     if blocks > device.block_ram:
         problem = (f"does not fit: block RAM ({device.block_ram_name}): needs {blocks}, the "
                    f"{device.name} has {device.block_ram}")
+    elif dsps > device.dsps:
+        problem = (f"does not fit: DSP ({device.dsp_name}): needs {dsps}, the {device.name} "
+                   f"has {device.dsps}")
+    elif spram > device.spram:
+        problem = (f"does not fit: SPRAM: needs {spram}, the {device.name} has "
+                   f"{device.spram}")
     return {"board": spec.name, "device": device.name, "layers": rows, "totals": totals,
             "fits": problem is None, "problem": problem, "parallelism": par}

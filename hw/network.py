@@ -20,6 +20,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .conv import ConvEngine, bias_shape, bias_words as conv_bias_words, weight_words as conv_weight_words
+from .folded import FoldedAccelerator, FoldedMapping, folded_memories, folded_writes
 from .dense import DenseEngine, weight_words as dense_weight_words
 from .maxpool import MaxPool
 from .model import QuantNetwork
@@ -378,8 +379,11 @@ def preset_parallelism(network, preset):
     :data:`cnnforge.hw.accel.PRESETS`): its multiplier budget (:data:`MULTIPLIER_BUDGETS`)
     balanced over the layers, with its pipeline (``deep`` also bounds the weight memories'
     depth, :data:`DEEP_MAX_WEIGHT_WORDS`). What ``make bitstream`` builds and ``make sim-full``
-    simulates."""
+    simulates. ``up5k``: the folded mapping (:class:`~cnnforge.hw.folded.FoldedMapping`, 8
+    lanes of two pixels: the UP5K's eight SB_MAC16 and four SPRAMs)."""
     from .accel import PRESETS
+    if PRESETS[preset].target == "ice40":
+        return FoldedMapping(network, MULTIPLIER_BUDGETS[preset] // 2, target="ice40")
     pipeline = PRESETS[preset].pipeline
     return LayerParallelism.balanced(
         network, MULTIPLIER_BUDGETS[preset], pipeline=pipeline,
@@ -396,6 +400,7 @@ class WeightMemory:
     kind: str
     words: int
     bits: int
+    storage: str = "block RAM"
 
     @property
     def total_bits(self):
@@ -403,8 +408,11 @@ class WeightMemory:
 
 
 def weight_memories(parallelism):
-    """The model memories of an accelerator built with ``parallelism``, in write-port order
-    (``mw.memory`` is the index in this list)."""
+    """The model memories of an accelerator built with ``parallelism`` (a
+    :class:`LayerParallelism` or a :class:`~cnnforge.hw.folded.FoldedMapping`), in write-port
+    order (``mw.memory`` is the index in this list)."""
+    if isinstance(parallelism, FoldedMapping):
+        return folded_memories(parallelism)
     mems = []
     for stage in parallelism.stages:
         n = parallelism.lanes[stage.index]
@@ -432,6 +440,8 @@ def weight_memories(parallelism):
 def network_writes(qnet, parallelism):
     """``[(memory index, address, word)]``: every model word of ``qnet`` for the write port of an
     accelerator built with ``parallelism`` (raw bits, in :func:`weight_memories` order)."""
+    if isinstance(parallelism, FoldedMapping):
+        return folded_writes(qnet, parallelism)
     writes = []
     for index, mem in enumerate(weight_memories(parallelism)):
         p = qnet.layers[mem.layer]
@@ -452,6 +462,15 @@ def network_writes(qnet, parallelism):
             words = [int(b) & mask for b in np.asarray(p.b)]
         writes += [(index, a, w) for a, w in enumerate(words)]
     return writes
+
+
+def network_accelerator(qnet, parallelism):
+    """The accelerator ``parallelism`` describes: a :class:`NetworkAccelerator` (dataflow
+    chain, :class:`LayerParallelism`) or a :class:`~cnnforge.hw.folded.FoldedAccelerator`
+    (:class:`~cnnforge.hw.folded.FoldedMapping`)."""
+    if isinstance(parallelism, FoldedMapping):
+        return FoldedAccelerator(qnet, parallelism)
+    return NetworkAccelerator(qnet, parallelism)
 
 
 # -- The accelerator --------------------------------------------------------------------------------
@@ -643,33 +662,43 @@ class NetworkAccelerator(wiring.Component):
                     word.eq(self.mw.data),
                 ]
 
-        # Softmax and the logits beside it (see hw/accel.py).
-        last = par.stages[-1].dense
-        m.submodules.softmax = softmax = Softmax(last, softmax_mult=int(qnet.softmax_mult),
-                                                 softmax_shift=int(qnet.softmax_shift),
-                                                 pipelined_exp=deep)
-        acc_bits = Widths(last).dense_acc
-        m.submodules.logits = logits = SyncFIFOBuffered(width=acc_bits, depth=2 * last.classes)
-        if deep:
-            m.submodules.result_slice = result_slice = RegisterSlice(self.o.payload.shape())
-            result = result_slice.i
-            wiring.connect(m, result_slice.o, wiring.flipped(self.o))
-        else:
-            result = self.o
-        m.d.comb += [
-            softmax.i.payload.eq(source.payload),
-            logits.w_data.eq(source.payload),
-            softmax.i.valid.eq(source.valid & logits.w_rdy),
-            logits.w_en.eq(source.valid & softmax.i.ready),
-            source.ready.eq(softmax.i.ready & logits.w_rdy),
-            result.payload.logit.eq(logits.r_data),
-            result.payload.prob.eq(softmax.o.payload.prob),
-            result.payload.cls.eq(softmax.o.payload.cls),
-            result.valid.eq(softmax.o.valid & logits.r_rdy),
-            softmax.o.ready.eq(result.ready & logits.r_rdy),
-            logits.r_en.eq(result.ready & softmax.o.valid),
-        ]
+        result_path(m, source, qnet, deep=deep, o=self.o)
         return m
+
+
+def result_path(m, source, qnet, *, deep, o):
+    """The softmax and the logits beside it (see hw/accel.py), from ``source`` (a stream of
+    the last layer's sums, class 0 first) to the result stream ``o``; in the deep pipeline
+    through a register slice."""
+    last = qnet.network.param_layers()[-1]
+    classes = qnet.network.classes
+    cfg = StageConfig(input_size=1, filters=qnet.network.fan_in(last), classes=classes)
+    m.submodules.softmax = softmax = Softmax(cfg, softmax_mult=int(qnet.softmax_mult),
+                                             softmax_shift=int(qnet.softmax_shift),
+                                             pipelined_exp=deep)
+    acc_bits = qnet.network.layer_widths(last).acc
+    m.submodules.logits = logits = SyncFIFOBuffered(width=acc_bits, depth=2 * classes)
+    if deep:
+        m.submodules.result_slice = result_slice = RegisterSlice(o.payload.shape())
+        result = result_slice.i
+        wiring.connect(m, result_slice.o, wiring.flipped(o))
+    else:
+        result = o
+    if not hasattr(source, "payload"):
+        source = source.r_stream
+    m.d.comb += [
+        softmax.i.payload.eq(source.payload),
+        logits.w_data.eq(source.payload),
+        softmax.i.valid.eq(source.valid & logits.w_rdy),
+        logits.w_en.eq(source.valid & softmax.i.ready),
+        source.ready.eq(softmax.i.ready & logits.w_rdy),
+        result.payload.logit.eq(logits.r_data),
+        result.payload.prob.eq(softmax.o.payload.prob),
+        result.payload.cls.eq(softmax.o.payload.cls),
+        result.valid.eq(softmax.o.valid & logits.r_rdy),
+        softmax.o.ready.eq(result.ready & logits.r_rdy),
+        logits.r_en.eq(result.ready & softmax.o.valid),
+    ]
 
 
 class _Values(wiring.Component):

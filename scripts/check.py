@@ -18,15 +18,23 @@ def check_cli(model_path, board, multipliers=None, log=print):
     r = check(qnet, board, multipliers)
     t = r["totals"]
     log(f"{model_path} on {r['board']} ({r['device']}, {t['clock_mhz']:.0f} MHz): layer-list "
-        f"accelerator, {t['multipliers']} multipliers ({t['pipeline']} pipeline)")
+        f"accelerator, {t['multipliers']} multipliers ({t['pipeline']}"
+        f"{' mapping' if t['pipeline'] == 'folded' else ' pipeline'})")
     log(markdown_table(
         ["layer", "kind", "output", "MACs", "weights", "multipliers", "weight memory (bits)",
          "cycles/image"],
         [(x["layer"], x["kind"], x["output"], f"{x['macs']:,}", f"{x['weights']:,}",
           x.get("parallelism", "-"), f"{x['weight_bits']:,}",
           "-" if x["cycles"] is None else f"{x['cycles']:,}") for x in r["layers"]]))
-    log(f"total: {t['macs']:,} MACs, {t['multipliers']} multipliers (products in LUTs), "
-        f"block RAM {t['block_ram']} of {t['block_ram_available']} DP16KD")
+    where = (f"{t['dsps']} of {t['dsps_available']} {t['dsp_name']}" if t["dsps"]
+             else "products in LUTs")
+    spram = (f", SPRAM {t['spram']} of {t['spram_available']}" if t.get("spram_available")
+             else "")
+    device = r["device"]
+    from .boards.check import DEVICES
+    log(f"total: {t['macs']:,} MACs, {t['multipliers']} multipliers ({where}), "
+        f"block RAM {t['block_ram']} of {t['block_ram_available']} "
+        f"{DEVICES[device].block_ram_name}{spram}")
     log(f"{t['cycles_per_image']:,} cycles/image ({t['cycles_per_image'] / t['multiplier_bound']:.2f}"
         f" x MACs / multipliers): {t['images_per_s']:,.0f} images/s at {t['clock_mhz']:.0f} MHz "
         f"compute-bound, {t['images_per_s_link']:,.0f} images/s through the UART; logic is not "

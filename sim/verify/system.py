@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from ...hw.accel import Accelerator, ResultLayout, model_writes
 from ...hw.model import QuantNetwork
-from ...hw.network import NetworkAccelerator, NetworkResultLayout, network_writes
+from ...hw.network import NetworkResultLayout, network_accelerator, network_writes
 from ..reference import golden
 from .rtl_runner import ice40_cells_sim, run_stream_test
 
@@ -112,6 +112,7 @@ def simulate(name, model, parallelism, images, labels=None, *, stalls=((0.0, 0.0
         if cells is None:
             raise RuntimeError("the ice40 target needs Yosys's share/ice40/cells_sim.v")
         extra.append(cells)
+    inputs, expected, ref = network_stream_words(qnet if load is None else load, images)
     writes = []
     accel = Accelerator(model, parallelism)
     if load_model is None:
@@ -196,8 +197,17 @@ def simulate_network(name, qnet, parallelism, images, labels=None, *, stalls=((0
     if not isinstance(qnet, QuantNetwork):
         raise TypeError(f"qnet must be a QuantNetwork, not {qnet!r}")
     start = time.perf_counter()
+    accel = network_accelerator(qnet, parallelism)
+    extra = []
+    if parallelism.target == "ice40":
+        # SB_MAC16 and SB_SPRAM256KA: Yosys's models. The SPRAM starts empty: the model is
+        # written through the write port first, as the board's host link does.
+        load = qnet if load is None else load
+        cells = ice40_cells_sim()
+        if cells is None:
+            raise RuntimeError("the ice40 target needs Yosys's share/ice40/cells_sim.v")
+        extra.append(cells)
     inputs, expected, ref = network_stream_words(qnet if load is None else load, images)
-    accel = NetworkAccelerator(qnet, parallelism)
     writes = []
     if load is None:
         factory = lambda: accel
@@ -211,5 +221,5 @@ def simulate_network(name, qnet, parallelism, images, labels=None, *, stalls=((0
     slowest = max(max(stall) for stall in stalls)
     budget = int(per_image * (len(images) + 2 * len(parallelism.stages)) / max(0.05, 1 - slowest))
     result = run_stream_test(name, factory, inputs=inputs, expected=expected, stalls=stalls,
-                             max_cycles=budget + len(inputs))
+                             max_cycles=budget + len(inputs), extra_sources=extra)
     return _statistics(result, len(writes), ref, labels, start)
