@@ -112,7 +112,6 @@ def simulate(name, model, parallelism, images, labels=None, *, stalls=((0.0, 0.0
         if cells is None:
             raise RuntimeError("the ice40 target needs Yosys's share/ice40/cells_sim.v")
         extra.append(cells)
-    inputs, expected, ref = network_stream_words(qnet if load is None else load, images)
     writes = []
     accel = Accelerator(model, parallelism)
     if load_model is None:
