@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import numpy as np
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -152,9 +151,6 @@ def folded_steps(network):
         shape = network.input_shape(i)
         if isinstance(layer, Conv2D):
             h, w, c = shape
-            if layer.stride not in (1, 2):
-                raise ConfigError(f"network: layer {i} (conv2d): the folded accelerator takes "
-                                  f"stride 1 or 2, not {layer.stride}")
             top, left, _, _ = layer.pads(h, w)
             oh, ow, f = network.output_shape(i)
             pool = 1
@@ -258,26 +254,54 @@ class FoldedMapping:
         """Words of each bank of map buffer ``buffer`` (step ``k`` reads buffer ``k % 2``)."""
         return max([s.bank_depth for k, s in enumerate(self._steps) if k % 2 == buffer] + [1])
 
-    # Cycles.
-    #: Cycles from the issue of a pass's last group to its accumulators in the pooling sweep.
+    # Cycles: the scheduling rules of the RTL, replayed pass by pass (exact for the no-stall
+    # case; ``tests/test_folded.py`` holds them against the simulation).
+    #: From a pass's last group issued to its accumulators valid (stage A1, stage B, the MAC).
     PASS_LATENCY = 2 + MACArray.LATENCY
     #: Requantizer cycles per value (two multiplier bits a cycle).
     REQUANT_CYCLES = Widths.requant_mult // _RADIX_BITS
 
+    def _requant_busy(self, final):
+        """Cycles from the requantizer's start to its first idle cycle."""
+        n, period = self.lanes, self.REQUANT_CYCLES
+        # A lane every `period` cycles; the last lane's sum leaves a cycle after its issue
+        # ends (the last layer), or its product is rounded and written 7 cycles after.
+        return n * period + (1 if final else 7)
+
     def step_cycles(self, k):
-        """Estimated cycles of step ``k`` (the simulation gives the exact count)."""
+        """Cycles of step ``k``: from its first group issued to the next step's (or the next
+        image's load)."""
         s, n = self._steps[k], self.lanes
         bh, bw = s.block
-        pairs = bh * (-(-bw // 2))
-        sweep = n + 1
-        per_pass = max(s.taps, sweep + self.PASS_LATENCY)
-        requant = n * self.REQUANT_CYCLES + 6
-        if s.pool > 1:
-            per_block = max(pairs * per_pass, requant + sweep)
-        else:
-            per_block = max(per_pass, 2 * (requant + sweep))
         rows, cols = s.blocks
-        return s.groups(n) * rows * cols * per_block + 20
+        pairs = [(dy, dx) for dy in range(bh) for dx in range(0, bw, 2)]
+        busy = self._requant_busy(not s.relu)
+        t, rq_idle, last_issue = 0, 0, 0
+        for _ in range(s.groups(n)):
+            for by in range(rows):
+                for bx in range(cols):
+                    for i, (dy, dx) in enumerate(pairs):
+                        ox = bx * bw + dx
+                        p1 = dx + 1 < bw and ox + 1 < s.conv_w
+                        last_issue = t + s.taps - 1
+                        ready = last_issue + self.PASS_LATENCY + 1
+                        to_q = s.pool == 1 or i == len(pairs) - 1
+                        # A sweep of `n` lanes from `start`; the requantizer starts as it
+                        # ends (a block's last sweep waits for it to be idle).
+                        start = max(ready, rq_idle) if to_q else ready
+                        if to_q:
+                            rq_idle = start + n + 2 + busy
+                        t = start + n + 3
+                        if s.pool == 1 and p1:
+                            start = max(t, rq_idle)
+                            rq_idle = start + n + 2 + busy
+                            t = start + n + 3
+        # The step ends when its last sweep and the requantizer are done.
+        return max(t, rq_idle) + 1
+
+    def image_cycles(self):
+        """Cycles per image, images back to back: the load, then the steps."""
+        return self.load_cycles + 1 + sum(self.step_cycles(k) for k in range(len(self._steps)))
 
     @property
     def load_cycles(self):
@@ -286,7 +310,7 @@ class FoldedMapping:
 
     @property
     def cycles_per_image(self):
-        return self.load_cycles + sum(self.step_cycles(k) for k in range(len(self._steps)))
+        return self.image_cycles()
 
     def stage_cycles(self):
         return {s.index: self.step_cycles(k) for k, s in enumerate(self._steps)}
@@ -487,7 +511,10 @@ class FoldedAccelerator(wiring.Component):
             macs.append(mac)
 
         # -- Sequencer ----------------------------------------------------------------------------
-        coord = signed(12)
+        span = max(max(2 * s.in_h, 2 * s.in_w) + max(s.kh, s.kw) for s in steps)
+        coord = signed(ceil_log2(span) + 2)
+        out_span = max(max(s.conv_h, s.conv_w) for s in steps) + 2
+        channels = max(s.groups(lanes) * lanes for s in steps)
         step = Signal(range(max(2, nsteps)))
         in_flight = Signal()        # a pass's last group issued, its sweep(s) not finished
         rq_busy = Signal()
@@ -495,9 +522,11 @@ class FoldedAccelerator(wiring.Component):
         running = Signal()
         loading = Signal(init=1)
         g = Signal(range(max(2, max(s.groups(lanes) for s in steps))))
-        by, bx = Signal(range(256)), Signal(range(256))
-        dy, dx = Signal(range(16)), Signal(range(16))
-        oy_base, ox_base = Signal(10), Signal(10)
+        by = Signal(range(max(s.blocks[0] for s in steps) + 1))
+        bx = Signal(range(max(s.blocks[1] for s in steps) + 1))
+        dy = Signal(range(max(s.block[0] for s in steps) + 2))
+        dx = Signal(range(max(s.block[1] for s in steps) + 3))
+        oy_base, ox_base = Signal(range(out_span)), Signal(range(out_span + 2))
         ky, kx = Signal(range(max(s.kh for s in steps) + 1)), \
             Signal(range(max(s.kw for s in steps) + 1))
         c = Signal(range(max(s.in_c for s in steps) + 1))
@@ -507,16 +536,18 @@ class FoldedAccelerator(wiring.Component):
         kw1 = per_step("kw_last", [s.kw - 1 for s in steps], kx.shape(), step)
         c1 = per_step("c_last", [s.in_c - 1 for s in steps], c.shape(), step)
         s2 = per_step("stride2", [s.stride == 2 for s in steps], 1, step)
-        pad_top = per_step("pad_top", [s.pad_top for s in steps], 8, step)
-        pad_left = per_step("pad_left", [s.pad_left for s in steps], 8, step)
+        pad_top = per_step("pad_top", [s.pad_top for s in steps],
+                           range(max(s.pad_top for s in steps) + 1), step)
+        pad_left = per_step("pad_left", [s.pad_left for s in steps],
+                            range(max(s.pad_left for s in steps) + 1), step)
         bh1 = per_step("bh_last", [s.block[0] - 1 for s in steps], dy.shape(), step)
         bw = per_step("bw", [s.block[1] for s in steps], dx.shape(), step)
-        step_bw = per_step("step_bw", [s.block[1] for s in steps], 10, step)
-        step_bh = per_step("step_bh", [s.block[0] for s in steps], 10, step)
+        step_bw = per_step("step_bw", [s.block[1] for s in steps], dx.shape(), step)
+        step_bh = per_step("step_bh", [s.block[0] for s in steps], dy.shape(), step)
         rows1 = per_step("rows_last", [s.blocks[0] - 1 for s in steps], by.shape(), step)
         cols1 = per_step("cols_last", [s.blocks[1] - 1 for s in steps], bx.shape(), step)
         g1 = per_step("g_last", [s.groups(lanes) - 1 for s in steps], g.shape(), step)
-        conv_w = per_step("conv_w", [s.conv_w for s in steps], 10, step)
+        conv_w = per_step("conv_w", [s.conv_w for s in steps], range(out_span + 2), step)
         next_final = per_step("next_final",
                               [k + 1 < nsteps and not steps[k + 1].relu for k in range(nsteps)],
                               1, step)
@@ -525,7 +556,7 @@ class FoldedAccelerator(wiring.Component):
         tap_first = (ky == 0) & (kx == 0) & (c == 0)
         tap_last = (ky == kh1) & (kx == kw1) & (c == c1)
         issue = Signal()
-        m.d.comb += issue.eq(running & ~(tap_last & in_flight))
+        m.d.comb += issue.eq(running & ~((tap_first | tap_last) & in_flight))
 
         oy = oy_base + dy
         ox = ox_base + dx
@@ -692,17 +723,15 @@ class FoldedAccelerator(wiring.Component):
                 with m.Case(ch):
                     m.d.comb += pixel.eq(self.i.payload[ch])
 
-        # -- Sweep: the pass's accumulators max-pooled into `run` (or, at a block's end, into
-        # `qbank` for the requantizer), one lane a cycle ----------------------------------------
+        # -- Sweep: the pass's accumulators (held in the MAC arrays: the next pass's first group
+        # is issued only after the sweep) max-pooled into `run`, or at a block's end into
+        # `qbank` for the requantizer; one lane a cycle, both maxima in block RAM ----------------
         acc = signed(acc_bits)
-        shadow_a = [Signal(acc, name=f"shadow_a{n}") for n in range(lanes)]
-        shadow_b = [Signal(acc, name=f"shadow_b{n}") for n in range(lanes)]
-        run = [Signal(acc, name=f"run{n}") for n in range(lanes)]
-        qbank = [Signal(acc, name=f"qbank{n}") for n in range(lanes)]
-        with m.If(macs[0].o_valid):
-            for n in range(lanes):
-                m.d.sync += [shadow_a[n].eq(macs[0].acc[n]), shadow_b[n].eq(macs[1].acc[n])]
-        sw_pending = Signal()       # accumulators in the shadow, sweep not started
+        m.submodules.run_mem = run_mem = Memory(shape=acc, depth=lanes, init=[])
+        m.submodules.qbank_mem = qbank_mem = Memory(shape=acc, depth=lanes, init=[])
+        run_rd, run_wr = run_mem.read_port(), run_mem.write_port()
+        qbank_rd, qbank_wr = qbank_mem.read_port(), qbank_mem.write_port()
+        sw_pending = Signal()       # accumulators ready, sweep not started
         sw_active = Signal()
         sw_lane = Signal(range(lanes))
         sw_second = Signal()        # the second sweep of an unpooled pass (pixel b)
@@ -712,7 +741,7 @@ class FoldedAccelerator(wiring.Component):
         sel_b = Signal()
         to_q = Signal()             # this sweep ends a block
         m.d.comb += [
-            sel_a.eq(~p_pool.bool() & ~sw_second | p_pool),
+            sel_a.eq(~p_pool & ~sw_second | p_pool),
             sel_b.eq(Mux(p_pool, p_p1, sw_second)),
             to_q.eq(Mux(p_pool, p_last, 1)),
         ]
@@ -720,48 +749,56 @@ class FoldedAccelerator(wiring.Component):
         m.d.comb += start_sweep.eq(sw_pending & ~sw_active & ~(to_q & rq_busy))
         with m.If(start_sweep):
             m.d.sync += [sw_pending.eq(0), sw_active.eq(1), sw_lane.eq(0)]
-        head_a, head_b, head_run = shadow_a[0], shadow_b[0], run[0]
-        cand = Signal(acc)
-        best = Signal(acc)
-        m.d.comb += [
-            cand.eq(Mux(sel_a & (~sel_b | (head_a >= head_b)), head_a, head_b)),
-            best.eq(Mux(Mux(p_pool, ~p_first, 0) & (head_run > cand), head_run, cand)),
-        ]
-        rq_start = Signal()
+        # Pipelined: cycle 1 the lane's two accumulators registered; cycle 2 the pair's
+        # maximum registered, `run` read; cycle 3 the maximum with `run`, written.
+        sw1, sw1_end, sw2, sw2_end = Signal(), Signal(), Signal(), Signal()
+        sw1_lane, sw2_lane = Signal.like(sw_lane), Signal.like(sw_lane)
+        head_a, head_b = Signal(acc), Signal(acc)
+        m.d.sync += [sw1.eq(sw_active), sw1_lane.eq(sw_lane),
+                     sw1_end.eq(sw_active & (sw_lane == lanes - 1)),
+                     head_a.eq(macs[0].acc[sw_lane]), head_b.eq(macs[1].acc[sw_lane]),
+                     sw2.eq(sw1), sw2_lane.eq(sw1_lane), sw2_end.eq(sw1_end)]
         with m.If(sw_active):
-            m.d.sync += [shadow_a[n].eq(shadow_a[(n + 1) % lanes]) for n in range(lanes)]
-            m.d.sync += [shadow_b[n].eq(shadow_b[(n + 1) % lanes]) for n in range(lanes)]
-            m.d.sync += [run[n].eq(run[n + 1]) for n in range(lanes - 1)]
-            m.d.sync += run[lanes - 1].eq(best)
-            with m.If(to_q):
-                m.d.sync += [qbank[n].eq(qbank[n + 1]) for n in range(lanes - 1)]
-                m.d.sync += qbank[lanes - 1].eq(best)
             m.d.sync += sw_lane.eq(sw_lane + 1)
             with m.If(sw_lane == lanes - 1):
                 m.d.sync += sw_active.eq(0)
-                m.d.comb += rq_start.eq(to_q)
-                with m.If(~p_pool & ~sw_second & p_p1):
-                    m.d.sync += [sw_pending.eq(1), sw_second.eq(1)]
-                with m.Else():
-                    m.d.sync += in_flight.eq(0)
+        cand = Signal(acc)
+        best = Signal(acc)
+        m.d.sync += cand.eq(Mux(sel_a & (~sel_b | (head_a >= head_b)), head_a, head_b))
+        m.d.comb += [
+            run_rd.addr.eq(sw1_lane),
+            best.eq(Mux(p_pool & ~p_first & (run_rd.data > cand), run_rd.data, cand)),
+            run_wr.en.eq(sw2 & ~to_q), run_wr.addr.eq(sw2_lane), run_wr.data.eq(best),
+            qbank_wr.en.eq(sw2 & to_q), qbank_wr.addr.eq(sw2_lane), qbank_wr.data.eq(best),
+        ]
+        rq_start = Signal()
+        with m.If(sw2_end):
+            m.d.comb += rq_start.eq(to_q)
+            with m.If(~p_pool & ~sw_second & p_p1):
+                m.d.sync += [sw_pending.eq(1), sw_second.eq(1)]
+            with m.Else():
+                m.d.sync += in_flight.eq(0)
 
         # -- Requantizer: the block's maxima + bias, times the multiplier, rounded, shifted,
         # clipped, written into the next map buffer (the last step: its sums to the softmax) ---
         q_step = Signal.like(step)
         q_g = Signal.like(g)
-        q_y, q_x = Signal(10), Signal(10)
+        q_y, q_x = Signal(range(out_span)), Signal(range(2 * out_span))
         with m.If(rq_start):
             m.d.sync += [q_step.eq(p_step), q_g.eq(p_g), q_y.eq(p_by),
                          q_x.eq(Mux(p_pool, p_bx, Cat(sw_second, p_bx)))]
         q_final = per_step("q_final", [not s.relu for s in steps], 1, q_step)
-        q_filters = per_step("q_filters", [s.filters for s in steps], 16, q_step)
-        q_bbase = per_step("q_bias_base", [mp.bias_base(k) for k in range(nsteps)], 16, q_step)
-        q_mbase = per_step("q_mult_base", [mp.mult_base(k) for k in range(nsteps)], 16, q_step)
+        ch_shape = range(channels + 1)
+        q_filters = per_step("q_filters", [s.filters for s in steps], ch_shape, q_step)
+        q_bbase = per_step("q_bias_base", [mp.bias_base(k) for k in range(nsteps)],
+                           range(mp.bias_base(nsteps) + 1), q_step)
+        q_mbase = per_step("q_mult_base", [mp.mult_base(k) for k in range(nsteps)],
+                           range(mp.mult_base(nsteps) + 1), q_step)
         period = mp.REQUANT_CYCLES
         rq_issuing = Signal()
         rq_lane = Signal(range(lanes + 1))
         rq_tick = Signal(range(period))
-        ch0 = Signal(16)
+        ch0 = Signal(ch_shape)
         m.d.comb += ch0.eq(q_g * lanes)
         r0 = Signal()
         with m.If(rq_start):
@@ -773,36 +810,30 @@ class FoldedAccelerator(wiring.Component):
                 with m.If(rq_lane == lanes - 1):
                     m.d.sync += rq_issuing.eq(0)
         m.d.comb += r0.eq(rq_issuing & (rq_tick == 0))
-        ch = Signal(16)
+        ch = Signal(ch_shape)
         m.d.comb += [
             ch.eq(ch0 + rq_lane),
+            qbank_rd.addr.eq(rq_lane),
             b_rd.addr.eq(q_bbase + ch),
             m_rd.addr.eq(q_mbase + ch),
         ]
         # R1: bias and multiplier read; the sum.
         r1, r1_ok = Signal(), Signal()
-        r1_ch = Signal(16)
+        r1_ch = Signal(ch_shape)
         m.d.sync += [r1.eq(r0), r1_ok.eq(ch < q_filters), r1_ch.eq(ch)]
         total = Signal(signed(acc_bits + 1))
-        m.d.comb += total.eq(qbank[0] + b_rd.data)
+        m.d.comb += total.eq(qbank_rd.data + b_rd.data)
         r2, r2_ok = Signal(), Signal()
-        r2_ch = Signal(16)
+        r2_ch = Signal(ch_shape)
         r2_sum = Signal.like(total)
         r2_mult = Signal(mult_bits)
-        with m.If(r1):
-            m.d.sync += [qbank[n].eq(qbank[n + 1]) for n in range(lanes - 1)]
         m.d.sync += [r2.eq(r1), r2_ok.eq(r1_ok), r2_ch.eq(r1_ch), r2_sum.eq(total),
                      r2_mult.eq(m_rd.data)]
-        # The last layer: its sums (logits) into the queue in front of the softmax.
+        # The last layer: its sums (logits) straight to the softmax and the logits FIFO beside
+        # it; the layer starts only when both are empty (queue_empty), so they always take them.
         logit_bits = network.layer_widths(steps[-1].index).acc
-        queue_depth = steps[-1].groups(lanes) * lanes
-        m.submodules.logit_queue = queue = SyncFIFOBuffered(width=logit_bits,
-                                                             depth=max(2, queue_depth))
-        m.d.comb += [
-            queue.w_data.eq(r2_sum),
-            queue.w_en.eq(r2 & r2_ok & q_final),
-            queue_empty.eq(queue.level == 0),
-        ]
+        logit_src = stream.Signature(signed(logit_bits)).create()
+        m.d.comb += [logit_src.payload.eq(r2_sum), logit_src.valid.eq(r2 & r2_ok & q_final)]
         # R2: operands of the radix-4 multiplier (ReLU before the product: exact, the
         # multiplier is not negative).
         relu = Signal(unsigned(acc_bits))
@@ -811,7 +842,7 @@ class FoldedAccelerator(wiring.Component):
         mul_a3 = Signal(unsigned(acc_bits + 2))
         mul_m = Signal(mult_bits)
         mul_ok = Signal()
-        mul_ch = Signal(16)
+        mul_ch = Signal(ch_shape)
         mul_phase = Signal(range(period + 1))
         mul_active = Signal()
         prod = Signal(unsigned(acc_bits + mult_bits))
@@ -839,25 +870,33 @@ class FoldedAccelerator(wiring.Component):
                 m.d.comb += mul_done.eq(1)
                 with m.If(~(r2 & ~q_final)):
                     m.d.sync += mul_active.eq(0)
-        # R11: round, shift, clip (the shift is each layer's constant).
+        # R11: the rounding constant added; R12: shifted and clipped (each layer's shift is an
+        # elaboration constant); R13: written.
+        shifts = [int(qnet.layers[s.index].shift) if s.relu else 1 for s in steps]
         res = Signal()
         res_ok = Signal()
-        res_ch = Signal(16)
-        res_val = Signal(8)
+        res_ch = Signal(ch_shape)
         m.d.sync += [res.eq(mul_done), res_ok.eq(mul_ok), res_ch.eq(mul_ch)]
         # `prod` holds the finished product in the cycle after mul_done.
+        round_c = per_step("round", [1 << (sh - 1) for sh in shifts], unsigned(len(prod)),
+                           q_step)
+        rounded = Signal(len(prod) + 1)
+        res2, res2_ok = Signal(), Signal()
+        res2_ch = Signal(ch_shape)
+        m.d.sync += [rounded.eq(prod + round_c), res2.eq(res), res2_ok.eq(res_ok),
+                     res2_ch.eq(res_ch)]
         val = Signal(8)
         with m.Switch(q_step):
             for k, s in enumerate(steps):
-                if not s.relu:
-                    continue
-                shift = int(qnet.layers[s.index].shift)
-                with m.Case(k):
-                    rounded = (prod + (1 << (shift - 1))) >> shift
-                    m.d.comb += val.eq(Mux(rounded > Widths.act_max, Widths.act_max, rounded))
+                if s.relu:
+                    with m.Case(k):
+                        shifted = rounded >> shifts[k]
+                        m.d.comb += val.eq(Mux(shifted > Widths.act_max, Widths.act_max,
+                                               shifted))
+        res_val = Signal(8)
         wr, wr_ok = Signal(), Signal()
-        wr_ch = Signal(16)
-        m.d.sync += [wr.eq(res), wr_ok.eq(res_ok), wr_ch.eq(res_ch), res_val.eq(val)]
+        wr_ch = Signal(ch_shape)
+        m.d.sync += [wr.eq(res2), wr_ok.eq(res2_ok), wr_ch.eq(res2_ch), res_val.eq(val)]
         # R12: the write, in the next step's layout.
         wbuf = per_step("write_buffer", [(k + 1) % 2 for k in range(nsteps)], 1, q_step)
         w_bank = Signal()
@@ -880,7 +919,8 @@ class FoldedAccelerator(wiring.Component):
                     wp.addr.eq(Mux(loading, l_addr, w_addr_out)),
                     wp.data.eq(Mux(loading, pixel, res_val)),
                 ]
-        m.d.comb += rq_busy.eq(rq_issuing | r1 | r2 | mul_active | res | wr)
+        m.d.comb += rq_busy.eq(rq_issuing | r1 | r2 | mul_active | res | res2 | wr)
 
-        result_path(m, queue, qnet, deep=False, o=self.o)
+        softmax, logits = result_path(m, logit_src, qnet, deep=False, o=self.o)
+        m.d.comb += queue_empty.eq(softmax.i.ready & (logits.level == 0))
         return m

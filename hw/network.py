@@ -684,8 +684,6 @@ def result_path(m, source, qnet, *, deep, o):
         wiring.connect(m, result_slice.o, wiring.flipped(o))
     else:
         result = o
-    if not hasattr(source, "payload"):
-        source = source.r_stream
     m.d.comb += [
         softmax.i.payload.eq(source.payload),
         logits.w_data.eq(source.payload),
@@ -699,6 +697,7 @@ def result_path(m, source, qnet, *, deep, o):
         softmax.o.ready.eq(result.ready & logits.r_rdy),
         logits.r_en.eq(result.ready & softmax.o.valid),
     ]
+    return softmax, logits
 
 
 class _Values(wiring.Component):

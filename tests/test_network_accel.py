@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cnnforge.hw.conv import ConvEngine
+from cnnforge.hw.folded import FoldedMapping
 from cnnforge.hw.model import QuantLayer, QuantNetwork
 from cnnforge.hw.network import (ConvStage, DenseStage, LayerParallelism, NetworkAccelerator,
                                  network_writes, preset_parallelism, stages, weight_memories)
@@ -255,11 +256,13 @@ def test_deep_pipeline_bit_exact(name):
     assert stats["mismatches"] == 0
 
 
-def test_model_write_port_loads_another_network():
+@pytest.mark.parametrize("mapping", ["chain", "folded"])
+def test_model_write_port_loads_another_network(mapping):
     """Built with one network's tensors, loaded with another's through the write port: the
-    results are the loaded network's."""
+    results are the loaded network's (the dataflow chain and the folded accelerator)."""
     net = NETWORKS["stride2-same-rgb"]
-    par = LayerParallelism(net, PLANS["stride2-same-rgb"])
+    par = (LayerParallelism(net, PLANS["stride2-same-rgb"]) if mapping == "chain" else
+           FoldedMapping(net, 4, target="generic"))
     built, other = random_qnet(net, 1), random_qnet(net, 2)
     # Shifts and the softmax constants are built in; the tensors are written.
     loaded = QuantNetwork(net, [None if p is None else QuantLayer(q.w, q.b, q.mult, p.shift)
@@ -268,7 +271,7 @@ def test_model_write_port_loads_another_network():
     images = random_images(net, 3, 4)
     assert not np.array_equal(golden.infer_int(built, images).logits,
                               golden.infer_int(loaded, images).logits)
-    stats = simulate_network("net_write_port", built, par, images, load=loaded)
+    stats = simulate_network(f"net_write_port_{mapping}", built, par, images, load=loaded)
     assert stats["mismatches"] == 0
 
 
