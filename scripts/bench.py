@@ -153,8 +153,10 @@ def sim_full(mnist_dir=None, images=10_000, preset="up5k", log=print, model_path
                                 else LayerParallelism.balanced(qnet.network, multipliers))
         except ConfigError as e:
             raise CnnforgeError(f"{model_path}: {e}") from None
-        what = (f"the layer-list accelerator ({par.multipliers} multipliers, "
-                f"{par.pipeline} pipeline, {par.cycles_per_image:,} cycles/image sustained)")
+        how = ("folded: every layer on one MAC array" if par.pipeline == "folded" else
+               f"{par.pipeline} pipeline")
+        what = (f"the layer-list accelerator ({par.multipliers} multipliers, {how}, target "
+                f"{par.target}, {par.cycles_per_image:,} cycles/image sustained)")
     x, y = datasets.load(dataset_of(qnet, info), "test", mnist_dir)
     log(f"simulating {min(images, len(x))} test images of {name} through {what} in RTL "
         f"(Verilator)...")
