@@ -230,3 +230,28 @@ def test_bitstream(name, tmp_path):
         assert sum(block_ram_blocks(m) for m in design_memories(core)) == used["DP16KD"]
     assert "timing met" in (out / name / "report.md").read_text()
     print(json.dumps(report, indent=1))
+
+
+@pytest.mark.bitstream
+def test_layer_list_bitstream_on_the_icebreaker(tmp_path):
+    """`make bitstream BOARD=icebreaker MODEL=lenet.npz`: the folded mapping fits the UP5K and
+    meets 30 MHz (about 2 minutes); `cnnforge check`'s block RAM, DSPs and SPRAM are what the
+    build used."""
+    from cnnforge.boards.check import check
+    spec = get_board("icebreaker")
+    try:
+        tool_env(spec.family)
+    except ToolError as e:
+        pytest.skip(str(e))
+    lenet = model_file.load_network(model_file.DEFAULT_PATH.with_name("lenet.npz"))
+    try:
+        report = build("icebreaker", tmp_path, model=lenet, name="lenet")
+    except TimingError as e:
+        pytest.fail(str(e))
+    assert report["timing_met"] and report["fmax_mhz"] >= 30.0
+    assert (tmp_path / "icebreaker-lenet" / "top.bin").stat().st_size > 0
+    used = {r["cell"]: r["used"] for r in report["resources"]}
+    t = check(lenet, "icebreaker")["totals"]
+    assert (t["block_ram"], t["dsps"], t["spram"]) == (
+        used["ICESTORM_RAM"], used["ICESTORM_DSP"], used["ICESTORM_SPRAM"])
+    assert used["ICESTORM_LC"] <= 5280

@@ -9,9 +9,10 @@ import pytest
 
 from cnnforge.boards.top import board_core
 from cnnforge.boards.check import block_ram_blocks, check, design_memories, Memory
-from cnnforge.errors import CnnforgeError
 from cnnforge.hw.accel import PRESETS
-from cnnforge.hw.network import LayerParallelism, NetworkAccelerator, preset_parallelism
+from cnnforge.hw.folded import FoldedMapping
+from cnnforge.hw.network import (LayerParallelism, NetworkAccelerator, network_accelerator,
+                                 preset_parallelism)
 from cnnforge.hw.params import Conv2D, Dense, Flatten, MaxPool, Network
 from cnnforge.sim.reference import model_file
 from cnnforge.sim.verify.networks import random_qnet
@@ -21,8 +22,8 @@ def _lenet():
     return model_file.load_network(model_file.DEFAULT_PATH.with_name("lenet.npz"))
 
 
-def _blocks(core):
-    return sum(block_ram_blocks(m) for m in design_memories(core))
+def _blocks(core, family="ecp5"):
+    return sum(block_ram_blocks(m, family) for m in design_memories(core))
 
 
 #: DP16KD used, from the build reports (`make bitstream BOARD=…`; the lenet builds
@@ -42,12 +43,18 @@ BUILD_REPORTS = [
         _lenet(), None, clk_freq=30e6, baud=3_000_000, accel_domain="fast",
         accel=NetworkAccelerator(_lenet(), preset_parallelism(_lenet().network, "ecp5-85f"))),
      65),
+    # SB_RAM40_4K: `make bitstream BOARD=icebreaker MODEL=lenet.npz` at 5a3534b (the folded
+    # mapping); tests/test_boards.py rebuilds it.
+    ("icebreaker lenet folded", lambda: board_core(
+        _lenet(), None, clk_freq=30e6, baud=3_000_000,
+        accel=network_accelerator(_lenet(), preset_parallelism(_lenet().network, "up5k"))),
+     27),
 ]
 
 
 @pytest.mark.parametrize("name, core, used", BUILD_REPORTS, ids=[b[0] for b in BUILD_REPORTS])
 def test_block_ram_as_the_builds_used(name, core, used):
-    assert _blocks(core()) == used
+    assert _blocks(core(), "ice40" if name.startswith("icebreaker") else "ecp5") == used
 
 
 def test_block_ram_rule():
@@ -94,9 +101,25 @@ def test_a_network_that_does_not_fit_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "build").exists() or not any((tmp_path / "build").iterdir())
 
 
-def test_check_refuses_the_ice40_for_now():
-    with pytest.raises(CnnforgeError, match="built for ECP5 boards so far"):
-        check(_lenet(), "icebreaker")
+def test_check_lenet_on_the_icebreaker():
+    """The folded mapping: every SB_MAC16 (two products each), the four SPRAMs, block RAM as
+    the build used it, the cycles of the mapping's pass-by-pass model (held against the
+    simulation in tests/test_folded.py)."""
+    r = check(_lenet(), "icebreaker")
+    assert r["fits"] and r["problem"] is None
+    t = r["totals"]
+    assert (t["block_ram"], t["dsps"], t["spram"], t["multipliers"]) == (27, 8, 4, 16)
+    assert t["pipeline"] == "folded"
+    assert t["cycles_per_image"] == FoldedMapping(_lenet().network, 8).cycles_per_image
+    assert t["cycles_per_image"] <= 1.5 * t["multiplier_bound"]
+    assert all(row["multipliers"] == 16 for row in r["layers"] if row["weights"])
+
+
+def test_block_ram_rule_on_the_ice40():
+    # No LUT RAM: every writable memory with synchronous reads takes blocks; tables are logic.
+    assert block_ram_blocks(Memory("m", 8, 27, True, True), "ice40") == 2       # 256 x 16
+    assert block_ram_blocks(Memory("m", 1792, 8, True, True), "ice40") == 4     # 512 x 8
+    assert block_ram_blocks(Memory("m", 64, 16, True, False), "ice40") == 0
 
 
 def test_explore_writes_the_sweep(tmp_path):
