@@ -3,9 +3,10 @@ board — every balanced parallelism from one multiplier per layer to as many as
 use, each through :func:`cnnforge.boards.check.check` (cycles per image, block RAM) — written as
 ``build/explore/<model>-<board>.{json,csv,png}``; the best point that fits is printed.
 
-Logic (LUTs) is not estimated yet (see :mod:`cnnforge.boards.check`): points are placed by their
+On the iCE40 the sweep is the folded mapping's lanes (two products per SB_MAC16). Logic (LUTs)
+is not estimated yet (see :mod:`cnnforge.boards.check`): points are placed by their
 multipliers (int8 products, in LUTs on the ECP5 builds: most of the logic of a wide
-configuration), and "fits" means block RAM.
+configuration), and "fits" means block RAM, DSPs and SPRAM.
 """
 
 import csv
@@ -45,29 +46,48 @@ def explore(qnet, board, log=print):
     from .hw.network import LayerParallelism, preset_parallelism
     from .hw.accel import PRESETS
     from .hw.network import DEEP_MAX_WEIGHT_WORDS
+    from .hw.folded import FoldedMapping
+    from .hw.params import ConfigError
     spec = get_board(board)
     default = check(qnet, board)          # refuses boards the generator does not build for
-    pipeline = PRESETS[spec.preset].pipeline
-    deepest = DEEP_MAX_WEIGHT_WORDS if pipeline == "deep" else None
     plans = {}
-    for budget in _budgets(qnet.network):
-        par = LayerParallelism.balanced(qnet.network, budget, pipeline=pipeline,
-                                        max_weight_words=deepest)
-        plans.setdefault(json.dumps(par.to_dict(), sort_keys=True), par)
+    if spec.family == "ice40":
+        # The folded mapping: lanes of the shared MAC array (one SB_MAC16 and two products
+        # each; the weights need lanes / 2 SPRAMs).
+        for lanes in range(2, 17, 2):
+            try:
+                par = FoldedMapping(qnet.network, lanes, target="ice40")
+            except ConfigError:
+                continue
+            plans.setdefault(json.dumps(par.to_dict(), sort_keys=True), par)
+    else:
+        pipeline = PRESETS[spec.preset].pipeline
+        deepest = DEEP_MAX_WEIGHT_WORDS if pipeline == "deep" else None
+        for budget in _budgets(qnet.network):
+            par = LayerParallelism.balanced(qnet.network, budget, pipeline=pipeline,
+                                            max_weight_words=deepest)
+            plans.setdefault(json.dumps(par.to_dict(), sort_keys=True), par)
     chosen = json.dumps(preset_parallelism(qnet.network, spec.preset).to_dict(), sort_keys=True)
     points = []
     for key, par in plans.items():
         r = default if key == chosen else check(qnet, board, parallelism=par)
         t = r["totals"]
         points.append({"multipliers": t["multipliers"], "cycles_per_image": t["cycles_per_image"],
+                       "block_ram_name": _block_name(r), "problem": r["problem"],
                        "images_per_s": round(t["images_per_s"], 1),
                        "block_ram": t["block_ram"], "block_ram_available": t["block_ram_available"],
                        "fits": r["fits"], "default": key == chosen,
                        "lanes": par.to_dict()})
         log(f"  {t['multipliers']:5d} multipliers: {t['cycles_per_image']:>9,} cycles/image, "
-            f"{t['block_ram']} DP16KD{'' if r['fits'] else ' (does not fit)'}")
+            f"{t['block_ram']} {_block_name(r)}"
+            f"{'' if r['fits'] else ' (' + r['problem'] + ')'}")
     points.sort(key=lambda p: (p["multipliers"], p["cycles_per_image"]))
     return points
+
+
+def _block_name(r):
+    from .boards.check import DEVICES
+    return DEVICES[r["device"]].block_ram_name
 
 
 def _plot(points, title):
@@ -75,7 +95,7 @@ def _plot(points, title):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    for fits, marker, label in ((True, "o", "fits"), (False, "x", "does not fit (block RAM)")):
+    for fits, marker, label in ((True, "o", "fits"), (False, "x", "does not fit")):
         sel = [p for p in points if p["fits"] == fits]
         if sel:
             ax.plot([p["multipliers"] for p in sel], [p["images_per_s"] for p in sel], marker,
@@ -86,7 +106,7 @@ def _plot(points, title):
                     color="red", label="default (the board preset's budget)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("int8 multipliers (in LUTs)")
+    ax.set_xlabel("int8 multipliers")
     ax.set_ylabel("images/s at the board's clock (compute-bound)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
@@ -123,6 +143,7 @@ def explore_cli(model_path, board, out_dir="build/explore", log=print):
         raise CnnforgeError(f"{model_path} on {board}: no point of the sweep fits")
     best = max(fitting, key=lambda p: (p["images_per_s"], -p["multipliers"]))
     log(f"best fitting point: {best['multipliers']} multipliers, {best['cycles_per_image']:,} "
-        f"cycles/image, {best['images_per_s']:,.0f} images/s, {best['block_ram']} DP16KD "
+        f"cycles/image, {best['images_per_s']:,.0f} images/s, {best['block_ram']} "
+        f"{best['block_ram_name']} "
         f"(logic not estimated: check the build's report); wrote {out / name}.{{json,csv,png}}")
     return points
