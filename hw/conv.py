@@ -9,7 +9,7 @@ from amaranth.utils import ceil_log2
 
 from .mac import MACArray
 from .util import (ChannelBlock, check_bias_array, check_choice, check_config, check_int,
-                   check_int8_array, check_lanes, pack_fields, REPLICA)
+                   check_int8_array, check_lanes, pack_fields)
 from .params import Widths
 
 
@@ -409,14 +409,9 @@ class ConvEngine(ConvInterface):
         swapped = Signal()                 # ... and the banks were switched for it
         quiet = Signal(range(self.SWITCH_CYCLES))     # cycles until the last bias read is done
         credit = Signal(range(self._fifo_depth + 1))  # results started and not yet delivered
-        decide = Signal()                  # a group issues: from the registers as they are
-        copies = {"attrs": {REPLICA: 1}} if self._read_stage else {}
-        issue = Signal(**copies)           # a group issues (the scheduler's copy)
-        issue_px = Signal(**copies)        # ... (the pixel addressing's copy)
-        issue_s1 = Signal(**copies)        # ... (stage 1's copy)
+        issue = Signal()
         start = Signal()
         advance = Signal()
-        advance_px = Signal()
         swap_request_raw = Signal()        # the banks may switch for the next image
         swap_request = Signal()
         # A window is complete: `ahead >= need` (in the deep pipeline from registers, below).
@@ -438,18 +433,18 @@ class ConvEngine(ConvInterface):
             oy_last = oy == last_pos
         if taps > 1:
             with m.If(t != 0):
-                m.d.comb += decide.eq(1)
+                m.d.comb += issue.eq(1)
         group_start = (t == 0) if taps > 1 else 1
         with m.If(group_start):
             if groups > 1:
                 with m.If(g != 0):
-                    m.d.comb += [decide.eq(credit < self._fifo_depth),
+                    m.d.comb += [issue.eq(credit < self._fifo_depth),
                                  start.eq(credit < self._fifo_depth)]
             with m.If((g == 0) & window_ok):
                 with m.If(at_image & ~swapped):
                     m.d.comb += swap_request_raw.eq(quiet == 0)
                 with m.Elif(credit < self._fifo_depth):
-                    m.d.comb += [decide.eq(1), start.eq(1)]
+                    m.d.comb += [issue.eq(1), start.eq(1)]
 
         if self._read_stage:
             # The bank switch registered (it enables every word's bank bit, all over the
@@ -480,14 +475,10 @@ class ConvEngine(ConvInterface):
             m.d.comb += step.eq(self.row_step)
         with m.Else():
             m.d.comb += step.eq(need)
-        m.d.comb += [advance.eq(issue & last_tap & last_group),
-                     advance_px.eq(issue_px & last_tap & last_group)]
+        m.d.comb += advance.eq(issue & last_tap & last_group)
 
         with m.If(issue):
             m.d.sync += [t.eq(Mux(last_tap, 0, t + 1)), wa.eq(Mux(wa == words - 1, 0, wa + 1))]
-            with m.If(last_tap):
-                m.d.sync += g.eq(Mux(last_group, 0, g + 1))
-        with m.If(issue_px):
             # Pixel address of the next tap: c fastest, then kx, then ky.
             pixel_done = (c == cin_steps - 1) if cin_steps > 1 else 1
             kx_done = (kx == k - 1) & pixel_done
@@ -502,61 +493,43 @@ class ConvEngine(ConvInterface):
                     m.d.sync += pa.eq(p0)
                 with m.Else():
                     m.d.sync += [pa.eq(p0 + step), p0.eq(p0 + step)]
+            with m.If(last_tap):
+                m.d.sync += g.eq(Mux(last_group, 0, g + 1))
 
         if self._read_stage:
             with m.If(issue):
                 m.d.sync += last_tap.eq(Mux(last_tap, taps == 1, t == taps - 2))
                 with m.If(last_tap):
                     m.d.sync += last_group.eq(Mux(last_group, groups == 1, g == groups - 2))
-            with m.If(advance_px):
+            with m.If(advance):
                 m.d.sync += ox_last.eq(Mux(ox_last, last_pos == 0, ox == last_pos - 1))
                 with m.If(ox_last):
                     m.d.sync += oy_last.eq(Mux(oy_last, last_pos == 0, oy == last_pos - 1))
 
-        with m.If(advance_px):
+        with m.If(advance):
             with m.If(~ox_last):
                 m.d.sync += ox.eq(ox + 1)
             with m.Else():
                 m.d.sync += [ox.eq(0), oy.eq(Mux(oy == last_pos, 0, oy + 1))]
-        image_done = advance & ox_last & (oy == last_pos)
-        with m.If(image_done):
-            m.d.sync += at_image.eq(1)
+                with m.If(oy == last_pos):
+                    m.d.sync += at_image.eq(1)
         ahead_next = Signal.like(ahead)
-        m.d.comb += ahead_next.eq(ahead + accept - Mux(advance_px, step, 0))
+        m.d.comb += ahead_next.eq(ahead + accept - Mux(advance, step, 0))
         m.d.sync += ahead.eq(ahead_next)
-        xfer = self.o.valid & self.o.ready
-        credit_next = Signal.like(credit)
-        m.d.comb += credit_next.eq(credit + start - xfer)
-        m.d.sync += credit.eq(credit_next)
         if self._read_stage:
             # From registers only: whether the window is complete if the position stays, and
             # if it moves on (by `step`, known from flip-flops), chosen by whether it moved.
             # A pixel accepted in the cycle before is not counted yet: never too early, at most
             # a cycle late when the input is exactly on time.
             ok_stay, ok_move, moved = Signal(), Signal(), Signal()
-            ge_stay, ge_move = Signal(), Signal()
-            m.d.comb += [ge_stay.eq(ahead >= need), ge_move.eq(ahead >= need + step)]
-            m.d.sync += [ok_stay.eq(ge_stay), ok_move.eq(ge_move), moved.eq(advance_px)]
+            m.d.sync += [ok_stay.eq(ahead >= need), ok_move.eq(ahead >= need + step),
+                         moved.eq(advance)]
             m.d.comb += window_ok.eq(Mux(moved, ok_move, ok_stay))
-            # The decision itself a flip-flop, taken a cycle ahead from the registers' next
-            # values (the same rule as `decide`), in a copy per cluster of loads: the scheduler
-            # spans the device (pixel ring, weights, the MAC array), and one issue net
-            # enabling all of it was the ULX3S build's critical path.
-            t0_next = Mux(issue, last_tap, t == 0) if taps > 1 else 1
-            g0_next = Mux(issue & last_tap, last_group, g == 0) if groups > 1 else 1
-            first = start & (g == 0)
-            at_image_next = Mux(image_done, 1, Mux(first, 0, at_image))
-            swapped_next = Mux(first, 0, swap | swapped)
-            window_next = Mux(advance, ge_move, ge_stay)
-            credit_ok = credit_next < self._fifo_depth
-            issue_next = Signal()
-            m.d.comb += issue_next.eq(
-                ~t0_next | (credit_ok & (~g0_next | (window_next &
-                                                     ~(at_image_next & ~swapped_next)))))
-            m.d.sync += [copy.eq(issue_next) for copy in (issue, issue_px, issue_s1)]
         else:
             m.d.comb += window_ok.eq(ahead >= need)
-            m.d.comb += [issue.eq(decide), issue_px.eq(decide), issue_s1.eq(decide)]
+
+        xfer = self.o.valid & self.o.ready
+        m.d.sync += credit.eq(credit + start - xfer)
 
         m.d.comb += pix_rd.addr.eq(pa)
         if self._read_stage:
@@ -580,7 +553,7 @@ class ConvEngine(ConvInterface):
         s1_g = Signal.like(g, reset_less=True)
         s1_t = Signal.like(t, reset_less=True)
         m.d.sync += [
-            s1_valid.eq(issue_s1), s1_first.eq(t == 0), s1_last.eq(last_tap), s1_c.eq(c),
+            s1_valid.eq(issue), s1_first.eq(t == 0), s1_last.eq(last_tap), s1_c.eq(c),
             s1_g.eq(g), s1_t.eq(t),
         ]
         pixel_word = pix_rd.data
