@@ -224,6 +224,30 @@ def link_config(model):
                          classes=model.network.classes)
 
 
+def board_model(qnet, preset, target=None):
+    """What a board built for ``preset`` runs for the :class:`~cnnforge.hw.model.QuantNetwork`
+    ``qnet``: ``(model, parallelism, accel)`` — the seed network as a ``QuantModel`` with the
+    preset's :class:`~cnnforge.hw.accel.Parallelism` (``accel`` None: :func:`board_core` builds
+    it), any other network with :func:`~cnnforge.hw.network.preset_parallelism` and its
+    accelerator. ``target`` replaces the datapath's target (``"generic"``: portable, for
+    simulation; None: the preset's)."""
+    from ..hw.accel import PRESETS, Parallelism
+    from ..hw.folded import FoldedMapping
+    from ..hw.network import network_accelerator, preset_parallelism
+    from ..hw.params import ConfigError
+    try:
+        model = qnet.seed_model()
+    except ConfigError:
+        par = preset_parallelism(qnet.network, preset)
+        if target is not None and isinstance(par, FoldedMapping):
+            par = FoldedMapping(qnet.network, par.lanes, target=target)
+        return qnet, par, network_accelerator(qnet, par)
+    par = PRESETS[preset]
+    if target is not None:
+        par = Parallelism(**{**par.to_dict(), "target": target})
+    return model, par, None
+
+
 def board_core(model, parallelism, *, clk_freq, baud, timeout_s=0.1, accel=None,
                accel_domain=None):
     """The link serving ``Accelerator(model, parallelism)`` (or a given ``accel``, e.g. a
@@ -232,13 +256,17 @@ def board_core(model, parallelism, *, clk_freq, baud, timeout_s=0.1, accel=None,
     With ``accel_domain`` the accelerator runs in that clock domain behind a
     :class:`~cnnforge.boards.crossing.ClockCrossing` (the domain is defined around the core).
 
-    With the ``ice40`` target the dense weights live in SPRAM, which starts empty: the core
-    then starts without a model (``CLASSIFY`` is NAKed ``NO_MODEL`` until the host uploads it).
+    With the ``ice40`` target the dense weights live in SPRAM, which starts empty (so do a
+    layer-list accelerator's memories whose ``storage`` is SPRAM: the folded mapping's
+    weights): the core then starts without a model (``CLASSIFY`` is NAKed ``NO_MODEL`` until
+    the host uploads it).
     """
     if accel is None:
         from ..hw.accel import Accelerator
         accel = Accelerator(model, parallelism)
     model_loaded = parallelism is None or parallelism.target != "ice40"
+    if any(getattr(m, "storage", None) == "SPRAM" for m in getattr(accel, "memories", ())):
+        model_loaded = False
     config = link_config(model)
     if accel_domain is not None:
         from .crossing import ClockCrossing

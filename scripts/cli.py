@@ -296,11 +296,12 @@ def cmd_classify(args):
     _check_count("--baud", args.baud)
     if not args.images and not args.mnist_index:
         raise CnnforgeError("nothing to classify: give image files or --mnist-index N")
-    model = model_file.load(args.model) if args.model else model_file.load()
-    size = model.config.input_size
+    model_path = _model_file(args.model) if args.model else None
+    qnet = model_file.load_network(model_path)
+    size, _, channels = qnet.network.input
     images, names = [], []
     for path in args.images:
-        images.append(host.load_image_file(path, size))
+        images.append(host.load_image_file(path, size, channels=channels))
         names.append(path)
     if args.mnist_index:
         from . import mnist
@@ -311,15 +312,16 @@ def cmd_classify(args):
     preset = get_board(args.board).preset
     if args.sim:
         target = "generic" if args.sim_datapath == "generic" else None
-        _, results = board_system.simulate(images, args.model, preset, target=target)
+        _, results = board_system.simulate(images, model_path, preset, target=target)
         where = "simulated board"
     else:
         if not args.port:
             raise CnnforgeError("give --port (the board's serial port) or --sim")
-        from .hw.accel import PRESETS
+        from .boards.top import board_model
         # The model is uploaded first when the board has none (iCE40: SPRAM starts empty).
+        model, parallelism, _ = board_model(qnet, preset)
         results = host.classify(args.port, images, baud=args.baud, model=model,
-                                parallelism=PRESETS[preset])
+                                parallelism=parallelism)
         where = args.port
     for name, r in zip(names, results):
         probs = " ".join(f"{p / 32768:.3f}" for p in r.probs)

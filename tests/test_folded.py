@@ -155,3 +155,49 @@ def test_lenet_on_mnist_ice40():
     assert stats["accuracy"] == float(np.mean(golden.infer_int(qnet, images).cls == labels))
     assert stats["cycles_per_image"] == pytest.approx(mp.cycles_per_image, rel=0.02)
     assert stats["cycles_per_image"] <= 1.5 * qnet.network.total_macs / mp.multipliers
+
+
+def test_board_core_uploads_into_empty_spram_and_classifies(tmp_path):
+    """The iCEBreaker's board core (UART link, one clock) with the folded accelerator on the
+    iCE40 datapath (SB_MAC16 and SPRAM models): no model at start (the SPRAM is empty), the
+    host uploads the network through ``WRITE_WEIGHTS`` frames at the UART pins, then every
+    class, logit and probability is the golden model's."""
+    from cnnforge.boards.top import board_core
+    from cnnforge.sim.verify.board_system import SIM_BAUD, SIM_CLK_FREQ, run_sim_job
+    from cnnforge.sim.verify.rtl_runner import ice40_cells_sim
+    from helpers import check_classification
+    net = NETWORKS["valid-stride2-hidden"]
+    qnet = random_qnet(net, 11)
+    model_file.save(qnet, tmp_path / "net.npz")
+    images = random_images(net, 3, 8)[..., 0]      # one channel: the host takes (h, w)
+    mp = FoldedMapping(net, 4, target="ice40")
+    link = board_core(qnet, None, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD,
+                      accel=FoldedAccelerator(qnet, mp))
+    out = run_sim_job("board_folded_ice40", link,
+                      "cnnforge.sim.verify.tb_board:upload_network_and_classify",
+                      {"images": [im.tolist() for im in images],
+                       "model_path": str(tmp_path / "net.npz"), "lanes": {},
+                       "folded": {"lanes": 4, "target": "ice40"}},
+                      divisor=SIM_CLK_FREQ // SIM_BAUD, extra_sources=[ice40_cells_sim()])
+    upload = out["result"]["upload"]
+    assert not upload["loaded_before"] and upload["loaded_after"]
+    for k, (got, image) in enumerate(zip(out["result"]["results"], images)):
+        check_classification(got, qnet, image, f"image {k}")
+
+
+def test_classify_sim_a_layer_list_model_on_the_icebreaker(tmp_path):
+    """``cnnforge classify --sim --board icebreaker --model M --sim-datapath board`` for a
+    layer-list model: the board's folded accelerator on the iCE40 datapath (cell models),
+    the host uploading the model into the empty SPRAM first, then the golden classes."""
+    from cnnforge.sim.verify.board_system import simulate
+    net = Network((28, 28, 1), (Conv2D(4, 3, 2), MaxPool(2), Flatten(), Dense(6)))
+    qnet = random_qnet(net, 5)
+    model_file.save(qnet, tmp_path / "small.npz")
+    images = random_images(net, 2, 3)[..., 0]
+    info, results = simulate(images, tmp_path / "small.npz", "up5k", target=None,
+                             name="host_sim_folded")
+    assert info["classes"] == 6 and info["model_loaded"] is False
+    ref = golden.infer_int(qnet, images)
+    assert [r.cls for r in results] == ref.cls.tolist()
+    assert [list(r.logits) for r in results] == ref.logits.tolist()
+    assert [list(r.probs) for r in results] == ref.probs.tolist()

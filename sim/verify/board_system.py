@@ -26,12 +26,9 @@ SIM_BAUD = 3_000_000
 
 def sim_classify_job(transport, images, preset, target, model_path=None):
     """Job run inside the simulation (see ``cnnforge.sim.verify.tb_board``)."""
-    from ...hw.accel import PRESETS, Parallelism
+    from ...boards.top import board_model
     from ..reference import model_file
-    model = model_file.load(model_path) if model_path else model_file.load()
-    par = PRESETS[preset]
-    if target is not None:
-        par = Parallelism(**{**par.to_dict(), "target": target})
+    model, par, _ = board_model(model_file.load_network(model_path), preset, target)
     client = Client(transport, timeout=0.05, model=model, parallelism=par)
     out = {"info": client.ping(), "results": []}
     for image in images:
@@ -69,13 +66,17 @@ def simulate(images, model_path=None, preset="up5k", name=None, target="generic"
     """
     from ..reference import model_file
     from .rtl_runner import ice40_cells_sim
-    from ...boards.top import sim_core
-    model = model_file.load(model_path) if model_path else model_file.load()
-    link = sim_core(model, preset, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD, target=target)
+    from ...boards.top import board_core, board_model, sim_core
+    model, par, accel = board_model(model_file.load_network(model_path), preset, target)
+    if accel is None:
+        link = sim_core(model, preset, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD, target=target)
+    else:
+        # A layer-list network: the accelerator the board builds for it.
+        link = board_core(model, None, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD, timeout_s=0.002,
+                          accel=accel)
     extra = []
     if link.word_bytes and target is None:
-        from ...hw.accel import PRESETS
-        if PRESETS[preset].target == "ice40":
+        if par.target == "ice40":
             cells = ice40_cells_sim()
             if cells is None:
                 raise ToolError("simulating the iCE40 datapath needs Yosys's cells_sim.v: "

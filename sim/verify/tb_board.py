@@ -195,10 +195,12 @@ def _upload(c, transport, upload):
     return weights, record
 
 
-def upload_network_and_classify(transport, images, model_path, lanes):
+def upload_network_and_classify(transport, images, model_path, lanes, folded=None):
     """Upload the layer-list model at ``model_path`` for the parallelism ``lanes`` (``{layer
-    index: count}``, as :class:`~cnnforge.hw.network.LayerParallelism`), then classify
-    ``images``; ``{"upload": record, "results": [classification]}``."""
+    index: count}``, as :class:`~cnnforge.hw.network.LayerParallelism`; or with ``folded``,
+    ``{"lanes", "target"}``, for a :class:`~cnnforge.hw.folded.FoldedMapping`), then classify
+    ``images``; ``{"upload": record, "results": [classification]}``, the record with whether
+    the device had a model before and after the upload."""
     from dataclasses import asdict
 
     import numpy as np
@@ -207,14 +209,20 @@ def upload_network_and_classify(transport, images, model_path, lanes):
     from cnnforge.boards.protocol import Command
     from cnnforge.hw.network import LayerParallelism
     from cnnforge.sim.reference import model_file
+    from cnnforge.hw.folded import FoldedMapping
     qnet = model_file.load_network(model_path)
-    par = LayerParallelism(qnet.network, {int(k): tuple(v) if isinstance(v, list) else v
-                                          for k, v in lanes.items()})
+    if folded is not None:
+        par = FoldedMapping(qnet.network, folded["lanes"], target=folded["target"])
+    else:
+        par = LayerParallelism(qnet.network, {int(k): tuple(v) if isinstance(v, list) else v
+                                              for k, v in lanes.items()})
     c = Client(transport, timeout=0.05)
+    before = c.ping()["model_loaded"]
     weights = c.weight_payloads(qnet, par)
     for payload in weights:
         c.request(Command.WRITE_WEIGHTS, payload)
-    record = {"frames": len(weights), "loaded_after": c.ping()["model_loaded"]}
+    record = {"frames": len(weights), "loaded_before": before,
+              "loaded_after": c.ping()["model_loaded"]}
     return {"upload": record,
             "results": [asdict(c.classify(np.asarray(image, np.uint8))) for image in images]}
 
