@@ -79,6 +79,19 @@ def block_ram_blocks(memory, family="ecp5"):
     """Blocks of ``family``'s block RAM ``memory`` takes if it goes there, else 0."""
     if not _in_block_ram(memory, family):
         return 0
+    blocks = _fewest_blocks(memory, family)
+    if family == "ecp5":
+        # Yosys weighs block RAM against LUT RAM (16 x 4 bits a cell): a memory needing at
+        # most 24 LUT RAM cells per block it would take goes to LUT RAM (the OrangeCrab lenet
+        # build's 56 x 40 pool partials: 40 cells for 2 blocks), the others stay (a 64 x 25
+        # bias memory: 28 cells for 1 block; 64 x 128: 128 for 4; 50 x 256: 256 for 8).
+        cells = math.ceil(memory.depth / 16) * math.ceil(memory.width / 4)
+        if cells <= 24 * blocks:
+            return 0
+    return blocks
+
+
+def _fewest_blocks(memory, family):
     # Of the block shapes, the one Yosys picks: the fewest blocks, but a deep cascade costs the
     # multiplexer over its outputs (12,800 x 32 takes 26 blocks of 1,024 x 18, two wide and 13
     # deep, rather than 25 of 512 x 36 in one column 25 deep).

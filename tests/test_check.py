@@ -43,6 +43,12 @@ BUILD_REPORTS = [
         _lenet(), None, clk_freq=30e6, baud=3_000_000, accel_domain="fast",
         accel=NetworkAccelerator(_lenet(), preset_parallelism(_lenet().network, "ecp5-85f"))),
      65),
+    # `make bitstream BOARD=orangecrab MODEL=lenet.npz` at f93bf75 (the 56 x 40 pool partials
+    # in LUT RAM).
+    ("orangecrab lenet", lambda: board_core(
+        _lenet(), None, clk_freq=72e6, baud=3_000_000,
+        accel=NetworkAccelerator(_lenet(), preset_parallelism(_lenet().network, "ecp5-25f"))),
+     53),
     # SB_RAM40_4K: `make bitstream BOARD=icebreaker MODEL=lenet.npz` at 5a3534b (the folded
     # mapping); tests/test_boards.py rebuilds it.
     ("icebreaker lenet folded", lambda: board_core(
@@ -66,6 +72,8 @@ def test_block_ram_rule():
     assert block_ram_blocks(Memory("m", 64, 25, True, True)) == 1
     assert block_ram_blocks(Memory("m", 1600, 256, True, True)) == 29     # 2048 x 9, one deep
     assert block_ram_blocks(Memory("m", 12800, 32, True, True)) == 26     # 1024 x 18, 13 deep
+    assert block_ram_blocks(Memory("m", 56, 40, True, True)) == 0          # LUT RAM
+    assert block_ram_blocks(Memory("m", 64, 25, True, True)) == 1
 
 
 def test_check_lenet_on_the_ulx3s():
