@@ -5,7 +5,7 @@ one engine per layer does not fit. The folded accelerator computes an image laye
 one array of ``2 * lanes`` multipliers: ``lanes`` output channels times two neighbouring output
 pixels, so that each weight read from SPRAM (``8 * lanes`` bits a cycle, the four SPRAMs side by
 side) serves two products. Feature maps live in two ping-pong map buffers in block RAM; every
-layer is a convolution to it (a dense layer is a convolution whose kernel covers its whole input
+layer is a convolution (a dense layer is a convolution whose kernel covers its whole input
 map, or a 1 x 1 one over a vector).
 
 Per layer the sequencer walks the output channel groups, then the output blocks (a max-pool
@@ -695,8 +695,8 @@ class FoldedAccelerator(wiring.Component):
         first = steps[0]
         ly, lx = Signal(range(first.in_h + 1)), Signal(range(first.in_w + 1))
         lc = Signal(range(first.in_c + 1))
-        l_bank = _bank_sig = Signal()
-        m.d.comb += _bank_sig.eq(lx[0] if first.stride == 1 else lx[1])
+        l_bank = Signal()
+        m.d.comb += l_bank.eq(lx[0] if first.stride == 1 else lx[1])
         l_col = lx[1:] if first.stride == 1 else Cat(lx[0], lx[2:])
         l_addr = Cat(lc[:first.c_bits], l_col[:first.col_bits], ly)
         l_en = Signal()
