@@ -34,7 +34,7 @@ def weight_words(config, mults, dense_w):
 _NO_RW_CHECK = {"no_rw_check": 1}
 
 
-class _SPRAMWeights(wiring.Component):
+class SPRAMWeights(wiring.Component):
     """The weight memory in iCE40 UP5K ``SB_SPRAM256KA`` blocks (16K x 16 bit, single port).
 
     ``width // 16`` blocks side by side. A write takes the port: the read issued in the same
@@ -308,7 +308,7 @@ class DenseEngine(wiring.Component):
         # --- Weight and bias memories. ------------------------------------------------------
         wshape = data.ArrayLayout(signed(8), mults)
         if self._target == "ice40":
-            m.submodules.weight_mem = weights = _SPRAMWeights(8 * mults, classes * steps)
+            m.submodules.weight_mem = weights = SPRAMWeights(8 * mults, classes * steps)
             w_raddr, w_rdata = weights.r_addr, wshape(weights.r_data)
             m.d.comb += [weights.w_en.eq(self.w_en), weights.w_addr.eq(self.w_addr),
                          weights.w_data.eq(self.w_data)]

@@ -32,7 +32,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .dense import _SPRAMWeights
+from .dense import SPRAMWeights
 from .mac import MACArray
 from .model import QuantNetwork
 from .params import ConfigError, Conv2D, Dense, Flatten, MaxPool as MaxPoolLayer, Network, \
@@ -456,7 +456,7 @@ class FoldedAccelerator(wiring.Component):
                 init_m += [int(v) for v in np.asarray(p.mult)]
         w_depth = max(2, len(init_w))
         if mp.target == "ice40":
-            m.submodules.weight_mem = weights = _SPRAMWeights(8 * lanes, w_depth)
+            m.submodules.weight_mem = weights = SPRAMWeights(8 * lanes, w_depth)
             w_rd_addr, w_rd_data = weights.r_addr, weights.r_data
             w_wr_en, w_wr_addr, w_wr_data = weights.w_en, weights.w_addr, weights.w_data
         else:
