@@ -9,8 +9,9 @@ memory mapping places it on the ECP5: a writable memory with synchronous read po
 16,384 x 1, the fewest blocks, a deep cascade's multiplexer counted against it), every other
 one into LUT RAM or logic. The rule gives the DP16KD count of every ECP5 build report it was
 held against exactly (the ULX3S and OrangeCrab builds of the seed network, the ULX3S lenet
-builds; ``tests/test_check.py``). Logic (LUTs, flip-flops) is not estimated
-here: the build's report gives it.
+builds; ``tests/test_check.py``). Logic (ECP5 ``TRELLIS_COMB``, iCE40 logic cells) and
+flip-flops are estimated from the same elaborated design's netlist (:mod:`.logic`): within
+:data:`LOGIC_ERROR` of the builds in ``tests/test_check.py``.
 """
 
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from amaranth import Shape
 from ..errors import CnnforgeError
 
 
-__all__ = ["Memory", "design_memories", "block_ram_blocks", "DEVICES", "check"]
+__all__ = ["Memory", "design_memories", "block_ram_blocks", "DEVICES", "LOGIC_ERROR",
+           "check"]
 
 
 @dataclass(frozen=True)
@@ -111,16 +113,22 @@ class Device:
     dsps: int
     dsp_name: str = "MULT18X18D"
     spram: int = 0
+    logic_name: str = "TRELLIS_COMB"
+
+
+#: How far the logic estimate may be from a build (``tests/test_check.py`` holds it there).
+LOGIC_ERROR = 0.15
 
 
 DEVICES = {
     "LFE5U-25F": Device("LFE5U-25F", 24_288, 56, "DP16KD", 28),
     "LFE5U-85F": Device("LFE5U-85F", 83_640, 208, "DP16KD", 156),
-    "iCE40UP5K": Device("iCE40UP5K", 5_280, 30, "SB_RAM40_4K", 8, "SB_MAC16", 4),
+    "iCE40UP5K": Device("iCE40UP5K", 5_280, 30, "SB_RAM40_4K", 8, "SB_MAC16", 4,
+                        "logic cells"),
 }
 
 
-def _board_core(qnet, spec, par):
+def network_board_core(qnet, spec, par):
     from .top import board_core
     from ..hw.network import network_accelerator
     return board_core(qnet, None, clk_freq=spec.link_clk_freq or spec.clk_freq, baud=spec.baud,
@@ -182,8 +190,12 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
             else:
                 row["parallelism"] = f"{n} multiplier{'s' if n > 1 else ''}"
         rows.append(row)
-    memories = design_memories(_board_core(qnet, spec, par))
+    from amaranth.hdl._ir import Fragment
+    from .logic import estimate_logic
+    core = Fragment.get(network_board_core(qnet, spec, par), None)
+    memories = design_memories(core)
     blocks = sum(block_ram_blocks(m, spec.family) for m in memories)
+    logic = estimate_logic(core, spec.family)
     # DSPs used by explicit instances: the folded mapping's SB_MAC16 (two products each) and
     # its SPRAM (16 bits each); the ECP5 layer-list products are in LUTs (-nodsp).
     dsps = par.lanes if folded else 0
@@ -194,6 +206,8 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
         "macs": network.total_macs, "multipliers": par.multipliers,
         "multiplier_bound": network.total_macs / par.multipliers,
         "block_ram": blocks, "block_ram_available": device.block_ram,
+        "logic": logic["logic"], "logic_available": device.luts,
+        "logic_name": device.logic_name, "ff": logic["ff"],
         "dsps": dsps, "dsps_available": device.dsps, "dsp_name": device.dsp_name,
         "spram": spram, "spram_available": device.spram,
         "cycles_per_image": per_image, "clock_mhz": clock / 1e6,
@@ -202,7 +216,13 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
         "pipeline": par.pipeline,
     }
     problem = None
-    if blocks > device.block_ram:
+    # The estimate is within LOGIC_ERROR of the builds it was held against: refuse only what
+    # cannot fit even then (what is over the device but within it says so beside "fits").
+    if logic["logic"] > device.luts * (1 + LOGIC_ERROR):
+        problem = (f"does not fit: logic ({device.logic_name}): needs about "
+                   f"{logic['logic']:,} (estimated, +/- {LOGIC_ERROR:.0%}), the {device.name} "
+                   f"has {device.luts:,}")
+    elif blocks > device.block_ram:
         problem = (f"does not fit: block RAM ({device.block_ram_name}): needs {blocks}, the "
                    f"{device.name} has {device.block_ram}")
     elif dsps > device.dsps:

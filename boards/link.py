@@ -7,11 +7,12 @@ import operator
 
 from amaranth import *
 from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..hw.params import NetworkConfig
-from .protocol import (SYNC, REPLY, LAST, FLAG_MODEL, FLAG_WRITABLE, FLAG_TRAINABLE,
+from .protocol import (SYNC, REPLY, LAST, OVERHEAD_BYTES, FLAG_MODEL, FLAG_WRITABLE, FLAG_TRAINABLE,
                        WEIGHTS_HEADER_BYTES, TRAIN_HEADER_BYTES, READ_HEADER_BYTES, VALUE_BYTES,
                        MAX_READ_VALUES, Command, Error, classify_reply_bytes, image_bytes,
                        max_payload, max_weight_words, ping_payload)
@@ -61,6 +62,11 @@ class Link(wiring.Component):
     beat, so the cycle count, which leaves out output stalls, pauses meanwhile). Frames that
     arrive meanwhile are answered ``BUSY``; the classification's reply follows when it
     completes.
+
+    Replies go into a transmit buffer (``TX_BUFFER`` bytes) that the UART drains at line rate,
+    so the executor takes the next request as soon as a reply is queued: requests sent without
+    waiting for the replies are served in order (a reply waits for room in the buffer; the
+    receiver holds the next request meanwhile).
 
     ``WRITE_WEIGHTS`` (when the accelerator has the model write port ``mw``,
     :class:`~cnnforge.hw.util.ModelWriteSignature`): the payload's words
@@ -112,6 +118,10 @@ class Link(wiring.Component):
     ``accel`` has a ``cycles`` output (a :class:`~cnnforge.boards.crossing.ClockCrossing`: the
     accelerator in its own clock domain), that count is reported instead.
     """
+
+    #: Bytes of replies queued for the UART: two classification replies (on the ECP5 small
+    #: enough for LUT RAM; one iCE40 block RAM).
+    TX_BUFFER = 128
 
     def __init__(self, *, accel, config, divisor, timeout, model_loaded=True):
         if not isinstance(config, NetworkConfig):
@@ -165,6 +175,11 @@ class Link(wiring.Component):
         m.submodules.uart_rx = rxu = UARTRx(divisor=self._divisor)
         m.submodules.uart_tx = txu = UARTTx(divisor=self._divisor)
         m.d.comb += [rxu.rx.eq(self.rx), self.tx.eq(txu.tx)]
+        # Replies queue here and leave at line rate: the executor is free for the next request
+        # as soon as a reply is queued, so requests sent without waiting are all served.
+        m.submodules.tx_fifo = tx_fifo = SyncFIFOBuffered(width=8, depth=self.TX_BUFFER)
+        m.d.comb += [txu.i.valid.eq(tx_fifo.r_rdy), txu.i.payload.eq(tx_fifo.r_data),
+                     tx_fifo.r_en.eq(txu.i.ready)]
 
         m.submodules.image = image = Memory(shape=8 * chans, depth=n_pix, init=[])
         img_wr = image.write_port(granularity=8)
@@ -181,14 +196,17 @@ class Link(wiring.Component):
         byte = rxu.o.payload
         got = Signal()
         p_cmd = Signal(8)
-        p_len = Signal(16)
-        p_count = Signal(16)
+        # Lengths above max_len are refused at the header: the registers need no more bits.
+        p_len = Signal(range(max_len + 1))
+        p_count = Signal(range(max_len + 1))
         # The next payload byte is the last, registered (timing): fresh one cycle after p_count
         # or p_len change, long before the next byte (a UART byte takes 10 bit times).
         p_at_end = Signal()
         m.d.sync += p_at_end.eq(p_count + 1 == p_len)
         p_crc = Signal(16)
         p_code = Signal(8)           # error found by the parser (0: none)
+        p_is = {command: Signal(name=f"p_is_{command.name.lower()}")    # p_cmd, decoded
+                for command in Command}
         p_busy = Signal()            # the frame started during a classification
         p_load = Signal()            # payload goes into the image memory
         # The first payload bytes of some commands are fields (p_hdr_len of them, kept in
@@ -298,7 +316,7 @@ class Link(wiring.Component):
                     # A LOAD_IMAGE (or TRAIN) of any length discards the loaded image, so
                     # that one which fails (its length, its CRC, a timeout) leaves NO_IMAGE,
                     # never the previous image. (While busy it is NAKed and touches nothing.)
-                    stages_image = p_cmd == Command.LOAD_IMAGE
+                    stages_image = (p_cmd == Command.LOAD_IMAGE)
                     if self._trainable:
                         stages_image = stages_image | (p_cmd == Command.TRAIN)
                     with m.If(stages_image & ~busy):
@@ -360,9 +378,10 @@ class Link(wiring.Component):
                         m.d.sync += p_code.eq(Error.BAD_CRC)
                     m.next = "DECIDE"
             with m.State("DECIDE"):
-                # One cycle to register the frame's verdict (keeps the checks off the
-                # executor's paths).
+                # One cycle to register the frame's verdict and its command, decoded (keeps
+                # the checks off the executor's paths).
                 m.d.sync += [p_code.eq(frame_code), p_busy.eq(p_busy | busy)]
+                m.d.sync += [flag.eq(p_cmd == command) for command, flag in p_is.items()]
                 m.next = "SETTLE"
             with m.State("SETTLE"):
                 # And one for the executor's registered error code (`code_r`) to see them.
@@ -477,12 +496,14 @@ class Link(wiring.Component):
         # ---- executor and transmitter ------------------------------------------------------
         SRC_NONE, SRC_PING, SRC_NAK, SRC_CYCLES, SRC_RESULT, SRC_DUMP = range(6)
         r_cmd = Signal(8)
-        r_len = Signal(16)
+        # Without a trainer the longest reply is a classification's (READ_WEIGHTS: 8 kB).
+        longest = 0xFFFF if self._trainable else max(res_len, 8)
+        r_len = Signal(range(longest + 1))
         r_src = Signal(range(6))
         r_code = Signal(8)
         r_nak_cmd = Signal(8)
         # Byte of the reply frame: up to 4 + 65535 + 2 (READ_WEIGHTS), else 4 + 61 + 2.
-        t_idx = Signal(17 if self._trainable else 16)
+        t_idx = Signal(range(longest + OVERHEAD_BYTES + 1))
         t_crc = Signal(16)
 
         # The CRC starts over in LOAD of byte 0, not here: every request decision would
@@ -502,18 +523,18 @@ class Link(wiring.Component):
             m.d.comb += code.eq(p_code)
         with m.Elif(busy | p_busy):
             m.d.comb += code.eq(Error.BUSY)
-        with m.Elif(((p_cmd == Command.CLASSIFY) | (p_cmd == Command.TRAIN)) & ~model_ok):
+        with m.Elif((p_is[Command.CLASSIFY] | p_is[Command.TRAIN]) & ~model_ok):
             m.d.comb += code.eq(Error.NO_MODEL)
         if self._trainable:
-            with m.Elif((p_cmd == Command.TRAIN) & (t_label >= classes)):
+            with m.Elif(p_is[Command.TRAIN] & (t_label >= classes)):
                 m.d.comb += code.eq(Error.BAD_ARGUMENT)
-            with m.Elif((p_cmd == Command.READ_WEIGHTS)
+            with m.Elif(p_is[Command.READ_WEIGHTS]
                         & ((rw_count == 0) | (rw_count > MAX_READ_VALUES)
                            | (rw_first + rw_count > self.dump_words))):
                 m.d.comb += code.eq(Error.BAD_ARGUMENT)
-        with m.Elif((p_cmd == Command.CLASSIFY) & ~image_valid):
+        with m.Elif(p_is[Command.CLASSIFY] & ~image_valid):
             m.d.comb += code.eq(Error.NO_IMAGE)
-        with m.Elif((p_cmd == Command.WRITE_WEIGHTS) & ((w_mem & ~LAST) >= n_memories)):
+        with m.Elif(p_is[Command.WRITE_WEIGHTS] & ((w_mem & ~LAST) >= n_memories)):
             m.d.comb += code.eq(Error.BAD_MEMORY)
 
         ping_bytes = ping_payload(config, (FLAG_WRITABLE if self._writable else 0)
@@ -563,7 +584,7 @@ class Link(wiring.Component):
         # WRITE_WEIGHTS: staged bytes -> words -> the accelerator's model write port.
         k_pix = Signal(range(n_pix))
         k_lane = Signal(range(chans))
-        k_left = Signal(16)                      # staged bytes still to copy
+        k_left = Signal(range(max_len + 1))      # staged bytes still to copy
         k_byte = Signal(range(word_bytes))
         k_word = Signal(8 * word_bytes)          # shift register, the first byte ends lowest
         k_en = Signal()
@@ -589,35 +610,40 @@ class Link(wiring.Component):
                     reply(Mux(s_train, Command.TRAIN.value | REPLY, Command.CLASSIFY.value | REPLY),
                           res_len, SRC_RESULT)
                 with m.Elif(req_valid):
+                    # The request is taken and judged here; what it does, in DISPATCH (its
+                    # fields hold: the parser's next frame is at most at its SYNC byte).
                     m.d.comb += req_ready.eq(1)
-                    with m.If(code_r != 0):
-                        m.d.sync += [r_code.eq(code_r), r_nak_cmd.eq(p_cmd)]
-                        reply(Command.NAK.value, 2, SRC_NAK)
-                    with m.Elif(p_cmd == Command.PING):
-                        reply(Command.PING.value | REPLY, len(ping), SRC_PING)
-                    with m.Elif(p_cmd == Command.LOAD_IMAGE):
-                        m.d.sync += image_valid.eq(1)
-                        reply(Command.LOAD_IMAGE.value | REPLY, 0, SRC_NONE)
-                    with m.Elif(p_cmd == Command.READ_CYCLES):
-                        reply(Command.READ_CYCLES.value | REPLY, 4, SRC_CYCLES)
-                    with m.Elif(p_cmd == Command.CLASSIFY):
+                    m.d.sync += [r_code.eq(code_r), r_nak_cmd.eq(p_cmd)]
+                    m.next = "DISPATCH"
+            with m.State("DISPATCH"):
+                m.next = "IDLE"
+                with m.If(r_code != 0):
+                    reply(Command.NAK.value, 2, SRC_NAK)
+                with m.Elif(p_is[Command.PING]):
+                    reply(Command.PING.value | REPLY, len(ping), SRC_PING)
+                with m.Elif(p_is[Command.LOAD_IMAGE]):
+                    m.d.sync += image_valid.eq(1)
+                    reply(Command.LOAD_IMAGE.value | REPLY, 0, SRC_NONE)
+                with m.Elif(p_is[Command.READ_CYCLES]):
+                    reply(Command.READ_CYCLES.value | REPLY, 4, SRC_CYCLES)
+                with m.Elif(p_is[Command.CLASSIFY]):
+                    m.d.comb += start_req.eq(1)
+                    m.d.sync += [busy.eq(1), s_train.eq(0)]
+                if self._trainable:
+                    with m.Elif(p_is[Command.TRAIN]):
                         m.d.comb += start_req.eq(1)
-                        m.d.sync += [busy.eq(1), s_train.eq(0)]
-                    if self._trainable:
-                        with m.Elif(p_cmd == Command.TRAIN):
-                            m.d.comb += start_req.eq(1)
-                            m.d.sync += [busy.eq(1), s_train.eq(1), s_label.eq(t_label),
-                                         image_valid.eq(1)]
-                        with m.Elif(p_cmd == Command.READ_WEIGHTS):
-                            m.d.sync += [busy.eq(1), d_idx.eq(0), d_byte.eq(0),
-                                         d_first.eq(rw_first), d_count.eq(rw_count)]
-                            m.next = "DUMP_REQ"
-                    if self._writable:
-                        with m.Elif(p_cmd == Command.WRITE_WEIGHTS):
-                            m.d.sync += [model_ok.eq(w_mem[7]), k_pix.eq(0), k_lane.eq(0),
-                                         k_byte.eq(0), k_addr.eq(w_addr), k_mem.eq(w_mem),
-                                         k_left.eq(p_len - WEIGHTS_HEADER_BYTES)]
-                            m.next = "COPY_ADDR"
+                        m.d.sync += [busy.eq(1), s_train.eq(1), s_label.eq(t_label),
+                                     image_valid.eq(1)]
+                    with m.Elif(p_is[Command.READ_WEIGHTS]):
+                        m.d.sync += [busy.eq(1), d_idx.eq(0), d_byte.eq(0),
+                                     d_first.eq(rw_first), d_count.eq(rw_count)]
+                        m.next = "DUMP_REQ"
+                if self._writable:
+                    with m.Elif(p_is[Command.WRITE_WEIGHTS]):
+                        m.d.sync += [model_ok.eq(w_mem[7]), k_pix.eq(0), k_lane.eq(0),
+                                     k_byte.eq(0), k_addr.eq(w_addr), k_mem.eq(w_mem),
+                                     k_left.eq(p_len - WEIGHTS_HEADER_BYTES)]
+                        m.next = "COPY_ADDR"
             with m.State("COPY_ADDR"):
                 # (overrides the feeder's address: no classification runs now)
                 m.d.comb += img_rd.addr.eq(k_pix)
@@ -678,8 +704,8 @@ class Link(wiring.Component):
                              tx_last.eq(t_last)]
                 m.next = "SEND"
             with m.State("SEND"):
-                m.d.comb += [txu.i.valid.eq(1), txu.i.payload.eq(tx_reg)]
-                with m.If(txu.i.ready):
+                m.d.comb += [tx_fifo.w_en.eq(1), tx_fifo.w_data.eq(tx_reg)]
+                with m.If(tx_fifo.w_rdy):
                     with m.If(tx_in_crc):
                         m.d.sync += t_crc.eq(crc16_byte(t_crc, tx_reg))
                     m.d.sync += t_idx.eq(t_idx + 1)

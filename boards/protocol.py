@@ -72,8 +72,10 @@ of more than the inter-byte timeout inside a frame is NAKed (``TIMEOUT``); a com
 wrong CRC is NAKed (``BAD_CRC``), with a length that does not fit its command ``BAD_LENGTH``.
 Any frame completed while a classification runs is NAKed ``BUSY`` (a ``LOAD_IMAGE`` or
 ``WRITE_WEIGHTS`` started then does not touch the image buffer). A ``LOAD_IMAGE`` that fails
-leaves no valid image: ``CLASSIFY`` then answers ``NO_IMAGE``. One request at a time: the host
-waits for each reply.
+leaves no valid image: ``CLASSIFY`` then answers ``NO_IMAGE``. Requests may be sent without
+waiting for the replies: each gets one reply, in order (the device queues up to 128 bytes of
+replies while the line sends them; a request whose reply finds the queue full waits in the
+receiver, and what arrives behind it is lost: the host keeps at most 16 requests in flight).
 """
 
 import struct

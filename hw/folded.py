@@ -438,7 +438,17 @@ class FoldedAccelerator(wiring.Component):
         mult_bits = Widths.requant_mult
 
         def per_step(name, values, shape, step_sig):
-            """A signal holding ``values[step_sig]`` (elaboration constants per step)."""
+            """A signal holding ``values[step_sig]`` (elaboration constants per step). Of the
+            sequencer's ``step``, a flip-flop loaded from the step about to begin: the
+            constants reach the sequencer's compares without the step's decoder before them
+            (the longest paths of the iCE40 build)."""
+            if step_sig is step:
+                sig = Signal(shape, name=name, init=values[0])
+                with m.Switch(step_next):
+                    for k, v in enumerate(values):
+                        with m.Case(k):
+                            m.d.sync += sig.eq(v)
+                return sig
             sig = Signal(shape, name=name)
             with m.Switch(step_sig):
                 for k, v in enumerate(values):
@@ -516,6 +526,7 @@ class FoldedAccelerator(wiring.Component):
         out_span = max(max(s.conv_h, s.conv_w) for s in steps) + 2
         channels = max(s.groups(lanes) * lanes for s in steps)
         step = Signal(range(max(2, nsteps)))
+        step_next = Signal.like(step)   # what `step` becomes at the clock edge
         in_flight = Signal()        # a pass's last group issued, its sweep(s) not finished
         rq_busy = Signal()
         queue_empty = Signal()
@@ -687,9 +698,14 @@ class FoldedAccelerator(wiring.Component):
                   (~next_final | queue_empty)):
             m.d.sync += waiting.eq(0)
             with m.If(last_step):
-                m.d.sync += [step.eq(0), loading.eq(1), w_addr.eq(0), w_group.eq(0)]
+                m.d.comb += step_next.eq(0)
+                m.d.sync += [loading.eq(1), w_addr.eq(0), w_group.eq(0)]
             with m.Else():
-                m.d.sync += [step.eq(step + 1), running.eq(1)]
+                m.d.comb += step_next.eq(step + 1)
+                m.d.sync += running.eq(1)
+        with m.Else():
+            m.d.comb += step_next.eq(step)
+        m.d.sync += step.eq(step_next)
 
         # -- Loader: the image into buffer 0, in step 0's layout --------------------------------
         first = steps[0]

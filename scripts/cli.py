@@ -187,6 +187,13 @@ def cmd_explore(args):
     explore.explore_cli(_model_file(args.model), args.board, args.out)
 
 
+def cmd_calibrate_logic(args):
+    from . import calibrate_logic
+    if args.family not in ("ecp5", "ice40"):
+        raise CnnforgeError(f"--family must be ecp5 or ice40, not {args.family!r}")
+    calibrate_logic.main(args.family, args.out, args.report)
+
+
 def cmd_sim_full(args):
     from . import bench
     _check_mnist_count("--images", args.images, "test")
@@ -492,6 +499,15 @@ def build_parser():
     p.add_argument("--board", default="ulx3s", help="ulx3s or orangecrab")
     p.add_argument("--out", default="build/explore", help="output folder")
     p.set_defaults(func=cmd_explore)
+
+    p = sub.add_parser("calibrate-logic", help="(maintainers) fit the logic estimate of "
+                                               "`check` to Yosys: a synthesis per design")
+    p.add_argument("--family", default="ecp5", help="ecp5 or ice40")
+    p.add_argument("--out", default="build/calibrate", help="working folder")
+    p.add_argument("--report", action="append", default=[], metavar="DESIGN=report.json|N",
+                   help="a build report (or its logic count) of a calibration design, for the "
+                        "flattening factor")
+    p.set_defaults(func=cmd_calibrate_logic)
 
     p = sub.add_parser("sim-full", help="all MNIST test images through the RTL, checked")
     p.add_argument("--images", type=int, default=10_000)

@@ -3,10 +3,9 @@ board — every balanced parallelism from one multiplier per layer to as many as
 use, each through :func:`cnnforge.boards.check.check` (cycles per image, block RAM) — written as
 ``build/explore/<model>-<board>.{json,csv,png}``; the best point that fits is printed.
 
-On the iCE40 the sweep is the folded mapping's lanes (two products per SB_MAC16). Logic (LUTs)
-is not estimated yet (see :mod:`cnnforge.boards.check`): points are placed by their
-multipliers (int8 products, in LUTs on the ECP5 builds: most of the logic of a wide
-configuration), and "fits" means block RAM, DSPs and SPRAM.
+On the iCE40 the sweep is the folded mapping's lanes (two products per SB_MAC16). Points are
+placed by their logic as the check estimates it before synthesis (ECP5 ``TRELLIS_COMB``, iCE40
+logic cells; :mod:`cnnforge.boards.logic`), and "fits" means logic, block RAM, DSPs and SPRAM.
 """
 
 import csv
@@ -73,13 +72,15 @@ def explore(qnet, board, log=print):
         r = default if key == chosen else check(qnet, board, parallelism=par)
         t = r["totals"]
         points.append({"multipliers": t["multipliers"], "cycles_per_image": t["cycles_per_image"],
+                       "logic": t["logic"], "logic_available": t["logic_available"],
+                       "logic_name": t["logic_name"],
                        "block_ram_name": _block_name(r), "problem": r["problem"],
                        "images_per_s": round(t["images_per_s"], 1),
                        "block_ram": t["block_ram"], "block_ram_available": t["block_ram_available"],
                        "fits": r["fits"], "default": key == chosen,
                        "lanes": par.to_dict()})
         log(f"  {t['multipliers']:5d} multipliers: {t['cycles_per_image']:>9,} cycles/image, "
-            f"{t['block_ram']} {_block_name(r)}"
+            f"logic about {t['logic']:,}, {t['block_ram']} {_block_name(r)}"
             f"{'' if r['fits'] else ' (' + r['problem'] + ')'}")
     points.sort(key=lambda p: (p["multipliers"], p["cycles_per_image"]))
     return points
@@ -98,15 +99,19 @@ def _plot(points, title):
     for fits, marker, label in ((True, "o", "fits"), (False, "x", "does not fit")):
         sel = [p for p in points if p["fits"] == fits]
         if sel:
-            ax.plot([p["multipliers"] for p in sel], [p["images_per_s"] for p in sel], marker,
+            ax.plot([p["logic"] for p in sel], [p["images_per_s"] for p in sel], marker,
                     linestyle="none", label=label)
     for p in points:
         if p["default"]:
-            ax.plot(p["multipliers"], p["images_per_s"], "o", markersize=14, fillstyle="none",
+            ax.plot(p["logic"], p["images_per_s"], "o", markersize=14, fillstyle="none",
                     color="red", label="default (the board preset's budget)")
+    if points:
+        ax.axvline(points[0]["logic_available"], color="grey", linestyle="--",
+                   label="the device's logic")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("int8 multipliers")
+    name = points[0]["logic_name"] if points else "logic"
+    ax.set_xlabel(f"logic ({name}), estimated before synthesis")
     ax.set_ylabel("images/s at the board's clock (compute-bound)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
@@ -130,7 +135,8 @@ def explore_cli(model_path, board, out_dir="build/explore", log=print):
                                                         indent=1))
     text = io.StringIO()
     writer = csv.writer(text)
-    columns = ["multipliers", "cycles_per_image", "images_per_s", "block_ram", "fits", "default"]
+    columns = ["multipliers", "cycles_per_image", "images_per_s", "logic", "block_ram", "fits",
+               "default"]
     writer.writerow(columns)
     for p in points:
         writer.writerow([p[c] for c in columns])
@@ -141,9 +147,9 @@ def explore_cli(model_path, board, out_dir="build/explore", log=print):
     fitting = [p for p in points if p["fits"]]
     if not fitting:
         raise CnnforgeError(f"{model_path} on {board}: no point of the sweep fits")
-    best = max(fitting, key=lambda p: (p["images_per_s"], -p["multipliers"]))
+    best = max(fitting, key=lambda p: (p["images_per_s"], -p["logic"]))
     log(f"best fitting point: {best['multipliers']} multipliers, {best['cycles_per_image']:,} "
-        f"cycles/image, {best['images_per_s']:,.0f} images/s, {best['block_ram']} "
-        f"{best['block_ram_name']} "
-        f"(logic not estimated: check the build's report); wrote {out / name}.{{json,csv,png}}")
+        f"cycles/image, {best['images_per_s']:,.0f} images/s, logic about {best['logic']:,} "
+        f"{best['logic_name']}, {best['block_ram']} {best['block_ram_name']}; wrote "
+        f"{out / name}.{{json,csv,png}}")
     return points

@@ -15,7 +15,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from cnnforge.boards.protocol import PROTOCOL_VERSION, Command, Error
+from cnnforge.boards.protocol import PROTOCOL_VERSION, REPLY, Command, Error
 from cnnforge.errors import ModelError
 from cnnforge.hw.conv_window import bias_words, weight_words
 from cnnforge.hw.params import NetworkConfig, SoftmaxFormat, Widths
@@ -403,6 +403,11 @@ def check_board_scenario(out, images, fault_images, check):
     assert len(f["busy_load"]["results"]) == 1
     check(f["busy_load"]["results"][0], img_a, "classify during a LOAD_IMAGE")
     check(f["busy_load"]["after"], img_a, "image unchanged by a BUSY LOAD_IMAGE")
+    answers = [p["nak"] or p["command"] for p in f["pipelined_pings"]]
+    assert answers == [Command.PING.value | REPLY] * 8, answers
+    assert f["pipelined_after"] == info
+    assert f["pipelined_load"]["first"] == Command.LOAD_IMAGE.value | REPLY
+    check(f["pipelined_load"]["second"], img_b, "a CLASSIFY sent with its LOAD_IMAGE")
     check(f["final"]["after"], img_b, "final")
 
 

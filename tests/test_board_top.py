@@ -170,13 +170,14 @@ def fuzz_link(images, seed, rounds):
 @needs_mnist
 def test_link_fuzz():
     """A few hundred seeded rounds of faults (garbage with and without SYNC bytes, framing
-    errors, breaks, truncated, wrong-length, bad-CRC and oversized frames) interleaved with
-    PINGs and classifications checked against the golden model."""
+    errors, breaks, truncated, wrong-length, bad-CRC and oversized frames, requests sent without
+    waiting for replies) interleaved with PINGs and classifications checked against the golden
+    model."""
     images, _ = mnist_images("test", 8)
     job = fuzz_link(images, seed=1, rounds=300)
     assert set(job["counts"]) == {"ping", "classify", "garbage", "garbage_sync",
                                   "framing_error", "break", "truncated", "wrong_length",
-                                  "bad_crc", "oversized"}
+                                  "bad_crc", "oversized", "pipelined"}
     print(f"fuzz rounds: {job['counts']}")
 
 

@@ -217,17 +217,22 @@ def test_bitstream(name, tmp_path):
     assert not list(out.glob(f"{name}.*"))
     saved = json.loads((out / name / "report.json").read_text())
     assert saved["timing_met"] and saved["fmax_mhz"] >= saved["target_mhz"]
+    # `cnnforge check`'s estimates, from the elaborated design: the block RAM the ECP5 build
+    # used, and the logic within its error.
+    from cnnforge.boards.top import board_core
+    from cnnforge.boards.check import LOGIC_ERROR, block_ram_blocks, design_memories
+    from cnnforge.boards.logic import estimate_logic
+    from cnnforge.hw.accel import PRESETS
+    from cnnforge.sim.reference import model_file
+    core = board_core(model_file.load(), PRESETS[spec.preset],
+                      clk_freq=spec.link_clk_freq or spec.clk_freq, baud=spec.baud,
+                      accel_domain="fast" if spec.link_clk_freq else None)
+    used = {r["cell"]: r["used"] for r in saved["resources"]}
     if spec.family == "ecp5":
-        # `cnnforge check`'s block RAM count, from the elaborated design, is what it used.
-        from cnnforge.boards.top import board_core
-        from cnnforge.boards.check import block_ram_blocks, design_memories
-        from cnnforge.hw.accel import PRESETS
-        from cnnforge.sim.reference import model_file
-        core = board_core(model_file.load(), PRESETS[spec.preset],
-                          clk_freq=spec.link_clk_freq or spec.clk_freq, baud=spec.baud,
-                          accel_domain="fast" if spec.link_clk_freq else None)
-        used = {r["cell"]: r["used"] for r in saved["resources"]}
         assert sum(block_ram_blocks(m) for m in design_memories(core)) == used["DP16KD"]
+    placed = used["TRELLIS_COMB" if spec.family == "ecp5" else "ICESTORM_LC"]
+    logic = estimate_logic(core, spec.family)["logic"]
+    assert abs(logic - placed) <= LOGIC_ERROR * placed, (logic, placed)
     assert "timing met" in (out / name / "report.md").read_text()
     print(json.dumps(report, indent=1))
 
@@ -236,8 +241,8 @@ def test_bitstream(name, tmp_path):
 def test_layer_list_bitstream_on_the_icebreaker(tmp_path):
     """`make bitstream BOARD=icebreaker MODEL=lenet.npz`: the folded mapping fits the UP5K and
     meets 30 MHz (about 2 minutes); `cnnforge check`'s block RAM, DSPs and SPRAM are what the
-    build used."""
-    from cnnforge.boards.check import check
+    build used, its logic within its error."""
+    from cnnforge.boards.check import LOGIC_ERROR, check
     spec = get_board("icebreaker")
     try:
         tool_env(spec.family)
@@ -255,3 +260,5 @@ def test_layer_list_bitstream_on_the_icebreaker(tmp_path):
     assert (t["block_ram"], t["dsps"], t["spram"]) == (
         used["ICESTORM_RAM"], used["ICESTORM_DSP"], used["ICESTORM_SPRAM"])
     assert used["ICESTORM_LC"] <= 5280
+    assert abs(t["logic"] - used["ICESTORM_LC"]) <= LOGIC_ERROR * used["ICESTORM_LC"], \
+        (t["logic"], used["ICESTORM_LC"])

@@ -347,6 +347,15 @@ def board_scenario(transport, images, fault_images, upload=None):
     results = [result(f) for f in frames if _nak(f) is None]
     faults["busy_load"] = {"naks": [n for n in naks if n], "results": results,
                            "after": asdict(c.classify_loaded())}
+    # Requests sent without waiting for the replies: each answered, in order.
+    c.send(encode(Command.PING) * 8)
+    faults["pipelined_pings"] = [{"command": f.command, "nak": _nak(f)}
+                                 for f in [c.read_frame() for _ in range(8)]]
+    faults["pipelined_after"] = c.ping()
+    # A LOAD_IMAGE and a CLASSIFY sent together: the CLASSIFY waits for the load's reply.
+    c.send(encode(Command.LOAD_IMAGE, img_b.tobytes()) + encode(Command.CLASSIFY))
+    first, second = c.read_frame(), c.read_frame()
+    faults["pipelined_load"] = {"first": first.command, "second": result(second)}
     faults["final"] = {"ping": c.ping(), "after": asdict(c.classify(img_b))}
     return out
 
@@ -421,7 +430,7 @@ def board_train_scenario(transport, images, labels, check_image, ranges, ranges_
 
 #: The kinds of round of :func:`fuzz_scenario`, and how often each is drawn.
 FUZZ_KINDS = {"ping": 3, "classify": 2, "garbage": 2, "garbage_sync": 3, "framing_error": 2,
-              "break": 1, "truncated": 2, "wrong_length": 2, "bad_crc": 2, "oversized": 1}
+              "break": 1, "truncated": 2, "wrong_length": 2, "bad_crc": 2, "oversized": 1, "pipelined": 2}
 
 
 def fuzz_scenario(transport, images, seed, rounds, drain_s=0.004):
@@ -431,7 +440,8 @@ def fuzz_scenario(transport, images, seed, rounds, drain_s=0.004):
     bytes), a byte with a low stop bit or a break inside a frame (NAKs: the frame is lost), a
     truncated frame (``TIMEOUT``), a LOAD_IMAGE one byte short or long (``BAD_LENGTH``, then
     ``CLASSIFY`` answers ``NO_IMAGE``), a bad CRC (``BAD_CRC``), an oversized length
-    (``BAD_LENGTH``). After every fault the replies are drained (``drain_s`` of silence: the
+    (``BAD_LENGTH``), 2-7 PINGs and READ_CYCLES back to back (each answered, in order). After
+    every fault the replies are drained (``drain_s`` of silence: the
     device's inter-byte timeout and its NAK) and the next round must be answered exactly.
 
     Returns ``{"info", "problems": [text], "classified": [[image index, result]], "counts"}``.
@@ -442,7 +452,7 @@ def fuzz_scenario(transport, images, seed, rounds, drain_s=0.004):
     import numpy as np
 
     from cnnforge.boards.host import Client, LinkError
-    from cnnforge.boards.protocol import SYNC, Command, Error, encode
+    from cnnforge.boards.protocol import REPLY, SYNC, Command, Error, encode
 
     rng = random.Random(seed)
     c = Client(transport, timeout=0.05)
@@ -531,5 +541,21 @@ def fuzz_scenario(transport, images, seed, rounds, drain_s=0.004):
         elif kind == "oversized":
             c.send(bytes([SYNC, Command.LOAD_IMAGE.value, 0xFF, 0xFF]))
             expect(kind, drain(), {Error.BAD_LENGTH})
+        elif kind == "pipelined":
+            # Requests back to back: each answered, in order.
+            sent = [rng.choice((Command.PING, Command.READ_CYCLES))
+                    for _ in range(rng.randrange(2, 8))]
+            c.send(b"".join(encode(r) for r in sent))
+            got = []
+            for r in sent:
+                try:
+                    f = c.read_frame()
+                except LinkError as e:
+                    got.append(str(e))
+                    continue
+                nak = _nak(f)
+                got.append(nak if nak else f.command)
+            if got != [r.value | REPLY for r in sent]:
+                problems.append(f"round {n} (pipelined {[r.name for r in sent]}): answered {got}")
     out["final"] = c.ping() == info
     return out
