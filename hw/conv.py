@@ -9,7 +9,7 @@ from amaranth.utils import ceil_log2
 
 from .mac import MACArray
 from .util import (ChannelBlock, check_bias_array, check_choice, check_config, check_int,
-                   check_int8_array, check_lanes, pack_fields)
+                   check_int8_array, check_lanes, pack_fields, REPLICA)
 from .params import Widths
 
 
@@ -343,8 +343,11 @@ class ConvEngine(ConvInterface):
         wptr = Signal(range(depth))
         ahead = Signal(range(depth + 1))
         accept = Signal()
+        # In the deep pipeline the input's ready comes from a copy of the fill count kept beside
+        # the input (updated alike), so the scheduler's own count is not pulled toward it.
+        ahead_in = Signal.like(ahead, attrs={REPLICA: 1}) if self._read_stage else ahead
         m.d.comb += [
-            self.i.ready.eq(ahead < depth),
+            self.i.ready.eq(ahead_in < depth),
             accept.eq(self.i.valid & self.i.ready),
             pix_wr.addr.eq(wptr),
             pix_wr.data.eq(self.i.payload.as_value()),
@@ -376,6 +379,8 @@ class ConvEngine(ConvInterface):
         b_cur, b_new = Signal(b_words, reset_less=True), Signal(b_words, reset_less=True)
         w_new_next, b_new_next = Signal(words), Signal(b_words)
         swap = Signal()
+        # (deep pipeline: the bank bits switch on a copy of `swap` beside them, below)
+        swap_banks = Signal(attrs={REPLICA: 1}) if self._read_stage else swap
         for (en, addr, payload, size, cur, new, new_next, port) in (
                 (self.w_en, self.w_addr, self.w_data, words, w_cur, w_new, w_new_next, w_wr),
                 (self.b_en, self.b_addr, self.b_data, b_words, b_cur, b_new, b_new_next, b_wr)):
@@ -392,7 +397,7 @@ class ConvEngine(ConvInterface):
             with m.If(write):
                 m.d.comb += new_next.bit_select(addr, 1).eq(bank)
             m.d.sync += new.eq(new_next)
-            with m.If(swap):
+            with m.If(swap_banks):
                 m.d.sync += cur.eq(new_next)
 
         # -- scheduler (stage 0): one tap per cycle ----------------------------------------------
@@ -451,7 +456,7 @@ class ConvEngine(ConvInterface):
             # device): requested once, done the next cycle; the image starts the cycle after.
             pending = Signal()
             m.d.comb += swap_request.eq(swap_request_raw & ~pending)
-            m.d.sync += swap.eq(swap_request)
+            m.d.sync += [swap.eq(swap_request), swap_banks.eq(swap_request)]
             with m.If(swap_request):
                 m.d.sync += pending.eq(1)
             with m.If(swap):
@@ -477,24 +482,43 @@ class ConvEngine(ConvInterface):
             m.d.comb += step.eq(need)
         m.d.comb += advance.eq(issue & last_tap & last_group)
 
+        # In the deep pipeline the tap counters have copies beside their far loads, updated
+        # alike from the scheduler's decision: `t`, `g`, `c` beside the weight address and
+        # stage 1, the pixel address (`pa`, `p0`) beside the pixel memory; the scheduler's own
+        # registers then load only the scheduler (placed as one cluster).
+        def copy(sig):
+            return Signal.like(sig, name=f"{sig.name}_copy", attrs={REPLICA: 1})
+        if self._read_stage:
+            t_w, g_w, c_w, pa_r, p0_r = copy(t), copy(g), copy(c), copy(pa), copy(p0)
+        else:
+            t_w, g_w, c_w, pa_r, p0_r = t, g, c, pa, p0
+        pixel_done = (c == cin_steps - 1) if cin_steps > 1 else 1
+        kx_done = (kx == k - 1) & pixel_done
         with m.If(issue):
             m.d.sync += [t.eq(Mux(last_tap, 0, t + 1)), wa.eq(Mux(wa == words - 1, 0, wa + 1))]
             # Pixel address of the next tap: c fastest, then kx, then ky.
-            pixel_done = (c == cin_steps - 1) if cin_steps > 1 else 1
-            kx_done = (kx == k - 1) & pixel_done
             if cin_steps > 1:
                 m.d.sync += c.eq(Mux(pixel_done, 0, c + 1))
             with m.If(pixel_done):
-                m.d.sync += [kx.eq(Mux(kx == k - 1, 0, kx + 1)), pa.eq(pa + 1)]
-            with m.If(kx_done):
-                with m.If(~last_tap):
-                    m.d.sync += pa.eq(pa + (n - k + 1))
-                with m.Elif(~last_group):
-                    m.d.sync += pa.eq(p0)
-                with m.Else():
-                    m.d.sync += [pa.eq(p0 + step), p0.eq(p0 + step)]
+                m.d.sync += kx.eq(Mux(kx == k - 1, 0, kx + 1))
             with m.If(last_tap):
                 m.d.sync += g.eq(Mux(last_group, 0, g + 1))
+            for pa_, p0_ in {(id(pa), id(p0)): (pa, p0), (id(pa_r), id(p0_r)): (pa_r, p0_r)}.values():
+                with m.If(pixel_done):
+                    m.d.sync += pa_.eq(pa_ + 1)
+                with m.If(kx_done):
+                    with m.If(~last_tap):
+                        m.d.sync += pa_.eq(pa_ + (n - k + 1))
+                    with m.Elif(~last_group):
+                        m.d.sync += pa_.eq(p0_)
+                    with m.Else():
+                        m.d.sync += [pa_.eq(p0_ + step), p0_.eq(p0_ + step)]
+            if self._read_stage:
+                m.d.sync += t_w.eq(Mux(last_tap, 0, t_w + 1))
+                if cin_steps > 1:
+                    m.d.sync += c_w.eq(Mux(pixel_done, 0, c_w + 1))
+                with m.If(last_tap):
+                    m.d.sync += g_w.eq(Mux(last_group, 0, g_w + 1))
 
         if self._read_stage:
             with m.If(issue):
@@ -517,6 +541,8 @@ class ConvEngine(ConvInterface):
         m.d.comb += ahead_next.eq(ahead + accept - Mux(advance, step, 0))
         m.d.sync += ahead.eq(ahead_next)
         if self._read_stage:
+            m.d.sync += ahead_in.eq(ahead_in + accept - Mux(advance, step, 0))
+        if self._read_stage:
             # From registers only: whether the window is complete if the position stays, and
             # if it moves on (by `step`, known from flip-flops), chosen by whether it moved.
             # A pixel accepted in the cycle before is not counted yet: never too early, at most
@@ -531,13 +557,13 @@ class ConvEngine(ConvInterface):
         xfer = self.o.valid & self.o.ready
         m.d.sync += credit.eq(credit + start - xfer)
 
-        m.d.comb += pix_rd.addr.eq(pa)
+        m.d.comb += pix_rd.addr.eq(pa_r)
         if self._read_stage:
             # The weight word is read a cycle later, from registered address and bank bit (the
             # bank bit is a multiplexer over every word's bit), to arrive with the registered
             # pixel word. The address is the tap's `g * taps + t`, not the counter `wa`: no
             # enable from the scheduler's decision reaches across the die to the weights.
-            word = t if groups == 1 else t + g * taps
+            word = t_w if groups == 1 else t_w + g_w * taps
             wa_r = Signal.like(wa, reset_less=True)
             bank_r = Signal(reset_less=True)
             m.d.sync += [wa_r.eq(word), bank_r.eq(w_cur.bit_select(word, 1))]
@@ -553,8 +579,8 @@ class ConvEngine(ConvInterface):
         s1_g = Signal.like(g, reset_less=True)
         s1_t = Signal.like(t, reset_less=True)
         m.d.sync += [
-            s1_valid.eq(issue), s1_first.eq(t == 0), s1_last.eq(last_tap), s1_c.eq(c),
-            s1_g.eq(g), s1_t.eq(t),
+            s1_valid.eq(issue), s1_first.eq(t_w == 0), s1_last.eq(last_tap), s1_c.eq(c_w),
+            s1_g.eq(g_w), s1_t.eq(t_w),
         ]
         pixel_word = pix_rd.data
         if self._read_stage:

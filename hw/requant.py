@@ -277,9 +277,13 @@ class Requantize(ChannelBlock):
         if steps > 1:
             part = Signal(range(steps))
             parts = [Signal(range(steps), name=f"part{k + 1}") for k in range(n)]
-            m.d.comb += is_last.eq(part == steps - 1)
+            # `part == steps - 1` as a flip-flop: it is in i.ready, whose loads (the upstream
+            # register slice's enables) are many and wide.
+            is_last_r = Signal(init=int(steps == 1))
+            m.d.comb += is_last.eq(is_last_r)
             with m.If(go):
-                m.d.sync += part.eq(Mux(is_last, 0, part + 1))
+                m.d.sync += [part.eq(Mux(is_last, 0, part + 1)),
+                             is_last_r.eq(Mux(is_last, 0, part == steps - 2))]
             selected = self.i.payload.as_value().word_select(part, par * acc_w)
         else:
             m.d.comb += is_last.eq(1)

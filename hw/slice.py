@@ -61,5 +61,9 @@ class RegisterSlice(wiring.Component):
             with m.Else():
                 m.d.sync += [self.o.payload.eq(self.i.payload), self.o.valid.eq(take)]
         with m.Elif(take):
-            m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
+            m.d.sync += skid_valid.eq(1)
+        # The skid register takes every beat taken (it is read only while skid_valid): its
+        # enable does not wait for o.ready, which comes from the consumer's side of the die.
+        with m.If(take):
+            m.d.sync += skid.eq(self.i.payload)
         return m
