@@ -168,16 +168,11 @@ class ClockCrossing(wiring.Component):
             m.submodules.mw_fifo = mw_fifo = AsyncFIFO(width=len(w_fields), depth=8,
                                                        w_domain="sync", r_domain=fast)
             r_fields = Cat(Value.cast(accel.mw.memory), accel.mw.addr, accel.mw.data)
-            # The FIFO's output registered in the accelerator's domain: the write enable reaches
-            # every model memory across the die, so it starts from a flip-flop, not from the
-            # FIFO's read-pointer compare (a word lands a cycle later).
-            r_en, r_data = Signal(), Signal.like(mw_fifo.r_data)
-            m.d[fast] += [r_en.eq(mw_fifo.r_rdy), r_data.eq(mw_fifo.r_data)]
             m.d.comb += [
                 mw_fifo.w_data.eq(w_fields),
                 mw_fifo.w_en.eq(self.mw.en),
-                r_fields.eq(r_data),
-                accel.mw.en.eq(r_en),
+                r_fields.eq(mw_fifo.r_data),
+                accel.mw.en.eq(mw_fifo.r_rdy),
                 mw_fifo.r_en.eq(1),
             ]
 
