@@ -127,12 +127,12 @@ def network_rows(mnist_dir, presets, images, *, networks=("lenet",), log=print):
 
 
 def sim_full(mnist_dir=None, images=10_000, preset="up5k", log=print, model_path=None,
-             multipliers=None):
+             multipliers=None, jobs=1):
     """Test images through the RTL, every result word checked against the golden model. The
     seed network (the default model) runs on ``preset``'s accelerator; any other model file on
     the layer-list accelerator (:mod:`cnnforge.hw.network`) as built for ``preset``
     (:func:`~cnnforge.hw.network.preset_parallelism`), or with ``multipliers`` balanced over its
-    layers."""
+    layers. ``jobs``: chunks of 1,000 images simulated side by side, one process each."""
     from . import datasets
     from .evaluate import dataset_of
     from .hw.accel import PRESETS
@@ -159,10 +159,10 @@ def sim_full(mnist_dir=None, images=10_000, preset="up5k", log=print, model_path
                 f"{par.target}, {par.cycles_per_image:,} cycles/image sustained)")
     x, y = datasets.load(dataset_of(qnet, info), "test", mnist_dir)
     log(f"simulating {min(images, len(x))} test images of {name} through {what} in RTL "
-        f"(Verilator)...")
+        f"(Verilator, {jobs} job{'s' if jobs > 1 else ''})...")
     try:
         stats = simulate_chunked(f"sim_full_{name}_{preset}", model, par,
-                                 x[:images], y[:images], log=log)
+                                 x[:images], y[:images], jobs=jobs, log=log)
     except AssertionError as e:
         raise CnnforgeError(f"the RTL disagrees with the golden model: {e}") from None
     log(f"{stats['images']} images, {stats['mismatches']} mismatching result words, "

@@ -200,8 +200,10 @@ def cmd_sim_full(args):
     _check_presets([args.preset])
     if args.multipliers is not None:
         _check_count("--multipliers", args.multipliers, maximum=100_000)
+    _check_count("--jobs", args.jobs, maximum=256)
     bench.sim_full(mnist_dir=_mnist_dir(args), images=args.images, preset=args.preset,
-                   model_path=_model_file(args.model), multipliers=args.multipliers)
+                   model_path=_model_file(args.model), multipliers=args.multipliers,
+                   jobs=args.jobs)
 
 
 def _format_overrides(items):
@@ -517,6 +519,9 @@ def build_parser():
                         "the seed runs on the layer-list accelerator")
     p.add_argument("--multipliers", type=int, default=None,
                    help="multipliers of the layer-list accelerator (default: the preset's)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="chunks of 1,000 images simulated side by side, one process and one "
+                        "Verilator build each (default: 2, or 1 on a single core)")
     p.set_defaults(func=cmd_sim_full)
 
     p = sub.add_parser("train-fixed", help="the golden fixed-point SGD trainer (batch 1), "

@@ -1,5 +1,7 @@
 """Run MNIST images through the whole accelerator in RTL simulation and compare with golden."""
 
+import concurrent.futures
+import multiprocessing
 import time
 
 import numpy as np
@@ -146,20 +148,28 @@ def _statistics(result, writes, ref, labels, start):
     return stats
 
 
-def simulate_chunked(name, model, parallelism, images, labels=None, *, chunk=1000, log=None):
+def _simulate_part(name, model, parallelism, images, labels):
+    """One chunk of :func:`simulate_chunked` (a worker process's task)."""
+    run = simulate_network if isinstance(model, QuantNetwork) else simulate
+    return run(name, model, parallelism, images, labels)
+
+
+def simulate_chunked(name, model, parallelism, images, labels=None, *, chunk=1000, jobs=1,
+                     log=None):
     """:func:`simulate` (:func:`simulate_network` for a
     :class:`~cnnforge.hw.model.QuantNetwork` and its
-    :class:`~cnnforge.hw.network.LayerParallelism`) in chunks of ``chunk`` images (one
-    simulator build serves every chunk of
-    the same size: the images reach it as a ROM file). Cycles add up over the chunks, so each
-    chunk's pipeline fill (about one image) is counted. Same statistics as :func:`simulate`."""
+    :class:`~cnnforge.hw.network.LayerParallelism`) in chunks of ``chunk`` images, ``jobs`` of
+    them at a time, each in its own process. Each of the ``jobs`` slots has its own simulator
+    build (``<name>`` for the first, ``<name>_j<k>`` for the others), which serves every chunk it
+    runs: the images reach it as a ROM file. Cycles add up over the chunks, so each chunk's
+    pipeline fill (about one image) is counted. Same statistics as :func:`simulate`; a chunk whose
+    words disagree raises its AssertionError once the chunks running beside it are done."""
     start = time.perf_counter()
     total = {"images": 0, "cycles": 0, "mismatches": 0, "correct": 0}
-    run = simulate_network if isinstance(model, QuantNetwork) else simulate
-    for first in range(0, len(images), chunk):
-        part = slice(first, first + chunk)
-        stats = run(name, model, parallelism, images[part],
-                    None if labels is None else labels[part])
+    parts = [slice(first, first + chunk) for first in range(0, len(images), chunk)]
+    slots = [name] + [f"{name}_j{k}" for k in range(1, max(1, jobs))]
+
+    def add(stats):
         total["images"] += stats["images"]
         total["cycles"] += stats["cycles"]
         total["mismatches"] += stats["mismatches"]
@@ -168,6 +178,34 @@ def simulate_chunked(name, model, parallelism, images, labels=None, *, chunk=100
         if log is not None:
             log(f"  {total['images']} images: {total['mismatches']} mismatching words, "
                 f"{total['cycles'] / total['images']:.0f} cycles/image")
+
+    def task(slot, part):
+        return (slot, model, parallelism, images[part], None if labels is None else labels[part])
+
+    if len(slots) == 1 or len(parts) == 1:
+        for part in parts:
+            add(_simulate_part(*task(slots[0], part)))
+    else:
+        # Python stays off the simulators' path: each process elaborates, builds its Verilator
+        # model once and streams its chunks' ROM files through it.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(len(slots), mp_context=context) as pool:
+            free, running = list(slots), {}
+            waiting = list(parts)
+            try:
+                while waiting or running:
+                    while waiting and free:
+                        slot = free.pop(0)
+                        running[pool.submit(_simulate_part, *task(slot, waiting.pop(0)))] = slot
+                    done, _ = concurrent.futures.wait(
+                        running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in done:
+                        free.append(running.pop(future))
+                        add(future.result())
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
     correct = total.pop("correct")
     total["cycles_per_image"] = total["cycles"] / max(1, total["images"])
     if labels is not None:
