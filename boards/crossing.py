@@ -36,10 +36,11 @@ class ClockCrossing(wiring.Component):
       image.
     - Register slices between the FIFOs and the accelerator, so no FIFO flag (a gray-code
       comparison) drives logic far away.
-    - ``mw_*``: each write crosses through an asynchronous FIFO and is applied in the order
-      given. The port has no flow control: the link writes at most one word every 2 of its
-      cycles (it assembles words one byte per 2 cycles), so with the accelerator's clock at
-      least as fast as the link's the FIFO never fills.
+    - ``mw_*``: each write crosses through an asynchronous FIFO as narrow beats (a header,
+      then the data) and is applied in the order given. The port has no flow control: the link
+      writes at most one word every ``2 * word_bytes`` of its cycles (it assembles words one
+      byte per 2 cycles), the beats of a word leave before the next one comes, and with the
+      accelerator's clock at least as fast as the link's the FIFO never fills.
     - ``cycles`` (``Out(32)``): the accelerator's cycles for the last image, from its first
       pixel to its last result beat, counted the way the single-clock link counts them (the
       same numbers). ``accel.o`` never waits: the result FIFO holds all beats of an image and
@@ -164,16 +165,66 @@ class ClockCrossing(wiring.Component):
 
         # ---- model write port ---------------------------------------------------------------
         if self._writable:
-            w_fields = Cat(Value.cast(self.mw.memory), self.mw.addr, self.mw.data)
-            m.submodules.mw_fifo = mw_fifo = AsyncFIFO(width=len(w_fields), depth=8,
-                                                       w_domain="sync", r_domain=fast)
-            r_fields = Cat(Value.cast(accel.mw.memory), accel.mw.addr, accel.mw.data)
-            m.d.comb += [
-                mw_fifo.w_data.eq(w_fields),
-                mw_fifo.w_en.eq(self.mw.en),
-                r_fields.eq(mw_fifo.r_data),
-                accel.mw.en.eq(mw_fifo.r_rdy),
-                mw_fifo.r_en.eq(1),
-            ]
+            self._cross_model_writes(m, accel.mw)
 
         return m
+
+    def _cross_model_writes(self, m, port):
+        """``self.mw`` (link domain) -> ``port`` (the accelerator's), as narrow beats.
+
+        A model word can be hundreds of bits wide (a layer's lanes side by side); an asynchronous
+        FIFO of such words is dozens of LUT RAM slices whose read pointer reaches all of them,
+        a cluster the placer spreads between the link and the memories. So each word crosses
+        as beats of ``len(memory) + len(addr)`` bits: a header (memory, address), then the data,
+        lowest bits first, and is assembled again in the accelerator's domain. The link writes
+        one word per ``2 * word_bytes`` of its cycles, and a word is ``1 + ceil(data / beat)
+        <= 1 + word_bytes`` beats, so the serializer is done before the next word comes."""
+        fast = self._domain
+        mw = self.mw
+        beat_bits = len(Value.cast(mw.memory)) + len(mw.addr)
+        data_beats = -(-len(mw.data) // beat_bits)
+        m.submodules.mw_fifo = mw_fifo = AsyncFIFO(width=1 + beat_bits, depth=16,
+                                                   w_domain="sync", r_domain=fast)
+
+        # Link domain: the word held while its beats go out.
+        held_data = Signal(data_beats * beat_bits)
+        held_header = Signal(beat_bits)
+        beats_left = Signal(range(data_beats + 2))
+        header_next = Signal()
+        with m.If(mw.en):
+            m.d.sync += [held_header.eq(Cat(Value.cast(mw.memory), mw.addr)),
+                         held_data.eq(mw.data), beats_left.eq(1 + data_beats),
+                         header_next.eq(1)]
+        with m.Elif((beats_left != 0) & mw_fifo.w_rdy):
+            m.d.sync += [beats_left.eq(beats_left - 1), header_next.eq(0)]
+            with m.If(~header_next):
+                m.d.sync += held_data.eq(held_data >> beat_bits)
+        m.d.comb += [
+            mw_fifo.w_en.eq(beats_left != 0),
+            mw_fifo.w_data.eq(Cat(header_next,
+                                  Mux(header_next, held_header, held_data[:beat_bits]))),
+        ]
+
+        # Accelerator domain: every beat registered as it leaves the FIFO (the FIFO's flags and
+        # pointers drive only this register), then assembled; the write is a flip-flop.
+        beat_valid = Signal()
+        beat = Signal(1 + beat_bits)
+        m.d.comb += mw_fifo.r_en.eq(1)
+        m.d[fast] += [beat_valid.eq(mw_fifo.r_rdy), beat.eq(mw_fifo.r_data)]
+        is_header, beat_word = beat[0], beat[1:]
+        header = Signal(beat_bits)
+        data = Signal(data_beats * beat_bits)
+        data_left = Signal(range(data_beats + 1))
+        w_en = Signal()
+        m.d[fast] += w_en.eq(0)
+        with m.If(beat_valid):
+            with m.If(is_header):
+                m.d[fast] += [header.eq(beat_word), data_left.eq(data_beats)]
+            with m.Elif(data_left != 0):
+                m.d[fast] += [data.eq(Cat(data[beat_bits:], beat_word)),
+                              data_left.eq(data_left - 1), w_en.eq(data_left == 1)]
+        m.d.comb += [
+            port.en.eq(w_en),
+            Cat(Value.cast(port.memory), port.addr).eq(header),
+            port.data.eq(data),
+        ]
