@@ -17,7 +17,7 @@ from cnnforge.hw.util import pack_fields
 from cnnforge.sim.reference import golden, model_file
 from cnnforge.sim.verify.networks import random_images, random_qnet
 from cnnforge.sim.verify.rtl_runner import run_stream_test
-from cnnforge.sim.verify.system import simulate_network
+from cnnforge.sim.verify.system import simulate_chunked, simulate_network
 
 from helpers import case, mnist_images
 
@@ -242,6 +242,23 @@ def test_generated_network_bit_exact(name):
     assert stats["mismatches"] == 0
     ref = golden.infer_int(qnet, images)
     assert len(set(ref.cls.tolist())) > 1, "a case whose classes never change tests too little"
+
+
+def test_chunks_side_by_side_add_up():
+    """``sim-full --jobs``: chunks simulated in two processes (two Verilator builds) give the
+    statistics of one run: every image counted once, the accuracy against the labels (one of
+    four made wrong here) and the cycles of each chunk summed."""
+    net = NETWORKS["explicit-pads"]
+    qnet = random_qnet(net, 17)
+    par = LayerParallelism(net, PLANS["explicit-pads"])
+    images = random_images(net, 4, 21)
+    labels = golden.infer_int(qnet, images).cls.copy()
+    labels[2] = (labels[2] + 1) % net.classes
+    stats = simulate_chunked("net_chunks", qnet, par, images, labels, chunk=1, jobs=2)
+    assert stats["images"] == 4 and stats["mismatches"] == 0
+    assert stats["accuracy"] == 0.75
+    single = simulate_network("net_chunks", qnet, par, images[:1])
+    assert stats["cycles"] == 4 * single["cycles"]
 
 
 @pytest.mark.parametrize("name", ["stride2-same-rgb", "valid-stride2-hidden"])
