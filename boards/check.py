@@ -22,8 +22,7 @@ from amaranth import Shape
 from ..errors import CnnforgeError
 
 
-__all__ = ["Memory", "design_memories", "block_ram_blocks", "DEVICES", "LOGIC_ERROR",
-           "check"]
+__all__ = ["Memory", "design_memories", "block_ram_blocks", "LOGIC_ERROR", "check"]
 
 
 @dataclass(frozen=True)
@@ -104,28 +103,8 @@ def _fewest_blocks(memory, family):
     return min(options)[1]
 
 
-@dataclass(frozen=True)
-class Device:
-    name: str
-    luts: int
-    block_ram: int        # blocks
-    block_ram_name: str
-    dsps: int
-    dsp_name: str = "MULT18X18D"
-    spram: int = 0
-    logic_name: str = "TRELLIS_COMB"
-
-
 #: How far the logic estimate may be from a build (``tests/test_check.py`` holds it there).
 LOGIC_ERROR = 0.15
-
-
-DEVICES = {
-    "LFE5U-25F": Device("LFE5U-25F", 24_288, 56, "DP16KD", 28),
-    "LFE5U-85F": Device("LFE5U-85F", 83_640, 208, "DP16KD", 156),
-    "iCE40UP5K": Device("iCE40UP5K", 5_280, 30, "SB_RAM40_4K", 8, "SB_MAC16", 4,
-                        "logic cells"),
-}
 
 
 def network_board_core(qnet, spec, par):
@@ -143,17 +122,18 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
     ``parallelism``: a :class:`~cnnforge.hw.network.LayerParallelism` to check instead of the
     board preset's."""
     from .build import link_images_per_second
-    from .top import get_board, link_config
+    from .board import get_board
+    from .top import link_config
     from ..hw.network import (ConvStage, FoldedMapping, LayerParallelism, preset_parallelism,
                               weight_memories)
     from ..hw.params import ConfigError, Conv2D, Dense
     spec = get_board(board)
-    device = DEVICES[spec.device]
+    device, family = spec.device, spec.family
     network = qnet.network
     try:
         if parallelism is not None:
             par = parallelism
-        elif spec.family == "ice40":
+        elif family.name == "ice40":
             # The folded mapping: a budget of 2 * lanes multipliers.
             lanes = 8 if multipliers is None else max(2, multipliers // 2 // 2 * 2)
             par = FoldedMapping(network, lanes, target="ice40")
@@ -194,8 +174,8 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
     from .logic import estimate_logic
     core = Fragment.get(network_board_core(qnet, spec, par), None)
     memories = design_memories(core)
-    blocks = sum(block_ram_blocks(m, spec.family) for m in memories)
-    logic = estimate_logic(core, spec.family)
+    blocks = sum(block_ram_blocks(m, family.name) for m in memories)
+    logic = estimate_logic(core, family.name)
     # DSPs used by explicit instances: the folded mapping's SB_MAC16 (two products each) and
     # its SPRAM (16 bits each); the ECP5 layer-list products are in LUTs (-nodsp).
     dsps = par.lanes if folded else 0
@@ -206,9 +186,10 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
         "macs": network.total_macs, "multipliers": par.multipliers,
         "multiplier_bound": network.total_macs / par.multipliers,
         "block_ram": blocks, "block_ram_available": device.block_ram,
-        "logic": logic["logic"], "logic_available": device.luts,
-        "logic_name": device.logic_name, "ff": logic["ff"],
-        "dsps": dsps, "dsps_available": device.dsps, "dsp_name": device.dsp_name,
+        "block_ram_name": family.block_ram_name,
+        "logic": logic["logic"], "logic_available": device.logic,
+        "logic_name": family.logic_name, "ff": logic["ff"],
+        "dsps": dsps, "dsps_available": device.dsps, "dsp_name": family.dsp_name,
         "spram": spram, "spram_available": device.spram,
         "cycles_per_image": per_image, "clock_mhz": clock / 1e6,
         "images_per_s": clock / per_image,
@@ -218,15 +199,15 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
     problem = None
     # The estimate is within LOGIC_ERROR of the builds it was held against: refuse only what
     # cannot fit even then (what is over the device but within it says so beside "fits").
-    if logic["logic"] > device.luts * (1 + LOGIC_ERROR):
-        problem = (f"does not fit: logic ({device.logic_name}): needs about "
+    if logic["logic"] > device.logic * (1 + LOGIC_ERROR):
+        problem = (f"does not fit: logic ({family.logic_name}): needs about "
                    f"{logic['logic']:,} (estimated, +/- {LOGIC_ERROR:.0%}), the {device.name} "
-                   f"has {device.luts:,}")
+                   f"has {device.logic:,}")
     elif blocks > device.block_ram:
-        problem = (f"does not fit: block RAM ({device.block_ram_name}): needs {blocks}, the "
+        problem = (f"does not fit: block RAM ({family.block_ram_name}): needs {blocks}, the "
                    f"{device.name} has {device.block_ram}")
     elif dsps > device.dsps:
-        problem = (f"does not fit: DSP ({device.dsp_name}): needs {dsps}, the {device.name} "
+        problem = (f"does not fit: DSP ({family.dsp_name}): needs {dsps}, the {device.name} "
                    f"has {device.dsps}")
     elif spram > device.spram:
         problem = (f"does not fit: SPRAM: needs {spram}, the {device.name} has "

@@ -28,15 +28,16 @@ from .errors import CnnforgeError
 def designs(family):
     """``{name: (board core, board)}`` of the family's calibration designs."""
     from .boards.check import network_board_core
-    from .boards.top import board_core, get_board
+    from .boards.board import BOARDS
+    from .boards.top import board_core
     from .hw.accel import PRESETS
     from .hw.network import preset_parallelism
     from .sim.reference import model_file
-    boards = {"ecp5": ("orangecrab", "ulx3s"), "ice40": ("icebreaker",)}[family]
     seed = model_file.load()
     out = {}
-    for board in boards:
-        spec = get_board(board)
+    for board, spec in BOARDS.items():
+        if spec.family.name != family:
+            continue
         for name in ("lenet", "rgb-shapes"):
             qnet = model_file.load_network(model_file.DEFAULT_PATH.with_name(f"{name}.npz"))
             try:
@@ -130,10 +131,11 @@ def main(family, out_dir, reports):
     print(f"modules: {len(rows)}; summed modules vs fit: "
           + ", ".join(f"{n} {g} vs {sum(costs[k] * c for f in t.values() for k, c in f.items() if k in costs):.0f}"
                       for n, (t, g) in totals.items()))
+    from .boards.family import FAMILIES
     flatten = {}
     for spec in reports:
         name, path = spec.split("=", 1)
-        cell = "TRELLIS_COMB" if family == "ecp5" else "ICESTORM_LC"
+        cell = FAMILIES[family].logic_cell
         if path.isdigit():           # a report's number (README's board table)
             used = int(path)
         else:

@@ -30,11 +30,9 @@ def check_cli(model_path, board, multipliers=None, log=print):
              else "products in LUTs")
     spram = (f", SPRAM {t['spram']} of {t['spram_available']}" if t.get("spram_available")
              else "")
-    device = r["device"]
-    from .boards.check import DEVICES
     log(f"total: {t['macs']:,} MACs, {t['multipliers']} multipliers ({where}), "
         f"block RAM {t['block_ram']} of {t['block_ram_available']} "
-        f"{DEVICES[device].block_ram_name}{spram}")
+        f"{t['block_ram_name']}{spram}")
     share = t["logic"] / t["logic_available"]
     log(f"logic: about {t['logic']:,} of {t['logic_available']:,} {t['logic_name']} "
         f"({share:.0%}; estimated before synthesis, +/- {LOGIC_ERROR:.0%}), {t['ff']:,} flip-flops")

@@ -295,7 +295,7 @@ def cmd_program(args):
 
 def cmd_classify(args):
     from .boards import host
-    from .boards.top import get_board
+    from .boards.board import get_board
     from .sim.reference import model_file
     from .sim.verify import board_system
     get_board(args.board)            # an unknown board is an error before any work
@@ -342,7 +342,7 @@ def cmd_train_board(args):
 
     from . import mnist
     from .boards import host
-    from .boards.top import get_board
+    from .boards.board import get_board
     from .sim.reference import golden
     from .sim.reference.trainer import data_order, initial_state
     from .sim.verify import board_system

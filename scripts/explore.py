@@ -40,7 +40,7 @@ def _budgets(network):
 def explore(qnet, board, log=print):
     """The sweep: a list of points (dicts), each with ``multipliers``, ``cycles_per_image``,
     ``images_per_s``, ``block_ram``, ``fits``, ``default`` and the ``lanes``."""
-    from .boards.top import get_board
+    from .boards.board import get_board
     from .boards.check import check
     from .hw.network import LayerParallelism, preset_parallelism
     from .hw.accel import PRESETS
@@ -50,7 +50,7 @@ def explore(qnet, board, log=print):
     spec = get_board(board)
     default = check(qnet, board)          # refuses boards the generator does not build for
     plans = {}
-    if spec.family == "ice40":
+    if spec.family.name == "ice40":
         # The folded mapping: lanes of the shared MAC array (one SB_MAC16 and two products
         # each; the weights need lanes / 2 SPRAMs).
         for lanes in range(2, 17, 2):
@@ -74,21 +74,16 @@ def explore(qnet, board, log=print):
         points.append({"multipliers": t["multipliers"], "cycles_per_image": t["cycles_per_image"],
                        "logic": t["logic"], "logic_available": t["logic_available"],
                        "logic_name": t["logic_name"],
-                       "block_ram_name": _block_name(r), "problem": r["problem"],
+                       "block_ram_name": t["block_ram_name"], "problem": r["problem"],
                        "images_per_s": round(t["images_per_s"], 1),
                        "block_ram": t["block_ram"], "block_ram_available": t["block_ram_available"],
                        "fits": r["fits"], "default": key == chosen,
                        "lanes": par.to_dict()})
         log(f"  {t['multipliers']:5d} multipliers: {t['cycles_per_image']:>9,} cycles/image, "
-            f"logic about {t['logic']:,}, {t['block_ram']} {_block_name(r)}"
+            f"logic about {t['logic']:,}, {t['block_ram']} {t['block_ram_name']}"
             f"{'' if r['fits'] else ' (' + r['problem'] + ')'}")
     points.sort(key=lambda p: (p["multipliers"], p["cycles_per_image"]))
     return points
-
-
-def _block_name(r):
-    from .boards.check import DEVICES
-    return DEVICES[r["device"]].block_ram_name
 
 
 def _plot(points, title):

@@ -15,8 +15,9 @@ import pytest
 from cnnforge.boards.build import (TimingError, check_bitstream, clock_verdict, build,
                                    ice40_dsps, link_images_per_second, parse_parallelism,
                                    tool_env)
-from cnnforge.boards.top import (BOARDS, BoardTop, ecp5_pll_params, ecp5_secondary_div,
-                                 get_board, ice40_pll_params)
+from cnnforge.boards.board import BOARDS, get_board
+from cnnforge.boards.family import ecp5_pll_params, ecp5_secondary_div, ice40_pll_params
+from cnnforge.boards.top import BoardTop
 from cnnforge.errors import CnnforgeError, ToolError
 from cnnforge.hw.params import NetworkConfig
 from cnnforge.sim.reference import model_file
@@ -26,7 +27,7 @@ from helpers import BOARD_CONFIG, FakeAccel
 def _plan(name, **kwargs):
     spec = get_board(name)
     top = BoardTop(spec, model_file.load(), **kwargs)
-    opts = {"synth_opts": "-dsp"} if spec.family == "ice40" else {}
+    opts = {"synth_opts": "-dsp"} if spec.family.name == "ice40" else {}
     return top, spec.platform().build(top, name="top", do_build=False, **opts)
 
 
@@ -37,7 +38,7 @@ def test_board_side_elaborates(name):
     assert "top.il" in files
     rtlil = files["top.il"]
     rtlil = rtlil.decode() if isinstance(rtlil, bytes) else rtlil
-    assert ("SB_PLL40_PAD" if get_board(name).family == "ice40" else "EHXPLLL") in rtlil
+    assert {"ice40": "SB_PLL40_PAD", "ecp5": "EHXPLLL"}[get_board(name).family.name] in rtlil
     assert abs(top.clk_freq - get_board(name).clk_freq) < 0.01 * get_board(name).clk_freq
 
 
@@ -62,9 +63,38 @@ def test_training_build_takes_the_boards_training_preset_and_clock():
 
 
 def test_unknown_board_lists_the_boards():
-    with pytest.raises(CnnforgeError, match="unknown board 'de0'; boards: icebreaker, ulx3s, "
-                                            "orangecrab"):
+    with pytest.raises(CnnforgeError, match="unknown board 'de0'; boards: icebreaker, "
+                                            "orangecrab, ulx3s"):
         get_board("de0")
+
+
+@pytest.mark.parametrize("name", list(BOARDS))
+def test_board_file_describes_its_device(name):
+    """Each board's file (cnnforge.boards.catalog.<name>) names the device its platform builds
+    for, a programmer, seeds, and either a training preset or why not."""
+    spec = get_board(name)
+    assert spec.device.name == spec.platform().device
+    assert spec.platform().default_clk_frequency == spec.default_clk_frequency()
+    low, high = spec.device.bitstream_bytes
+    assert 0 < low < high < 4_000_000
+    assert spec.nextpnr_seeds and "{bitstream}" in spec.programmer.command
+    assert (spec.train_preset is None) != (spec.no_training is None)
+
+
+def test_a_board_is_one_file(tmp_path, monkeypatch):
+    """A module dropped into the catalog's folder is a board: nothing else names it."""
+    import cnnforge.boards.catalog as catalog
+    from cnnforge.boards import board as board_mod
+    (tmp_path / "my_icebreaker.py").write_text(
+        "import dataclasses\n"
+        "from cnnforge.boards.catalog.icebreaker import BOARD as _base\n"
+        "BOARD = dataclasses.replace(_base, name='my-icebreaker', clk_freq=24e6)\n")
+    monkeypatch.setattr(catalog, "__path__", [*catalog.__path__, str(tmp_path)])
+    boards = board_mod._catalog()
+    assert list(boards) == ["icebreaker", "my-icebreaker", "orangecrab", "ulx3s"]
+    monkeypatch.setattr(board_mod, "BOARDS", boards)
+    top = BoardTop(get_board("my-icebreaker"), model_file.load(), accel=FakeAccel(BOARD_CONFIG))
+    assert top.clk_freq == 24e6
 
 
 def test_missing_tool_is_one_line(monkeypatch):
@@ -154,14 +184,14 @@ def test_parallelism_override_and_estimates():
 def test_nextpnr_seeds(monkeypatch):
     from cnnforge.boards.build import nextpnr_seeds
     monkeypatch.delenv("CNNFORGE_NEXTPNR_SEEDS", raising=False)
-    assert nextpnr_seeds("ice40") == (2, 3, None) and nextpnr_seeds("ecp5") == (None,)
-    assert nextpnr_seeds("ecp5", "ulx3s") == (1, None)
-    assert nextpnr_seeds("ecp5", "orangecrab") == (None,)
+    assert nextpnr_seeds(get_board("icebreaker")) == (2, 3, None)
+    assert nextpnr_seeds(get_board("ulx3s")) == (1, None)
+    assert nextpnr_seeds(get_board("orangecrab")) == (None,)
     monkeypatch.setenv("CNNFORGE_NEXTPNR_SEEDS", "default, 7")
-    assert nextpnr_seeds("ecp5") == (None, 7)
+    assert nextpnr_seeds(get_board("orangecrab")) == (None, 7)
     monkeypatch.setenv("CNNFORGE_NEXTPNR_SEEDS", "2,x")
     with pytest.raises(CnnforgeError, match="CNNFORGE_NEXTPNR_SEEDS: 'x' is not an integer"):
-        nextpnr_seeds("ice40")
+        nextpnr_seeds(get_board("icebreaker"))
 
 
 def test_ice40_dsp_guard(tmp_path):
@@ -189,9 +219,6 @@ def test_ice40_dsp_guard(tmp_path):
 #: One build per FPGA family runs in `make test` (CI): the iCEBreaker and the OrangeCrab (the
 #: quick ECP5 one, about 5 minutes on 2 cores). The ULX3S build (20-30 minutes) is `slow`:
 #: `make test-bitstreams` runs all three.
-BITSTREAMS = {"icebreaker": "top.bin", "ulx3s": "top.bit", "orangecrab": "top.bit"}
-
-
 @pytest.mark.bitstream
 @pytest.mark.parametrize("name", [
     "icebreaker",
@@ -210,10 +237,11 @@ def test_bitstream(name, tmp_path):
         report = build(name, out)
     except TimingError as e:
         pytest.fail(str(e))
-    assert (out / name / BITSTREAMS[name]).stat().st_size > 0
+    bitstream = out / name / spec.family.bitstream_file
+    assert bitstream.stat().st_size > 0
     # What `cnnforge program` checks (the packer's header, size and last command, the report):
     # a real build passes it; the build ran in a fresh folder, renamed in.
-    assert check_bitstream(name, out) == out / name / BITSTREAMS[name]
+    assert check_bitstream(name, out) == bitstream
     assert not list(out.glob(f"{name}.*"))
     saved = json.loads((out / name / "report.json").read_text())
     assert saved["timing_met"] and saved["fmax_mhz"] >= saved["target_mhz"]
@@ -228,10 +256,10 @@ def test_bitstream(name, tmp_path):
                       clk_freq=spec.link_clk_freq or spec.clk_freq, baud=spec.baud,
                       accel_domain="fast" if spec.link_clk_freq else None)
     used = {r["cell"]: r["used"] for r in saved["resources"]}
-    if spec.family == "ecp5":
+    if spec.family.name == "ecp5":
         assert sum(block_ram_blocks(m) for m in design_memories(core)) == used["DP16KD"]
-    placed = used["TRELLIS_COMB" if spec.family == "ecp5" else "ICESTORM_LC"]
-    logic = estimate_logic(core, spec.family)["logic"]
+    placed = used[spec.family.logic_cell]
+    logic = estimate_logic(core, spec.family.name)["logic"]
     assert abs(logic - placed) <= LOGIC_ERROR * placed, (logic, placed)
     assert "timing met" in (out / name / "report.md").read_text()
     print(json.dumps(report, indent=1))

@@ -20,7 +20,8 @@ from amaranth.build.run import BuildPlan
 from cnnforge import cli
 from cnnforge.boards import build as build_mod
 from cnnforge.boards.build import TimingError, build, check_bitstream, program, run_toolchain
-from cnnforge.boards.top import BoardTop, get_board
+from cnnforge.boards.board import get_board
+from cnnforge.boards.top import BoardTop
 from cnnforge.errors import CnnforgeError, ToolError
 from helpers import BOARD_CONFIG, FakeAccel
 
@@ -188,11 +189,11 @@ def good_build(out, board="icebreaker", folder_name=None, **report):
     spec = get_board(board)
     folder = out / (folder_name or board)
     folder.mkdir(parents=True)
-    data = fake_bitstream(spec.family, spec.device)
-    name = "top.bin" if spec.family == "ice40" else "top.bit"
+    data = fake_bitstream(spec.family.name, spec.device.name)
+    name = spec.family.bitstream_file
     (folder / name).write_bytes(data)
     (folder / "report.json").write_text(json.dumps({
-        "board": board, "device": spec.device, "timing_met": True, "fmax_mhz": 31.5,
+        "board": board, "device": spec.device.name, "timing_met": True, "fmax_mhz": 31.5,
         "target_mhz": 30.0, "bitstream": str(folder / name), "bitstream_bytes": len(data),
         "bitstream_sha256": hashlib.sha256(data).hexdigest(), **report}))
     return folder / name

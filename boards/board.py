@@ -1,0 +1,114 @@
+"""A board described in one place: :class:`Board`, and the boards there are (:data:`BOARDS`).
+
+Each board is one module of :mod:`cnnforge.boards.catalog` defining ``BOARD``; adding a board is
+adding such a file (and a test). Nothing else in the package names a board.
+"""
+
+from dataclasses import dataclass
+import importlib
+import pkgutil
+from typing import Callable
+
+from ..errors import CnnforgeError
+from .family import Family
+
+
+__all__ = ["Device", "Programmer", "Board", "BOARDS", "get_board"]
+
+
+@dataclass(frozen=True)
+class Device:
+    """The FPGA on a board, as ``cnnforge check`` and the bitstream check count it: logic
+    (the family's logic cell), block RAM blocks, DSP blocks, SPRAM blocks, and the sizes in bytes
+    a complete bitstream of it can have."""
+    name: str
+    logic: int
+    block_ram: int
+    dsps: int
+    spram: int = 0
+    bitstream_bytes: tuple = (0, float("inf"))
+
+
+@dataclass(frozen=True)
+class Programmer:
+    """How ``make program`` loads a bitstream: the environment variable naming the tool, its
+    default command, the arguments (``{tool}``, ``{bitstream}``) and how to install it."""
+    var: str
+    tool: str
+    command: str
+    install: str
+
+    def argv(self, tool, bitstream):
+        return self.command.format(tool=tool, bitstream=bitstream).split()
+
+
+@dataclass(frozen=True)
+class Board:
+    """Everything cnnforge knows of a board.
+
+    ``platform``: its amaranth-boards platform class; ``preset``: the accelerator preset of its
+    inference build (a key of :data:`cnnforge.hw.accel.PRESETS`; a layer-list network gets that
+    preset's multiplier budget); ``clk_freq``: the design clock (a PLL output);
+    ``leds(m, platform, core)``: drives its LEDs from the link core (``busy``, ``cls_valid``,
+    ``cls``); ``nextpnr_seeds``: the placements a build tries until one meets the clock
+    (``None``: nextpnr's default).
+
+    On-chip training builds (``make bitstream TRAIN=…``): ``train_preset`` and
+    ``train_clk_freq``, or ``no_training``, the reason the board cannot hold the trainer.
+    ``link_clk_freq``: the host link's own, slower clock (a second PLL output), or None: the
+    link runs on the accelerator's clock (:mod:`cnnforge.boards.crossing`).
+    """
+    name: str
+    platform: type
+    family: Family
+    device: Device
+    preset: str
+    clk_freq: float
+    baud: int
+    description: str
+    leds: Callable
+    programmer: Programmer
+    nextpnr_seeds: tuple = (None,)
+    train_preset: str | None = None
+    train_clk_freq: float | None = None
+    no_training: str | None = None
+    link_clk_freq: float | None = None
+    #: The platform's UART resource (``platform.request("uart", uart)``).
+    uart: int = 0
+
+    def training_preset(self):
+        """The preset of an on-chip training build; :class:`CnnforgeError` (one line: why, and
+        which boards can) if the board cannot hold the trainer."""
+        if self.train_preset is None:
+            can = ", ".join(b.name for b in BOARDS.values() if b.train_preset is not None)
+            raise CnnforgeError(f"{self.name}: on-chip training does not fit the "
+                                f"{self.device.name}: {self.no_training}; build it for {can}")
+        return self.train_preset
+
+    def default_clk_frequency(self):
+        """The board clock the PLL starts from."""
+        return self.platform().default_clk_frequency
+
+
+def _catalog():
+    from . import catalog
+    boards = {}
+    for info in sorted(pkgutil.iter_modules(catalog.__path__), key=lambda i: i.name):
+        board = importlib.import_module(f"{catalog.__name__}.{info.name}").BOARD
+        if not isinstance(board, Board):
+            raise TypeError(f"{catalog.__name__}.{info.name}.BOARD is not a Board")
+        if board.name in boards:
+            raise ValueError(f"two boards are named {board.name!r}")
+        boards[board.name] = board
+    return boards
+
+
+#: The boards, by name.
+BOARDS = _catalog()
+
+
+def get_board(name):
+    try:
+        return BOARDS[name]
+    except KeyError:
+        raise CnnforgeError(f"unknown board {name!r}; boards: {', '.join(BOARDS)}") from None
