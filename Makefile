@@ -98,7 +98,8 @@ sim-full: $(STAMP)
 bench: $(STAMP)
 	$(CNNFORGE) bench
 
-# Board builds: build/$(BOARD)/ with the bitstream and report.md (icebreaker, ulx3s, orangecrab);
+# Board builds: build/$(BOARD)/ with the bitstream and report.md (icebreaker, ulx3s, orangecrab,
+# tangprimer20k: one file each in boards/catalog/);
 # TRAIN=random|model adds on-chip training (build/$(BOARD)-train/, for `cnnforge train-board`).
 bitstream: $(STAMP)
 	$(CNNFORGE) bitstream --board $(BOARD) $(if $(MODEL),--model $(MODEL)) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(TRAIN),--train $(TRAIN))

@@ -19,14 +19,17 @@ __all__ = ["Device", "Programmer", "Board", "BOARDS", "get_board"]
 @dataclass(frozen=True)
 class Device:
     """The FPGA on a board, as ``cnnforge check`` and the bitstream check count it: logic
-    (the family's logic cell), block RAM blocks, DSP blocks, SPRAM blocks, and the sizes in bytes
-    a complete bitstream of it can have."""
+    (the family's logic cell), block RAM blocks, DSP blocks, SPRAM blocks; the sizes in bytes
+    a complete bitstream of it can have (Lattice), or its JTAG IDCODE and configuration frames
+    (Gowin)."""
     name: str
     logic: int
     block_ram: int
     dsps: int
     spram: int = 0
     bitstream_bytes: tuple = (0, float("inf"))
+    idcode: int | None = None
+    config_frames: int | None = None
 
 
 @dataclass(frozen=True)

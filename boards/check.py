@@ -9,9 +9,12 @@ memory mapping places it on the ECP5: a writable memory with synchronous read po
 16,384 x 1, the fewest blocks, a deep cascade's multiplexer counted against it), every other
 one into LUT RAM or logic. The rule gives the DP16KD count of every ECP5 build report it was
 held against exactly (the ULX3S and OrangeCrab builds of the seed network, the ULX3S lenet
-builds; ``tests/test_check.py``). Logic (ECP5 ``TRELLIS_COMB``, iCE40 logic cells) and
-flip-flops are estimated from the same elaborated design's netlist (:mod:`.logic`): within
-:data:`LOGIC_ERROR` of the builds in ``tests/test_check.py``.
+builds; ``tests/test_check.py``). The Gowin GW1N and GW2A have the same 18-Kbit block shapes
+and 16 x 4 LUT RAM cells: the rule gives the Tang Primer 20K seed build's 41 BSRAM. Logic (ECP5
+``TRELLIS_COMB``, iCE40 logic cells) and flip-flops are estimated from the same elaborated
+design's netlist (:mod:`.logic`): within :data:`LOGIC_ERROR` of the builds in
+``tests/test_check.py``; for a family not yet calibrated (Gowin) the logic is not estimated
+and not checked.
 """
 
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ import math
 from amaranth import Shape
 
 from ..errors import CnnforgeError
+from .family import FAMILIES
 
 
 __all__ = ["Memory", "design_memories", "block_ram_blocks", "LOGIC_ERROR", "check"]
@@ -62,16 +66,11 @@ def design_memories(design):
     return found
 
 
-#: Block RAM shapes ``(depth, width)`` of a family's block.
-_BLOCK_SHAPES = {"ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)),
-                 "ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2))}
-
-
 def _in_block_ram(memory, family="ecp5"):
-    """Whether Yosys maps ``memory`` into ``family``'s block RAM (see the module doc). The
-    iCE40 has no LUT RAM: every writable memory with synchronous reads goes to SB_RAM40_4K,
-    however small; read-only tables become logic."""
-    if family == "ice40":
+    """Whether Yosys maps ``memory`` into ``family``'s block RAM (see the module doc). A family
+    without LUT RAM (the iCE40) puts every writable memory with synchronous reads into block
+    RAM, however small; read-only tables become logic."""
+    if not FAMILIES[family].lut_ram:
         return memory.sync_read and memory.writable
     return memory.sync_read and memory.writable and memory.depth > 32 and memory.bits > 1024
 
@@ -81,7 +80,7 @@ def block_ram_blocks(memory, family="ecp5"):
     if not _in_block_ram(memory, family):
         return 0
     blocks = _fewest_blocks(memory, family)
-    if family == "ecp5":
+    if FAMILIES[family].lut_ram:
         # Yosys weighs block RAM against LUT RAM (16 x 4 bits a cell): a memory needing at
         # most 24 LUT RAM cells per block it would take goes to LUT RAM (the OrangeCrab lenet
         # build's 56 x 40 pool partials: 40 cells for 2 blocks), the others stay (a 64 x 25
@@ -97,7 +96,7 @@ def _fewest_blocks(memory, family):
     # multiplexer over its outputs (12,800 x 32 takes 26 blocks of 1,024 x 18, two wide and 13
     # deep, rather than 25 of 512 x 36 in one column 25 deep).
     options = []
-    for d, w in _BLOCK_SHAPES[family]:
+    for d, w in FAMILIES[family].block_ram_shapes:
         wide, deep = math.ceil(memory.width / w), math.ceil(memory.depth / d)
         options.append((wide * deep + (deep - 1) * memory.width / 256, wide * deep))
     return min(options)[1]
@@ -175,10 +174,16 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
     core = Fragment.get(network_board_core(qnet, spec, par), None)
     memories = design_memories(core)
     blocks = sum(block_ram_blocks(m, family.name) for m in memories)
-    logic = estimate_logic(core, family.name)
+    from .logic import COSTS
+    logic = (estimate_logic(core, family.name) if family.name in COSTS
+             else {"logic": None, "ff": None})
     # DSPs used by explicit instances: the folded mapping's SB_MAC16 (two products each) and
-    # its SPRAM (16 bits each); the ECP5 layer-list products are in LUTs (-nodsp).
+    # its SPRAM (16 bits each); the ECP5 layer-list products are in LUTs (-nodsp); on the
+    # Gowin families synth_gowin puts them into MULT9X9 itself (not counted before synthesis).
     dsps = par.lanes if folded else 0
+    products = ("in LUTs" if family.name in ("ice40", "ecp5") else
+                f"in {family.dsp_name} / MULT9X9, as synth_gowin infers them (not counted "
+                f"before synthesis)")
     spram = par.lanes * 8 // 16 if folded and par.target == "ice40" else 0
     per_image = par.cycles_per_image
     clock = spec.clk_freq
@@ -190,6 +195,7 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
         "logic": logic["logic"], "logic_available": device.logic,
         "logic_name": family.logic_name, "ff": logic["ff"],
         "dsps": dsps, "dsps_available": device.dsps, "dsp_name": family.dsp_name,
+        "products": products,
         "spram": spram, "spram_available": device.spram,
         "cycles_per_image": per_image, "clock_mhz": clock / 1e6,
         "images_per_s": clock / per_image,
@@ -199,7 +205,7 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
     problem = None
     # The estimate is within LOGIC_ERROR of the builds it was held against: refuse only what
     # cannot fit even then (what is over the device but within it says so beside "fits").
-    if logic["logic"] > device.logic * (1 + LOGIC_ERROR):
+    if logic["logic"] is not None and logic["logic"] > device.logic * (1 + LOGIC_ERROR):
         problem = (f"does not fit: logic ({family.logic_name}): needs about "
                    f"{logic['logic']:,} (estimated, +/- {LOGIC_ERROR:.0%}), the {device.name} "
                    f"has {device.logic:,}")
@@ -212,5 +218,5 @@ def check(qnet, board, multipliers=None, *, parallelism=None):
     elif spram > device.spram:
         problem = (f"does not fit: SPRAM: needs {spram}, the {device.name} has "
                    f"{device.spram}")
-    return {"board": spec.name, "device": device.name, "layers": rows, "totals": totals,
-            "fits": problem is None, "problem": problem, "parallelism": par}
+    return {"board": spec.name, "device": device.name, "family": family.name, "layers": rows,
+            "totals": totals, "fits": problem is None, "problem": problem, "parallelism": par}

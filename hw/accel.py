@@ -280,6 +280,8 @@ class Parallelism:
 #:   clock out of reach and the routing congested.
 #: * ``ecp5-25f``: tap-serial, its 16 conv products in MULT18X18D (16 of 28), and 2
 #:   requantization multipliers (fewer cycles per image than the convolution's).
+#: * ``gw2a-18``: ``ecp5-25f``'s shape with portable products (``target="generic"``), which
+#:   ``synth_gowin`` puts into the GW2A's DSP blocks.
 PRESETS = {
     "up5k": Parallelism(conv_lanes=4, requant_parallel=1, dense_mults=4, target="ice40",
                         grad_lanes=4),
@@ -288,6 +290,8 @@ PRESETS = {
     "ecp5-85f": Parallelism(conv_lanes=16, conv_window=True, requant_parallel=16,
                             dense_mults=32, target="generic", dense_buffer=False,
                             pipeline="deep", grad_lanes=16),
+    "gw2a-18": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="generic",
+                           grad_lanes=4),
 }
 
 

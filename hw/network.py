@@ -366,7 +366,7 @@ def _stage_cycle_options(stage):
 
 #: Multipliers a layer-list accelerator gets by default on each board configuration (the
 #: preset names of :data:`cnnforge.hw.accel.PRESETS`): the multipliers the seed's presets use.
-MULTIPLIER_BUDGETS = {"up5k": 16, "ecp5-25f": 28, "ecp5-85f": 160}
+MULTIPLIER_BUDGETS = {"up5k": 16, "ecp5-25f": 28, "ecp5-85f": 160, "gw2a-18": 48}
 
 
 #: The deepest weight memory with the deep pipeline: one ECP5 DP16KD deep (2048 x 9), so that

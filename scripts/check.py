@@ -27,15 +27,20 @@ def check_cli(model_path, board, multipliers=None, log=print):
           x.get("parallelism", "-"), f"{x['weight_bits']:,}",
           "-" if x["cycles"] is None else f"{x['cycles']:,}") for x in r["layers"]]))
     where = (f"{t['dsps']} of {t['dsps_available']} {t['dsp_name']}" if t["dsps"]
-             else "products in LUTs")
+             else f"products {t['products']}")
     spram = (f", SPRAM {t['spram']} of {t['spram_available']}" if t.get("spram_available")
              else "")
     log(f"total: {t['macs']:,} MACs, {t['multipliers']} multipliers ({where}), "
         f"block RAM {t['block_ram']} of {t['block_ram_available']} "
         f"{t['block_ram_name']}{spram}")
-    share = t["logic"] / t["logic_available"]
-    log(f"logic: about {t['logic']:,} of {t['logic_available']:,} {t['logic_name']} "
-        f"({share:.0%}; estimated before synthesis, +/- {LOGIC_ERROR:.0%}), {t['ff']:,} flip-flops")
+    if t["logic"] is None:
+        log(f"logic: not estimated (no calibration for the {r['family']} family yet: "
+            f"{t['logic_available']:,} {t['logic_name']} available)")
+    else:
+        share = t["logic"] / t["logic_available"]
+        log(f"logic: about {t['logic']:,} of {t['logic_available']:,} {t['logic_name']} "
+            f"({share:.0%}; estimated before synthesis, +/- {LOGIC_ERROR:.0%}), {t['ff']:,} "
+            f"flip-flops")
     log(f"{t['cycles_per_image']:,} cycles/image ({t['cycles_per_image'] / t['multiplier_bound']:.2f}"
         f" x MACs / multipliers): {t['images_per_s']:,.0f} images/s at {t['clock_mhz']:.0f} MHz "
         f"compute-bound, {t['images_per_s_link']:,.0f} images/s through the UART "

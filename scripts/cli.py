@@ -490,7 +490,8 @@ def build_parser():
     p = sub.add_parser("check", help="before any synthesis: what a model's accelerator needs "
                                      "of a board, per layer and in total, and whether it fits")
     p.add_argument("model", help="a model file (or a committed one's name, e.g. lenet.npz)")
-    p.add_argument("--board", default="ulx3s", help="ulx3s or orangecrab")
+    p.add_argument("--board", default="ulx3s",
+                   help="a board of boards/catalog/ (ulx3s, orangecrab, tangprimer20k, ...)")
     p.add_argument("--multipliers", type=int, default=None,
                    help="multipliers to balance over the layers (default: the board preset's)")
     p.set_defaults(func=cmd_check)
@@ -498,7 +499,8 @@ def build_parser():
     p = sub.add_parser("explore", help="every balanced parallelism of a model on a board: "
                                        "cycles, block RAM, images/s; JSON, CSV and a plot")
     p.add_argument("model", help="a model file (or a committed one's name, e.g. lenet.npz)")
-    p.add_argument("--board", default="ulx3s", help="ulx3s or orangecrab")
+    p.add_argument("--board", default="ulx3s",
+                   help="a board of boards/catalog/ (ulx3s, orangecrab, tangprimer20k, ...)")
     p.add_argument("--out", default="build/explore", help="output folder")
     p.set_defaults(func=cmd_explore)
 
@@ -555,7 +557,9 @@ def build_parser():
     p.set_defaults(func=cmd_train_sim)
 
     p = sub.add_parser("bitstream", help="synthesize, place and route a board build, with report")
-    p.add_argument("--board", default="icebreaker", help="icebreaker, ulx3s or orangecrab")
+    p.add_argument("--board", default="icebreaker",
+                   help="a board of boards/catalog/ (icebreaker, ulx3s, orangecrab, "
+                        "tangprimer20k)")
     p.add_argument("--out", default="build", help="output folder (the build goes to OUT/BOARD)")
     p.add_argument("--parallelism", default=None,
                    help="override fields of the board's preset, e.g. "

