@@ -13,7 +13,7 @@ from ..errors import CnnforgeError
 from .family import Family
 
 
-__all__ = ["Device", "Programmer", "Board", "BOARDS", "get_board"]
+__all__ = ["Device", "Programmer", "Board", "class_leds", "BOARDS", "get_board"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,18 @@ class Board:
     def default_clk_frequency(self):
         """The board clock the PLL starts from."""
         return self.platform().default_clk_frequency
+
+
+def class_leds(*, bits, result, busy):
+    """A :attr:`Board.leds` for a row of ``led`` resources: the class in binary on LEDs
+    ``bits`` (lowest bit first), ``result`` lit while a class is shown, ``busy`` while an
+    image is classified."""
+    def leds(m, platform, core):
+        for bit, led in enumerate(bits):
+            m.d.comb += platform.request("led", led).o.eq(core.cls_valid & core.cls[bit])
+        m.d.comb += [platform.request("led", result).o.eq(core.cls_valid),
+                     platform.request("led", busy).o.eq(core.busy)]
+    return leds
 
 
 def _catalog():

@@ -8,19 +8,12 @@ MULT18X18/MULT9X9 that ``synth_gowin`` infers). LEDs 0-3: the class, 4: result, 
 
 from amaranth_boards.tang_primer_20k import TangPrimer20kDockPlatform
 
-from ..board import Board, Device, Programmer
+from ..board import Board, Device, Programmer, class_leds
 from ..family import GW2A, ApiculaPlatform
 
 
 class TangPrimer20K(ApiculaPlatform, TangPrimer20kDockPlatform):
     """The Tang Primer 20K on its dock, built with nextpnr-himbaechel."""
-
-
-def leds(m, platform, core):
-    for bit in range(4):
-        m.d.comb += platform.request("led", bit).o.eq(core.cls_valid & core.cls[bit])
-    m.d.comb += [platform.request("led", 4).o.eq(core.cls_valid),
-                 platform.request("led", 5).o.eq(core.busy)]
 
 
 BOARD = Board(
@@ -33,7 +26,7 @@ BOARD = Board(
     clk_freq=72e6,
     baud=3_000_000,
     description="Tang Primer 20K, GW2A-18C: 20,736 LUT4, 48 MULT18X18, 46 BSRAM",
-    leds=leds,
+    leds=class_leds(bits=range(4), result=4, busy=5),
     programmer=Programmer("OPENFPGALOADER", "openFPGALoader",
                           "{tool} -b tangprimer20k {bitstream}",
                           "apt-get install openfpgaloader, or set $OPENFPGALOADER"),

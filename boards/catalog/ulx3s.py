@@ -14,7 +14,7 @@ has."""
 
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-from ..board import Board, Device, Programmer
+from ..board import Board, Device, Programmer, class_leds
 from ..family import ECP5
 
 
@@ -25,13 +25,6 @@ class ULX3S85F(ULX3S_85F_Platform):
     @property
     def required_tools(self):
         return ["yosys", "nextpnr-ecp5", "ecppack"]
-
-
-def leds(m, platform, core):
-    for bit in range(4):
-        m.d.comb += platform.request("led", bit).o.eq(core.cls_valid & core.cls[bit])
-    m.d.comb += [platform.request("led", 6).o.eq(core.cls_valid),
-                 platform.request("led", 7).o.eq(core.busy)]
 
 
 BOARD = Board(
@@ -46,7 +39,7 @@ BOARD = Board(
     clk_freq=100e6,
     baud=3_000_000,
     description="ULX3S 85F, LFE5U-85F: 84k LUT4, 156 MULT18X18D, 208 DP16KD",
-    leds=leds,
+    leds=class_leds(bits=range(4), result=6, busy=7),
     programmer=Programmer("OPENFPGALOADER", "openFPGALoader", "{tool} -b ulx3s {bitstream}",
                           "apt-get install openfpgaloader, or set $OPENFPGALOADER"),
     # The first seed meets 100 MHz for the committed netlists; each try takes many minutes.
