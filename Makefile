@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 data: $(STAMP)
 	$(CNNFORGE) data --dir $(MNIST_DIR)
 
-# NETWORK: a preset (mnist-seed, lenet, rgb-shapes) or a .json layer list (then give --out
+# NETWORK: a preset (mnist-seed, lenet, mnist-small, rgb-shapes) or a .json layer list (then give --out
 # through TRAIN_ARGS); presets rewrite their committed model file.
 NETWORK ?= mnist-seed
 train: $(STAMP)

@@ -831,14 +831,20 @@ assert (signed_bits(2 * MAX_TENSOR_VALUES * Widths.act_max * 128) + Widths.requa
 
 
 #: Named networks: ``mnist-seed`` (the reference Keras MNIST CNN the accelerator was built for),
-#: ``lenet`` (two conv layers, a hidden dense layer: >= 99 % int8 on MNIST) and ``rgb-shapes``
-#: (3-channel 32x32 input, stride-2 and same-padded convolutions).
+#: ``lenet`` (two conv layers, a hidden dense layer: >= 99 % int8 on MNIST), ``mnist-small``
+#: (two small conv layers, 5.2 k weights: for boards whose block RAM cannot hold the seed's
+#: 54 k dense weights, the Tang Nano 9K) and ``rgb-shapes`` (3-channel 32x32 input, stride-2 and
+#: same-padded convolutions).
 PRESETS = {
     "mnist-seed": _seed_network(NetworkConfig()),
     "lenet": Network((28, 28, 1), (
         Conv2D(16, 5, padding="same"), MaxPool(2),
         Conv2D(32, 5), MaxPool(2),
         Flatten(), Dense(64, relu=True), Dense(10))),
+    "mnist-small": Network((28, 28, 1), (
+        Conv2D(8, 3), MaxPool(2),
+        Conv2D(16, 3), MaxPool(2),
+        Flatten(), Dense(10))),
     "rgb-shapes": Network((32, 32, 3), (
         Conv2D(8, 3, stride=2, padding="same"),
         Conv2D(16, 3, padding="same"), MaxPool(2),

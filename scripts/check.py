@@ -33,6 +33,7 @@ def check_cli(model_path, board, multipliers=None, log=print):
     log(f"total: {t['macs']:,} MACs, {t['multipliers']} multipliers ({where}), "
         f"block RAM {t['block_ram']} of {t['block_ram_available']} "
         f"{t['block_ram_name']}{spram}")
+    share = None
     if t["logic"] is None:
         log(f"logic: not estimated (no calibration for the {r['family']} family yet: "
             f"{t['logic_available']:,} {t['logic_name']} available)")
@@ -47,7 +48,7 @@ def check_cli(model_path, board, multipliers=None, log=print):
         f"({time.perf_counter() - start:.1f} s)")
     if not r["fits"]:
         raise CnnforgeError(f"{model_path} on {r['board']}: {r['problem']}")
-    if share > 1:
+    if share is not None and share > 1:
         log(f"fits, unless the logic estimate is high: {share:.0%} of the device")
     else:
         log("fits")

@@ -430,7 +430,8 @@ def build_parser():
 
     p = sub.add_parser("train", help="train the float model, quantize it, write the model file")
     p.add_argument("--network", default="mnist-seed",
-                   help="a preset (mnist-seed, lenet, rgb-shapes) or a .json layer list")
+                   help="a preset (mnist-seed, lenet, mnist-small, rgb-shapes) or a .json "
+                        "layer list")
     p.add_argument("--out", default=None, help="model file to write (default: the preset's "
                                                "committed one)")
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the recipe's)")
