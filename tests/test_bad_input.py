@@ -46,7 +46,8 @@ MNIST_TRAIN = "MNIST has 60000 training images"
     (["sim-full", "--images", "0"], f"--images must be in 1..10000 ({MNIST_TEST}), not 0"),
     (["sim-full", "--images", "10001"],
      f"--images must be in 1..10000 ({MNIST_TEST}), not 10001"),
-    (["sim-full", "--preset", "nope"], "unknown preset 'nope' (one of up5k, ecp5-25f, ecp5-85f)"),
+    (["sim-full", "--preset", "nope"], "unknown preset 'nope' (one of up5k, ecp5-25f, ecp5-85f, "
+                                       "gw2a-18, gw1n-9)"),
     (["sim-full", "--multipliers", "0"], "--multipliers must be in 1..100000, not 0"),
     (["train-fixed", "--limit", "-59990"],
      f"--limit must be in 1..60000 (1 epoch(s); {MNIST_TRAIN}), not -59990"),
@@ -71,7 +72,7 @@ MNIST_TRAIN = "MNIST has 60000 training images"
     (["bench", "--train-steps", "60001"],
      f"--train-steps must be in 0..60000 ({MNIST_TRAIN}), not 60001"),
     (["bench", "--presets", "up5k", "nope"],
-     "unknown preset 'nope' (one of up5k, ecp5-25f, ecp5-85f)"),
+     "unknown preset 'nope' (one of up5k, ecp5-25f, ecp5-85f, gw2a-18, gw1n-9)"),
     (["classify", "--mnist-index", "-1"],
      f"--mnist-index must be in 0..9999 ({MNIST_TEST}), not -1"),
     (["classify", "--mnist-index", "3", "--mnist-index", "10000"],

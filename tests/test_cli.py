@@ -76,7 +76,8 @@ def test_training_bitstream_for_a_board_too_small(capsys, board, device):
     (["train-fixed", "--set", "lr_shift=x"], "--set takes FIELD=INT, not 'lr_shift=x'"),
     (["train-fixed", "--set", "nosuch=3"], "train format: unknown field 'nosuch'"),
     (["train-fixed", "--set", "master_frac=12"], "master_bits - master_frac must be at least 8"),
-    (["train-sim", "--preset", "nope"], "unknown preset 'nope' (one of up5k, ecp5-25f, ecp5-85f)"),
+    (["train-sim", "--preset", "nope"], "unknown preset 'nope' (one of up5k, ecp5-25f, "
+                                        "ecp5-85f, gw2a-18, gw1n-9)"),
     (["train-sim", "--steps", "0"], "--steps must be in 1..60000"),
 ])
 def test_training_commands_bad_arguments(capsys, argv, message):

@@ -3,8 +3,9 @@ oscillator, a USB-serial bridge on the dock (the UART), six LEDs on the dock. Bu
 open Gowin flow from PyPI: Yosys ``synth_gowin -family gw2a``, nextpnr-himbaechel (YoWASP),
 Apicula's ``gowin_pack``.
 
-Design clock 72 MHz (rPLL: 27 -> 72 MHz; 3 Mbaud is clock / 24), preset ``gw2a-18`` (the products on the
-MULT18X18/MULT9X9 that ``synth_gowin`` infers). LEDs 0-3: the class, 4: result, 5: busy."""
+Design clock 72 MHz (rPLL: 27 -> 72 MHz; 3 Mbaud is clock / 24), preset ``gw2a-18`` (the
+products on the MULT18X18/MULT9X9 that ``synth_gowin`` infers). LEDs 0-3: the class, 4: result,
+5: busy."""
 
 from amaranth_boards.tang_primer_20k import TangPrimer20kDockPlatform
 
