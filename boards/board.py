@@ -54,7 +54,8 @@ class Board:
     preset's multiplier budget); ``clk_freq``: the design clock (a PLL output);
     ``leds(m, platform, core)``: drives its LEDs from the link core (``busy``, ``cls_valid``,
     ``cls``); ``nextpnr_seeds``: the placements a build tries until one meets the clock
-    (``None``: nextpnr's default).
+    (``None``: nextpnr's default); ``model``: the committed model file its build takes when
+    none is given (a board whose memories cannot hold the seed network).
 
     On-chip training builds (``make bitstream TRAIN=…``): ``train_preset`` and
     ``train_clk_freq``, or ``no_training``, the reason the board cannot hold the trainer.
@@ -72,6 +73,8 @@ class Board:
     leds: Callable
     programmer: Programmer
     nextpnr_seeds: tuple = (None,)
+    #: The committed model file a build takes when none is given (None: the seed network).
+    model: str | None = None
     train_preset: str | None = None
     train_clk_freq: float | None = None
     no_training: str | None = None

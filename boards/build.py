@@ -392,7 +392,12 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     # A training build's preset; fails at once, before any tool runs, if the board cannot fit it.
     preset = spec.training_preset() if train_init is not None else spec.preset
     env = tool_env(spec.family)
-    model = model if model is not None else model_file.load()
+    board_default = model is None
+    if board_default:
+        # The board's own model (one whose memories cannot hold the seed network), or the seed;
+        # either is the board's default build (build/<board>/, what `make program` loads).
+        model = (model_file.load_network(model_file.DEFAULT_PATH.with_name(spec.model))
+                 if spec.model else model_file.load())
     network_par = None
     if isinstance(model, QuantNetwork):
         try:
@@ -422,7 +427,8 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     top = new_top()
     par = top.parallelism
     custom = parallelism is not None and par.to_dict() != _preset(preset).to_dict()
-    variant = "-train" if train_init else f"-{name or 'network'}" if layer_list else ""
+    variant = ("-train" if train_init else
+               f"-{name or 'network'}" if layer_list and not board_default else "")
     final = Path(out_dir) / (spec.name + variant)
     failed = failed_folder(final)
     platform = spec.platform()

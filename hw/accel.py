@@ -282,6 +282,10 @@ class Parallelism:
 #:   requantization multipliers (fewer cycles per image than the convolution's).
 #: * ``gw2a-18``: ``ecp5-25f``'s shape with portable products (``target="generic"``), which
 #:   ``synth_gowin`` puts into the GW2A's DSP blocks.
+#: * ``gw1n-9``: ``up5k``'s shape with portable products, for the GW1NR-9 (the Tang Nano 9K,
+#:   whose block RAM cannot hold the seed's dense weights: its builds take a smaller network
+#:   on the folded layer-list accelerator, 8 multipliers:
+#:   :data:`~cnnforge.hw.network.FOLDED_PRESETS`).
 PRESETS = {
     "up5k": Parallelism(conv_lanes=4, requant_parallel=1, dense_mults=4, target="ice40",
                         grad_lanes=4),
@@ -292,6 +296,8 @@ PRESETS = {
                             pipeline="deep", grad_lanes=16),
     "gw2a-18": Parallelism(conv_lanes=16, requant_parallel=2, dense_mults=8, target="generic",
                            grad_lanes=4),
+    "gw1n-9": Parallelism(conv_lanes=4, requant_parallel=1, dense_mults=4, target="generic",
+                          grad_lanes=4),
 }
 
 

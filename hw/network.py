@@ -34,7 +34,7 @@ from .util import REPLICA, ModelWriteSignature, check_int, pack_fields
 
 
 __all__ = ["ConvStage", "DenseStage", "stages", "LayerParallelism", "MULTIPLIER_BUDGETS",
-           "DEEP_MAX_WEIGHT_WORDS", "preset_parallelism", "WeightMemory",
+           "FOLDED_PRESETS", "DEEP_MAX_WEIGHT_WORDS", "preset_parallelism", "WeightMemory",
            "weight_memories", "network_writes", "NetworkResultLayout", "NetworkAccelerator"]
 
 
@@ -366,7 +366,13 @@ def _stage_cycle_options(stage):
 
 #: Multipliers a layer-list accelerator gets by default on each board configuration (the
 #: preset names of :data:`cnnforge.hw.accel.PRESETS`): the multipliers the seed's presets use.
-MULTIPLIER_BUDGETS = {"up5k": 16, "ecp5-25f": 28, "ecp5-85f": 160, "gw2a-18": 48}
+MULTIPLIER_BUDGETS = {"up5k": 16, "ecp5-25f": 28, "ecp5-85f": 160, "gw2a-18": 48,
+                      "gw1n-9": 8}
+
+#: Board configurations whose logic is too scarce for an engine per layer: every layer on one
+#: MAC array (:class:`~cnnforge.hw.folded.FoldedMapping`), portable products (the ``up5k``
+#: target builds it with SB_MAC16 and SPRAM).
+FOLDED_PRESETS = ("gw1n-9",)
 
 
 #: The deepest weight memory with the deep pipeline: one ECP5 DP16KD deep (2048 x 9), so that
@@ -380,10 +386,13 @@ def preset_parallelism(network, preset):
     balanced over the layers, with its pipeline (``deep`` also bounds the weight memories'
     depth, :data:`DEEP_MAX_WEIGHT_WORDS`). What ``make bitstream`` builds and ``make sim-full``
     simulates. ``up5k``: the folded mapping (:class:`~cnnforge.hw.folded.FoldedMapping`, 8
-    lanes of two pixels: the UP5K's eight SB_MAC16 and four SPRAMs)."""
+    lanes of two pixels: the UP5K's eight SB_MAC16 and four SPRAMs); :data:`FOLDED_PRESETS` the
+    same with portable products."""
     from .accel import PRESETS
     if PRESETS[preset].target == "ice40":
         return FoldedMapping(network, MULTIPLIER_BUDGETS[preset] // 2, target="ice40")
+    if preset in FOLDED_PRESETS:
+        return FoldedMapping(network, MULTIPLIER_BUDGETS[preset] // 2, target="generic")
     pipeline = PRESETS[preset].pipeline
     return LayerParallelism.balanced(
         network, MULTIPLIER_BUDGETS[preset], pipeline=pipeline,

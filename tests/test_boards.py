@@ -26,7 +26,14 @@ from helpers import BOARD_CONFIG, FakeAccel
 
 def _plan(name, **kwargs):
     spec = get_board(name)
-    top = BoardTop(spec, model_file.load(), **kwargs)
+    model = model_file.load()
+    if spec.model and not kwargs:
+        # A board whose build takes its own model: the layer-list accelerator of its preset.
+        from cnnforge.hw.network import network_accelerator, preset_parallelism
+        model = model_file.load_network(model_file.DEFAULT_PATH.with_name(spec.model))
+        par = preset_parallelism(model.network, spec.preset)
+        kwargs = {"parallelism": par, "accel": network_accelerator(model, par)}
+    top = BoardTop(spec, model, **kwargs)
     opts = {"synth_opts": "-dsp"} if spec.family.name == "ice40" else {}
     return top, spec.platform().build(top, name="top", do_build=False, **opts)
 
@@ -65,7 +72,7 @@ def test_training_build_takes_the_boards_training_preset_and_clock():
 
 def test_unknown_board_lists_the_boards():
     with pytest.raises(CnnforgeError, match="unknown board 'de0'; boards: icebreaker, "
-                                            "orangecrab, tangprimer20k, ulx3s"):
+                                            "orangecrab, tangnano9k, tangprimer20k, ulx3s"):
         get_board("de0")
 
 
@@ -93,8 +100,8 @@ def test_a_board_is_one_file(tmp_path, monkeypatch):
         "BOARD = dataclasses.replace(_base, name='my-icebreaker', clk_freq=24e6)\n")
     monkeypatch.setattr(catalog, "__path__", [*catalog.__path__, str(tmp_path)])
     boards = board_mod._catalog()
-    assert list(boards) == ["icebreaker", "my-icebreaker", "orangecrab", "tangprimer20k",
-                            "ulx3s"]
+    assert list(boards) == ["icebreaker", "my-icebreaker", "orangecrab", "tangnano9k",
+                            "tangprimer20k", "ulx3s"]
     monkeypatch.setattr(board_mod, "BOARDS", boards)
     top = BoardTop(get_board("my-icebreaker"), model_file.load(), accel=FakeAccel(BOARD_CONFIG))
     assert top.clk_freq == 24e6
