@@ -185,6 +185,44 @@ def test_board_core_uploads_into_empty_spram_and_classifies(tmp_path):
         check_classification(got, qnet, image, f"image {k}")
 
 
+def test_tang_nano_9k_board_core_through_its_uart(tmp_path):
+    """The Tang Nano 9K's board core as its build makes it (preset ``gw1n-9``: the folded
+    accelerator with portable products, built with its default model ``mnist-small``): the
+    host uploads other tensors of the same network through ``WRITE_WEIGHTS`` frames at the
+    UART pins, then MNIST test images are classified, every class, logit and probability the
+    uploaded model's."""
+    from cnnforge.boards.board import get_board
+    from cnnforge.boards.top import board_core
+    from cnnforge.hw.network import network_accelerator
+    from cnnforge.sim.verify.board_system import SIM_BAUD, SIM_CLK_FREQ, run_sim_job
+    from helpers import check_classification
+    spec = get_board("tangnano9k")
+    built = model_file.load_network(model_file.DEFAULT_PATH.with_name(spec.model))
+    mp = preset_parallelism(built.network, spec.preset)
+    assert isinstance(mp, FoldedMapping) and mp.target == "generic"
+    from cnnforge.hw.model import QuantLayer, QuantNetwork
+    other = random_qnet(built.network, 3)
+    # Shifts and the softmax constants are built in; the tensors are uploaded.
+    uploaded = QuantNetwork(built.network, [
+        None if p is None else QuantLayer(q.w, q.b, q.mult, p.shift)
+        for p, q in zip(built.layers, other.layers)], built.softmax_mult, built.softmax_shift)
+    model_file.save(uploaded, tmp_path / "uploaded.npz")
+    images, _ = mnist_images("test", 3)
+    assert not np.array_equal(golden.infer_int(built, images).logits,
+                              golden.infer_int(uploaded, images).logits)
+    link = board_core(built, None, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD,
+                      accel=network_accelerator(built, mp))
+    out = run_sim_job("board_tangnano9k", link,
+                      "cnnforge.sim.verify.tb_board:upload_network_and_classify",
+                      {"images": [im.tolist() for im in images],
+                       "model_path": str(tmp_path / "uploaded.npz"), "lanes": {},
+                       "folded": {"lanes": mp.lanes, "target": "generic"}},
+                      divisor=SIM_CLK_FREQ // SIM_BAUD)
+    assert out["result"]["upload"]["loaded_after"]
+    for k, (got, image) in enumerate(zip(out["result"]["results"], images)):
+        check_classification(got, uploaded, image, f"image {k}")
+
+
 def test_classify_sim_a_layer_list_model_on_the_icebreaker(tmp_path):
     """``cnnforge classify --sim --board icebreaker --model M --sim-datapath board`` for a
     layer-list model: the board's folded accelerator on the iCE40 datapath (cell models),
