@@ -262,6 +262,9 @@ def test_ice40_dsp_guard(tmp_path):
                "the Tang Primer 20K")),
     "orangecrab",
     "tangprimer20k",
+    pytest.param("tangnano9k", marks=pytest.mark.slow(
+        reason="the Tang Primer 20K builds the Gowin family in make test; this one (mnist-small, "
+               "folded) takes about 2.5 minutes more")),
 ])
 def test_bitstream(name, tmp_path):
     spec = get_board(name)
@@ -289,9 +292,15 @@ def test_bitstream(name, tmp_path):
     from cnnforge.boards.logic import COSTS, estimate_logic
     from cnnforge.hw.accel import PRESETS
     from cnnforge.sim.reference import model_file
-    core = board_core(model_file.load(), PRESETS[spec.preset],
-                      clk_freq=spec.link_clk_freq or spec.clk_freq, baud=spec.baud,
-                      accel_domain="fast" if spec.link_clk_freq else None)
+    if spec.model:              # the board's own model, on the layer-list accelerator
+        from cnnforge.boards.check import network_board_core
+        from cnnforge.hw.network import preset_parallelism
+        qnet = model_file.load_network(model_file.DEFAULT_PATH.with_name(spec.model))
+        core = network_board_core(qnet, spec, preset_parallelism(qnet.network, spec.preset))
+    else:
+        core = board_core(model_file.load(), PRESETS[spec.preset],
+                          clk_freq=spec.link_clk_freq or spec.clk_freq, baud=spec.baud,
+                          accel_domain="fast" if spec.link_clk_freq else None)
     used = {r["cell"]: r["used"] for r in saved["resources"]}
     family = spec.family
     if family.lut_ram:          # ECP5, Gowin (the iCE40's SPRAM and EBR: tests/test_check.py)
