@@ -190,12 +190,12 @@ def test_tang_nano_9k_board_core_through_its_uart(tmp_path):
     accelerator with portable products, built with its default model ``mnist-small``): the
     host uploads other tensors of the same network through ``WRITE_WEIGHTS`` frames at the
     UART pins, then MNIST test images are classified, every class, logit and probability the
-    uploaded model's."""
+    uploaded model's; and the built-in model through the fault cases."""
     from cnnforge.boards.board import get_board
     from cnnforge.boards.top import board_core
     from cnnforge.hw.network import network_accelerator
     from cnnforge.sim.verify.board_system import SIM_BAUD, SIM_CLK_FREQ, run_sim_job
-    from helpers import check_classification
+    from helpers import check_board_scenario, check_classification
     spec = get_board("tangnano9k")
     built = model_file.load_network(model_file.DEFAULT_PATH.with_name(spec.model))
     mp = preset_parallelism(built.network, spec.preset)
@@ -210,9 +210,12 @@ def test_tang_nano_9k_board_core_through_its_uart(tmp_path):
     images, _ = mnist_images("test", 3)
     assert not np.array_equal(golden.infer_int(built, images).logits,
                               golden.infer_int(uploaded, images).logits)
-    link = board_core(built, None, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD,
-                      accel=network_accelerator(built, mp))
-    out = run_sim_job("board_tangnano9k", link,
+
+    def core():
+        return board_core(built, None, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD, timeout_s=0.002,
+                          accel=network_accelerator(built, mp))
+
+    out = run_sim_job("board_tangnano9k", core(),
                       "cnnforge.sim.verify.tb_board:upload_network_and_classify",
                       {"images": [im.tolist() for im in images],
                        "model_path": str(tmp_path / "uploaded.npz"), "lanes": {},
@@ -221,6 +224,16 @@ def test_tang_nano_9k_board_core_through_its_uart(tmp_path):
     assert out["result"]["upload"]["loaded_after"]
     for k, (got, image) in enumerate(zip(out["result"]["results"], images)):
         check_classification(got, uploaded, image, f"image {k}")
+    # The built-in model, then the fault cases of tests/test_link.py, each followed by a good
+    # request.
+    images, _ = mnist_images("test", 5)
+    out = run_sim_job("board_tangnano9k", core(),
+                      "cnnforge.sim.verify.tb_board:board_scenario",
+                      {"images": [im.tolist() for im in images[:3]],
+                       "fault_images": [im.tolist() for im in images[3:]]},
+                      divisor=SIM_CLK_FREQ // SIM_BAUD)
+    check_board_scenario(out, images[:3], images[3:],
+                         lambda got, image, where: check_classification(got, built, image, where))
 
 
 def test_classify_sim_a_layer_list_model_on_the_icebreaker(tmp_path):
