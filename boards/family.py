@@ -316,8 +316,10 @@ class _Gowin(Family):
 
     def bitstream_problem(self, data, device):
         # gowin_pack's .fs file: lines of ASCII 0/1 — 160 bits of preamble, 0xFFFF, the sync
-        # word 0xA5C3, a 64-bit line with the device's IDCODE, ..., one line per configuration
-        # frame, and at the end the command 0x08000000 before the 0xFF padding.
+        # word 0xA5C3, a 64-bit line with the device's IDCODE, ..., the command 0x3B with the
+        # number of frames that follow (the device's configuration frames, then the block
+        # RAM's contents if any), one line per frame, and at the end the command 0x08000000
+        # before the 0xFF padding.
         if not data:
             return "it is empty (an interrupted build?)"
         try:
@@ -331,10 +333,14 @@ class _Gowin(Family):
         idcode = int(lines[3], 2) & 0xFFFFFFFF
         if idcode != device.idcode:
             return f"it is for IDCODE {idcode:08X}, not the {device.name} ({device.idcode:08X})"
+        declared = next((int(line, 2) & 0xFFFF for line in lines[4:]
+                         if len(line) == 32 and int(line, 2) >> 24 == 0x3B), None)
+        if declared is None or declared < device.config_frames:
+            return (f"it declares {declared or 'no'} frames; a {device.name} bitstream has at "
+                    f"least its {device.config_frames} configuration frames")
         frames = sum(len(line) > 160 for line in lines)
-        if frames != device.config_frames:
-            return (f"it has {frames} configuration frames; a complete {device.name} bitstream "
-                    f"has {device.config_frames}")
+        if frames != declared:
+            return f"it has {frames} frames of the {declared} it declares (truncated?)"
         tail = [line for line in lines if set(line) != {"1"}]
         if int(tail[-1], 2) != 0x08000000:
             return "it is truncated (its last command is not 08000000)"

@@ -140,13 +140,18 @@ def test_gowin_bitstream_check():
     the last command): complete, truncated, for another device, not one at all."""
     device = get_board("tangprimer20k").device
 
-    def fs(idcode=device.idcode, frames=device.config_frames, last=0x08000000):
+    def fs(idcode=device.idcode, frames=2110, declared=2110, last=0x08000000):
         lines = ["1" * 160, "1" * 16, f"{0xA5C3:016b}", f"{(0x06 << 56) | idcode:064b}",
-                 *(["01" * 1720] * frames), f"{last:032b}", "1" * 64, "1" * 16]
+                 f"{(0x3B80 << 16) | declared:032b}", *(["01" * 1720] * frames),
+                 f"{last:032b}", "1" * 64, "1" * 16]
         return ("\n".join(lines) + "\n").encode()
 
+    # The 20K's seed build: 1,342 configuration frames and 768 of block RAM contents.
     assert GW2A.bitstream_problem(fs(), device) is None
-    assert "configuration frames" in GW2A.bitstream_problem(fs(frames=900), device)
+    assert GW2A.bitstream_problem(fs(frames=2000), device) == \
+        "it has 2000 frames of the 2110 it declares (truncated?)"
+    assert "at least its 1342 configuration frames" in \
+        GW2A.bitstream_problem(fs(frames=900, declared=900), device)
     assert GW2A.bitstream_problem(fs(idcode=0x1100481B), device) == \
         "it is for IDCODE 1100481B, not the GW2A-LV18PG256C8/I7 (0000081B)"
     assert "truncated" in GW2A.bitstream_problem(fs(last=0x12345678), device)
