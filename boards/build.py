@@ -36,7 +36,8 @@ from pathlib import Path
 from ..errors import CnnforgeError, ToolError
 from ..fsutil import atomic_write_text
 from ..hw.util import REPLICA
-from .protocol import OVERHEAD_BYTES, classify_reply_bytes, image_bytes
+from .protocol import (OVERHEAD_BYTES, STREAM_HEADER_BYTES, ReplyMode, image_bytes,
+                       stream_reply_bytes, zero_run_limit)
 from .board import get_board
 from .family import FAMILIES
 from .top import BoardTop, link_config
@@ -85,11 +86,27 @@ def tool_env(family):
     return env
 
 
-def link_images_per_second(config, baud):
-    """Images/s the UART allows: LOAD_IMAGE + ack + CLASSIFY + reply, 10 bits per byte."""
-    wire = (image_bytes(config) + OVERHEAD_BYTES) + OVERHEAD_BYTES + OVERHEAD_BYTES \
-        + (classify_reply_bytes(config) + OVERHEAD_BYTES)
-    return baud / (10 * wire)
+def link_images_per_second(config, baud, request_bytes=None):
+    """Images/s the UART allows streaming (``CLASSIFY_IMAGE`` with class-only replies, requests
+    and replies on the two wires at once: the busier wire sets the rate), 10 bits per byte;
+    ``request_bytes``: a request's bytes on the line (default: the raw image's frame)."""
+    if request_bytes is None:
+        request_bytes = OVERHEAD_BYTES + STREAM_HEADER_BYTES + image_bytes(config)
+    reply = OVERHEAD_BYTES + stream_reply_bytes(config, ReplyMode.CLASS)
+    return baud / (10 * max(request_bytes, reply))
+
+
+def mnist_request_bytes(max_run):
+    """Mean bytes on the line of a zero-run coded ``CLASSIFY_IMAGE`` request over the MNIST
+    test set (runs of at most ``max_run``), or None without the data."""
+    from .. import mnist
+    from .protocol import stream_payload
+    try:
+        images, _ = mnist.load("test")
+    except Exception:       # no data here: the report says so instead of the number
+        return None
+    return OVERHEAD_BYTES + sum(len(stream_payload(0, im.tobytes(), max_run=max_run))
+                                for im in images) / len(images)
 
 
 def _preset(name):
@@ -230,7 +247,11 @@ def _markdown(r):
                      f"{r['images_per_s_fmax']:.0f} at Fmax")
     else:
         lines.append("- compute-bound images/s: run `make bench` first (no build/bench.json)")
-    lines.append(f"- link-bound: {r['images_per_s_link']:.0f} images/s at {r['baud']} baud")
+    coded = r.get("images_per_s_link_mnist")
+    lines.append(f"- link-bound (streamed, class-only replies): {r['images_per_s_link']:.0f} "
+                 f"images/s at {r['baud']} baud with raw images"
+                 + (f", {coded:.0f} zero-run coded (the MNIST test set's mean)" if coded else
+                    "") + " (`cnnforge bench-link --sim` measures it through the simulated pins)")
     lines.append(f"- build time: {r['seconds']:.0f} s")
     return "\n".join(lines) + "\n"
 
@@ -544,6 +565,13 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                 # No `make bench` row for this preset: the engines' own figure.
                 cycles = estimate
                 cycles_source = "estimate: slowest stage (no make bench row for the preset)"
+        # The decoder's longest zero run (the link's UART divisor), and with it the mean coded
+        # MNIST request, when the data is here (a 28x28x1 network).
+        from .uart import divisor_for
+        max_run = zero_run_limit(divisor_for(top.link_clk_freq or top.clk_freq, top.baud))
+        lc = link_config(model)
+        mnist_bytes = (mnist_request_bytes(max_run)
+                       if (lc.input_size, lc.in_channels) == (28, 1) else None)
         result = {
             "board": spec.name, "device": spec.device.name, "family": spec.family.name,
             "preset": ("layer-list" if layer_list else
@@ -563,6 +591,10 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             "images_per_s_compute": target * 1e6 / cycles if cycles else None,
             "images_per_s_fmax": fmax_mhz * 1e6 / cycles if cycles else None,
             "images_per_s_link": link_images_per_second(link_config(model), top.baud),
+            "link_max_zero_run": max_run,
+            "images_per_s_link_mnist": (
+                link_images_per_second(link_config(model), top.baud, mnist_bytes)
+                if mnist_bytes else None),
             # Where the bitstream ends up; program() checks that the file there is this one.
             "bitstream": str((final if met else failed) / bitstream.name),
             "bitstream_bytes": len(data),

@@ -8,18 +8,21 @@ the simulated board core. :class:`Client` speaks :mod:`cnnforge.boards.protocol`
 
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import CnnforgeError, ToolError
-from .protocol import (SYNC, HEADER_BYTES, Command, ClassifyResult, FrameError, check_reply,
-                       MAX_READ_VALUES, decode, encode, max_weight_words, parse_ping,
-                       parse_values, read_weights_payload, train_payload, weight_frames)
+from .protocol import (SYNC, HEADER_BYTES, REPLY, Command, ClassifyResult, FrameError,
+                       ReplyMode, StreamResult, check_reply, MAX_READ_VALUES, decode, encode,
+                       max_weight_words, nak_error, parse_ping, parse_values,
+                       read_weights_payload, stream_payload, train_payload, weight_frames)
 
 
 __all__ = ["DEFAULT_BAUD", "LinkError", "SerialTransport", "Client", "Classification",
-           "classify", "load_image_file", "train_session", "train_board"]
+           "classify", "classify_stream", "progress_bar", "load_image_file", "train_session",
+           "train_board"]
 
 DEFAULT_BAUD = 3_000_000
 
@@ -256,13 +259,67 @@ class Client:
         values = np.asarray(self.read_values(0, words), np.int64) & 0xFFFFFFFF
         return state_from_dump(like, parse_dump(like.config, values))
 
-    def classify(self, image):
-        start = self.transport.now()
+    def _ensure_model(self):
         if not self._config()["model_loaded"]:
             if self.model is None:
                 raise CnnforgeError("the device has no model (an iCE40 after configuration): "
                                     "give the client the model to upload")
             self.load_model()
+
+    def classify_many(self, images, mode=ReplyMode.CLASS, coding="auto", progress=None,
+                      window=None):
+        """Classify ``images`` streaming (``CLASSIFY_IMAGE``): up to ``window`` (default: the
+        device's slots) requests in flight, each sent as soon as the device has a free image
+        buffer, so the line and the accelerator are busy at once. ``mode``: what each reply
+        carries (:class:`~.protocol.ReplyMode`); ``coding``: ``"auto"`` (zero-run code where
+        it is shorter), ``"raw"`` or ``"zero-run"``; ``progress(done, total)`` is called after
+        each reply. Returns a :class:`~.protocol.StreamResult` per image, in order; a NAK or a
+        reply out of order raises, naming the image.
+        """
+        mode = ReplyMode(mode)
+        info = self._config()
+        if not info.get("stream"):
+            raise CnnforgeError("the device does not take streamed images (CLASSIFY_IMAGE): "
+                                "rebuild its bitstream")
+        window = info["slots"] if window is None else int(window)
+        if window < 1:
+            raise CnnforgeError(f"window must be at least 1 request, not {window}")
+        self._ensure_model()
+        images = list(images)
+        results = [None] * len(images)
+        pending = deque()
+        sent = 0
+        while sent < len(images) or pending:
+            while sent < len(images) and len(pending) < window:
+                image = self._check_image(images[sent])
+                self.transport.write(encode(Command.CLASSIFY_IMAGE,
+                                            stream_payload(sent & 0xFF, image.tobytes(), mode,
+                                                           coding, info["max_run"])))
+                pending.append(sent)
+                sent += 1
+            frame = self.read_frame()
+            index = pending.popleft()
+            if frame.command == Command.NAK.value:
+                error = nak_error(frame)
+                raise LinkError(f"image {index}: {error}")
+            if frame.command != Command.CLASSIFY_IMAGE.value | REPLY:
+                raise LinkError(f"image {index}: reply command 0x{frame.command:02x} does not "
+                                f"answer CLASSIFY_IMAGE")
+            try:
+                result = StreamResult.from_payload(frame.payload, info["classes"], mode)
+            except FrameError as e:
+                raise LinkError(f"image {index}: {e}") from None
+            if result.seq != index & 0xFF:
+                raise LinkError(f"image {index}: reply carries sequence number {result.seq}, "
+                                f"expected {index & 0xFF} (replies out of order)")
+            results[index] = result
+            if progress is not None:
+                progress(index + 1, len(images))
+        return results
+
+    def classify(self, image):
+        start = self.transport.now()
+        self._ensure_model()
         self.load_image(image)
         result = self.classify_loaded()
         cycles = self.read_cycles()
@@ -328,6 +385,37 @@ def classify(port, images, baud=DEFAULT_BAUD, timeout=1.0, model=None, paralleli
         return [client.classify(image) for image in images]
     finally:
         transport.close()
+
+
+def classify_stream(port, images, baud=DEFAULT_BAUD, timeout=1.0, model=None, parallelism=None,
+                    mode=ReplyMode.CLASS, progress=None):
+    """Classify ``images`` on the board at serial ``port`` streaming
+    (:meth:`Client.classify_many`); ``(results, seconds)``."""
+    transport = SerialTransport(port, baud)
+    try:
+        client = Client(transport, timeout, model=model, parallelism=parallelism)
+        client.ping()
+        client._ensure_model()
+        start = transport.now()
+        results = client.classify_many(images, mode, progress=progress)
+        return results, transport.now() - start
+    finally:
+        transport.close()
+
+
+def progress_bar(stream=None, width=30):
+    """A ``progress(done, total)`` for :meth:`Client.classify_many` drawing a bar on ``stream``
+    (stderr)."""
+    import sys
+    stream = stream or sys.stderr
+
+    def progress(done, total):
+        filled = width * done // total
+        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        if done == total:
+            stream.write("\n")
+        stream.flush()
+    return progress
 
 
 # ---- on-chip training -------------------------------------------------------------------------

@@ -10,12 +10,14 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from ..hw.params import NetworkConfig
 from .protocol import (SYNC, REPLY, LAST, OVERHEAD_BYTES, FLAG_MODEL, FLAG_WRITABLE, FLAG_TRAINABLE,
-                       WEIGHTS_HEADER_BYTES, TRAIN_HEADER_BYTES, READ_HEADER_BYTES, VALUE_BYTES,
-                       MAX_READ_VALUES, Command, Error, classify_reply_bytes, image_bytes,
-                       max_payload, max_weight_words, ping_payload)
+                       FLAG_STREAM, WEIGHTS_HEADER_BYTES, TRAIN_HEADER_BYTES, READ_HEADER_BYTES,
+                       STREAM_HEADER_BYTES, VALUE_BYTES, MAX_READ_VALUES, ZERO_RUN,
+                       Command, Error, ReplyMode, classify_reply_bytes, image_bytes, max_payload,
+                       max_weight_words, ping_payload, stream_reply_bytes, zero_run_limit)
 from .uart import UARTRx, UARTTx, check_divisor
 
 
@@ -63,6 +65,14 @@ class Link(wiring.Component):
     arrive meanwhile are answered ``BUSY``; the classification's reply follows when it
     completes.
 
+    ``CLASSIFY_IMAGE`` (streaming): the image memory holds ``slots`` images. A streamed
+    image's bytes go into the next free slot as they arrive, a zero-run code decoded on the way
+    (a run's zeros written one per cycle while the UART holds the next byte); once the CRC
+    checks, the slot is queued with its sequence number and reply mode. The executor starts the
+    oldest queued slot whenever no classification runs, so the next image arrives while one
+    is computed; a slot is free again once its last pixel has been read into the accelerator.
+    ``LOAD_IMAGE``, ``TRAIN`` and ``WRITE_WEIGHTS`` stage in slot 0.
+
     Replies go into a transmit buffer (``TX_BUFFER`` bytes) that the UART drains at line rate,
     so the executor takes the next request as soon as a reply is queued: requests sent without
     waiting for the replies are served in order (a reply waits for room in the buffer; the
@@ -99,6 +109,9 @@ class Link(wiring.Component):
         Whether the accelerator starts with a complete model (its memories initialized by the
         bitstream); ``False`` for the iCE40 target, whose dense weights live in SPRAM:
         ``CLASSIFY`` is then NAKed ``NO_MODEL`` until a model upload completes.
+    slots : int
+        Image buffers for streamed classification (1, 2 or 4): a power of two, so that a
+        slot's pixels are addressed by the slot number above the pixel index.
 
     Members
     -------
@@ -123,7 +136,7 @@ class Link(wiring.Component):
     #: enough for LUT RAM; one iCE40 block RAM).
     TX_BUFFER = 128
 
-    def __init__(self, *, accel, config, divisor, timeout, model_loaded=True):
+    def __init__(self, *, accel, config, divisor, timeout, model_loaded=True, slots=2):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config must be a NetworkConfig, not {config!r}")
         if config.classes > 255 or config.input_size > 255 or config.in_channels > 255:
@@ -139,6 +152,9 @@ class Link(wiring.Component):
         if not isinstance(model_loaded, bool):
             raise TypeError(f"model_loaded must be a bool, not {model_loaded!r}")
         self._model_loaded = model_loaded
+        if slots not in (1, 2, 4):
+            raise ValueError(f"slots must be 1, 2 or 4, not {slots!r}")
+        self.slots = slots
         members = getattr(getattr(accel, "signature", None), "members", {})
         self._writable = "mw" in members
         self._trainable = "step_done" in members and "dump" in members
@@ -153,6 +169,9 @@ class Link(wiring.Component):
         if self.word_bytes > 255:
             raise ValueError(f"model words must be at most 255 bytes, not {self.word_bytes!r}")
         divisor = check_divisor(divisor)
+        #: The longest zero run the decoder takes (PING): its zeros are written before the UART
+        #: would have to drop a byte (:func:`~.protocol.zero_run_limit`).
+        self.max_run = zero_run_limit(divisor)
         super().__init__({
             "rx": In(1, init=1),
             "tx": Out(1, init=1),
@@ -181,7 +200,12 @@ class Link(wiring.Component):
         m.d.comb += [txu.i.valid.eq(tx_fifo.r_rdy), txu.i.payload.eq(tx_fifo.r_data),
                      tx_fifo.r_en.eq(txu.i.ready)]
 
-        m.submodules.image = image = Memory(shape=8 * chans, depth=n_pix, init=[])
+        # Slot s, pixel i at address i + (s << pix_bits).
+        pix_bits = max(1, ceil_log2(n_pix))
+        slots = self.slots
+        m.submodules.image = image = Memory(shape=8 * chans,
+                                            depth=n_pix if slots == 1 else slots << pix_bits,
+                                            init=[])
         img_wr = image.write_port(granularity=8)
         img_rd = image.read_port()
         m.submodules.result = result = Memory(shape=8, depth=res_len, init=[])
@@ -191,6 +215,21 @@ class Link(wiring.Component):
         busy = Signal()              # classification in flight (until its reply starts)
         image_valid = Signal()
         m.d.comb += self.busy.eq(busy)
+
+        # Streaming slots: occupied (filled, queued or being read), queued (waiting to start),
+        # the next to fill and the next to start (both rings), each one's sequence number and
+        # mode. `stream` is the running classification's kind (a streamed image's, or a
+        # LOAD_IMAGE/TRAIN one in slot 0); `copying` a model upload's staged words being copied.
+        s_full = Signal(slots)
+        s_queued = Signal(slots)
+        rx_slot = Signal(range(slots))
+        ex_slot = Signal(range(slots))
+        s_seq = Array(Signal(8, name=f"s_seq{j}") for j in range(slots))
+        s_mode = Array(Signal(3, name=f"s_mode{j}") for j in range(slots))
+        s_stream = Signal()
+        copying = Signal()
+        legacy_block = busy | (s_full != 0) | copying
+        stream_block = (busy & ~s_stream) | s_full.bit_select(rx_slot, 1) | copying
 
         # ---- receiver: frame parser ------------------------------------------------------
         byte = rxu.o.payload
@@ -209,6 +248,8 @@ class Link(wiring.Component):
                 for command in Command}
         p_busy = Signal()            # the frame started during a classification
         p_load = Signal()            # payload goes into the image memory
+        p_stream = Signal()          # a CLASSIFY_IMAGE frame
+        w_slot = Signal(range(slots))
         # The first payload bytes of some commands are fields (p_hdr_len of them, kept in
         # `hdr`): WRITE_WEIGHTS memory (LAST in bit 7) and first address, TRAIN label,
         # READ_WEIGHTS first value and count. Only the bytes after them are staged.
@@ -236,6 +277,16 @@ class Link(wiring.Component):
             n_memories = 0
         w_pix = Signal(range(n_pix))
         w_lane = Signal(range(chans))
+        w_full = Signal()            # the image's last byte is written
+        w_over = Signal()            # bytes beyond it (not written)
+        # Zero-run decoding: the previous byte was a 0 (a run's count follows), the zeros of
+        # the run still to write (the UART holds the next byte meanwhile), a count out of range.
+        z_run = Signal()
+        z_left = Signal(range(self.max_run + 1))
+        z_bad = Signal()
+        s_mode_in = hdr[8:16]        # CLASSIFY_IMAGE: sequence number hdr[:8], mode hdr[8:16]
+        coded = s_mode_in[ZERO_RUN.bit_length() - 1]
+        mode_bad = (s_mode_in[3:] != 0) | (s_mode_in[:2] == 3)
         idle = Signal(range(self._timeout))
         req_valid = Signal()
         req_ready = Signal()
@@ -255,6 +306,10 @@ class Link(wiring.Component):
             with m.Case(Command.READ_WEIGHTS):
                 m.d.comb += [known.eq(1),
                              len_ok.eq((p_len == READ_HEADER_BYTES) | (not self._trainable))]
+            with m.Case(Command.CLASSIFY_IMAGE):
+                # (raw: p_len == 2 + img_len; coded: decoded to exactly img_len bytes)
+                m.d.comb += [known.eq(1), len_ok.eq((p_len > STREAM_HEADER_BYTES) & w_full
+                                                    & ~w_over & ~z_run)]
             with m.Case(Command.TRAIN):
                 m.d.comb += [known.eq(1), len_ok.eq((p_len == TRAIN_HEADER_BYTES + img_len)
                                                     | (not self._trainable))]
@@ -263,6 +318,9 @@ class Link(wiring.Component):
             m.d.comb += frame_code.eq(p_code)
         with m.Elif(~known):
             m.d.comb += frame_code.eq(Error.UNKNOWN_COMMAND)
+        with m.Elif((p_cmd == Command.CLASSIFY_IMAGE) & (p_len >= STREAM_HEADER_BYTES)
+                    & (mode_bad | z_bad)):
+            m.d.comb += frame_code.eq(Error.BAD_ARGUMENT)
         with m.Elif(~len_ok):
             m.d.comb += frame_code.eq(Error.BAD_LENGTH)
         with m.Elif(((p_cmd == Command.READ_WEIGHTS) | (p_cmd == Command.TRAIN))
@@ -271,9 +329,17 @@ class Link(wiring.Component):
         with m.Elif((p_cmd == Command.WRITE_WEIGHTS) & (not self._writable)):
             m.d.comb += frame_code.eq(Error.UNSUPPORTED)
 
+        write_byte = Signal()        # the payload byte taken is an image (or staged) byte
+
+        def slot_addr(pix, slot):
+            """Image memory address of pixel ``pix`` of slot ``slot``."""
+            pix = Cat(pix, C(0, pix_bits))[:pix_bits]
+            return pix if slots == 1 else Cat(pix, slot)
+
         def frame_byte():
-            # Inside a frame: take bytes, and give up after `timeout` idle cycles.
-            m.d.comb += rxu.o.ready.eq(1)
+            # Inside a frame: take bytes (not while a zero run is written), and give up after
+            # `timeout` idle cycles.
+            m.d.comb += rxu.o.ready.eq(z_left == 0)
             with m.If(got):
                 m.d.sync += idle.eq(0)
             with m.Elif(idle == self._timeout - 1):
@@ -304,10 +370,17 @@ class Link(wiring.Component):
                 length = Cat(p_len[:8], byte)
                 with m.If(got):
                     m.d.sync += [p_len[8:].eq(byte), p_crc.eq(crc_next), p_count.eq(0),
-                                 p_busy.eq(busy), w_pix.eq(0), w_lane.eq(0), w_byte.eq(0)]
+                                 p_busy.eq(Mux(p_cmd == Command.CLASSIFY_IMAGE, stream_block,
+                                               legacy_block)),
+                                 p_stream.eq(p_cmd == Command.CLASSIFY_IMAGE),
+                                 w_slot.eq(Mux(p_cmd == Command.CLASSIFY_IMAGE, rx_slot, 0)),
+                                 w_pix.eq(0), w_lane.eq(0), w_byte.eq(0), w_full.eq(0),
+                                 w_over.eq(0), z_run.eq(0), z_bad.eq(0)]
                     with m.Switch(p_cmd):
                         with m.Case(Command.WRITE_WEIGHTS):
                             m.d.sync += p_hdr_len.eq(WEIGHTS_HEADER_BYTES)
+                        with m.Case(Command.CLASSIFY_IMAGE):
+                            m.d.sync += p_hdr_len.eq(STREAM_HEADER_BYTES)
                         if self._trainable:
                             with m.Case(Command.TRAIN):
                                 m.d.sync += p_hdr_len.eq(TRAIN_HEADER_BYTES)
@@ -319,22 +392,29 @@ class Link(wiring.Component):
                     stages_image = (p_cmd == Command.LOAD_IMAGE)
                     if self._trainable:
                         stages_image = stages_image | (p_cmd == Command.TRAIN)
-                    with m.If(stages_image & ~busy):
+                    with m.If(stages_image & ~legacy_block):
+                        m.d.sync += image_valid.eq(0)
+                    # (the streaming slots share the memory with the loaded image)
+                    with m.If((p_cmd == Command.CLASSIFY_IMAGE) & ~stream_block):
                         m.d.sync += image_valid.eq(0)
                     with m.If(length > max_len):
                         m.d.sync += p_code.eq(Error.BAD_LENGTH)
                         m.next = "DECIDE"
                     with m.Else():
-                        with m.If((p_cmd == Command.LOAD_IMAGE) & (length == img_len) & ~busy):
+                        with m.If((p_cmd == Command.LOAD_IMAGE) & (length == img_len)
+                                  & ~legacy_block):
                             m.d.sync += [p_load.eq(1), image_valid.eq(0)]
+                        with m.If((p_cmd == Command.CLASSIFY_IMAGE) & ~stream_block):
+                            m.d.sync += p_load.eq(1)
                         if self._trainable:
                             with m.If((p_cmd == Command.TRAIN)
-                                      & (length == TRAIN_HEADER_BYTES + img_len) & ~busy):
+                                      & (length == TRAIN_HEADER_BYTES + img_len)
+                                      & ~legacy_block):
                                 m.d.sync += [p_load.eq(1), image_valid.eq(0)]
                         if self._writable:
                             # The words are staged where the image was: it is gone.
                             with m.If((p_cmd == Command.WRITE_WEIGHTS) & (length <= wt_max)
-                                      & ~busy):
+                                      & ~legacy_block):
                                 m.d.sync += [p_load.eq(1), image_valid.eq(0)]
                         with m.If(length == 0):
                             m.next = "CRC_HI"
@@ -351,19 +431,17 @@ class Link(wiring.Component):
                 with m.If(got):
                     m.d.sync += [p_count.eq(p_count + 1), p_crc.eq(crc_next)]
                 with m.If(got & ~header):
-                    m.d.comb += [
-                        img_wr.addr.eq(w_pix),
-                        img_wr.data.eq(byte.replicate(chans)),
-                        img_wr.en.eq(Mux(p_load, 1 << w_lane, 0)),
-                    ]
-                    with m.If(w_byte == word_bytes - 1):
-                        m.d.sync += w_byte.eq(0)
+                    with m.If(p_stream & coded & z_run):
+                        # A run's count: its zeros are written from the next cycle on.
+                        m.d.sync += z_run.eq(0)
+                        with m.If((byte == 0) | (byte > self.max_run)):
+                            m.d.sync += z_bad.eq(1)
+                        with m.Else():
+                            m.d.sync += z_left.eq(byte)
+                    with m.Elif(p_stream & coded & (byte == 0)):
+                        m.d.sync += z_run.eq(1)
                     with m.Else():
-                        m.d.sync += w_byte.eq(w_byte + 1)
-                    with m.If(w_lane == chans - 1):
-                        m.d.sync += [w_lane.eq(0), w_pix.eq(w_pix + 1)]
-                    with m.Else():
-                        m.d.sync += w_lane.eq(w_lane + 1)
+                        m.d.comb += write_byte.eq(1)
                 with m.If(got & p_at_end):
                     m.next = "CRC_HI"
             with m.State("CRC_HI"):
@@ -380,7 +458,8 @@ class Link(wiring.Component):
             with m.State("DECIDE"):
                 # One cycle to register the frame's verdict and its command, decoded (keeps
                 # the checks off the executor's paths).
-                m.d.sync += [p_code.eq(frame_code), p_busy.eq(p_busy | busy)]
+                # (a streamed image was judged at its header: busy is no reason to refuse it)
+                m.d.sync += [p_code.eq(frame_code), p_busy.eq(p_busy | (busy & ~p_stream))]
                 m.d.sync += [flag.eq(p_cmd == command) for command, flag in p_is.items()]
                 m.next = "SETTLE"
             with m.State("SETTLE"):
@@ -390,6 +469,30 @@ class Link(wiring.Component):
                 m.d.comb += req_valid.eq(1)
                 with m.If(req_ready):
                     m.next = "HUNT"
+
+        # Payload bytes (and a run's zeros, one per cycle) into the image memory.
+        zeros = Signal()
+        m.d.comb += zeros.eq(z_left != 0)
+        with m.If(write_byte | zeros):
+            m.d.comb += [
+                img_wr.addr.eq(slot_addr(w_pix, w_slot)),
+                img_wr.data.eq(Mux(zeros, 0, byte).replicate(chans)),
+                img_wr.en.eq(Mux(p_load & ~w_full, 1 << w_lane, 0)),
+            ]
+            with m.If(zeros):
+                m.d.sync += z_left.eq(z_left - 1)
+            with m.If(w_byte == word_bytes - 1):
+                m.d.sync += w_byte.eq(0)
+            with m.Else():
+                m.d.sync += w_byte.eq(w_byte + 1)
+            with m.If(w_lane == chans - 1):
+                m.d.sync += [w_lane.eq(0), w_pix.eq(w_pix + 1)]
+            with m.Else():
+                m.d.sync += w_lane.eq(w_lane + 1)
+            with m.If(w_full):
+                m.d.sync += w_over.eq(1)
+            with m.If((w_pix == n_pix - 1) & (w_lane == chans - 1)):
+                m.d.sync += w_full.eq(1)
 
         # ---- classification: image memory -> accel.i, accel.o -> reply buffer ------------
         start_req = Signal()
@@ -407,8 +510,9 @@ class Link(wiring.Component):
         d_first = Signal(32)
         d_count = Signal(16)
         accel_dump_valid = accel.dump.valid if self._trainable else C(0)
+        f_slot = Signal(range(slots))
         m.d.comb += [
-            img_rd.addr.eq(f_addr),
+            img_rd.addr.eq(slot_addr(f_addr, f_slot)),
             img_rd.en.eq(~f_valid | accel.i.ready),
         ]
         if self._trainable:
@@ -433,6 +537,9 @@ class Link(wiring.Component):
                 m.d.sync += f_addr.eq(f_addr + 1)
             with m.Else():
                 m.d.sync += f_active.eq(0)
+                # Every pixel is read (the last one waits in the read port): the slot is free.
+                with m.If(s_stream):
+                    m.d.sync += s_full.bit_select(f_slot, 1).eq(0)
 
         counting = Signal()
         count = Signal(32)
@@ -497,19 +604,24 @@ class Link(wiring.Component):
         SRC_NONE, SRC_PING, SRC_NAK, SRC_CYCLES, SRC_RESULT, SRC_DUMP = range(6)
         r_cmd = Signal(8)
         # Without a trainer the longest reply is a classification's (READ_WEIGHTS: 8 kB).
-        longest = 0xFFFF if self._trainable else max(res_len, 8)
+        longest = 0xFFFF if self._trainable else max(res_len + 1, 8)
         r_len = Signal(range(longest + 1))
         r_src = Signal(range(6))
         r_code = Signal(8)
         r_nak_cmd = Signal(8)
+        r_nak_seq = Signal(8)
+        r_stream = Signal()          # a CLASSIFY_IMAGE reply: its sequence number first
+        c_seq = Signal(8)            # the running streamed image's sequence number and mode
+        c_mode = Signal(3)
         # Byte of the reply frame: up to 4 + 65535 + 2 (READ_WEIGHTS), else 4 + 61 + 2.
         t_idx = Signal(range(longest + OVERHEAD_BYTES + 1))
         t_crc = Signal(16)
 
         # The CRC starts over in LOAD of byte 0, not here: every request decision would
         # otherwise reach the CRC register's enable, too long a path for a full iCE40.
-        def reply(command, length, src):
-            m.d.sync += [r_cmd.eq(command), r_len.eq(length), r_src.eq(src), t_idx.eq(0)]
+        def reply(command, length, src, stream=0):
+            m.d.sync += [r_cmd.eq(command), r_len.eq(length), r_src.eq(src), t_idx.eq(0),
+                         r_stream.eq(stream)]
             m.next = "LOAD"
 
         # The request's error code, registered (timing: it is decided from the frame's fields,
@@ -521,9 +633,10 @@ class Link(wiring.Component):
         m.d.sync += code_r.eq(code)
         with m.If(p_code != 0):
             m.d.comb += code.eq(p_code)
-        with m.Elif(busy | p_busy):
+        with m.Elif(p_busy | (busy & ~p_is[Command.CLASSIFY_IMAGE])):
             m.d.comb += code.eq(Error.BUSY)
-        with m.Elif((p_is[Command.CLASSIFY] | p_is[Command.TRAIN]) & ~model_ok):
+        with m.Elif((p_is[Command.CLASSIFY] | p_is[Command.TRAIN] | p_is[Command.CLASSIFY_IMAGE])
+                    & ~model_ok):
             m.d.comb += code.eq(Error.NO_MODEL)
         if self._trainable:
             with m.Elif(p_is[Command.TRAIN] & (t_label >= classes)):
@@ -538,10 +651,11 @@ class Link(wiring.Component):
             m.d.comb += code.eq(Error.BAD_MEMORY)
 
         ping_bytes = ping_payload(config, (FLAG_WRITABLE if self._writable else 0)
-                                  | (FLAG_TRAINABLE if self._trainable else 0), self.word_bytes)
+                                  | (FLAG_TRAINABLE if self._trainable else 0) | FLAG_STREAM,
+                                  self.word_bytes, slots, self.max_run)
         ping = Array([*(C(b, 8) for b in ping_bytes[:4]),
                       C(ping_bytes[4], 8) | Mux(model_ok, FLAG_MODEL, 0),
-                      C(ping_bytes[5], 8)])
+                      *(C(b, 8) for b in ping_bytes[5:])])
         p = Signal(len(t_idx))
         payload_byte = Signal(8)
         tx_byte = Signal(8)
@@ -552,17 +666,17 @@ class Link(wiring.Component):
         t_payload = Signal()
         t_crc_hi = Signal()
         t_last = Signal()
-        m.d.comb += [p.eq(t_idx - 4), res_rd.addr.eq(p)]
+        m.d.comb += [p.eq(t_idx - 4), res_rd.addr.eq(Mux(r_stream, p - 1, p))]
         with m.Switch(r_src):
             with m.Case(SRC_PING):
-                m.d.comb += payload_byte.eq(ping[p[:3]])
+                m.d.comb += payload_byte.eq(ping[p[:3]])     # (8 bytes)
             with m.Case(SRC_NAK):
-                m.d.comb += payload_byte.eq(Mux(p[0], r_nak_cmd, r_code))
+                m.d.comb += payload_byte.eq(Mux(p[1], r_nak_seq, Mux(p[0], r_nak_cmd, r_code)))
             with m.Case(SRC_CYCLES):
                 reported = accel.cycles if self._counted else cycles
                 m.d.comb += payload_byte.eq(reported.word_select(p[:2], 8))
             with m.Case(SRC_RESULT):
-                m.d.comb += payload_byte.eq(res_rd.data)
+                m.d.comb += payload_byte.eq(Mux(r_stream & (p == 0), c_seq, res_rd.data))
             if self._trainable:
                 with m.Case(SRC_DUMP):
                     m.d.comb += payload_byte.eq(accel.dump.payload.word_select(d_byte, 8))
@@ -607,18 +721,35 @@ class Link(wiring.Component):
             with m.State("IDLE"):
                 with m.If(result_ready & ~step_pending):
                     m.d.sync += [result_ready.eq(0), busy.eq(0)]
-                    reply(Mux(s_train, Command.TRAIN.value | REPLY, Command.CLASSIFY.value | REPLY),
-                          res_len, SRC_RESULT)
+                    with m.If(s_stream):
+                        mode = c_mode[:2]
+                        reply(Command.CLASSIFY_IMAGE.value | REPLY,
+                              Mux(mode == ReplyMode.CLASS, stream_reply_bytes(config, ReplyMode.CLASS),
+                                  Mux(mode == ReplyMode.LOGITS,
+                                      stream_reply_bytes(config, ReplyMode.LOGITS),
+                                      stream_reply_bytes(config, ReplyMode.ALL))),
+                              SRC_RESULT, stream=1)
+                    with m.Else():
+                        reply(Mux(s_train, Command.TRAIN.value | REPLY,
+                                  Command.CLASSIFY.value | REPLY),
+                              res_len, SRC_RESULT)
+                with m.Elif(~busy & s_queued.bit_select(ex_slot, 1)):
+                    # The oldest streamed image: start it (its slot stays occupied until read).
+                    m.d.comb += start_req.eq(1)
+                    m.d.sync += [busy.eq(1), s_train.eq(0), s_stream.eq(1), f_slot.eq(ex_slot),
+                                 c_seq.eq(s_seq[ex_slot]), c_mode.eq(s_mode[ex_slot]),
+                                 s_queued.bit_select(ex_slot, 1).eq(0),
+                                 ex_slot.eq(ex_slot + 1)]
                 with m.Elif(req_valid):
                     # The request is taken and judged here; what it does, in DISPATCH (its
                     # fields hold: the parser's next frame is at most at its SYNC byte).
                     m.d.comb += req_ready.eq(1)
-                    m.d.sync += [r_code.eq(code_r), r_nak_cmd.eq(p_cmd)]
+                    m.d.sync += [r_code.eq(code_r), r_nak_cmd.eq(p_cmd), r_nak_seq.eq(hdr[:8])]
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 m.next = "IDLE"
                 with m.If(r_code != 0):
-                    reply(Command.NAK.value, 2, SRC_NAK)
+                    reply(Command.NAK.value, Mux(p_is[Command.CLASSIFY_IMAGE], 3, 2), SRC_NAK)
                 with m.Elif(p_is[Command.PING]):
                     reply(Command.PING.value | REPLY, len(ping), SRC_PING)
                 with m.Elif(p_is[Command.LOAD_IMAGE]):
@@ -628,19 +759,25 @@ class Link(wiring.Component):
                     reply(Command.READ_CYCLES.value | REPLY, 4, SRC_CYCLES)
                 with m.Elif(p_is[Command.CLASSIFY]):
                     m.d.comb += start_req.eq(1)
-                    m.d.sync += [busy.eq(1), s_train.eq(0)]
+                    m.d.sync += [busy.eq(1), s_train.eq(0), s_stream.eq(0), f_slot.eq(0)]
+                with m.Elif(p_is[Command.CLASSIFY_IMAGE]):
+                    # Queued; the executor starts it when no classification runs.
+                    m.d.sync += [s_full.bit_select(rx_slot, 1).eq(1),
+                                 s_queued.bit_select(rx_slot, 1).eq(1),
+                                 s_seq[rx_slot].eq(hdr[:8]), s_mode[rx_slot].eq(hdr[8:11]),
+                                 rx_slot.eq(rx_slot + 1)]
                 if self._trainable:
                     with m.Elif(p_is[Command.TRAIN]):
                         m.d.comb += start_req.eq(1)
                         m.d.sync += [busy.eq(1), s_train.eq(1), s_label.eq(t_label),
-                                     image_valid.eq(1)]
+                                     image_valid.eq(1), s_stream.eq(0), f_slot.eq(0)]
                     with m.Elif(p_is[Command.READ_WEIGHTS]):
                         m.d.sync += [busy.eq(1), d_idx.eq(0), d_byte.eq(0),
                                      d_first.eq(rw_first), d_count.eq(rw_count)]
                         m.next = "DUMP_REQ"
                 if self._writable:
                     with m.Elif(p_is[Command.WRITE_WEIGHTS]):
-                        m.d.sync += [model_ok.eq(w_mem[7]), k_pix.eq(0), k_lane.eq(0),
+                        m.d.sync += [model_ok.eq(w_mem[7]), k_pix.eq(0), k_lane.eq(0), copying.eq(1),
                                      k_byte.eq(0), k_addr.eq(w_addr), k_mem.eq(w_mem),
                                      k_left.eq(p_len - WEIGHTS_HEADER_BYTES)]
                         m.next = "COPY_ADDR"
@@ -660,6 +797,7 @@ class Link(wiring.Component):
                 with m.Else():
                     m.d.sync += k_byte.eq(k_byte + 1)
                 with m.If(k_left == 1):
+                    m.d.sync += copying.eq(0)
                     reply(Command.WRITE_WEIGHTS.value | REPLY, 0, SRC_NONE)
                 with m.Else():
                     m.next = "COPY_ADDR"

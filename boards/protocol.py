@@ -14,7 +14,8 @@ Requests and their replies (reply command = request command | ``REPLY``):
 request             request payload                          reply payload
 ==================  =======================================  ====================================
 ``PING``            none                                     version, input size, channels,
-                                                             classes, flags, word bytes (6 x u8)
+                                                             classes, flags, word bytes, slots,
+                                                             max run (8 x u8)
 ``LOAD_IMAGE``      the image, ``input_size**2 * channels``  none
                     bytes, raster order, channels innermost
 ``CLASSIFY``        none (classifies the loaded image)       class (u8), ``classes`` logits
@@ -28,12 +29,44 @@ request             request payload                          reply payload
                     of the training dump
 ``TRAIN``           label (u8), then the image (as           as ``CLASSIFY``: the forward pass
                     ``LOAD_IMAGE``)                          before the update
+``CLASSIFY_IMAGE``  sequence number (u8), mode (u8), then    sequence number (u8), then as
+                    the image, raw or zero-run coded         ``CLASSIFY``, cut to the mode's
+                                                             fields (see below)
 ==================  =======================================  ====================================
 
-PING flags: bit 0 (``FLAG_MODEL``) the device holds a complete model, bit 1 (``FLAG_WRITABLE``)
+Streaming classification (``CLASSIFY_IMAGE``, PING flag ``FLAG_STREAM``). The device has
+``slots`` image buffers (PING); each ``CLASSIFY_IMAGE`` fills the next one as its bytes arrive
+(the zero-run code decoded on the way), and once its CRC checks the image is queued and
+classified when the accelerator is free, while the next image arrives in the other buffer. The
+host keeps at most ``slots`` of them unanswered (credits: a buffer is free again when its image
+has been read into the accelerator, before that image's reply is sent); one arriving with no
+free buffer is NAKed ``BUSY`` and touches nothing. Their replies come in the order of the
+requests and carry the request's sequence number; replies to other requests (and NAKs, which
+carry a ``CLASSIFY_IMAGE``'s sequence number, its first payload byte, as a third byte) are sent
+at once, so they may overtake a pending classification's reply. Mode byte: bits 0-1 the reply
+(:class:`ReplyMode`: ``ALL`` class, logits and probabilities as ``CLASSIFY``; ``LOGITS`` class
+and logits; ``CLASS`` the class only), bit 2 (``ZERO_RUN``) the image is coded: a byte ``b != 0``
+is one image byte ``b``; a byte 0 followed by ``n`` (1 <= ``n`` <= the device's ``max run``,
+PING) is ``n`` zero bytes (:func:`zero_run_encode`; MNIST test images average 196 bytes
+instead of 784 with runs of up to 160, 201 with runs of up to 64). Other mode bits, reply
+mode 3, a run of 0 or above the device's limit are NAKed ``BAD_ARGUMENT``; an image that
+does not decode to exactly ``input_size**2 * channels`` bytes ``BAD_LENGTH``. A
+``CLASSIFY_IMAGE`` discards the image loaded by ``LOAD_IMAGE`` (they share the buffers); it is
+NAKed ``BUSY`` while a ``LOAD_IMAGE`` classification, a training step or a model upload's copy
+runs, and those are NAKed ``BUSY`` while streamed images are pending. The run limit keeps the
+decoder (one byte per clock cycle) ahead of the UART, which holds one byte while the next
+arrives: a run's zeros must be written before the two bytes after its count have arrived
+(20 bit times), so :func:`zero_run_limit` is 16 cycles per bit of the UART's divisor (at
+least 64: the divisor is at least 4; at most 255, a byte).
+
+PING reply: protocol version, input size, channels, classes, flags, word bytes, slots, max
+run (8 x u8).
+Flags: bit 0 (``FLAG_MODEL``) the device holds a complete model, bit 1 (``FLAG_WRITABLE``)
 it takes ``WRITE_WEIGHTS``, bit 2 (``FLAG_TRAINABLE``) it trains on chip (``TRAIN``,
-``READ_WEIGHTS``); ``word bytes`` is the size of one model word (the accelerator's
-``mw_data_bits`` rounded up to bytes; 0 without a write port).
+``READ_WEIGHTS``), bit 3 (``FLAG_STREAM``) it takes ``CLASSIFY_IMAGE``; ``word bytes`` is the
+size of one model word (the accelerator's ``mw_data_bits`` rounded up to bytes; 0 without a
+write port); ``slots`` the image buffers for ``CLASSIFY_IMAGE`` (the host's window); ``max
+run`` the longest zero run its decoder takes.
 
 On-chip training (devices built with :class:`~cnnforge.hw.train.TrainingAccelerator`).
 ``TRAIN`` loads its image into the image buffer (a following ``CLASSIFY`` classifies it with the
@@ -93,15 +126,22 @@ __all__ = ["SYNC", "REPLY", "PROTOCOL_VERSION", "HEADER_BYTES", "OVERHEAD_BYTES"
            "FLAG_MODEL", "FLAG_WRITABLE", "WEIGHTS_HEADER_BYTES", "max_weight_words",
            "weight_frames", "FLAG_TRAINABLE", "TRAIN_HEADER_BYTES", "READ_HEADER_BYTES",
            "VALUE_BYTES", "MAX_READ_VALUES", "train_payload", "read_weights_payload",
-           "parse_values"]
+           "parse_values", "FLAG_STREAM", "ReplyMode", "ZERO_RUN", "MAX_ZERO_RUN",
+           "zero_run_limit",
+           "STREAM_HEADER_BYTES", "zero_run_encode", "zero_run_decode", "stream_payload",
+           "stream_reply_bytes", "StreamResult"]
 
 SYNC = 0xA5
 REPLY = 0x80
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 LAST = 0x80               # WRITE_WEIGHTS memory byte: the final frame of a model upload
 FLAG_MODEL = 0x01         # PING flags: the device holds a complete model
 FLAG_WRITABLE = 0x02      # PING flags: the device takes WRITE_WEIGHTS
 FLAG_TRAINABLE = 0x04     # PING flags: the device trains on chip (TRAIN, READ_WEIGHTS)
+FLAG_STREAM = 0x08        # PING flags: the device takes CLASSIFY_IMAGE
+ZERO_RUN = 0x04           # CLASSIFY_IMAGE mode bit: the image is zero-run coded
+MAX_ZERO_RUN = 255        # longest run of zeros one code can stand for (a device takes fewer)
+STREAM_HEADER_BYTES = 2   # CLASSIFY_IMAGE: sequence number, mode
 WEIGHTS_HEADER_BYTES = 3  # WRITE_WEIGHTS: memory, address (u16)
 TRAIN_HEADER_BYTES = 1    # TRAIN: label
 READ_HEADER_BYTES = 6     # READ_WEIGHTS: first (u32), count (u16)
@@ -122,6 +162,7 @@ class Command(enum.Enum, shape=8):
     WRITE_WEIGHTS = 0x05
     READ_WEIGHTS = 0x06
     TRAIN = 0x07
+    CLASSIFY_IMAGE = 0x08
     NAK = 0x15            # device -> host only
 
 
@@ -136,7 +177,14 @@ class Error(enum.Enum, shape=8):
     NO_IMAGE = 7
     NO_MODEL = 8
     BAD_MEMORY = 9
-    BAD_ARGUMENT = 10     # TRAIN label or READ_WEIGHTS range out of range
+    BAD_ARGUMENT = 10     # TRAIN label, READ_WEIGHTS range, CLASSIFY_IMAGE mode or run
+
+
+class ReplyMode(enum.Enum, shape=2):
+    """What a ``CLASSIFY_IMAGE`` reply carries after its sequence number."""
+    ALL = 0               # class, logits, probabilities (as CLASSIFY)
+    LOGITS = 1            # class, logits
+    CLASS = 2             # class
 
 
 class FrameError(CnnforgeError):
@@ -146,15 +194,17 @@ class FrameError(CnnforgeError):
 class NakError(CnnforgeError):
     """The device answered with a NAK."""
 
-    def __init__(self, error, command):
+    def __init__(self, error, command, seq=None):
         self.error = error
         self.command = command
+        self.seq = seq          # a CLASSIFY_IMAGE's sequence number
         name = error.name if isinstance(error, Error) else f"error 0x{error:02x}"
         try:
             what = Command(command).name
         except ValueError:
             what = f"0x{command:02x}"
-        super().__init__(f"device answered NAK {name} to command {what}")
+        which = "" if seq is None else f" (sequence number {seq})"
+        super().__init__(f"device answered NAK {name} to command {what}{which}")
 
 
 def image_bytes(config):
@@ -186,6 +236,8 @@ def request_length_ok(command, length, config, word_bytes=None):
         return length == READ_HEADER_BYTES
     if command in (Command.PING, Command.CLASSIFY, Command.READ_CYCLES):
         return length == 0
+    if command == Command.CLASSIFY_IMAGE:
+        return STREAM_HEADER_BYTES < length <= max_payload(config)
     if command == Command.WRITE_WEIGHTS:
         if not word_bytes:
             return False
@@ -302,37 +354,146 @@ def check_reply(request, frame):
     """The reply payload for ``request``; :class:`NakError` for a NAK, FrameError otherwise."""
     request = Command(request)
     if frame.command == Command.NAK.value:
-        if len(frame.payload) != 2:
-            raise FrameError(f"NAK with a {len(frame.payload)}-byte payload (expected 2)")
-        code, command = frame.payload
-        try:
-            code = Error(code)
-        except ValueError:
-            pass
-        raise NakError(code, command)
+        raise nak_error(frame)
     if frame.command != request.value | REPLY:
         raise FrameError(f"reply command 0x{frame.command:02x} does not answer "
                          f"{request.name} (expected 0x{request.value | REPLY:02x})")
     return frame.payload
 
 
-def ping_payload(config, flags=0, word_bytes=0):
+def nak_error(frame):
+    """The :class:`NakError` a NAK frame stands for (:class:`FrameError` if malformed)."""
+    if len(frame.payload) not in (2, 3):
+        raise FrameError(f"NAK with a {len(frame.payload)}-byte payload (expected 2 or 3)")
+    code, command = frame.payload[:2]
+    try:
+        code = Error(code)
+    except ValueError:
+        pass
+    return NakError(code, command, frame.payload[2] if len(frame.payload) == 3 else None)
+
+
+def ping_payload(config, flags=0, word_bytes=0, slots=0, max_run=0):
     return bytes([PROTOCOL_VERSION, config.input_size, config.in_channels, config.classes,
-                  flags, word_bytes])
+                  flags, word_bytes, slots, max_run])
 
 
 def parse_ping(payload):
     """``{"version", "input_size", "in_channels", "classes", "model_loaded", "writable",
-    "word_bytes"}`` from a PING reply."""
+    "trainable", "stream", "word_bytes", "slots", "max_run"}`` from a PING reply."""
     if len(payload) >= 1 and payload[0] != PROTOCOL_VERSION:
         raise FrameError(f"the device speaks protocol version {payload[0]}, this host "
                          f"{PROTOCOL_VERSION}: rebuild the bitstream or update the host")
-    if len(payload) != 6:
-        raise FrameError(f"PING reply of {len(payload)} bytes (expected 6)")
-    version, size, channels, classes, flags, word_bytes = payload
+    if len(payload) != 8:
+        raise FrameError(f"PING reply of {len(payload)} bytes (expected 8)")
+    version, size, channels, classes, flags, word_bytes, slots, max_run = payload
     return {"version": version, "input_size": size, "in_channels": channels, "classes": classes,
             "model_loaded": bool(flags & FLAG_MODEL), "writable": bool(flags & FLAG_WRITABLE),
-            "trainable": bool(flags & FLAG_TRAINABLE), "word_bytes": word_bytes}
+            "trainable": bool(flags & FLAG_TRAINABLE), "stream": bool(flags & FLAG_STREAM),
+            "word_bytes": word_bytes, "slots": slots, "max_run": max_run}
+
+
+# ---- streaming classification -----------------------------------------------------------------
+
+def zero_run_limit(divisor):
+    """The longest zero run a device whose UART counts ``divisor`` cycles per bit decodes
+    (16 cycles per bit: its zeros, one per cycle, are written in 80 % of the 20 bit times the
+    UART can hold the following bytes)."""
+    return min(MAX_ZERO_RUN, 16 * divisor)
+
+
+def zero_run_encode(data, max_run=64):
+    """``data`` (bytes) in the ``CLASSIFY_IMAGE`` zero-run code: each byte ``b != 0`` as it is,
+    each run of zeros as ``0, n`` per up to ``max_run`` of them (the device's, from PING)."""
+    if not 1 <= max_run <= MAX_ZERO_RUN:
+        raise FrameError(f"zero runs of at most {max_run} (1 to {MAX_ZERO_RUN})")
+    data = bytes(data)
+    out = bytearray()
+    i, end = 0, len(data)
+    while i < end:
+        if data[i]:
+            j = i
+            while j < end and data[j]:
+                j += 1
+            out += data[i:j]
+        else:
+            j = i
+            while j < end and not data[j] and j - i < max_run:
+                j += 1
+            out += bytes([0, j - i])
+        i = j
+    return bytes(out)
+
+
+def zero_run_decode(code, length=None, max_run=MAX_ZERO_RUN):
+    """The bytes ``code`` stands for; :class:`FrameError` for a run of 0 or above ``max_run``,
+    a code ending inside a run, or (``length`` given) another length."""
+    out = bytearray()
+    i = 0
+    while i < len(code):
+        if code[i]:
+            out.append(code[i])
+            i += 1
+            continue
+        if i + 1 == len(code):
+            raise FrameError("zero-run code ends inside a run")
+        run = code[i + 1]
+        if not 1 <= run <= max_run:
+            raise FrameError(f"zero run of {run} (1 to {max_run})")
+        out += bytes(run)
+        i += 2
+    if length is not None and len(out) != length:
+        raise FrameError(f"zero-run code decodes to {len(out)} bytes, not {length}")
+    return bytes(out)
+
+
+def stream_payload(seq, image, mode=ReplyMode.ALL, coding="auto", max_run=64):
+    """``CLASSIFY_IMAGE`` payload: ``image`` (bytes or a uint8 array) raw, zero-run coded
+    (``coding="zero-run"``, runs of at most ``max_run``: the device's) or whichever is shorter
+    (``"auto"``)."""
+    raw = bytes(image)
+    if not 0 <= seq <= 0xFF:
+        raise FrameError(f"sequence number {seq} does not fit a byte")
+    if coding not in ("auto", "raw", "zero-run"):
+        raise FrameError(f"unknown image coding {coding!r} (auto, raw, zero-run)")
+    body, flags = raw, 0
+    if coding != "raw":
+        code = zero_run_encode(raw, max_run)
+        if coding == "zero-run" or len(code) < len(raw):
+            body, flags = code, ZERO_RUN
+    return bytes([seq, ReplyMode(mode).value | flags]) + body
+
+
+def stream_reply_bytes(config, mode):
+    """Payload bytes of a ``CLASSIFY_IMAGE`` reply in reply mode ``mode``."""
+    mode = ReplyMode(mode)
+    fields = {ReplyMode.ALL: classify_reply_bytes(config),
+              ReplyMode.LOGITS: 1 + 4 * config.classes, ReplyMode.CLASS: 1}[mode]
+    return 1 + fields
+
+
+@dataclass
+class StreamResult:
+    """A ``CLASSIFY_IMAGE`` reply: the fields its mode carries (``None`` for the others)."""
+    seq: int
+    cls: int
+    logits: list = None
+    probs: list = None    # Q15
+
+    @classmethod
+    def from_payload(cls, payload, classes, mode):
+        mode = ReplyMode(mode)
+        expect = {ReplyMode.ALL: 2 + 6 * classes, ReplyMode.LOGITS: 2 + 4 * classes,
+                  ReplyMode.CLASS: 2}[mode]
+        if len(payload) != expect:
+            raise FrameError(f"CLASSIFY_IMAGE reply of {len(payload)} bytes (expected {expect} "
+                             f"for {classes} classes in reply mode {mode.name})")
+        logits = probs = None
+        if mode != ReplyMode.CLASS:
+            logits = list(struct.unpack_from(f"<{classes}i", payload, 2))
+        if mode == ReplyMode.ALL:
+            probs = list(struct.unpack_from(f"<{classes}H", payload, 2 + 4 * classes))
+        return cls(payload[0], payload[1], logits, probs)
 
 
 def train_payload(image, label, classes=None):

@@ -303,8 +303,11 @@ def cmd_classify(args):
         _check_count("--mnist-index", index, 0, _mnist_images("test") - 1,
                      of=_mnist_has("test"))
     _check_count("--baud", args.baud)
+    if args.mnist_range is not None:
+        return _classify_stream(args)
     if not args.images and not args.mnist_index:
-        raise CnnforgeError("nothing to classify: give image files or --mnist-index N")
+        raise CnnforgeError("nothing to classify: give image files, --mnist-index N or "
+                            "--mnist-range A:B")
     model_path = _model_file(args.model) if args.model else None
     qnet = model_file.load_network(model_path)
     size, _, channels = qnet.network.input
@@ -335,6 +338,78 @@ def cmd_classify(args):
     for name, r in zip(names, results):
         probs = " ".join(f"{p / 32768:.3f}" for p in r.probs)
         print(f"{name}: class {r.cls}  [{probs}]  {r.cycles} cycles  ({where})")
+
+
+def cmd_bench_link(args):
+    from . import bench_link
+    from .boards.board import get_board
+    boards = args.board or ["icebreaker"]
+    for name in boards:
+        get_board(name)
+    if not args.sim:
+        raise CnnforgeError("bench-link measures the simulated board core: give --sim")
+    _check_mnist_count("--images", args.images, "test")
+    if args.baud is not None:
+        _check_count("--baud", args.baud)
+    reports = [bench_link.bench_link(name, images=args.images, mnist_dir=_mnist_dir(args),
+                                     model_path=_model_file(args.model), baud=args.baud)
+               for name in boards]
+    path = bench_link.write_report(reports)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+
+
+def _mnist_range(text):
+    """``A:B`` (test images A .. B-1) as ``(A, B)``; a one-line error otherwise."""
+    try:
+        start, end = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise CnnforgeError(f"--mnist-range must be START:END (e.g. 0:10000), not {text!r}") \
+            from None
+    total = _mnist_images("test")
+    if not 0 <= start < end <= total:
+        raise CnnforgeError(f"--mnist-range {text}: need 0 <= START < END <= {total} "
+                            f"({_mnist_has('test')})")
+    return start, end
+
+
+def _classify_stream(args):
+    """``classify --mnist-range A:B``: streamed (``CLASSIFY_IMAGE``), accuracy and images/s."""
+    from . import mnist
+    from .boards import host
+    from .boards.board import get_board
+    from .boards.protocol import ReplyMode
+    from .sim.reference import model_file
+    from .sim.verify import board_system
+    if args.images or args.mnist_index:
+        raise CnnforgeError("--mnist-range classifies MNIST test images: give no image files "
+                            "or --mnist-index with it")
+    start, end = _mnist_range(args.mnist_range)
+    model_path = _model_file(args.model) if args.model else None
+    qnet = model_file.load_network(model_path)
+    size, _, channels = qnet.network.input
+    if (size, channels) != (28, 1):
+        raise CnnforgeError(f"--mnist-range needs a model of 28x28x1 images, not "
+                            f"{size}x{size}x{channels}")
+    test_x, test_y = mnist.load("test", _mnist_dir(args))
+    images, labels = test_x[start:end], test_y[start:end]
+    mode = ReplyMode[args.reply.upper()]
+    preset = get_board(args.board).preset
+    if args.sim:
+        results, seconds = board_system.simulate_stream(images, model_path, preset, mode)
+        where = "simulated board core, simulated time"
+    else:
+        if not args.port:
+            raise CnnforgeError("give --port (the board's serial port) or --sim")
+        from .boards.top import board_model
+        model, parallelism, _ = board_model(qnet, preset)
+        results, seconds = host.classify_stream(args.port, images, baud=args.baud, model=model,
+                                                parallelism=parallelism, mode=mode,
+                                                progress=host.progress_bar())
+        where = args.port
+    correct = sum(int(r.cls == y) for r, y in zip(results, labels))
+    print(f"MNIST test {start}:{end}: {correct}/{len(images)} correct "
+          f"({100 * correct / len(images):.2f} %), {len(images) / seconds:,.0f} images/s "
+          f"({where}; streamed, reply {mode.name})")
 
 
 def cmd_train_board(args):
@@ -586,11 +661,25 @@ def build_parser():
     p.add_argument("--mnist-index", type=int, action="append", default=[],
                    help="an MNIST test image by index (repeatable)")
     link_options(p, "icebreaker", "run the protocol against the board core in RTL simulation")
+    p.add_argument("--mnist-range", default=None, metavar="A:B",
+                   help="MNIST test images A..B-1 streamed (many in flight): accuracy, images/s")
+    p.add_argument("--reply", choices=("class", "logits", "all"), default="class",
+                   help="with --mnist-range: what each reply carries")
     p.add_argument("--sim-datapath", choices=("generic", "board"), default="generic",
                    help="--sim with the portable datapath, or the board's (vendor primitives "
                         "through Yosys's cell models; slower)")
     p.add_argument("--model", default=None, help="model file (default: the committed one)")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("bench-link", help="images/s through a board's simulated pins (streamed "
+                                          "frames, each reply mode) -> build/bench-link.json, .md")
+    p.add_argument("--sim", action="store_true", help="simulate the board core (required)")
+    p.add_argument("--board", action="append", default=None,
+                   help="board (repeatable; default icebreaker)")
+    p.add_argument("--images", type=int, default=100, help="MNIST test images per run")
+    p.add_argument("--baud", type=int, default=None, help="line rate (default: the board's)")
+    p.add_argument("--model", default=None, help="model file (default: the board's)")
+    p.set_defaults(func=cmd_bench_link)
 
     p = sub.add_parser("train-board", help="train on the board (or its simulation) over UART, "
                                            "read the weights back and evaluate them")

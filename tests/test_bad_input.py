@@ -16,6 +16,7 @@ import zlib
 import numpy as np
 import pytest
 
+from cnnforge.boards.board import BOARDS
 from cnnforge import cli
 from cnnforge.hw.accel import PRESETS, Accelerator, Parallelism
 from cnnforge.hw.params import NetworkConfig
@@ -78,7 +79,20 @@ MNIST_TRAIN = "MNIST has 60000 training images"
     (["classify", "--mnist-index", "3", "--mnist-index", "10000"],
      f"--mnist-index must be in 0..9999 ({MNIST_TEST}), not 10000"),
     (["classify", "--mnist-index", "3", "--baud", "0"], "--baud must be at least 1, not 0"),
-    (["classify", "--sim"], "nothing to classify: give image files or --mnist-index N"),
+    (["classify", "--sim"], "nothing to classify: give image files, --mnist-index N or "
+                            "--mnist-range A:B"),
+    (["classify", "--sim", "--mnist-range", "5:3"],
+     f"--mnist-range 5:3: need 0 <= START < END <= 10000 ({MNIST_TEST})"),
+    (["classify", "--sim", "--mnist-range", "0:10001"],
+     f"--mnist-range 0:10001: need 0 <= START < END <= 10000 ({MNIST_TEST})"),
+    (["classify", "--sim", "--mnist-range", "7"],
+     "--mnist-range must be START:END (e.g. 0:10000), not '7'"),
+    (["classify", "--sim", "--mnist-range", "0:5", "--mnist-index", "3"],
+     "--mnist-range classifies MNIST test images: give no image files or --mnist-index with it"),
+    (["bench-link", "--sim", "--images", "0"], f"--images must be in 1..10000 ({MNIST_TEST}), not 0"),
+    (["bench-link", "--images", "5"], "bench-link measures the simulated board core: give --sim"),
+    (["bench-link", "--sim", "--board", "icebreaker", "--board", "nope"],
+     f"unknown board 'nope'; boards: {', '.join(BOARDS)}"),
     (["train-sim", "--steps", "-1"], f"--steps must be in 1..60000 ({MNIST_TRAIN}), not -1"),
     (["train-sim", "--steps", "60001"],
      f"--steps must be in 1..60000 ({MNIST_TRAIN}), not 60001"),

@@ -191,8 +191,11 @@ def test_clock_verdict():
 
 
 def test_link_bound_rate():
-    # 790 + 6 + 6 + 67 bytes per image, 10 bits each, at 3 Mbaud.
-    assert round(link_images_per_second(NetworkConfig(), 3_000_000)) == 345
+    # Streamed: 6 + 2 + 784 bytes per raw image up the line (8 down: class only), 10 bits
+    # each, at 3 Mbaud; 200 bytes per coded image.
+    assert round(link_images_per_second(NetworkConfig(), 3_000_000)) == 379
+    assert round(link_images_per_second(NetworkConfig(), 3_000_000, 200)) == 1500
+    assert round(link_images_per_second(NetworkConfig(), 3_000_000, 4)) == 37500
 
 
 def test_parallelism_override_and_estimates():

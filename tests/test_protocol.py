@@ -2,9 +2,13 @@
 
 import struct
 
+import numpy as np
 import pytest
 
-from cnnforge.boards.protocol import (SYNC, FLAG_MODEL, FLAG_TRAINABLE, FLAG_WRITABLE, LAST,
+from cnnforge.boards.protocol import (SYNC, FLAG_MODEL, FLAG_STREAM, FLAG_TRAINABLE, FLAG_WRITABLE,
+                                      LAST, MAX_ZERO_RUN, ReplyMode, StreamResult, ZERO_RUN,
+                                      stream_payload, stream_reply_bytes, zero_run_decode,
+                                      zero_run_encode, zero_run_limit, nak_error,
                                       ClassifyResult, Command, Error, Frame, FrameDecoder,
                                       FrameError, NakError, check_reply, classify_reply_bytes,
                                       crc16, decode, encode, image_bytes, max_payload,
@@ -97,14 +101,16 @@ def test_payload_helpers():
     assert image_bytes(CONFIG) == 784
     assert max_payload(CONFIG) == 1024
     assert classify_reply_bytes(CONFIG) == 61
-    assert parse_ping(ping_payload(CONFIG, FLAG_MODEL | FLAG_WRITABLE, 16)) == {
-        "version": 3, "input_size": 28, "in_channels": 1, "classes": 10, "model_loaded": True,
-        "writable": True, "trainable": False, "word_bytes": 16}
+    assert parse_ping(ping_payload(CONFIG, FLAG_MODEL | FLAG_WRITABLE | FLAG_STREAM, 16, 2,
+                                   160)) == {
+        "version": 4, "input_size": 28, "in_channels": 1, "classes": 10, "model_loaded": True,
+        "writable": True, "trainable": False, "stream": True, "word_bytes": 16, "slots": 2,
+        "max_run": 160}
     assert parse_ping(ping_payload(CONFIG))["model_loaded"] is False
     assert parse_ping(ping_payload(CONFIG, FLAG_TRAINABLE))["trainable"] is True
     with pytest.raises(FrameError, match="PING reply of 3 bytes"):
-        parse_ping(bytes([3, 0, 0]))
-    with pytest.raises(FrameError, match="the device speaks protocol version 2, this host 3"):
+        parse_ping(bytes([4, 0, 0]))
+    with pytest.raises(FrameError, match="the device speaks protocol version 2, this host 4"):
         parse_ping(bytes([2, 28, 1, 10]))
     r = ClassifyResult(7, list(range(-5, 5)), list(range(100, 110)))
     assert ClassifyResult.from_payload(r.to_payload(), 10) == r
@@ -180,3 +186,54 @@ def test_model_upload_frames_cover_model_writes():
                  int.from_bytes(body[k * word:(k + 1) * word], "little"))
                 for k in range(len(body) // word)]
     assert got == [(m.value, a, w) for m, a, w in writes]
+
+
+def test_zero_run_code_round_trips_and_refuses_bad_codes():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        data = (rng.integers(0, 256, 300) * (rng.random(300) < rng.random())).astype(np.uint8)
+        code = zero_run_encode(data.tobytes())
+        assert zero_run_decode(code, len(data)) == data.tobytes()
+    # Runs are cut at the device's limit (64 by default); non-zero bytes pass as they are.
+    assert zero_run_encode(bytes(65) + b"\x07") == bytes([0, 64, 0, 1, 7])
+    assert zero_run_encode(bytes(300), 160) == bytes([0, 160, 0, 140])
+    assert zero_run_encode(bytes(300), MAX_ZERO_RUN) == bytes([0, 255, 0, 45])
+    assert zero_run_encode(b"") == b""
+    assert [zero_run_limit(d) for d in (4, 5, 10, 15, 16, 100)] == [64, 80, 160, 240, 255, 255]
+    with pytest.raises(FrameError, match="zero runs of at most 256"):
+        zero_run_encode(b"", 256)
+    with pytest.raises(FrameError, match="zero run of 0"):
+        zero_run_decode(bytes([0, 0]))
+    with pytest.raises(FrameError, match="zero run of 65 \\(1 to 64\\)"):
+        zero_run_decode(bytes([0, 65]), max_run=64)
+    with pytest.raises(FrameError, match="ends inside a run"):
+        zero_run_decode(bytes([5, 0]))
+    with pytest.raises(FrameError, match="decodes to 3 bytes, not 4"):
+        zero_run_decode(bytes([0, 3]), 4)
+
+
+def test_stream_payload_and_reply():
+    image = bytes(700) + bytes(range(1, 85))
+    coded = stream_payload(9, image, ReplyMode.CLASS)
+    assert coded[:2] == bytes([9, ReplyMode.CLASS.value | ZERO_RUN])
+    assert zero_run_decode(coded[2:], 784) == image
+    assert stream_payload(9, image, coding="raw") == bytes([9, 0]) + image
+    dense = bytes(range(1, 256)) * 3 + bytes(range(1, 20))
+    assert stream_payload(1, dense) == bytes([1, 0]) + dense      # auto: raw is shorter
+    assert request_length_ok(Command.CLASSIFY_IMAGE, 3, CONFIG)
+    assert not request_length_ok(Command.CLASSIFY_IMAGE, 2, CONFIG)
+    assert stream_reply_bytes(CONFIG, ReplyMode.ALL) == 62
+    assert stream_reply_bytes(CONFIG, ReplyMode.LOGITS) == 42
+    assert stream_reply_bytes(CONFIG, ReplyMode.CLASS) == 2
+    full = bytes([9, 3]) + struct.pack("<10i", *range(10)) + struct.pack("<10H", *range(10))
+    assert StreamResult.from_payload(full, 10, ReplyMode.ALL) == StreamResult(
+        9, 3, list(range(10)), list(range(10)))
+    assert StreamResult.from_payload(full[:42], 10, ReplyMode.LOGITS).probs is None
+    assert StreamResult.from_payload(bytes([9, 3]), 10, ReplyMode.CLASS) == StreamResult(9, 3)
+    with pytest.raises(FrameError, match="reply of 3 bytes .* mode CLASS"):
+        StreamResult.from_payload(bytes(3), 10, ReplyMode.CLASS)
+    with pytest.raises(FrameError, match="sequence number 256"):
+        stream_payload(256, image)
+    error = nak_error(Frame(Command.NAK.value, bytes([Error.BUSY.value, 0x08, 17])))
+    assert (error.error, error.command, error.seq) == (Error.BUSY, 0x08, 17)
+    assert "sequence number 17" in str(error)

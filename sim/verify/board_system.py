@@ -16,6 +16,7 @@ from ...boards.host import Classification, Client, train_session
 
 
 __all__ = ["SIM_CLK_FREQ", "SIM_BAUD", "run_sim_job", "simulate", "sim_classify_job",
+           "simulate_stream", "sim_stream_job",
            "simulate_training", "sim_train_job"]
 
 
@@ -91,6 +92,39 @@ def simulate(images, model_path=None, preset="up5k", name=None, target="generic"
     job = out["result"]
     return job["info"], [Classification(**r) for r in job["results"]]
 
+
+
+def sim_stream_job(transport, images, mode):
+    """Job run inside the simulation: ``Client.classify_many`` (simulated seconds)."""
+    from ...boards.protocol import ReplyMode
+    client = Client(transport, timeout=0.05)
+    client.ping()
+    start = transport.now()
+    results = client.classify_many([np.asarray(im, np.uint8) for im in images], ReplyMode(mode))
+    return {"results": [asdict(r) for r in results], "seconds": transport.now() - start}
+
+
+def simulate_stream(images, model_path=None, preset="up5k", mode=None, name=None):
+    """``cnnforge classify --sim --mnist-range``: streamed classification
+    (``CLASSIFY_IMAGE``) against the RTL board core (portable datapath). Returns
+    ``(results, simulated seconds)``; ``results`` are :class:`~cnnforge.boards.protocol.StreamResult`."""
+    from ..reference import model_file
+    from ...boards.protocol import ReplyMode, StreamResult
+    from ...boards.top import board_core, board_model, sim_core
+    mode = ReplyMode.CLASS if mode is None else ReplyMode(mode)
+    model, par, accel = board_model(model_file.load_network(model_path), preset, "generic")
+    if accel is None:
+        link = sim_core(model, preset, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD)
+    else:
+        link = board_core(model, None, clk_freq=SIM_CLK_FREQ, baud=SIM_BAUD, timeout_s=0.002,
+                          accel=accel)
+    out = run_sim_job(name or f"host_stream_{preset}", link,
+                      "cnnforge.sim.verify.board_system:sim_stream_job",
+                      {"images": [np.asarray(im, np.uint8).tolist() for im in images],
+                       "mode": mode.value},
+                      divisor=SIM_CLK_FREQ // SIM_BAUD)
+    job = out["result"]
+    return [StreamResult(**r) for r in job["results"]], job["seconds"]
 
 
 def sim_train_job(transport, init, images, labels, test_images, test_labels, device_checks,

@@ -157,9 +157,10 @@ async def board_job(dut):
 # ---- host jobs ---------------------------------------------------------------------------------
 
 def _nak(frame):
+    """A NAK's ``[code, command]`` (``[code, command, seq]`` for a ``CLASSIFY_IMAGE``)."""
     from cnnforge.boards.protocol import Command
-    if frame.command == Command.NAK.value and len(frame.payload) == 2:
-        return [frame.payload[0], frame.payload[1]]
+    if frame.command == Command.NAK.value and len(frame.payload) in (2, 3):
+        return list(frame.payload)
     return None
 
 
@@ -237,6 +238,90 @@ def upload_and_classify(transport, images, upload):
     c = Client(transport, timeout=0.05)
     _upload(c, transport, upload)
     return [asdict(c.classify(np.asarray(image, np.uint8))) for image in images]
+
+
+def stream_scenario(transport, images, fault_images):
+    """Streamed classification (``Client.classify_many``) in every reply mode and coding, then
+    its fault cases, each followed by a good streamed image.
+
+    Returns ``{"info", "modes": {name: {"results", "seconds"}}, "faults": {name: record},
+    "legacy"}``; the pytest side checks every result against the golden model and every NAK.
+    """
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from cnnforge.boards.host import Client
+    from cnnforge.boards.protocol import (Command, ReplyMode, StreamResult, encode,
+                                          stream_payload, zero_run_encode)
+
+    c = Client(transport, timeout=0.05)
+    out = {"info": c.ping(), "modes": {}, "faults": {}}
+    images = [np.asarray(im, np.uint8) for im in images]
+    img_a, img_b = (np.asarray(x, np.uint8) for x in fault_images)
+    for name, mode, coding in (("all_auto", ReplyMode.ALL, "auto"),
+                               ("logits_raw", ReplyMode.LOGITS, "raw"),
+                               ("class_zero_run", ReplyMode.CLASS, "zero-run")):
+        start = transport.now()
+        results = c.classify_many(images, mode, coding)
+        out["modes"][name] = {"results": [asdict(r) for r in results],
+                              "seconds": transport.now() - start}
+    faults = out["faults"]
+
+    def frame(seq, image, mode=ReplyMode.ALL, coding="zero-run", body=None):
+        payload = stream_payload(seq, image, mode, coding)
+        return encode(Command.CLASSIFY_IMAGE, payload if body is None else payload[:2] + body)
+
+    def replies(data, n):
+        c.send(data)
+        got = []
+        for _ in range(n):
+            f = c.read_frame()
+            nak = _nak(f)
+            got.append({"nak": nak} if nak else asdict(StreamResult.from_payload(
+                f.payload, out["info"]["classes"], ReplyMode.ALL)))
+        return got
+
+    def after():
+        return asdict(c.classify_many([img_a], ReplyMode.ALL)[0])
+
+    # More images than slots without waiting: the third finds no free buffer (the first is
+    # still being read by the accelerator), is NAKed BUSY with its sequence number, and the
+    # two others are classified.
+    three = b"".join(frame(20 + k, im) for k, im in enumerate((img_a, img_b, img_a)))
+    faults["over_window"] = {"replies": replies(three, 3), "after": after()}
+    code = zero_run_encode(img_b.tobytes())
+    zero_at = code.index(0)
+    for name, body in (
+            ("run_of_0", code[:zero_at + 1] + b"\x00" + code[zero_at + 2:]),
+            ("run_of_65", code[:zero_at + 1] + b"\x41" + code[zero_at + 2:]),
+            ("short_code", code[:-1] if code[-2] else code[:-2]),
+            ("long_code", code + b"\x05"),
+            ("dangling_zero", code + b"\x00"),
+            ("short_raw", img_b.tobytes()[:-1])):
+        coding = "raw" if name.endswith("raw") else "zero-run"
+        faults[name] = {"replies": replies(frame(30, img_b, coding=coding, body=body), 1),
+                        "after": after()}
+    for name, mode_byte in (("reply_mode_3", 3), ("unknown_mode_bit", 0x0C)):
+        payload = bytes([31, mode_byte]) + code
+        faults[name] = {"replies": replies(encode(Command.CLASSIFY_IMAGE, payload), 1),
+                        "after": after()}
+    bad = bytearray(frame(32, img_b))
+    bad[len(bad) // 2] ^= 0x10
+    faults["flipped_bit"] = {"replies": replies(bytes(bad), 1), "after": after()}
+    # A LOAD_IMAGE while a streamed image computes: BUSY; a streamed image during a
+    # LOAD_IMAGE classification: BUSY (they share the image buffers).
+    faults["load_during_stream"] = {
+        "replies": replies(frame(33, img_b) + encode(Command.LOAD_IMAGE, img_a.tobytes()), 2),
+        "after": after()}
+    c.load_image(img_b)
+    c.send(encode(Command.CLASSIFY) + frame(34, img_a))
+    first, second = c.read_frame(), c.read_frame()
+    faults["stream_during_classify"] = {"first": _nak(first), "second": second.command,
+                                        "after": after()}
+    # The one-image-at-a-time commands still work after streaming.
+    out["legacy"] = asdict(c.classify(img_b))
+    return out
 
 
 def board_scenario(transport, images, fault_images, upload=None):
