@@ -17,7 +17,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 CNNFORGE = PATH="$(abspath $(VERILATOR_BIN)):$$PATH" $(VENV)/bin/cnnforge
 
-.PHONY: setup data train eval test test-all demo verilog sim sim-full bench bitstream check program test-bitstreams train-fixed train-sim clean
+.PHONY: setup data train eval test test-all demo verilog sim sim-full bench bench-link gatesim bitstream check program test-bitstreams train-fixed train-sim clean
 
 setup: $(STAMP)
 # pip's own output (build backends' warnings included) goes to build/setup.log, shown on failure.
@@ -98,11 +98,20 @@ sim-full: $(STAMP)
 bench: $(STAMP)
 	$(CNNFORGE) bench
 
+# The host link through a board's simulated pins: images/s streamed in each reply mode
+# -> build/bench-link.json and .md (BAUD= another line rate).
+bench-link: $(STAMP)
+	$(CNNFORGE) bench-link --sim --board $(BOARD) $(if $(BAUD),--baud $(BAUD)) $(if $(IMAGES),--images $(IMAGES))
+
+# The netlist of build/$(BOARD) (make bitstream first) simulated at gate level through its pins.
+gatesim: $(STAMP)
+	$(CNNFORGE) gatesim --board $(BOARD) $(if $(IMAGES),--images $(IMAGES))
+
 # Board builds: build/$(BOARD)/ with the bitstream and report.md (icebreaker, ulx3s, orangecrab,
 # tangprimer20k: one file each in boards/catalog/);
 # TRAIN=random|model adds on-chip training (build/$(BOARD)-train/, for `cnnforge train-board`).
 bitstream: $(STAMP)
-	$(CNNFORGE) bitstream --board $(BOARD) $(if $(MODEL),--model $(MODEL)) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(TRAIN),--train $(TRAIN))
+	$(CNNFORGE) bitstream --board $(BOARD) $(if $(MODEL),--model $(MODEL)) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(TRAIN),--train $(TRAIN)) $(if $(BAUD),--baud $(BAUD))
 
 # Before any synthesis: what MODEL's accelerator needs of BOARD, and whether it fits.
 check: $(STAMP)

@@ -450,6 +450,9 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     custom = parallelism is not None and par.to_dict() != _preset(preset).to_dict()
     variant = ("-train" if train_init else
                f"-{name or 'network'}" if layer_list and not board_default else "")
+    if baud is not None and baud != spec.baud:
+        # (a link at another rate is another bitstream: it does not replace the board's)
+        variant += f"-{baud / 1e6:g}mbaud"
     final = Path(out_dir) / (spec.name + variant)
     failed = failed_folder(final)
     platform = spec.platform()

@@ -284,8 +284,9 @@ def cmd_bitstream(args):
         if args.parallelism is not None:
             raise CnnforgeError("--parallelism sets the seed network's presets; a --model is "
                                 "balanced over its layers")
+    _check_count("--baud", args.baud)
     build.build(args.board, args.out, parallelism=par, train_init=args.train, model=model,
-                name=None if args.model is None else Path(args.model).stem)
+                name=None if args.model is None else Path(args.model).stem, baud=args.baud)
 
 
 def cmd_program(args):
@@ -349,11 +350,11 @@ def cmd_bench_link(args):
     if not args.sim:
         raise CnnforgeError("bench-link measures the simulated board core: give --sim")
     _check_mnist_count("--images", args.images, "test")
-    if args.baud is not None:
-        _check_count("--baud", args.baud)
+    for baud in args.baud or ():
+        _check_count("--baud", baud)
     reports = [bench_link.bench_link(name, images=args.images, mnist_dir=_mnist_dir(args),
-                                     model_path=_model_file(args.model), baud=args.baud)
-               for name in boards]
+                                     model_path=_model_file(args.model), baud=baud)
+               for name in boards for baud in (args.baud or [None])]
     path = bench_link.write_report(reports)
     print(f"wrote {path} and {path.with_suffix('.md')}")
 
@@ -410,6 +411,15 @@ def _classify_stream(args):
     print(f"MNIST test {start}:{end}: {correct}/{len(images)} correct "
           f"({100 * correct / len(images):.2f} %), {len(images) / seconds:,.0f} images/s "
           f"({where}; streamed, reply {mode.name})")
+
+
+def cmd_gatesim(args):
+    from .boards.board import get_board
+    from .sim.verify import gatesim
+    get_board(args.board)
+    _check_mnist_count("--images", args.images, "test")
+    gatesim.gatesim_mnist(args.board, Path(args.out) / args.board, images=args.images,
+                          mnist_dir=_mnist_dir(args))
 
 
 def cmd_train_board(args):
@@ -637,6 +647,9 @@ def build_parser():
                    help="a board of boards/catalog/ (icebreaker, ulx3s, orangecrab, "
                         "tangprimer20k)")
     p.add_argument("--out", default="build", help="output folder (the build goes to OUT/BOARD)")
+    p.add_argument("--baud", type=int, default=None,
+                   help="the host link's line rate (default: the board's, 3 Mbaud; the "
+                        "iCEBreaker's FT2232H takes 6000000): OUT/BOARD-<rate>mbaud")
     p.add_argument("--parallelism", default=None,
                    help="override fields of the board's preset, e.g. "
                         "conv_lanes=4,requant_parallel=1,dense_mults=4")
@@ -677,9 +690,17 @@ def build_parser():
     p.add_argument("--board", action="append", default=None,
                    help="board (repeatable; default icebreaker)")
     p.add_argument("--images", type=int, default=100, help="MNIST test images per run")
-    p.add_argument("--baud", type=int, default=None, help="line rate (default: the board's)")
+    p.add_argument("--baud", type=int, action="append", default=None,
+                   help="line rate (repeatable; default: the board's)")
     p.add_argument("--model", default=None, help="model file (default: the board's)")
     p.set_defaults(func=cmd_bench_link)
+
+    p = sub.add_parser("gatesim", help="the built netlist (Yosys's output, cell models) through "
+                                       "its pins: model upload, MNIST images, fault cases")
+    p.add_argument("--board", default="icebreaker")
+    p.add_argument("--images", type=int, default=20, help="MNIST test images")
+    p.add_argument("--out", default="build", help="the builds' folder (OUT/BOARD)")
+    p.set_defaults(func=cmd_gatesim)
 
     p = sub.add_parser("train-board", help="train on the board (or its simulation) over UART, "
                                            "read the weights back and evaluate them")

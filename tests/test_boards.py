@@ -21,7 +21,9 @@ from cnnforge.boards.top import BoardTop
 from cnnforge.errors import CnnforgeError, ToolError
 from cnnforge.hw.params import NetworkConfig
 from cnnforge.sim.reference import model_file
-from helpers import BOARD_CONFIG, FakeAccel
+from cnnforge.sim.verify.gatesim import GATESIM_FAMILIES
+from helpers import (BOARD_CONFIG, HAVE_MNIST, FakeAccel, check_board_scenario,
+                     check_classification, mnist_images)
 
 
 def _plan(name, **kwargs):
@@ -320,6 +322,29 @@ def test_bitstream(name, tmp_path):
         assert abs(logic - placed) <= LOGIC_ERROR * placed, (logic, placed)
     assert "timing met" in (out / name / "report.md").read_text()
     print(json.dumps(report, indent=1))
+    if family.name in GATESIM_FAMILIES and HAVE_MNIST:
+        check_gatesim(name, out / name)
+
+
+def check_gatesim(name, build_dir):
+    """The build's netlist at gate level through its pins (`make gatesim`): the whole model
+    uploaded (the iCE40 starts with empty SPRAM), 20 MNIST images bit-exact with the golden
+    model, every fault case of the board scenario (tests/test_board_top.py)."""
+    from cnnforge.boards.protocol import Command, Error
+    from cnnforge.sim.verify.gatesim import gatesim
+    spec = get_board(name)
+    model = model_file.load()
+    images, _ = mnist_images("test", 22)
+    out = gatesim(name, build_dir, images=images[:20], fault_images=images[20:],
+                  upload={"model_path": None, "preset": spec.preset, "target": None,
+                          "memories": None})
+    upload = out["result"]["upload"]
+    assert upload["no_model"]["nak"] == [Error.NO_MODEL.value, Command.CLASSIFY.value]
+    assert not out["result"]["info_at_start"]["model_loaded"] and upload["loaded_after"]
+    check_board_scenario(out, images[:20], images[20:],
+                         lambda got, image, where: check_classification(got, model, image,
+                                                                        f"gatesim {where}"))
+    print(f"gate-level {name}: {out['sim_time_ns'] / 1e6:.1f} ms simulated")
 
 
 @pytest.mark.bitstream

@@ -51,15 +51,17 @@ BUILD_REPORTS = [
         accel=NetworkAccelerator(_lenet(), preset_parallelism(_lenet().network, "ecp5-25f"))),
      53),
     # SB_RAM40_4K: `make bitstream BOARD=icebreaker MODEL=lenet.npz` (the folded mapping; 27
-    # at 5a3534b, 28 since the link's transmit buffer); tests/test_boards.py rebuilds it.
+    # at 5a3534b, 28 with the link's transmit buffer, 30 since the link's two image slots for
+    # streaming, 7754137); tests/test_boards.py rebuilds it.
     ("icebreaker lenet folded", lambda: board_core(
         _lenet(), None, clk_freq=30e6, baud=3_000_000,
         accel=network_accelerator(_lenet(), preset_parallelism(_lenet().network, "up5k"))),
-     28),
+     30),
 ]
 
-#: Logic cells of that build with the link's transmit buffer (4,865 before it).
-ICEBREAKER_LENET_LC = 4_884
+#: Logic cells of that build with the streaming link (7754137; 4,884 before it, 4,865 before
+#: the link's transmit buffer).
+ICEBREAKER_LENET_LC = 5_107
 
 
 @pytest.mark.parametrize("name, core, used", BUILD_REPORTS, ids=[b[0] for b in BUILD_REPORTS])
@@ -77,8 +79,9 @@ LOGIC_REPORTS = [
     ("ulx3s lenet deep", BUILD_REPORTS[3][1], 44_192),
     ("orangecrab lenet", BUILD_REPORTS[4][1], 19_796),
     ("icebreaker lenet folded", BUILD_REPORTS[5][1], ICEBREAKER_LENET_LC),
+    # (`make bitstream BOARD=icebreaker` with the streaming link, 7754137; 5,056 before it)
     ("icebreaker seed", lambda: board_core(model_file.load(), PRESETS["up5k"], clk_freq=30e6,
-                                           baud=3_000_000), 5_056),
+                                           baud=3_000_000), 5_264),
 ]
 
 
@@ -163,7 +166,7 @@ def test_check_lenet_on_the_icebreaker():
     r = check(_lenet(), "icebreaker")
     assert r["fits"] and r["problem"] is None
     t = r["totals"]
-    assert (t["block_ram"], t["dsps"], t["spram"], t["multipliers"]) == (28, 8, 4, 16)
+    assert (t["block_ram"], t["dsps"], t["spram"], t["multipliers"]) == (30, 8, 4, 16)
     assert t["pipeline"] == "folded"
     assert t["cycles_per_image"] == FoldedMapping(_lenet().network, 8).cycles_per_image
     assert t["cycles_per_image"] <= 1.5 * t["multiplier_bound"]

