@@ -96,18 +96,6 @@ def link_images_per_second(config, baud, request_bytes=None):
     return baud / (10 * max(request_bytes, reply))
 
 
-def mnist_request_bytes(max_run):
-    """Mean bytes on the line of a zero-run coded ``CLASSIFY_IMAGE`` request over the MNIST
-    test set (runs of at most ``max_run``), or None without the data."""
-    from .. import mnist
-    from .protocol import stream_payload
-    try:
-        images, _ = mnist.load("test")
-    except Exception:       # no data here: the report says so instead of the number
-        return None
-    return OVERHEAD_BYTES + sum(len(stream_payload(0, im.tobytes(), max_run=max_run))
-                                for im in images) / len(images)
-
 
 def _preset(name):
     from ..hw.accel import PRESETS
@@ -392,7 +380,8 @@ def _last_tool_error(folder):
 
 
 def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, parallelism=None,
-          accel=None, bench_path=None, train_init=None, name=None, log=print):
+          accel=None, bench_path=None, train_init=None, name=None, request_bytes=None,
+          log=print):
     """Synthesize, place and route, pack; write the report. Returns the report dict.
 
     ``train_init`` (``"random"``, ``"model"``): build with on-chip training
@@ -403,6 +392,10 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     a :class:`~cnnforge.hw.network.NetworkAccelerator` with ``parallelism`` (a
     :class:`~cnnforge.hw.network.LayerParallelism`; default: the board preset's multiplier
     budget balanced over the layers) in ``<board>-<name>``.
+
+    ``request_bytes(max_run)``: the mean bytes of a streamed request with zero runs of at most
+    ``max_run`` (the link's) over the images the report's link-bound rate is for (the command
+    line gives the MNIST test set's).
     """
     from ..hw.model import QuantNetwork
     from ..hw.network import FoldedMapping, LayerParallelism, network_accelerator, \
@@ -568,13 +561,10 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                 # No `make bench` row for this preset: the engines' own figure.
                 cycles = estimate
                 cycles_source = "estimate: slowest stage (no make bench row for the preset)"
-        # The decoder's longest zero run (the link's UART divisor), and with it the mean coded
-        # MNIST request, when the data is here (a 28x28x1 network).
+        # The decoder's longest zero run (from the link's UART divisor).
         from .uart import divisor_for
         max_run = zero_run_limit(divisor_for(top.link_clk_freq or top.clk_freq, top.baud))
-        lc = link_config(model)
-        mnist_bytes = (mnist_request_bytes(max_run)
-                       if (lc.input_size, lc.in_channels) == (28, 1) else None)
+        mnist_bytes = request_bytes(max_run) if request_bytes else None
         result = {
             "board": spec.name, "device": spec.device.name, "family": spec.family.name,
             "preset": ("layer-list" if layer_list else

@@ -22,7 +22,7 @@ from .errors import CnnforgeError
 from .fsutil import atomic_write_text
 
 
-__all__ = ["RUNS", "bench_link", "request_bytes", "write_report"]
+__all__ = ["RUNS", "bench_link", "request_bytes", "mnist_request_bytes", "write_report"]
 
 #: (reply mode, image coding) of each measured run.
 RUNS = ((ReplyMode.CLASS, "auto"), (ReplyMode.LOGITS, "auto"), (ReplyMode.ALL, "auto"),
@@ -34,6 +34,18 @@ def request_bytes(image, coding, max_run):
     zero runs of at most ``max_run``, the device's)."""
     return OVERHEAD_BYTES + len(stream_payload(0, np.asarray(image, np.uint8).tobytes(),
                                                coding=coding, max_run=max_run))
+
+
+def mnist_request_bytes(mnist_dir=None):
+    """``request_bytes(max_run)`` for :func:`cnnforge.boards.build.build`: the mean bytes of a
+    zero-run coded request over the MNIST test set; None without the data."""
+    from . import mnist
+    try:
+        images, _ = mnist.load("test", mnist_dir)
+    except CnnforgeError:       # no data here: the report leaves the number out
+        return None
+    return lambda max_run: float(np.mean([request_bytes(im, "zero-run", max_run)
+                                          for im in images]))
 
 
 def bench_link_job(transport, images, labels, runs):

@@ -285,8 +285,12 @@ def cmd_bitstream(args):
             raise CnnforgeError("--parallelism sets the seed network's presets; a --model is "
                                 "balanced over its layers")
     _check_count("--baud", args.baud)
+    from .bench_link import mnist_request_bytes
+    size, _, channels = (model.network.input if model is not None else (28, 28, 1))
+    coded = mnist_request_bytes(_mnist_dir(args)) if (size, channels) == (28, 1) else None
     build.build(args.board, args.out, parallelism=par, train_init=args.train, model=model,
-                name=None if args.model is None else Path(args.model).stem, baud=args.baud)
+                name=None if args.model is None else Path(args.model).stem, baud=args.baud,
+                request_bytes=coded)
 
 
 def cmd_program(args):
@@ -413,13 +417,56 @@ def _classify_stream(args):
           f"({where}; streamed, reply {mode.name})")
 
 
+def _gatesim_mnist(board_name, build_dir=None, *, images=20, mnist_dir=None, log=print):
+    """``cnnforge gatesim``: the board scenario on ``images`` MNIST test images (and two more for
+    the fault cases) through the built netlist's pins, every classification compared with the
+    golden model word for word; :class:`CnnforgeError` naming the first difference."""
+    import numpy as np
+
+    from . import mnist
+    from .boards.board import get_board
+    from .sim.reference import golden, model_file
+    from .sim.verify.gatesim import gatesim
+    board = get_board(board_name)
+    if board.model:
+        raise CnnforgeError(f"{board.name}: gate-level simulation runs the seed network's "
+                            f"builds so far, not {board.model}")
+    model = model_file.load()
+    test_x, _ = mnist.load("test", mnist_dir)
+    chosen, faults = test_x[:images], test_x[images:images + 2]
+    log(f"gatesim {board.name}: {images} MNIST images through the netlist's pins "
+        f"(Verilator; the first build takes a few minutes)")
+    out = gatesim(board.name, build_dir, images=chosen, fault_images=faults,
+                  upload={"model_path": None, "preset": board.preset, "target": None,
+                          "memories": None})
+    job = out["result"]
+    if out["framing_errors"]:
+        raise CnnforgeError(f"gatesim {board.name}: {out['framing_errors']} framing errors")
+    checked = [(r, im, f"image {n}") for n, (r, im) in enumerate(zip(job["images"], chosen))]
+    # (the scenario classifies its first fault image after each case, its second at the end)
+    checked += [(rec["after"], faults[1] if name == "final" else faults[0],
+                 f"after fault case {name}")
+                for name, rec in job["faults"].items()
+                if isinstance(rec, dict) and isinstance(rec.get("after"), dict)
+                and "cls" in rec["after"]]
+    for got, image, where in checked:
+        ref = golden.infer_int(model, np.asarray(image, np.uint8))
+        want = (int(ref.cls[0]), [int(x) for x in ref.logits[0]], [int(x) for x in ref.probs[0]])
+        if (got["cls"], got["logits"], got["probs"]) != want:
+            raise CnnforgeError(f"gatesim {board.name}: {where} differs from the golden model "
+                                f"(class {got['cls']}, golden {want[0]})")
+    log(f"gatesim {board.name}: {len(job['images'])} images and {len(checked) - len(chosen)} "
+        f"classifications after fault cases bit-exact with the golden model; "
+        f"{out['sim_time_ns'] / 1e6:.1f} ms simulated")
+    return out
+
+
 def cmd_gatesim(args):
     from .boards.board import get_board
-    from .sim.verify import gatesim
     get_board(args.board)
     _check_mnist_count("--images", args.images, "test")
-    gatesim.gatesim_mnist(args.board, Path(args.out) / args.board, images=args.images,
-                          mnist_dir=_mnist_dir(args))
+    _gatesim_mnist(args.board, Path(args.out) / args.board, images=args.images,
+                   mnist_dir=_mnist_dir(args))
 
 
 def cmd_train_board(args):

@@ -337,7 +337,7 @@ def check_gatesim(name, build_dir):
     images, _ = mnist_images("test", 22)
     out = gatesim(name, build_dir, images=images[:20], fault_images=images[20:],
                   upload={"model_path": None, "preset": spec.preset, "target": None,
-                          "memories": None})
+                          "memories": None}, name=f"gatesim_test_{name}")
     upload = out["result"]["upload"]
     assert upload["no_model"]["nak"] == [Error.NO_MODEL.value, Command.CLASSIFY.value]
     assert not out["result"]["info_at_start"]["model_loaded"] and upload["loaded_after"]

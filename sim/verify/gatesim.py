@@ -16,14 +16,14 @@ with the golden model by the caller, the link's fault cases, streamed images.
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 from ...errors import CnnforgeError, ToolError
 
 
-__all__ = ["GATESIM_FAMILIES", "gate_netlist", "ice40_models", "wrapper", "gatesim",
-           "gatesim_mnist"]
+__all__ = ["GATESIM_FAMILIES", "gate_netlist", "ice40_models", "wrapper", "gatesim"]
 
 #: Families whose builds simulate at gate level here.
 GATESIM_FAMILIES = ("ice40",)
@@ -102,13 +102,16 @@ def gate_netlist(build_dir, out):
         raise CnnforgeError(f"no netlist at {source}: build the board first (make bitstream)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # In the build folder, with relative names: YoWASP's Yosys sees only the folder it runs in.
+    written = source.parent / ".gatesim-netlist.v"
     try:
         subprocess.run([_yosys(), "-q", "-p",
-                        f"read_json {source.resolve()}; write_verilog -noattr {out.resolve()}"],
-                       check=True, capture_output=True, text=True)
+                        f"read_json {source.name}; write_verilog -noattr {written.name}"],
+                       check=True, capture_output=True, text=True, cwd=source.parent)
     except subprocess.CalledProcessError as e:
         raise ToolError(f"yosys could not write the netlist of {source}: "
                         f"{(e.stderr or e.stdout).strip().splitlines()[-1:]}") from None
+    shutil.move(written, out)
     return out
 
 
@@ -205,43 +208,3 @@ def gatesim(board_name, build_dir=None, *, images, fault_images, upload, name=No
                verilator_args=["--no-public-flat-rw"])
     return json.loads((folder / "job_result.json").read_text())
 
-
-def gatesim_mnist(board_name, build_dir=None, *, images=20, mnist_dir=None, log=print):
-    """``cnnforge gatesim``: the board scenario on ``images`` MNIST test images (and two more for
-    the fault cases) through the built netlist's pins, every classification compared with the
-    golden model word for word; :class:`CnnforgeError` naming the first difference."""
-    import numpy as np
-
-    from ... import mnist
-    from ...boards.board import get_board
-    from ..reference import golden, model_file
-    board = get_board(board_name)
-    if board.model:
-        raise CnnforgeError(f"{board.name}: gate-level simulation runs the seed network's "
-                            f"builds so far, not {board.model}")
-    model = model_file.load()
-    test_x, _ = mnist.load("test", mnist_dir)
-    chosen, faults = test_x[:images], test_x[images:images + 2]
-    log(f"gatesim {board.name}: {images} MNIST images through the netlist's pins "
-        f"(Verilator; the first build takes a few minutes)")
-    out = gatesim(board.name, build_dir, images=chosen, fault_images=faults,
-                  upload={"model_path": None, "preset": board.preset, "target": None,
-                          "memories": None})
-    job = out["result"]
-    if out["framing_errors"]:
-        raise CnnforgeError(f"gatesim {board.name}: {out['framing_errors']} framing errors")
-    checked = [(r, im, f"image {n}") for n, (r, im) in enumerate(zip(job["images"], chosen))]
-    checked += [(rec["after"], faults[0], f"after fault case {name}")
-                for name, rec in job["faults"].items()
-                if isinstance(rec, dict) and isinstance(rec.get("after"), dict)
-                and "cls" in rec["after"]]
-    for got, image, where in checked:
-        ref = golden.infer_int(model, np.asarray(image, np.uint8))
-        want = (int(ref.cls[0]), [int(x) for x in ref.logits[0]], [int(x) for x in ref.probs[0]])
-        if (got["cls"], got["logits"], got["probs"]) != want:
-            raise CnnforgeError(f"gatesim {board.name}: {where} differs from the golden model "
-                                f"(class {got['cls']}, golden {want[0]})")
-    log(f"gatesim {board.name}: {len(job['images'])} images and {len(checked) - len(chosen)} "
-        f"classifications after fault cases bit-exact with the golden model; "
-        f"{out['sim_time_ns'] / 1e6:.1f} ms simulated")
-    return out
