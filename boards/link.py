@@ -235,6 +235,9 @@ class Link(wiring.Component):
         byte = rxu.o.payload
         got = Signal()
         p_cmd = Signal(8)
+                # (a copy blocks only the frames that stage in the image memory: a PING is answered)
+        stages = ((p_cmd == Command.LOAD_IMAGE) | (p_cmd == Command.WRITE_WEIGHTS)
+                  | (p_cmd == Command.TRAIN))
         # Lengths above max_len are refused at the header: the registers need no more bits.
         p_len = Signal(range(max_len + 1))
         p_count = Signal(range(max_len + 1))
@@ -371,7 +374,7 @@ class Link(wiring.Component):
                 with m.If(got):
                     m.d.sync += [p_len[8:].eq(byte), p_crc.eq(crc_next), p_count.eq(0),
                                  p_busy.eq(Mux(p_cmd == Command.CLASSIFY_IMAGE, stream_block,
-                                               legacy_block)),
+                                               busy | (s_full != 0) | (copying & stages))),
                                  p_stream.eq(p_cmd == Command.CLASSIFY_IMAGE),
                                  w_slot.eq(Mux(p_cmd == Command.CLASSIFY_IMAGE, rx_slot, 0)),
                                  w_pix.eq(0), w_lane.eq(0), w_byte.eq(0), w_full.eq(0),
