@@ -426,7 +426,7 @@ def _gatesim_mnist(board_name, build_dir=None, *, images=20, mnist_dir=None, log
     from . import mnist
     from .boards.board import get_board
     from .sim.reference import golden, model_file
-    from .sim.verify.gatesim import gatesim
+    from .sim.verify.gatesim import gatesim, gatesim_upload
     board = get_board(board_name)
     if board.model:
         raise CnnforgeError(f"{board.name}: gate-level simulation runs the seed network's "
@@ -437,8 +437,7 @@ def _gatesim_mnist(board_name, build_dir=None, *, images=20, mnist_dir=None, log
     log(f"gatesim {board.name}: {images} MNIST images through the netlist's pins "
         f"(Verilator; the first build takes a few minutes)")
     out = gatesim(board.name, build_dir, images=chosen, fault_images=faults,
-                  upload={"model_path": None, "preset": board.preset, "target": None,
-                          "memories": None})
+                  upload=gatesim_upload(board))
     job = out["result"]
     if out["framing_errors"]:
         raise CnnforgeError(f"gatesim {board.name}: {out['framing_errors']} framing errors")

@@ -4,6 +4,7 @@ committed model (a test that needs them is skipped, with the reason, when they a
 parametrized cases, payload words, the Amaranth-simulator stream driver, the checks the two
 convolution engines share, and the board-level fakes and checks."""
 
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -417,3 +418,21 @@ def flat_state(state):
     lfsr = int(state.lfsr.state)
     return np.concatenate([state.dense_m.ravel(), state.dense_b, state.conv_m.ravel(),
                            state.conv_b, [lfsr - (1 << 32) if lfsr >> 31 else lfsr]])
+
+
+def other_model(model, path):
+    """``model`` with negated conv weights and reversed dense biases, saved to ``path``."""
+    other = dataclasses.replace(
+        model,
+        conv_w=(-model.conv_w.astype(np.int16)).clip(-128, 127).astype(np.int8),
+        dense_b=(model.dense_b[::-1]).astype(model.dense_b.dtype))
+    model_file.save(other, path)
+    return model_file.load(path)
+
+
+def check_upload(out):
+    """A partial upload's record (``board_scenario``): the model is unloaded from its first frame
+    until its last."""
+    up = out["result"]["upload"]
+    assert up["no_model"]["nak"] == [Error.NO_MODEL.value, Command.CLASSIFY.value]
+    assert not up["loaded_during"] and up["loaded_after"]

@@ -12,14 +12,13 @@ and SPRAM through Yosys's cell models) starts without dense weights: the whole m
 before it classifies. Also the host's ``--sim`` path (:func:`cnnforge.sim.verify.board_system.simulate`).
 """
 
-import dataclasses
 import os
 
-import numpy as np
 import pytest
 
 from cnnforge.sim.verify.board_system import SIM_BAUD, SIM_CLK_FREQ, run_sim_job, simulate
-from helpers import check_board_scenario, check_classification, mnist_images, needs_mnist
+from helpers import (check_board_scenario, check_classification, check_upload, mnist_images,
+                     needs_mnist, other_model)
 
 IMAGES = int(os.environ.get("CNNFORGE_BOARD_IMAGES", "20"))
 
@@ -29,24 +28,6 @@ def golden_check(model):
     def check(got, image, where):
         check_classification(got, model, image, where)
     return check
-
-
-def other_model(model, path):
-    """``model`` with negated conv weights and reversed dense biases, saved to ``path``."""
-    from cnnforge.sim.reference import model_file
-    other = dataclasses.replace(
-        model,
-        conv_w=(-model.conv_w.astype(np.int16)).clip(-128, 127).astype(np.int8),
-        dense_b=(model.dense_b[::-1]).astype(model.dense_b.dtype))
-    model_file.save(other, path)
-    return model_file.load(path)
-
-
-def check_upload(out):
-    from cnnforge.boards.protocol import Command, Error
-    up = out["result"]["upload"]
-    assert up["no_model"]["nak"] == [Error.NO_MODEL.value, Command.CLASSIFY.value]
-    assert not up["loaded_during"] and up["loaded_after"]
 
 
 @needs_mnist

