@@ -21,7 +21,6 @@ from cnnforge.boards.top import BoardTop
 from cnnforge.errors import CnnforgeError, ToolError
 from cnnforge.hw.params import NetworkConfig
 from cnnforge.sim.reference import model_file
-from cnnforge.sim.verify.gatesim import GATESIM_FAMILIES
 from helpers import (BOARD_CONFIG, HAVE_MNIST, FakeAccel, check_board_scenario, check_upload,
                      check_classification, mnist_images, other_model)
 
@@ -322,9 +321,30 @@ def test_bitstream(name, tmp_path):
         assert abs(logic - placed) <= LOGIC_ERROR * placed, (logic, placed)
     assert "timing met" in (out / name / "report.md").read_text()
     print(json.dumps(report, indent=1))
-    # (a board with its own model, a layer-list network: not at gate level yet)
-    if family.name in GATESIM_FAMILIES and HAVE_MNIST and not spec.model:
+    # (a board with its own model, a layer-list network: not at gate level yet; the ECP5
+    # netlists simulate slowly: test_gatesim_ecp5)
+    if family.name in GATESIM_IN_MAKE_TEST and HAVE_MNIST and not spec.model:
         check_gatesim(name, out / name, tmp_path)
+
+
+#: The families whose board builds in `make test` also run at gate level there (about 2 min on
+#: the iCEBreaker, 6.5 on the Tang Primer 20K).
+GATESIM_IN_MAKE_TEST = ("ice40", "gw1n", "gw2a")
+
+
+@pytest.mark.bitstream
+@pytest.mark.slow(reason="the OrangeCrab's netlist at gate level: its build (3 min) and about "
+                         "16 minutes to compile and simulate")
+@pytest.mark.skipif(not HAVE_MNIST, reason="needs MNIST_DIR")
+def test_gatesim_ecp5(tmp_path):
+    """`make gatesim BOARD=orangecrab` in a fresh build: the ECP5 cell models (Yosys's and
+    sim/verify/ecp5_cells.v's DP16KD, MULT18X18D, EHXPLLL) through the board's pins."""
+    try:
+        tool_env(get_board("orangecrab").family)
+    except ToolError as e:
+        pytest.skip(str(e))
+    build("orangecrab", tmp_path)
+    check_gatesim("orangecrab", tmp_path / "orangecrab", tmp_path)
 
 
 def check_gatesim(name, build_dir, tmp_path):

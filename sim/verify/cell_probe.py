@@ -126,7 +126,8 @@ endmodule
 
 
 def probe_netlist(folder, family):
-    """Write the probe's RTL (``probe_rtl``) and its ``synth_gowin`` netlist (``probe_gate``)
+    """Write the probe's RTL (``probe_rtl``) and its netlist for ``family`` (``synth_ecp5`` or
+    ``synth_gowin``; ``probe_gate``)
     into ``folder``; ``(rtl path, netlist path, the netlist's top module as Yosys JSON)``."""
     import json
 
@@ -139,8 +140,9 @@ def probe_netlist(folder, family):
     # Verilog's per-lane write processes would not map to block RAM).
     (folder / "probe_rtl.il").write_text(rtlil.convert(CellProbe(), name="probe_rtl",
                                                        emit_src=False))
+    synth = "synth_ecp5" if family == "ecp5" else f"synth_gowin -family {family}"
     script = ("read_rtlil probe_rtl.il; "
-              f"synth_gowin -family {family} -top probe_rtl; "
+              f"{synth} -top probe_rtl; "
               "rename probe_rtl probe_gate; write_json probe_gate.json; "
               "write_verilog -noattr probe_gate.v")
     try:
@@ -163,8 +165,11 @@ def run_probe(name, family, cycles, corrupt=False):
     from .rtl_runner import BUILD, run_cocotb
     folder = BUILD / name
     rtl, gate, top = probe_netlist(folder, family)
-    models, check = GATESIM_FAMILIES[family]
+    models, check, prepare = GATESIM_FAMILIES[family]
     check(top, gate.read_text())
+    if prepare is not None:
+        top, text = prepare(top, gate.read_text())
+        gate.write_text(text)
     models = models(folder / "cells.v")
     _check_modelled(top, models.read_text())
     wrapper = folder / "probe_check.v"

