@@ -161,7 +161,7 @@ def run_probe(name, family, cycles, corrupt=False):
     ``corrupt``: flip an output bit of the netlist (the comparison's negative control)."""
     import json
 
-    from .gatesim import GATESIM_FAMILIES, _check_modelled
+    from .gatesim import GATESIM_FAMILIES, check_modelled
     from .rtl_runner import BUILD, run_cocotb
     folder = BUILD / name
     rtl, gate, top = probe_netlist(folder, family)
@@ -171,7 +171,7 @@ def run_probe(name, family, cycles, corrupt=False):
         top, text = prepare(top, gate.read_text())
         gate.write_text(text)
     models = models(folder / "cells.v")
-    _check_modelled(top, models.read_text())
+    check_modelled(top, models.read_text())
     wrapper = folder / "probe_check.v"
     wrapper.write_text(CHECK_WRAPPER.format(msb=_out_width() - 1))
     result = folder / "probe_result.json"

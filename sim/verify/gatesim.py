@@ -35,7 +35,7 @@ from ...errors import CnnforgeError, ToolError
 
 
 __all__ = ["GATESIM_FAMILIES", "gate_netlist", "ice40_models", "ecp5_models", "gowin_models",
-           "wrapper",
+           "check_modelled", "wrapper",
            "gatesim_upload", "gatesim"]
 
 #: The Gowin cells Yosys ships only as blackboxes, modelled here.
@@ -169,7 +169,7 @@ def _check_gowin(top):
                                 f"the gate-level models do not cover")
 
 
-def _check_modelled(top, models):
+def check_modelled(top, models):
     """:class:`CnnforgeError` unless every cell type of ``top`` is a module with a body in
     ``models`` (Verilog text): a blackbox would simulate as nothing."""
     bodies = set(re.findall(r"^module\s+(\w+)", models, flags=re.M))
@@ -367,7 +367,7 @@ def gatesim(board_name, build_dir=None, *, images, fault_images, upload, name=No
         top, text = prepare(top, netlist.read_text())
         netlist.write_text(text)
     cells = models(folder / "cells.v")
-    _check_modelled(top, cells.read_text())
+    check_modelled(top, cells.read_text())
     sources = [netlist, cells, wrapper(build_dir, board, folder / "gatesim.v")]
     job = {"function": "cnnforge.sim.verify.tb_board:board_scenario",
            "args": {"images": [im.tolist() for im in images],
