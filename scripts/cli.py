@@ -428,10 +428,9 @@ def _gatesim_mnist(board_name, build_dir=None, *, images=20, mnist_dir=None, log
     from .sim.reference import golden, model_file
     from .sim.verify.gatesim import gatesim, gatesim_upload
     board = get_board(board_name)
-    if board.model:
-        raise CnnforgeError(f"{board.name}: gate-level simulation runs the seed network's "
-                            f"builds so far, not {board.model}")
-    model = model_file.load()
+    # (a board with a model of its own, a layer-list network, starts with it built in)
+    model = (model_file.load_network(model_file.DEFAULT_PATH.with_name(board.model))
+             if board.model else model_file.load())
     test_x, _ = mnist.load("test", mnist_dir)
     chosen, faults = test_x[:images], test_x[images:images + 2]
     log(f"gatesim {board.name}: {images} MNIST images through the netlist's pins "

@@ -321,9 +321,8 @@ def test_bitstream(name, tmp_path):
         assert abs(logic - placed) <= LOGIC_ERROR * placed, (logic, placed)
     assert "timing met" in (out / name / "report.md").read_text()
     print(json.dumps(report, indent=1))
-    # (a board with its own model, a layer-list network: not at gate level yet; the ECP5
-    # netlists simulate slowly: test_gatesim_ecp5)
-    if family.name in GATESIM_IN_MAKE_TEST and HAVE_MNIST and not spec.model:
+    # (the ECP5 netlists simulate slowly: test_gatesim_ecp5)
+    if family.name in GATESIM_IN_MAKE_TEST and HAVE_MNIST:
         check_gatesim(name, out / name, tmp_path)
 
 
@@ -350,21 +349,25 @@ def test_gatesim_ecp5(tmp_path):
 def check_gatesim(name, build_dir, tmp_path):
     """The build's netlist at gate level through its pins (`make gatesim`): a model upload (the
     whole model where the board starts without one, the iCE40's SPRAM being empty; else the
-    small memories of another model, so that the results show the writes landed), 20 MNIST
-    images bit-exact with the golden model, every fault case of the board scenario
-    (tests/test_board_top.py)."""
+    small memories of another model, so that the results show the writes landed; none for a
+    board's own layer-list model, built in), 20 MNIST images bit-exact with the golden model,
+    every fault case of the board scenario (tests/test_board_top.py)."""
     from cnnforge.boards.protocol import Command, Error
     from cnnforge.sim.verify.gatesim import gatesim, gatesim_upload
     spec = get_board(name)
     model = model_file.load()
     upload = gatesim_upload(spec)
-    if upload["memories"] is not None:
+    if spec.model:              # its own layer-list model, built in: no upload
+        model = model_file.load_network(model_file.DEFAULT_PATH.with_name(spec.model))
+    elif upload["memories"] is not None:
         model = other_model(model, tmp_path / "other.npz")
         upload = gatesim_upload(spec, tmp_path / "other.npz")
     images, _ = mnist_images("test", 22)
     out = gatesim(name, build_dir, images=images[:20], fault_images=images[20:],
                   upload=upload, name=f"gatesim_test_{name}")
-    if upload["memories"] is None:
+    if upload is None:
+        assert out["result"]["info_at_start"]["model_loaded"]
+    elif upload["memories"] is None:
         assert out["result"]["upload"]["no_model"]["nak"] == [Error.NO_MODEL.value,
                                                              Command.CLASSIFY.value]
         assert not out["result"]["info_at_start"]["model_loaded"]

@@ -324,8 +324,11 @@ SMALL_MEMORIES = ("CONV_W", "CONV_B", "REQUANT_MULT", "DENSE_B")
 def gatesim_upload(board, model_path=None):
     """``board_scenario``'s ``upload`` for ``board``: the whole model where it starts without one
     (the iCE40's dense weights in SPRAM), else :data:`SMALL_MEMORIES`, of ``model_path`` (None:
-    the committed model)."""
+    the committed model); None for a board with a layer-list model of its own (built in; the
+    scenario uploads the seed network's memories only)."""
     from ...hw.accel import PRESETS
+    if board.model:
+        return None
     starts_loaded = PRESETS[board.preset].target != "ice40"
     return {"model_path": None if model_path is None else str(model_path),
             "preset": board.preset, "target": None,
