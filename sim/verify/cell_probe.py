@@ -161,17 +161,11 @@ def run_probe(name, family, cycles, corrupt=False):
     ``corrupt``: flip an output bit of the netlist (the comparison's negative control)."""
     import json
 
-    from .gatesim import GATESIM_FAMILIES, check_modelled
+    from .gatesim import family_models
     from .rtl_runner import BUILD, run_cocotb
     folder = BUILD / name
     rtl, gate, top = probe_netlist(folder, family)
-    models, check, prepare = GATESIM_FAMILIES[family]
-    check(top, gate.read_text())
-    if prepare is not None:
-        top, text = prepare(top, gate.read_text())
-        gate.write_text(text)
-    models = models(folder / "cells.v")
-    check_modelled(top, models.read_text())
+    models = family_models(family, top, gate, folder / "cells.v")
     wrapper = folder / "probe_check.v"
     wrapper.write_text(CHECK_WRAPPER.format(msb=_out_width() - 1))
     result = folder / "probe_result.json"

@@ -35,7 +35,7 @@ from ...errors import CnnforgeError, ToolError
 
 
 __all__ = ["GATESIM_FAMILIES", "gate_netlist", "ice40_models", "ecp5_models", "gowin_models",
-           "check_modelled", "wrapper",
+           "check_modelled", "family_models", "wrapper",
            "gatesim_upload", "gatesim"]
 
 #: The Gowin cells Yosys ships only as blackboxes, modelled here.
@@ -321,6 +321,20 @@ def wrapper(build_dir, board, out):
 SMALL_MEMORIES = ("CONV_W", "CONV_B", "REQUANT_MULT", "DENSE_B")
 
 
+def family_models(family, top, netlist, out):
+    """Check the netlist (its top module as Yosys JSON, ``top``; its Verilog at ``netlist``,
+    prepared in place where the family needs it) against ``family``'s cell models, and write
+    those to ``out``; :class:`CnnforgeError` naming what they do not cover."""
+    models, check, prepare = GATESIM_FAMILIES[family]
+    check(top, netlist.read_text())
+    if prepare is not None:
+        top, text = prepare(top, netlist.read_text())
+        netlist.write_text(text)
+    cells = models(out)
+    check_modelled(top, cells.read_text())
+    return cells
+
+
 def gatesim_upload(board, model_path=None):
     """``board_scenario``'s ``upload`` for ``board``: the whole model where it starts without one
     (the iCE40's dense weights in SPRAM), else :data:`SMALL_MEMORIES`, of ``model_path`` (None:
@@ -362,15 +376,9 @@ def gatesim(board_name, build_dir=None, *, images, fault_images, upload, name=No
     folder = BUILD / name
     folder.mkdir(parents=True, exist_ok=True)
     family = board.family.name
-    models, check, prepare = GATESIM_FAMILIES[family]
     netlist = gate_netlist(build_dir, folder / "netlist.v", family)
     top = json.loads(_netlist_json(build_dir, family).read_text())["modules"]["top"]
-    check(top, netlist.read_text())
-    if prepare is not None:
-        top, text = prepare(top, netlist.read_text())
-        netlist.write_text(text)
-    cells = models(folder / "cells.v")
-    check_modelled(top, cells.read_text())
+    cells = family_models(family, top, netlist, folder / "cells.v")
     sources = [netlist, cells, wrapper(build_dir, board, folder / "gatesim.v")]
     job = {"function": "cnnforge.sim.verify.tb_board:board_scenario",
            "args": {"images": [im.tolist() for im in images],
