@@ -81,6 +81,10 @@ class Board:
     link_clk_freq: float | None = None
     #: The platform's UART resource (``platform.request("uart", uart)``).
     uart: int = 0
+    #: The host links the board can be built with, its default first: ``"uart"`` (the UART
+    #: resource), ``"usb"`` (the FPGA's own USB port, platform resource ``usb`` 0, as a CDC-ACM
+    #: serial device: :mod:`cnnforge.boards.usb`).
+    links: tuple = ("uart",)
 
     def training_preset(self):
         """The preset of an on-chip training build; :class:`CnnforgeError` (one line: why, and
@@ -90,6 +94,16 @@ class Board:
             raise CnnforgeError(f"{self.name}: on-chip training does not fit the "
                                 f"{self.device.name}: {self.no_training}; build it for {can}")
         return self.train_preset
+
+    def check_link(self, link):
+        """``link`` (None: the board's default) if the board can be built with it;
+        :class:`CnnforgeError` (one line) otherwise."""
+        if link is None:
+            return self.links[0]
+        if link not in self.links:
+            raise CnnforgeError(f"{self.name} has no {link!r} host link; it has "
+                                f"{', '.join(self.links)}")
+        return link
 
     def default_clk_frequency(self):
         """The board clock the PLL starts from."""

@@ -36,8 +36,8 @@ from pathlib import Path
 from ..errors import CnnforgeError, ToolError
 from ..fsutil import atomic_write_text
 from ..hw.util import REPLICA
-from .protocol import (OVERHEAD_BYTES, STREAM_HEADER_BYTES, ReplyMode, image_bytes,
-                       stream_reply_bytes, zero_run_limit)
+from .protocol import (MAX_ZERO_RUN, OVERHEAD_BYTES, STREAM_HEADER_BYTES, ReplyMode,
+                       image_bytes, stream_reply_bytes, zero_run_limit)
 from .board import get_board
 from .family import FAMILIES
 from .top import BoardTop, link_config
@@ -236,10 +236,16 @@ def _markdown(r):
     else:
         lines.append("- compute-bound images/s: run `make bench` first (no build/bench.json)")
     coded = r.get("images_per_s_link_mnist")
-    lines.append(f"- link-bound (streamed, class-only replies): {r['images_per_s_link']:.0f} "
-                 f"images/s at {r['baud']} baud with raw images"
-                 + (f", {coded:.0f} zero-run coded (the MNIST test set's mean)" if coded else
-                    "") + " (`cnnforge bench-link --sim` measures it through the simulated pins)")
+    if r.get("link") == "usb":
+        lines.append("- host link: USB full speed, CDC-ACM serial device (clocks usb 12 MHz, "
+                     "usb_io 48 MHz); link-bound images/s: `cnnforge bench-link --sim --board "
+                     f"{r['board']} --link usb` measures it at the packet level")
+    else:
+        lines.append(f"- link-bound (streamed, class-only replies): {r['images_per_s_link']:.0f} "
+                     f"images/s at {r['baud']} baud with raw images"
+                     + (f", {coded:.0f} zero-run coded (the MNIST test set's mean)" if coded
+                        else "")
+                     + " (`cnnforge bench-link --sim` measures it through the simulated pins)")
     lines.append(f"- build time: {r['seconds']:.0f} s")
     return "\n".join(lines) + "\n"
 
@@ -381,7 +387,7 @@ def _last_tool_error(folder):
 
 def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, parallelism=None,
           accel=None, bench_path=None, train_init=None, name=None, request_bytes=None,
-          log=print):
+          link=None, log=print):
     """Synthesize, place and route, pack; write the report. Returns the report dict.
 
     ``train_init`` (``"random"``, ``"model"``): build with on-chip training
@@ -393,6 +399,9 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     :class:`~cnnforge.hw.network.LayerParallelism`; default: the board preset's multiplier
     budget balanced over the layers) in ``<board>-<name>``.
 
+    ``link``: the host link (:attr:`~cnnforge.boards.board.Board.links`; None: the board's
+    default); another than the default is built in ``<board>-<link>``.
+
     ``request_bytes(max_run)``: the mean bytes of a streamed request with zero runs of at most
     ``max_run`` (the link's) over the images the report's link-bound rate is for (the command
     line gives the MNIST test set's).
@@ -403,6 +412,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     from ..hw.params import ConfigError
     from ..sim.reference import model_file
     spec = get_board(board)
+    link = spec.check_link(link)
     # A training build's preset; fails at once, before any tool runs, if the board cannot fit it.
     preset = spec.training_preset() if train_init is not None else spec.preset
     env = tool_env(spec.family)
@@ -436,7 +446,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
         return BoardTop(spec, model, parallelism=parallelism, clk_freq=clk_freq, baud=baud,
                         accel=(network_accelerator(model, network_par) if layer_list
                                else accel),
-                        train_init=train_init)
+                        train_init=train_init, link=link)
 
     top = new_top()
     par = top.parallelism
@@ -446,6 +456,8 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
     if baud is not None and baud != spec.baud:
         # (a link at another rate is another bitstream: it does not replace the board's)
         variant += f"-{baud / 1e6:g}mbaud"
+    if link != spec.links[0]:
+        variant += f"-{link}"
     final = Path(out_dir) / (spec.name + variant)
     failed = failed_folder(final)
     platform = spec.platform()
@@ -561,10 +573,12 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                 # No `make bench` row for this preset: the engines' own figure.
                 cycles = estimate
                 cycles_source = "estimate: slowest stage (no make bench row for the preset)"
-        # The decoder's longest zero run (from the link's UART divisor).
+        # The decoder's longest zero run (a UART's from its divisor; USB makes the stream wait).
         from .uart import divisor_for
-        max_run = zero_run_limit(divisor_for(top.link_clk_freq or top.clk_freq, top.baud))
-        mnist_bytes = request_bytes(max_run) if request_bytes else None
+        usb = link == "usb"
+        max_run = (MAX_ZERO_RUN if usb else
+                   zero_run_limit(divisor_for(top.link_clk_freq or top.clk_freq, top.baud)))
+        mnist_bytes = request_bytes(max_run) if request_bytes and not usb else None
         result = {
             "board": spec.name, "device": spec.device.name, "family": spec.family.name,
             "preset": ("layer-list" if layer_list else
@@ -577,13 +591,15 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                             par.to_dict() if par is not None else None),
             "dsp_mapping": dsp_note, "cycles_source": cycles_source,
             "target_mhz": target, "fmax_mhz": fmax_mhz, "fmax": fmax,
-            "timing_met": met, "baud": top.baud,
+            "timing_met": met, "link": link, "baud": None if usb else top.baud,
             "link_clk_mhz": top.link_clk_freq / 1e6 if top.link_clk_freq else None,
             "nextpnr_seeds": [{"seed": seed, "fmax_mhz": f} for seed, f in tried],
             "resources": resources, "cycles_per_image": cycles,
             "images_per_s_compute": target * 1e6 / cycles if cycles else None,
             "images_per_s_fmax": fmax_mhz * 1e6 / cycles if cycles else None,
-            "images_per_s_link": link_images_per_second(link_config(model), top.baud),
+            # (USB: no rate from a formula; `cnnforge bench-link --sim --link usb` measures it)
+            "images_per_s_link": (None if usb else
+                                  link_images_per_second(link_config(model), top.baud)),
             "link_max_zero_run": max_run,
             "images_per_s_link_mnist": (
                 link_images_per_second(link_config(model), top.baud, mnist_bytes)

@@ -63,10 +63,10 @@ class Family:
         raise CnnforgeError(f"a separate link clock needs a second PLL output, which the "
                             f"{self.name} PLL as used here has not")
 
-    def pll_instance(self, *, clk_pin, pll, secondary, f_in, f_out, f_secondary, main_clk,
-                     secondary_clk, locked):
+    def pll_instance(self, *, clk_pin, pll, f_in, f_out, main_clk, locked, secondaries=()):
         """The PLL primitive: ``main_clk`` at ``f_out`` from the board clock ``clk_pin``,
-        ``secondary_clk`` (or None) from :meth:`secondary_pll`'s ``secondary``, ``locked``."""
+        ``locked``; ``secondaries``: more outputs, ``(params, f, clk)`` with ``params`` from
+        :meth:`secondary_pll` (a family without them refuses in :meth:`secondary_pll`)."""
         raise NotImplementedError
 
     def bitstream_problem(self, data, device):
@@ -140,8 +140,7 @@ class _ICE40(Family):
     def pll(self, f_in, f_out):
         return ice40_pll_params(f_in, f_out)
 
-    def pll_instance(self, *, clk_pin, pll, secondary, f_in, f_out, f_secondary, main_clk,
-                     secondary_clk, locked):
+    def pll_instance(self, *, clk_pin, pll, f_in, f_out, main_clk, locked, secondaries=()):
         divr, divf, divq, filt, _ = pll
         return Instance(
             "SB_PLL40_PAD",
@@ -210,16 +209,16 @@ class _ECP5(Family):
         clki, clkfb, clkop, f = pll
         return ecp5_secondary_div(f * clkop, f_out)
 
-    def pll_instance(self, *, clk_pin, pll, secondary, f_in, f_out, f_secondary, main_clk,
-                     secondary_clk, locked):
+    def pll_instance(self, *, clk_pin, pll, f_in, f_out, main_clk, locked, secondaries=()):
         clki, clkfb, clkop, _ = pll
         extra = {}
-        if secondary is not None:
-            clkos, _ = secondary
-            extra = dict(
-                a_FREQUENCY_PIN_CLKOS=str(f_secondary / 1e6),
-                p_CLKOS_ENABLE="ENABLED", p_CLKOS_DIV=clkos, p_CLKOS_CPHASE=clkos - 1,
-                p_CLKOS_FPHASE=0, o_CLKOS=secondary_clk)
+        if len(secondaries) > 3:
+            raise ValueError(f"an EHXPLLL has 3 secondary outputs, not {len(secondaries)}")
+        for port, ((div, _), f, clk) in zip(("CLKOS", "CLKOS2", "CLKOS3"), secondaries):
+            extra.update({
+                f"a_FREQUENCY_PIN_{port}": str(f / 1e6),
+                f"p_{port}_ENABLE": "ENABLED", f"p_{port}_DIV": div,
+                f"p_{port}_CPHASE": div - 1, f"p_{port}_FPHASE": 0, f"o_{port}": clk})
         # nextpnr derives the output's constraint from the board clock pin's.
         return Instance(
             "EHXPLLL",
@@ -295,8 +294,7 @@ class _Gowin(Family):
         return gowin_pll_params(f_in, f_out, pfd_max=self.pfd_max, vco=self.vco,
                                 clkout=self.clkout)
 
-    def pll_instance(self, *, clk_pin, pll, secondary, f_in, f_out, f_secondary, main_clk,
-                     secondary_clk, locked):
+    def pll_instance(self, *, clk_pin, pll, f_in, f_out, main_clk, locked, secondaries=()):
         idiv, fbdiv, odiv, _ = pll
         return Instance(
             "rPLL",

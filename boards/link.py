@@ -1,12 +1,14 @@
-"""The gateware protocol engine: UART frames in, accelerator runs, UART frames out.
+"""The gateware protocol engine: frames in, accelerator runs, frames out.
 
-See :mod:`cnnforge.boards.protocol` for the frame format, the commands and the error rules.
+:class:`LinkEngine` serves the protocol over byte streams (any transport: a UART, a USB serial
+device); :class:`Link` is the engine behind a UART. See :mod:`cnnforge.boards.protocol` for the
+frame format, the commands and the error rules.
 """
 
 import operator
 
 from amaranth import *
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -15,13 +17,13 @@ from amaranth.utils import ceil_log2
 from ..hw.params import NetworkConfig
 from .protocol import (SYNC, REPLY, LAST, OVERHEAD_BYTES, FLAG_MODEL, FLAG_WRITABLE, FLAG_TRAINABLE,
                        FLAG_STREAM, WEIGHTS_HEADER_BYTES, TRAIN_HEADER_BYTES, READ_HEADER_BYTES,
-                       STREAM_HEADER_BYTES, VALUE_BYTES, MAX_READ_VALUES, ZERO_RUN,
+                       STREAM_HEADER_BYTES, VALUE_BYTES, MAX_READ_VALUES, MAX_ZERO_RUN, ZERO_RUN,
                        Command, Error, ReplyMode, classify_reply_bytes, image_bytes, max_payload,
                        max_weight_words, ping_payload, stream_reply_bytes, zero_run_limit)
 from .uart import UARTRx, UARTTx, check_divisor
 
 
-__all__ = ["crc16_byte", "Link"]
+__all__ = ["crc16_byte", "LinkEngine", "EngineTransport", "Link"]
 
 
 def _crc16_matrix():
@@ -52,8 +54,8 @@ def crc16_byte(crc, byte):
     return Cat(*bits)
 
 
-class Link(wiring.Component):
-    """Serves the framed UART protocol with an accelerator.
+class LinkEngine(wiring.Component):
+    """Serves the framed protocol with an accelerator, over byte streams.
 
     The receiver parses frames as bytes arrive (skipping bytes outside frames until a SYNC,
     checking the CRC, the length and an inter-byte timeout) and writes a ``LOAD_IMAGE``
@@ -67,13 +69,13 @@ class Link(wiring.Component):
 
     ``CLASSIFY_IMAGE`` (streaming): the image memory holds ``slots`` images. A streamed
     image's bytes go into the next free slot as they arrive, a zero-run code decoded on the way
-    (a run's zeros written one per cycle while the UART holds the next byte); once the CRC
+    (a run's zeros written one per cycle while ``i`` waits); once the CRC
     checks, the slot is queued with its sequence number and reply mode. The executor starts the
     oldest queued slot whenever no classification runs, so the next image arrives while one
     is computed; a slot is free again once its last pixel has been read into the accelerator.
     ``LOAD_IMAGE``, ``TRAIN`` and ``WRITE_WEIGHTS`` stage in slot 0.
 
-    Replies go into a transmit buffer (``TX_BUFFER`` bytes) that the UART drains at line rate,
+    Replies go into a transmit buffer (``TX_BUFFER`` bytes) that the transport drains,
     so the executor takes the next request as soon as a reply is queued: requests sent without
     waiting for the replies are served in order (a reply waits for room in the buffer; the
     receiver holds the next request meanwhile).
@@ -101,8 +103,6 @@ class Link(wiring.Component):
         with fields ``logit`` (signed, at most 32 bits), ``prob`` (16 bits) and ``cls``.
     config : NetworkConfig
         The network (image size, channels, classes).
-    divisor : int
-        Clock cycles per UART bit.
     timeout : int
         Inter-byte timeout inside a frame, in clock cycles.
     model_loaded : bool
@@ -112,13 +112,17 @@ class Link(wiring.Component):
     slots : int
         Image buffers for streamed classification (1, 2 or 4): a power of two, so that a
         slot's pixels are addressed by the slot number above the pixel index.
+    max_run : int
+        The longest zero run the decoder takes (1..255, reported by PING). A run's zeros are
+        written one per cycle while ``i`` waits: a transport that cannot wait (a UART holds one
+        byte) bounds it (:func:`~.protocol.zero_run_limit`).
 
     Members
     -------
-    rx : ``In(1, init=1)``
-        UART line from the host.
-    tx : ``Out(1, init=1)``
-        UART line to the host.
+    i : ``In(stream.Signature(8))``
+        Bytes from the host, at most one per :attr:`BYTE_CYCLES` cycles.
+    o : ``Out(stream.Signature(8))``
+        Bytes to the host.
     busy : ``Out(1)``
         A classification is in flight.
     cls : ``Out(8)``
@@ -132,11 +136,15 @@ class Link(wiring.Component):
     accelerator in its own clock domain), that count is reported instead.
     """
 
-    #: Bytes of replies queued for the UART: two classification replies (on the ECP5 small
+    #: The fewest cycles from one byte taken on ``i`` to the next that the parser is built
+    #: for (a UART's bytes come 10 bit times apart, at least 40 cycles).
+    BYTE_CYCLES = 2
+
+    #: Bytes of replies queued for the transport: two classification replies (on the ECP5 small
     #: enough for LUT RAM; one iCE40 block RAM).
     TX_BUFFER = 128
 
-    def __init__(self, *, accel, config, divisor, timeout, model_loaded=True, slots=2):
+    def __init__(self, *, accel, config, timeout, max_run, model_loaded=True, slots=2):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config must be a NetworkConfig, not {config!r}")
         if config.classes > 255 or config.input_size > 255 or config.in_channels > 255:
@@ -147,7 +155,6 @@ class Link(wiring.Component):
             raise ValueError(f"timeout must be a positive number of cycles, not {timeout!r}")
         self._accel = accel
         self._config = config
-        self._divisor = divisor
         self._timeout = timeout
         if not isinstance(model_loaded, bool):
             raise TypeError(f"model_loaded must be a bool, not {model_loaded!r}")
@@ -168,13 +175,14 @@ class Link(wiring.Component):
         self.word_bytes = (accel.mw_data_bits + 7) // 8 if self._writable else 0
         if self.word_bytes > 255:
             raise ValueError(f"model words must be at most 255 bytes, not {self.word_bytes!r}")
-        divisor = check_divisor(divisor)
-        #: The longest zero run the decoder takes (PING): its zeros are written before the UART
-        #: would have to drop a byte (:func:`~.protocol.zero_run_limit`).
-        self.max_run = zero_run_limit(divisor)
+        max_run = operator.index(max_run)
+        if not 1 <= max_run <= MAX_ZERO_RUN:
+            raise ValueError(f"max_run must be 1..{MAX_ZERO_RUN}, not {max_run!r}")
+        #: The longest zero run the decoder takes (PING).
+        self.max_run = max_run
         super().__init__({
-            "rx": In(1, init=1),
-            "tx": Out(1, init=1),
+            "i": In(stream.Signature(8)),
+            "o": Out(stream.Signature(8)),
             "busy": Out(1),
             "cls": Out(8),
             "cls_valid": Out(1),
@@ -191,14 +199,13 @@ class Link(wiring.Component):
         classes = config.classes
 
         m.submodules.accel = accel = self._accel
-        m.submodules.uart_rx = rxu = UARTRx(divisor=self._divisor)
-        m.submodules.uart_tx = txu = UARTTx(divisor=self._divisor)
-        m.d.comb += [rxu.rx.eq(self.rx), self.tx.eq(txu.tx)]
-        # Replies queue here and leave at line rate: the executor is free for the next request
-        # as soon as a reply is queued, so requests sent without waiting are all served.
+        rx = self.i
+        # Replies queue here and leave at the transport's rate: the executor is free for the
+        # next request as soon as a reply is queued, so requests sent without waiting are all
+        # served.
         m.submodules.tx_fifo = tx_fifo = SyncFIFOBuffered(width=8, depth=self.TX_BUFFER)
-        m.d.comb += [txu.i.valid.eq(tx_fifo.r_rdy), txu.i.payload.eq(tx_fifo.r_data),
-                     tx_fifo.r_en.eq(txu.i.ready)]
+        m.d.comb += [self.o.valid.eq(tx_fifo.r_rdy), self.o.payload.eq(tx_fifo.r_data),
+                     tx_fifo.r_en.eq(self.o.ready)]
 
         # Slot s, pixel i at address i + (s << pix_bits).
         pix_bits = max(1, ceil_log2(n_pix))
@@ -232,7 +239,7 @@ class Link(wiring.Component):
         stream_block = (busy & ~s_stream) | s_full.bit_select(rx_slot, 1) | copying
 
         # ---- receiver: frame parser ------------------------------------------------------
-        byte = rxu.o.payload
+        byte = rx.payload
         got = Signal()
         p_cmd = Signal(8)
                 # (a copy blocks only the frames that stage in the image memory: a PING is answered)
@@ -242,7 +249,7 @@ class Link(wiring.Component):
         p_len = Signal(range(max_len + 1))
         p_count = Signal(range(max_len + 1))
         # The next payload byte is the last, registered (timing): fresh one cycle after p_count
-        # or p_len change, long before the next byte (a UART byte takes 10 bit times).
+        # or p_len change, so bytes must come at least 2 cycles apart (BYTE_CYCLES).
         p_at_end = Signal()
         m.d.sync += p_at_end.eq(p_count + 1 == p_len)
         p_crc = Signal(16)
@@ -283,7 +290,7 @@ class Link(wiring.Component):
         w_full = Signal()            # the image's last byte is written
         w_over = Signal()            # bytes beyond it (not written)
         # Zero-run decoding: the previous byte was a 0 (a run's count follows), the zeros of
-        # the run still to write (the UART holds the next byte meanwhile), a count out of range.
+        # the run still to write (`i` waits meanwhile), a count out of range.
         z_run = Signal()
         z_left = Signal(range(self.max_run + 1))
         z_bad = Signal()
@@ -294,7 +301,7 @@ class Link(wiring.Component):
         req_valid = Signal()
         req_ready = Signal()
         crc_next = crc16_byte(p_crc, byte)
-        m.d.comb += got.eq(rxu.o.valid & rxu.o.ready)
+        m.d.comb += got.eq(rx.valid & rx.ready)
 
         known = Signal()
         len_ok = Signal()
@@ -342,7 +349,7 @@ class Link(wiring.Component):
         def frame_byte():
             # Inside a frame: take bytes (not while a zero run is written), and give up after
             # `timeout` idle cycles.
-            m.d.comb += rxu.o.ready.eq(z_left == 0)
+            m.d.comb += rx.ready.eq(z_left == 0)
             with m.If(got):
                 m.d.sync += idle.eq(0)
             with m.Elif(idle == self._timeout - 1):
@@ -353,7 +360,7 @@ class Link(wiring.Component):
 
         with m.FSM(name="parser"):
             with m.State("HUNT"):
-                m.d.comb += rxu.o.ready.eq(1)
+                m.d.comb += rx.ready.eq(1)
                 with m.If(got & (byte == SYNC)):
                     m.d.sync += [p_crc.eq(0xFFFF), p_cmd.eq(0), p_code.eq(0), p_load.eq(0),
                                  p_hdr_len.eq(0), idle.eq(0)]
@@ -864,4 +871,60 @@ class Link(wiring.Component):
                                 m.next = "DUMP_DRAIN"
                     with m.Else():
                         m.next = "LOAD"
+        return m
+
+
+class EngineTransport(wiring.Component):
+    """What a transport around a :class:`LinkEngine` (``self.engine``) shows of it: the
+    engine's figures, and its status members, which :meth:`_engine` drives."""
+
+    max_run = property(lambda self: self.engine.max_run)
+    slots = property(lambda self: self.engine.slots)
+    word_bytes = property(lambda self: self.engine.word_bytes)
+    dump_words = property(lambda self: self.engine.dump_words)
+
+    #: The status members (``busy``, ``cls``, ``cls_valid``), as the engine's.
+    STATUS = {"busy": Out(1), "cls": Out(8), "cls_valid": Out(1)}
+
+    def _engine(self, m):
+        """Add the engine to ``m`` and drive the status members from it; the engine."""
+        m.submodules.engine = engine = self.engine
+        m.d.comb += [self.busy.eq(engine.busy), self.cls.eq(engine.cls),
+                     self.cls_valid.eq(engine.cls_valid)]
+        return engine
+
+
+class Link(EngineTransport):
+    """A :class:`LinkEngine` behind a UART (8N1 at ``divisor`` clock cycles per bit).
+
+    The UART receiver holds one byte while the engine writes a zero run's zeros, so the longest
+    run it takes is :func:`~.protocol.zero_run_limit` ``(divisor)``. The other parameters and the
+    status members are the engine's.
+
+    Members
+    -------
+    rx : ``In(1, init=1)``
+        UART line from the host.
+    tx : ``Out(1, init=1)``
+        UART line to the host.
+    busy, cls, cls_valid : ``Out``
+        The engine's.
+    """
+
+    def __init__(self, *, accel, config, divisor, timeout, model_loaded=True, slots=2):
+        self._divisor = check_divisor(divisor)
+        #: The protocol engine (``max_run``, ``slots``, ``word_bytes``, ``dump_words``).
+        self.engine = LinkEngine(accel=accel, config=config, timeout=timeout,
+                                 max_run=zero_run_limit(self._divisor),
+                                 model_loaded=model_loaded, slots=slots)
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), **self.STATUS})
+
+    def elaborate(self, platform):
+        m = Module()
+        engine = self._engine(m)
+        m.submodules.uart_rx = uart_rx = UARTRx(divisor=self._divisor)
+        m.submodules.uart_tx = uart_tx = UARTTx(divisor=self._divisor)
+        wiring.connect(m, uart_rx=uart_rx.o, engine=engine.i)
+        wiring.connect(m, engine=engine.o, uart_tx=uart_tx.i)
+        m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         return m

@@ -70,9 +70,13 @@ def board_model(qnet, preset, target=None):
 
 
 def board_core(model, parallelism, *, clk_freq, baud, timeout_s=0.1, accel=None,
-               accel_domain=None):
+               accel_domain=None, link="uart", usb_bus=None):
     """The link serving ``Accelerator(model, parallelism)`` (or a given ``accel``, e.g. a
     :func:`training_accelerator`), the link in clock domain ``sync`` at ``clk_freq``.
+
+    ``link``: ``"uart"`` (a :class:`~cnnforge.boards.link.Link` at ``baud``) or ``"usb"`` (a
+    :class:`~cnnforge.boards.usb.USBLink` on the pins ``usb_bus``, or with its UTMI interface as
+    ports when None: simulation).
 
     With ``accel_domain`` the accelerator runs in that clock domain behind a
     :class:`~cnnforge.boards.crossing.ClockCrossing` (the domain is defined around the core).
@@ -92,23 +96,31 @@ def board_core(model, parallelism, *, clk_freq, baud, timeout_s=0.1, accel=None,
     if accel_domain is not None:
         from .crossing import ClockCrossing
         accel = ClockCrossing(accel, config, domain=accel_domain)
+    timeout = max(1, round(timeout_s * clk_freq))
+    if link == "usb":
+        from .usb import USBLink
+        return USBLink(accel=accel, config=config, timeout=timeout, model_loaded=model_loaded,
+                       bus=usb_bus)
+    if link != "uart":
+        raise CnnforgeError(f"the host link must be 'uart' or 'usb', not {link!r}")
     return Link(accel=accel, config=config, divisor=divisor_for(clk_freq, baud),
-                timeout=max(1, round(timeout_s * clk_freq)), model_loaded=model_loaded)
+                timeout=timeout, model_loaded=model_loaded)
 
 
 def sim_core(model, preset, *, clk_freq, baud, timeout_s=0.002, target="generic",
-             train_init=None, accel_domain=None):
+             train_init=None, accel_domain=None, link="uart"):
     """A board core for simulation: the preset's parallelism, by default with the portable
     datapath (``target=None`` keeps the preset's: vendor primitives, simulated with Yosys's
     cell models); with ``train_init`` (``"random"``, ``"model"``) a training core; with
-    ``accel_domain`` the accelerator in that clock domain (:func:`board_core`)."""
+    ``accel_domain`` the accelerator in that clock domain; ``link`` the transport
+    (:func:`board_core`)."""
     from ..hw.accel import PRESETS, Parallelism
     par = PRESETS[preset]
     if target is not None:
         par = Parallelism(**{**par.to_dict(), "target": target})
     accel = None if train_init is None else training_accelerator(train_init, par)
     return board_core(model, par, clk_freq=clk_freq, baud=baud, timeout_s=timeout_s,
-                      accel=accel, accel_domain=accel_domain)
+                      accel=accel, accel_domain=accel_domain, link=link)
 
 
 class BoardTop(Elaboratable):
@@ -131,6 +143,9 @@ class BoardTop(Elaboratable):
         Replaces the accelerator (smoke tests of the board side only).
     train_init : {None, "random", "model"}
         Build with on-chip training (:func:`training_accelerator`) from this starting point.
+    link : {None, "uart", "usb"}
+        The host link (None: the board's default, :attr:`~cnnforge.boards.board.Board.links`).
+        ``"usb"``: the PLL also gives the USB device's 12 and 48 MHz clocks.
 
     Raises
     ------
@@ -139,8 +154,9 @@ class BoardTop(Elaboratable):
     """
 
     def __init__(self, board, model, *, parallelism=None, clk_freq=None, baud=None, accel=None,
-                 train_init=None):
+                 train_init=None, link=None):
         self.board = board
+        self.link = board.check_link(link)
         self._model = model
         training = train_init is not None
         preset = board.training_preset() if training else board.preset
@@ -170,6 +186,19 @@ class BoardTop(Elaboratable):
             except CnnforgeError as e:
                 raise CnnforgeError(f"{board.name}: {e}") from None
             self.link_clk_freq = self.link_pll[-1]
+        # USB full speed: the device at 12 MHz, its PHY sampling at 48 MHz (one VCO: in phase).
+        self.usb_plls = []
+        if self.link == "usb":
+            from .usb import USB_CLOCK, USB_IO_CLOCK, check_usb_clocks
+            if self.link_pll is not None:
+                raise CnnforgeError(f"{board.name}: a USB link with a separate link clock is "
+                                    f"not supported")
+            try:
+                self.usb_plls = [board.family.secondary_pll(self.pll, f)
+                                 for f in (USB_CLOCK, USB_IO_CLOCK)]
+            except CnnforgeError as e:
+                raise CnnforgeError(f"{board.name}: {e}") from None
+            check_usb_clocks(self.usb_plls[0][-1], self.usb_plls[1][-1])
 
     def elaborate(self, platform):
         m = Module()
@@ -186,18 +215,27 @@ class BoardTop(Elaboratable):
             m.domains.fast = cd_accel = ClockDomain("fast")
         else:
             cd_accel = cd_sync
-        m.submodules.pll = family.pll_instance(
-            clk_pin=clk_pin, pll=self.pll, secondary=self.link_pll, f_in=self._f_in,
-            f_out=self.clk_freq, f_secondary=self.link_clk_freq, main_clk=cd_accel.clk,
-            secondary_clk=cd_sync.clk if split else None, locked=locked)
-        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        secondaries = []
         if split:
-            m.submodules.fast_reset_sync = ResetSynchronizer(~locked, domain="fast")
+            secondaries.append((self.link_pll, self.link_clk_freq, cd_sync.clk))
+        for name, params in zip(("usb", "usb_io"), self.usb_plls):
+            domain = ClockDomain(name)
+            m.domains += domain
+            secondaries.append((params, params[-1], domain.clk))
+        m.submodules.pll = family.pll_instance(
+            clk_pin=clk_pin, pll=self.pll, f_in=self._f_in, f_out=self.clk_freq,
+            main_clk=cd_accel.clk, locked=locked, secondaries=secondaries)
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        for name in ["fast"] * split + ["usb", "usb_io"] * bool(self.usb_plls):
+            m.submodules[f"{name}_reset_sync"] = ResetSynchronizer(~locked, domain=name)
 
+        usb = self.link == "usb"
         m.submodules.core = core = board_core(
             self._model, self._par, clk_freq=self.link_clk_freq or self.clk_freq,
-            baud=self._baud, accel=self._accel, accel_domain="fast" if split else None)
-        uart = platform.request("uart", board.uart)
-        m.d.comb += [core.rx.eq(uart.rx.i), uart.tx.o.eq(core.tx)]
+            baud=self._baud, accel=self._accel, accel_domain="fast" if split else None,
+            link=self.link, usb_bus=platform.request("usb", 0) if usb else None)
+        if not usb:
+            uart = platform.request("uart", board.uart)
+            m.d.comb += [core.rx.eq(uart.rx.i), uart.tx.o.eq(core.tx)]
         board.leds(m, platform, core)
         return m

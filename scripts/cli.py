@@ -290,7 +290,7 @@ def cmd_bitstream(args):
     coded = mnist_request_bytes(_mnist_dir(args)) if (size, channels) == (28, 1) else None
     build.build(args.board, args.out, parallelism=par, train_init=args.train, model=model,
                 name=None if args.model is None else Path(args.model).stem, baud=args.baud,
-                request_bytes=coded)
+                request_bytes=coded, link=args.link)
 
 
 def cmd_program(args):
@@ -695,6 +695,10 @@ def build_parser():
     p.add_argument("--baud", type=int, default=None,
                    help="the host link's line rate (default: the board's, 3 Mbaud; the "
                         "iCEBreaker's FT2232H takes 6000000): OUT/BOARD-<rate>mbaud")
+    p.add_argument("--link", choices=("uart", "usb"), default=None,
+                   help="the host link (default: the board's first; usb: the FPGA's own USB "
+                        "port as a CDC-ACM serial device, the OrangeCrab): OUT/BOARD-<link> "
+                        "when not the default")
     p.add_argument("--parallelism", default=None,
                    help="override fields of the board's preset, e.g. "
                         "conv_lanes=4,requant_parallel=1,dense_mults=4")

@@ -1,6 +1,8 @@
 """OrangeCrab r0.2 (Great Scott Gadgets / Greg Davill) with the LFE5U-25F: 48 MHz oscillator,
-an RGB LED; its USB goes to the FPGA, so the host link needs a 3.3 V USB-serial adapter on the
-feather header's pins 0 (FPGA RX) and 1 (FPGA TX).
+an RGB LED; its USB port goes straight to the FPGA. Host links: a UART on the feather header's
+pins 0 (FPGA RX) and 1 (FPGA TX) through a 3.3 V USB-serial adapter, or (``LINK=usb``) the
+board's own USB port as a CDC-ACM serial device in the FPGA (no adapter; the PLL also gives
+its 12 and 48 MHz clocks).
 
 Design clock 72 MHz (PLL: 48 -> 72 MHz), preset ``ecp5-25f``. RGB LED: red busy, green result
 (too few LEDs for the class)."""
@@ -50,5 +52,6 @@ BOARD = Board(
     programmer=Programmer("OPENFPGALOADER", "openFPGALoader", "{tool} -b orangecrab {bitstream}",
                           "apt-get install openfpgaloader, or set $OPENFPGALOADER (board in DFU "
                           "mode: hold the button while plugging in)"),
+    links=("uart", "usb"),
     no_training="the masters, image and gradient buffers need about 127 DP16KD, the 25F has 56",
 )

@@ -39,16 +39,19 @@ def sim_classify_job(transport, images, preset, target, model_path=None):
 
 
 def run_sim_job(name, link, function, args, divisor, clk_freq=SIM_CLK_FREQ, extra_sources=(),
-                fast_period_ns=3):
+                fast_period_ns=3, real_time=False):
     """Simulate ``link`` (a board core) with the host job ``function`` ("module:name");
     ``extra_sources``: Verilog models of vendor primitives; ``fast_period_ns``: the clock period
     of an accelerator in its own domain (``sim_core(accel_domain="fast")``; the link's is
-    10 ns)."""
+    10 ns). ``real_time``: the link's clock at ``clk_freq`` itself (a USB core: the bus's
+    12 MHz is real time) instead of 10 ns standing for ``1 / clk_freq``."""
     from .rtl_runner import BUILD, build_verilog, run_cocotb
     path = build_verilog(link, name)
     folder = BUILD / name
     job = {"function": function, "args": args, "divisor": divisor, "clk_freq": clk_freq,
            "fast_period_ns": fast_period_ns, "out": str(folder / "job_result.json")}
+    if real_time:
+        job["period_ps"] = 2 * round(1e12 / clk_freq / 2)     # (cocotb: an even period)
     job_path = folder / "job.json"
     job_path.write_text(json.dumps(job))
     (folder / "job_result.json").unlink(missing_ok=True)

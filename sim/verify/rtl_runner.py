@@ -138,6 +138,10 @@ def run_cocotb(name, sources, toplevel, test_module, extra_env=None, verilator_a
                                                              (extra_env or {}).items()},
                           waves=waves, log_file=test_log,
                           **({"timescale": kwargs["timescale"]} if kwargs else {}))
+    except SystemExit:
+        # (under pytest, cocotb's runner exits when a test failed, instead of returning)
+        raise AssertionError(f"{name}: a cocotb test failed (log: {test_log}):\n"
+                             f"{_tail(test_log)}") from None
     except (subprocess.CalledProcessError, RuntimeError):
         raise ToolError(f"{name}: the simulation ended abnormally: {_last_error(test_log)} "
                         f"(log: {test_log})") from None

@@ -16,7 +16,9 @@ import os
 import cocotb
 from cocotb.clock import Clock
 from cocotb.task import bridge, resume
-from cocotb.triggers import ClockCycles, Event, FallingEdge, First, Timer
+from cocotb.triggers import ClockCycles, FallingEdge, Timer
+
+from .serial_port import SerialPortModel
 
 
 __all__ = ["UartModel", "SimTransport"]
@@ -24,16 +26,15 @@ __all__ = ["UartModel", "SimTransport"]
 PERIOD_NS = 10
 
 
-class UartModel:
+class UartModel(SerialPortModel):
     """8N1 UART at ``divisor`` clock periods per bit: ``send`` drives ``rx``, a monitor decodes
     ``tx`` into ``received``."""
 
     def __init__(self, dut, divisor):
         self._dut = dut
         self.bit_ns = divisor * PERIOD_NS
-        self.received = bytearray()
+        super().__init__()
         self.framing_errors = 0
-        self._byte_event = Event()
         dut.rx.value = 1
 
     async def send(self, data):
@@ -69,39 +70,39 @@ class UartModel:
                 self.framing_errors += 1
                 continue
             self.received.append(byte)
-            self._byte_event.set()
+            self._got_bytes()
 
-    async def recv(self, n, timeout_ns):
-        # Woken by each byte the monitor decodes (no polling while the device computes).
-        deadline = cocotb.simtime.get_sim_time("ns") + timeout_ns
-        while len(self.received) < n:
-            left = deadline - cocotb.simtime.get_sim_time("ns")
-            if left <= 0:
-                break
-            self._byte_event.clear()
-            await First(self._byte_event.wait(), Timer(max(1, round(left)), "ns"))
-        data = bytes(self.received[:n])
-        del self.received[:n]
-        return data
 
-    async def wait(self, ns):
-        await Timer(max(1, round(ns)), "ns")
+#: USB full speed's 12 MHz bit clock (the device's ``usb`` domain), in picoseconds.
+USB_PERIOD_PS = 83_334     # (cocotb's clocks take an even period)
 
-    async def now_ns(self):
-        return cocotb.simtime.get_sim_time("ns")
+
+async def usb_serial_port(dut):
+    """Attach the host model to a USB core's UTMI port, enumerate the device and open its
+    CDC-ACM data endpoints as a serial port: ``(USBSerialModel, device summary)``."""
+    from .usb_host import UTMIHost, USBSerialModel
+    dut.usb_rst.value = 0
+    host = UTMIHost(dut, dut.usb_clk, prefix="utmi_")
+    await host.start()
+    device = await host.enumerate()
+    ep_out, ep_in = device.cdc_data_endpoints()
+    summary = {"vid": device.vid, "pid": device.pid, "ep_out": ep_out.number,
+               "ep_in": ep_in.number, "address": host.address, "product": device.product,
+               "stalled": [str(r) for r in device.stalled]}
+    return USBSerialModel(host, ep_out, ep_in), summary
 
 
 class SimTransport:
     """The host's transport (``write``, ``read``, ``sleep``, ``flush``, ``now``) onto the UART
-    model.
+    model (or a :class:`~cnnforge.sim.verify.usb_host.USBSerialModel`: a serial port over USB).
 
     Times given in seconds are converted at ``clk_freq`` (the frequency the simulated core was
     built for), so host timeouts mean the same as on a board.
     """
 
-    def __init__(self, uart, clk_freq):
+    def __init__(self, uart, clk_freq, period_ns=PERIOD_NS):
         self._uart = uart
-        self._ns_per_s = PERIOD_NS * clk_freq
+        self._ns_per_s = period_ns * clk_freq
         self.sim = True
 
     def write(self, data):
@@ -120,6 +121,10 @@ class SimTransport:
     def flush(self):
         self._uart.received.clear()
 
+    def pause_reading(self, seconds):
+        """(A serial port over USB) the host issues no IN tokens for ``seconds``."""
+        self._uart.pause_reading(seconds * self._ns_per_s)
+
     def now(self):
         """Simulated seconds at the nominal clock."""
         return resume(self._uart.now_ns)() / self._ns_per_s
@@ -132,13 +137,21 @@ async def board_job(dut):
     module, name = job["function"].split(":")
     func = getattr(importlib.import_module(module), name)
 
-    cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
+    # (a USB core runs at its real clock: the bus's 12 MHz is real time)
+    period_ps = job.get("period_ps", PERIOD_NS * 1000)
+    cocotb.start_soon(Clock(dut.clk, period_ps, unit="ps").start())
     # A core whose accelerator runs in its own domain (ClockCrossing) has its clock as a port.
     fast = hasattr(dut, "fast_clk")
     if fast:
         cocotb.start_soon(Clock(dut.fast_clk, job["fast_period_ns"], unit="ns").start())
         dut.fast_rst.value = 1
-    uart = UartModel(dut, job["divisor"])
+    # A core with a USB link (boards.usb.USBLink) has its device's UTMI port and clock.
+    usb = hasattr(dut, "utmi_rx_data")
+    if usb:
+        cocotb.start_soon(Clock(dut.usb_clk, USB_PERIOD_PS, unit="ps").start())
+        dut.usb_rst.value = 1
+    else:
+        port = UartModel(dut, job["divisor"])
     dut.rst.value = 1
     await ClockCycles(dut.clk, 4)
     dut.rst.value = 0
@@ -146,11 +159,20 @@ async def board_job(dut):
         dut.fast_rst.value = 0
     # (a netlist's reset comes from its PLL's lock: the job says how long that takes)
     await ClockCycles(dut.clk, job.get("settle_cycles", 4))
-    cocotb.start_soon(uart.monitor())
-    transport = SimTransport(uart, job["clk_freq"])
+    if usb:
+        port, info = await usb_serial_port(dut)
+        start_ns = cocotb.simtime.get_sim_time("ns")
+    else:
+        cocotb.start_soon(port.monitor())
+    transport = SimTransport(port, job["clk_freq"], period_ps / 1000)
     result = await bridge(func)(transport, **job.get("args", {}))
-    result = {"result": result, "framing_errors": uart.framing_errors,
-              "sim_time_ns": cocotb.simtime.get_sim_time("ns")}
+    result = {"result": result, "sim_time_ns": cocotb.simtime.get_sim_time("ns")}
+    if usb:
+        result.update({"framing_errors": 0, "usb": {
+            "device": info, "enumerated_ns": start_ns, "host": port.host.stats,
+            "port": port.counters}})
+    else:
+        result["framing_errors"] = port.framing_errors
     with open(job["out"], "w") as f:
         json.dump(result, f)
 
@@ -323,6 +345,37 @@ def stream_scenario(transport, images, fault_images):
     # The one-image-at-a-time commands still work after streaming.
     out["legacy"] = asdict(c.classify(img_b))
     return out
+
+
+def stalled_host_stream(transport, images, pause_s):
+    """Streamed classification (every reply with logits and probabilities) while the host
+    stops reading for ``pause_s`` from the first request on (a serial port over USB: the host
+    issues no IN tokens meanwhile). ``{"results", "paused_s", "first_reply_s"}``: the replies,
+    the time from the first request to the end, and to the first reply read."""
+    from dataclasses import asdict
+    import numpy as np
+    from cnnforge.boards.host import Client
+    from cnnforge.boards.protocol import ReplyMode
+    c = Client(transport, timeout=pause_s + 0.05)
+    c.ping()
+    start = transport.now()
+    first = []
+
+    def progress(done, total):
+        if not first:
+            first.append(transport.now() - start)
+
+    transport.pause_reading(pause_s)
+    results = c.classify_many([np.asarray(im, np.uint8) for im in images], ReplyMode.ALL,
+                              progress=progress)
+    return {"results": [asdict(r) for r in results], "paused_s": transport.now() - start,
+            "first_reply_s": first[0]}
+
+
+def usb_board_scenario(transport, images, fault_images, stream_images, pause_s):
+    """:func:`board_scenario`, then :func:`stalled_host_stream`: one simulation (one build)."""
+    return {"scenario": board_scenario(transport, images, fault_images),
+            "stalled": stalled_host_stream(transport, stream_images, pause_s)}
 
 
 def board_scenario(transport, images, fault_images, upload=None, timeout=0.05):
