@@ -101,7 +101,7 @@ bench: $(STAMP)
 # The host link through a board's simulated pins: images/s streamed in each reply mode
 # -> build/bench-link.json and .md (BAUD= another line rate).
 bench-link: $(STAMP)
-	$(CNNFORGE) bench-link --sim --board $(BOARD) $(if $(BAUD),--baud $(BAUD)) $(if $(IMAGES),--images $(IMAGES))
+	$(CNNFORGE) bench-link --sim --board $(BOARD) $(if $(BAUD),--baud $(BAUD)) $(if $(IMAGES),--images $(IMAGES)) $(if $(LINK),--link $(LINK))
 
 # The netlist of build/$(BOARD) (make bitstream first) simulated at gate level through its pins.
 gatesim: $(STAMP)

@@ -66,30 +66,50 @@ def bench_link_job(transport, images, labels, runs):
     return out
 
 
-def _link_core(board, model_path, baud):
-    """The board's core for simulation and ``(link clock, divisor, fast period ns)``."""
+def _link_core(board, model_path, baud, link="uart", accel=None):
+    """The board's core for simulation and ``(link clock, divisor, fast period ns)``; with
+    ``accel`` that accelerator instead of the model's (``link="usb"`` only)."""
     from .boards.top import board_core, board_model
     from .boards.uart import divisor_for
     from .sim.reference import model_file
     from .sim.verify.tb_board import PERIOD_NS
+    model, par, network_accel = board_model(model_file.load_network(model_path), board.preset,
+                                            "generic")
+    if link == "usb":
+        # (the USB device's clocks are real time: the core runs at the board's clock)
+        core = board_core(model, par if network_accel is None and accel is None else None,
+                          clk_freq=board.clk_freq, baud=baud, timeout_s=0.002,
+                          accel=accel or network_accel, link="usb")
+        return core, board.clk_freq, None, None
     link_clk = board.link_clk_freq or board.clk_freq
     split = board.link_clk_freq is not None
-    model, par, accel = board_model(model_file.load_network(model_path), board.preset, "generic")
-    core = board_core(model, par if accel is None else None, clk_freq=link_clk, baud=baud,
-                      timeout_s=0.002, accel=accel, accel_domain="fast" if split else None)
+    core = board_core(model, par if network_accel is None else None, clk_freq=link_clk,
+                      baud=baud, timeout_s=0.002, accel=network_accel,
+                      accel_domain="fast" if split else None)
     fast_ns = max(1, round(PERIOD_NS * link_clk / board.clk_freq)) if split else None
     return core, link_clk, divisor_for(link_clk, baud), fast_ns
 
 
 def bench_link(board_name, *, images=100, mnist_dir=None, model_path=None, baud=None,
-               log=print):
-    """Measure ``board_name``'s link in simulation; the report as a dict."""
+               link=None, log=print):
+    """Measure ``board_name``'s link in simulation; the report as a dict.
+
+    ``link``: the board's host link (None: its default). Over USB the link-bound rate is
+    measured too: the same runs through the same core with an accelerator that answers in a
+    few cycles (:class:`~cnnforge.sim.verify.fake_accel.FakeAccel`), so only the bus, the USB
+    device and the protocol engine set the pace; scaled to the whole test set by its mean
+    request bytes against the simulated images' (the bus carries whole 64-byte packets, so
+    this is an estimate)."""
     from . import mnist
     from .boards.board import get_board
     from .sim.reference import model_file
     from .sim.verify.board_system import run_sim_job
+    from .boards.top import link_config
     from .sim.verify.tb_board import PERIOD_NS
     board = get_board(board_name)
+    link = board.check_link(link)
+    if link == "usb" and baud is not None:
+        raise CnnforgeError("--baud is a UART's; a USB link has none")
     baud = baud or board.baud
     model_path = model_path or (model_file.DEFAULT_PATH.with_name(board.model) if board.model
                                 else None)
@@ -99,45 +119,65 @@ def bench_link(board_name, *, images=100, mnist_dir=None, model_path=None, baud=
         raise CnnforgeError(f"bench-link streams MNIST test images; the model takes "
                             f"{size}x{size}x{channels}")
     test_x, test_y = mnist.load("test", mnist_dir)
-    core, link_clk, divisor, fast_ns = _link_core(board, model_path, baud)
-    log(f"bench-link {board.name}: {images} images per run, link {link_clk / 1e6:g} MHz, "
-        f"{baud} baud (divisor {divisor})"
+    usb = link == "usb"
+    core, link_clk, divisor, fast_ns = _link_core(board, model_path, baud, link)
+    log(f"bench-link {board.name}: {images} images per run, "
+        + ("USB full speed (CDC-ACM), core at " f"{link_clk / 1e6:g} MHz" if usb else
+           f"link {link_clk / 1e6:g} MHz, {baud} baud (divisor {divisor})")
         + (f", accelerator {board.clk_freq / 1e6:g} MHz" if fast_ns else ""))
     args = {"images": test_x[:images].tolist(), "labels": test_y[:images].tolist(),
             "runs": [(mode.value, coding) for mode, coding in RUNS]}
-    out = run_sim_job(f"bench_link_{board.name}", core, "cnnforge.bench_link:bench_link_job", args, divisor=divisor, clk_freq=link_clk,
+    name = f"bench_link_{board.name}" + ("_usb" if usb else "")
+    out = run_sim_job(name, core, "cnnforge.bench_link:bench_link_job", args, divisor=divisor,
+                      clk_freq=link_clk, real_time=usb,
                       **({"fast_period_ns": fast_ns} if fast_ns else {}))
     if out["framing_errors"]:
         raise CnnforgeError(f"bench-link: {out['framing_errors']} framing errors on the "
                             f"simulated line")
     job = out["result"]
+    link_runs = None
+    if usb:
+        # The link's own rate: the same runs, an accelerator that is never the bottleneck.
+        from .sim.verify.fake_accel import FakeAccel
+        probe, *_ = _link_core(board, model_path, baud, link,
+                               accel=FakeAccel(link_config(qnet), delay=1))
+        log(f"bench-link {board.name}: the link alone (an accelerator answering at once)")
+        link_runs = run_sim_job(name + "_link", probe, "cnnforge.bench_link:bench_link_job",
+                                args, divisor=None, clk_freq=link_clk,
+                                real_time=True)["result"]["runs"]
     cycles = job["cycles"]
     # (the simulated accelerator clock: the link's period over the fast domain's, in ns)
     accel_clk = board.clk_freq if fast_ns is None else link_clk * PERIOD_NS / fast_ns
     compute = accel_clk / cycles
-    line = baud / 10                            # bytes per second, 8N1
-    config = core._config
+    line = None if usb else baud / 10           # bytes per second, 8N1
+    config = link_config(qnet)
     max_run = job["info"]["max_run"]
     rows = []
-    for run in job["runs"]:
+    for k, run in enumerate(job["runs"]):
         mode, coding = ReplyMode[run["mode"]], run["coding"]
         down = OVERHEAD_BYTES + stream_reply_bytes(config, mode)
         up_sim = np.mean([request_bytes(im, coding, max_run) for im in test_x[:images]])
         up_all = np.mean([request_bytes(im, coding, max_run) for im in test_x])
+        if usb:
+            bound = images / link_runs[k]["seconds"]
+            bound_all = bound * max(up_sim, down) / max(up_all, down)
+        else:
+            bound, bound_all = line / max(up_sim, down), line / max(up_all, down)
         rows.append({
             "mode": mode.name, "coding": coding, "images": images,
             "end_to_end": images / run["seconds"],
             "accuracy": run["correct"] / images,
             "request_bytes": float(up_sim), "reply_bytes": down,
-            "link_bound": line / max(up_sim, down),
-            "link_bound_test_set": line / max(up_all, down),
+            "link_bound": bound,
+            "link_bound_test_set": bound_all,
             "request_bytes_test_set": float(up_all),
             "compute_bound": compute,
         })
         log(f"  {mode.name:6s} {coding:4s}: {rows[-1]['end_to_end']:8,.0f} images/s end to end "
             f"(link-bound {rows[-1]['link_bound']:,.0f}, test set "
             f"{rows[-1]['link_bound_test_set']:,.0f}; compute-bound {compute:,.0f})")
-    return {"board": board.name, "model": str(model_path or "seed"), "baud": baud,
+    return {"board": board.name, "model": str(model_path or "seed"), "link": link,
+            "baud": None if usb else baud,
             "link_clk_hz": link_clk, "accel_clk_hz": accel_clk, "cycles_per_image": cycles,
             "raw_image_bytes": image_bytes(config), "simulated_images": images, "rows": rows,
             "slots": job["info"]["slots"], "max_run": max_run}
@@ -154,8 +194,10 @@ def write_report(reports, out="build"):
              "|---|---|---|---|---|---|---|---|"]
     for report in reports:
         for row in report["rows"]:
+            wire = ("USB full speed" if report.get("link") == "usb" else
+                    f"{report['baud'] / 1e6:g} Mbaud")
             lines.append(
-                f"| {report['board']} ({report['baud'] / 1e6:g} Mbaud) | {row['mode']} | "
+                f"| {report['board']} ({wire}) | {row['mode']} | "
                 f"{row['coding']} | {row['request_bytes_test_set']:.1f} | {row['reply_bytes']} | "
                 f"{row['end_to_end']:,.0f} ({row['images']} images) | "
                 f"{row['link_bound_test_set']:,.0f} | {row['compute_bound']:,.0f} |")

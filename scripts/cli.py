@@ -357,7 +357,8 @@ def cmd_bench_link(args):
     for baud in args.baud or ():
         _check_count("--baud", baud)
     reports = [bench_link.bench_link(name, images=args.images, mnist_dir=_mnist_dir(args),
-                                     model_path=_model_file(args.model), baud=baud)
+                                     model_path=_model_file(args.model), baud=baud,
+                                     link=args.link)
                for name in boards for baud in (args.baud or [None])]
     path = bench_link.write_report(reports)
     print(f"wrote {path} and {path.with_suffix('.md')}")
@@ -742,6 +743,9 @@ def build_parser():
     p.add_argument("--baud", type=int, action="append", default=None,
                    help="line rate (repeatable; default: the board's)")
     p.add_argument("--model", default=None, help="model file (default: the board's)")
+    p.add_argument("--link", choices=("uart", "usb"), default=None,
+                   help="the board's host link (default: its first; usb: packets of USB full "
+                        "speed through the CDC-ACM device, the link-bound rate measured too)")
     p.set_defaults(func=cmd_bench_link)
 
     p = sub.add_parser("gatesim", help="the built netlist (Yosys's output, cell models) through "

@@ -21,7 +21,8 @@ from cnnforge.boards.top import BoardTop
 from cnnforge.errors import CnnforgeError, ToolError
 from cnnforge.hw.params import NetworkConfig
 from cnnforge.sim.reference import model_file
-from helpers import (BOARD_CONFIG, HAVE_MNIST, FakeAccel, check_board_scenario, check_upload,
+from cnnforge.sim.verify.fake_accel import FakeAccel
+from helpers import (BOARD_CONFIG, HAVE_MNIST, check_board_scenario, check_upload,
                      check_classification, mnist_images, other_model)
 
 
@@ -406,3 +407,24 @@ def test_layer_list_bitstream_on_the_icebreaker(tmp_path):
     assert used["ICESTORM_LC"] <= 5280
     assert abs(t["logic"] - used["ICESTORM_LC"]) <= LOGIC_ERROR * used["ICESTORM_LC"], \
         (t["logic"], used["ICESTORM_LC"])
+
+
+@pytest.mark.slow(reason="a second OrangeCrab build (about 4 minutes): the CI builds the UART one")
+def test_usb_bitstream_on_the_orangecrab(tmp_path):
+    """`make bitstream BOARD=orangecrab LINK=usb`: the CDC-ACM device (LUNA, its full-speed PHY
+    in gateware) beside the accelerator; every clock meets its own constraint (the design's 72
+    MHz, the device's 12 MHz and the PHY's 48 MHz, all from the PLL)."""
+    spec = get_board("orangecrab")
+    try:
+        tool_env(spec.family)
+    except ToolError as e:
+        pytest.skip(str(e))
+    try:
+        report = build("orangecrab", tmp_path, link="usb")
+    except TimingError as e:
+        pytest.fail(str(e))
+    assert report["link"] == "usb" and report["timing_met"]
+    assert (tmp_path / "orangecrab-usb" / "top.bit").stat().st_size > 0
+    constraints = sorted(round(f["constraint_mhz"]) for f in report["fmax"].values())
+    assert constraints == [12, 48, 72], report["fmax"]
+    assert all(f["achieved_mhz"] >= f["constraint_mhz"] for f in report["fmax"].values())

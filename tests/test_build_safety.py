@@ -23,7 +23,8 @@ from cnnforge.boards.build import TimingError, build, check_bitstream, program, 
 from cnnforge.boards.board import get_board
 from cnnforge.boards.top import BoardTop
 from cnnforge.errors import CnnforgeError, ToolError
-from helpers import BOARD_CONFIG, FakeAccel
+from cnnforge.sim.verify.fake_accel import FakeAccel
+from helpers import BOARD_CONFIG
 
 
 def fake_bitstream(family, device="LFE5U-25F", fill=0x5A, size=None):

@@ -9,7 +9,8 @@ import pytest
 
 from cnnforge.sim.verify.board_system import run_sim_job
 from cnnforge.boards.link import Link
-from helpers import BOARD_CONFIG, FakeAccel, check_board_scenario
+from cnnforge.sim.verify.fake_accel import FakeAccel
+from helpers import BOARD_CONFIG, check_board_scenario
 
 
 def check_result(got, image, where):

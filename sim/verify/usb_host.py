@@ -29,9 +29,11 @@ numbers (bit times, USB 2.0 section 7.1.18-19):
   the host's EOP has not answered (the host times out after 16 to 18 bit times);
 * :data:`FRAME_BITS` = 12000: SOF every 1 ms with an 11-bit frame number; no transaction
   starts unless its worst case ends :data:`EOF_BITS` = 32 bit times before the next SOF;
-* at most ``max_bulk_per_frame`` (default 19) bulk transactions that put a DATA packet on the
-  bus (OUT, whatever its handshake; IN that returned data) per frame: what full speed carries
-  in practice with 64-byte packets. A NAKed IN costs only its bus time (~58 bit times).
+* the bulk transactions that put a DATA packet on the bus (OUT, whatever its handshake; IN
+  that returned data) take at most ``bulk_frame_bytes`` (default :data:`BULK_FRAME_BYTES` =
+  1500) per frame, each its payload and :data:`BULK_OVERHEAD_BYTES` = 13 of protocol: USB 2.0
+  section 5.8.4's full-speed bulk limits (table 5-9: 19 transactions of 64 bytes, 71 of 8, 107
+  of 1 per frame). A NAKed IN costs only its bus time (~58 bit times).
 
 Idle line state is J. A bus reset is SE0 for ``reset_ms`` (10, TDRST) followed by
 ``recovery_ms`` (10, TRSTRCY) of SOFs before the first request; SET_ADDRESS is followed by
@@ -54,7 +56,8 @@ __all__ = ["PID", "Outcome", "USBError", "USBStall", "USBTimeout", "USBProtocolE
            "parse_packet", "stuffed_bits", "packet_bits", "Endpoint", "Interface",
            "DeviceInfo", "UTMIHost", "USBSerialModel",
            "SYNC_BITS", "EOP_BITS", "INTER_PACKET_BITS", "TURNAROUND_BITS",
-           "RESPONSE_TIMEOUT_BITS", "FRAME_BITS", "EOF_BITS"]
+           "RESPONSE_TIMEOUT_BITS", "FRAME_BITS", "EOF_BITS", "BULK_FRAME_BYTES",
+           "BULK_OVERHEAD_BYTES"]
 
 SYNC_BITS = 8
 EOP_BITS = 3
@@ -63,6 +66,8 @@ TURNAROUND_BITS = 4
 RESPONSE_TIMEOUT_BITS = 18
 FRAME_BITS = 12_000
 EOF_BITS = 32
+BULK_FRAME_BYTES = 1500
+BULK_OVERHEAD_BYTES = 13
 
 #: UTMI ``line_state`` values at full speed (bit 0 is D+, bit 1 is D-).
 LINE_SE0, LINE_J, LINE_K = 0b00, 0b01, 0b10
@@ -346,8 +351,9 @@ class UTMIHost:
         Name prefix of the UTMI signals (``rx_data``, ``rx_valid``, ``rx_active``, ``rx_error``,
         ``line_state``, ``tx_data``, ``tx_valid``, ``tx_ready``; ``vbus_valid``,
         ``session_valid``, ``session_end``, ``host_disconnect``, ``id_digital`` when present).
-    max_bulk_per_frame : int
-        Bulk transactions with a DATA packet per frame (19: full speed in practice).
+    bulk_frame_bytes : int
+        Bytes of bulk transactions with a DATA packet per frame, each its payload and
+        :data:`BULK_OVERHEAD_BYTES` (USB 2.0's full-speed bulk limits).
 
     Members
     -------
@@ -360,7 +366,7 @@ class UTMIHost:
     last_transaction_bits : bit times of the packets of the last transaction.
     """
 
-    def __init__(self, dut, clock, *, prefix="utmi_", max_bulk_per_frame=19):
+    def __init__(self, dut, clock, *, prefix="utmi_", bulk_frame_bytes=BULK_FRAME_BYTES):
         self._clock = clock
 
         def signal(name):
@@ -379,7 +385,7 @@ class UTMIHost:
                             ("host_disconnect", 0), ("id_digital", 1)):
             if hasattr(dut, prefix + name):
                 self._static[name] = (signal(name), value)
-        self.max_bulk_per_frame = max_bulk_per_frame
+        self.bulk_frame_bytes = bulk_frame_bytes
         self.address = 0
         self.max_packet0 = 8
         self.frame = 0
@@ -390,6 +396,7 @@ class UTMIHost:
         self._lock = Lock()
         self._new_frame = Event()
         self._frame_bulk = 0
+        self._frame_bytes = 0
         self._next_sof = None
         self._period_ps = None
         self._t0 = 0
@@ -468,17 +475,19 @@ class UTMIHost:
                 self.stats["sofs"] += 1
             self.stats["busiest_frame"] = max(self.stats["busiest_frame"], self._frame_bulk)
             self._frame_bulk = 0
+            self._frame_bytes = 0
             self._next_sof += FRAME_BITS
             event, self._new_frame = self._new_frame, Event()
             event.set()
 
-    async def _claim(self, bits, bulk=False):
+    async def _claim(self, bits, bulk_bytes=0):
         """Own the bus for a transaction of at most ``bits`` bit times: it must end before the
-        frame's EOF; ``bulk``: and the frame must have bulk transactions left."""
+        frame's EOF; a bulk transaction of up to ``bulk_bytes`` (payload and overhead) must
+        also fit the frame's bulk budget."""
         while True:
             await self._lock.acquire()
             fits = self._cycle() + bits <= self._next_sof - EOF_BITS
-            if fits and not (bulk and self._frame_bulk >= self.max_bulk_per_frame):
+            if fits and self._frame_bytes + bulk_bytes <= self.bulk_frame_bytes:
                 return
             event = self._new_frame
             self._lock.release()
@@ -562,11 +571,12 @@ class UTMIHost:
         data = data_packet(data_pid, payload, corrupt_crc)
         bits = (packet_bits(token_bytes) + INTER_PACKET_BITS + packet_bits(data)
                 + RESPONSE_TIMEOUT_BITS + _HANDSHAKE_BITS + INTER_PACKET_BITS)
-        await self._claim(bits, bulk)
+        await self._claim(bits, len(payload) + BULK_OVERHEAD_BYTES if bulk else 0)
         self.last_transaction_bits = 0
         try:
             if bulk:
                 self._frame_bulk += 1
+                self._frame_bytes += len(payload) + BULK_OVERHEAD_BYTES
             await self._send(token_bytes)
             await self._cycles(INTER_PACKET_BITS)
             await self._send(data)
@@ -584,7 +594,7 @@ class UTMIHost:
         token_bytes = token_packet(PID.IN, address, endpoint)
         bits = (packet_bits(token_bytes) + RESPONSE_TIMEOUT_BITS + _worst_data_bits(max_packet)
                 + TURNAROUND_BITS + _HANDSHAKE_BITS + INTER_PACKET_BITS)
-        await self._claim(bits, bulk)
+        await self._claim(bits, max_packet + BULK_OVERHEAD_BYTES if bulk else 0)
         self.last_transaction_bits = 0
         try:
             await self._send(token_bytes)
@@ -599,6 +609,7 @@ class UTMIHost:
                                            f"the endpoint's {max_packet}")
                 if bulk:
                     self._frame_bulk += 1
+                    self._frame_bytes += len(packet.payload) + BULK_OVERHEAD_BYTES
                 if packet.crc_ok:
                     await self._cycles(TURNAROUND_BITS)
                     await self._send(handshake_packet(PID.ACK))
