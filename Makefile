@@ -119,3 +119,9 @@ check: $(STAMP)
 
 program: $(STAMP)
 	$(CNNFORGE) program --board $(BOARD) $(if $(TRAIN),--train)
+
+# SymbiYosys proofs of the host link's protocol engine (sim/verify/formal_link.py; logs in
+# build/formal/<proof>/), the long ones included; one solver at a time.
+.PHONY: formal
+formal: $(STAMP)
+	$(PY) -m pytest -q -rs -p no:xdist -m "" tests/test_formal.py
