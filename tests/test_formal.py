@@ -23,9 +23,9 @@ def proof(name, expect, *, slow=None):
     return pytest.param(name, expect, id=f"{name}-{expect}", marks=marks)
 
 
-def run(name, expect, **kwargs):
+def run(name, expect, out_dir=OUT_DIR, **kwargs):
     try:
-        result = prove(name, out_dir=OUT_DIR, **kwargs)
+        result = prove(name, out_dir=out_dir, **kwargs)
     except ToolError as e:
         pytest.skip(str(e))
     assert result.status == expect, f"{result} (expected {expect})"
@@ -54,10 +54,10 @@ def test_link_engine_proof(name, expect):
     run(name, expect)
 
 
-def test_cover_proofs_reach_their_events():
+def test_cover_proofs_reach_their_events(tmp_path):
     """The cover runs name the step each event is first reached in (the proofs' depths
-    are above them)."""
-    result = run("crc_cover", "PASS")
+    are above them). (Its own folder: the parametrized crc_cover may run at the same time.)"""
+    result = run("crc_cover", "PASS", out_dir=tmp_path)
     log = result.log.read_text()
     assert "Reached cover statement in step" in log, log[-2000:]
 
