@@ -38,6 +38,7 @@ from ..fsutil import atomic_write_text
 from ..hw.util import REPLICA
 from .protocol import (MAX_ZERO_RUN, OVERHEAD_BYTES, STREAM_HEADER_BYTES, ReplyMode,
                        image_bytes, stream_reply_bytes, zero_run_limit)
+from .blocks import BLOCK_SCRIPT, block_statistics, block_table
 from .board import get_board
 from .family import FAMILIES
 from .top import BoardTop, link_config
@@ -247,6 +248,18 @@ def _markdown(r):
                         else "")
                      + " (`cnnforge bench-link --sim` measures it through the simulated pins)")
     lines.append(f"- build time: {r['seconds']:.0f} s")
+    blocks = r.get("blocks")
+    if blocks:
+        labels = list(blocks["rows"][0]["cells"])
+        lines += ["", "## Logic by block", "",
+                  f"Each module's own cells, from the build's Yosys script run again with the "
+                  f"hierarchy kept (`synth_{r['family']} -noflatten`, {blocks['seconds']:.0f} s; "
+                  f"`{BLOCK_SCRIPT}` in the build folder; `top` is the board's top, `core` the "
+                  f"host link, `core.accel` the accelerator). LUT4, carry and FF do not sum to "
+                  f"the logic cells above: nextpnr packs them together, and the flat build "
+                  f"optimizes across modules (it may also share a hard block the hierarchy "
+                  f"keeps apart).", ""]
+        lines += block_table(blocks["rows"], labels)
     return "\n".join(lines) + "\n"
 
 
@@ -548,6 +561,11 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             if met:
                 break
         seconds = time.perf_counter() - start
+        blocks = None
+        if spec.family.block_cells:
+            blocks_start = time.perf_counter()
+            blocks = {"rows": block_statistics(folder, spec.family, env),
+                      "seconds": round(time.perf_counter() - blocks_start, 1)}
         if spec.family.name == "ice40" and layer_list:
             check_ice40_dsps(folder, network_par.lanes)
         elif spec.family.name == "ice40" and par is not None and accel is None:
@@ -609,6 +627,7 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             "bitstream_bytes": len(data),
             "bitstream_sha256": hashlib.sha256(data).hexdigest(),
             "seconds": round(seconds, 1),
+            "blocks": blocks,
         }
         atomic_write_text(folder / "report.json", json.dumps(result, indent=1))
         atomic_write_text(folder / "report.md", _markdown(result))

@@ -49,6 +49,10 @@ class Family:
     lut_ram: bool = True
     #: The PLL takes the clock pad itself (no input buffer: the pin is requested with dir "-").
     pll_takes_pad: bool = False
+    #: ``(label, Yosys cell type or prefix*)`` of the report's logic-by-block table
+    #: (:mod:`cnnforge.boards.blocks`); empty: no such table (it costs a second synthesis: on
+    #: the small iCE40 about 30 s, where every cell counts).
+    block_cells: tuple = ()
 
     def __str__(self):
         return self.name
@@ -169,6 +173,8 @@ ICE40 = _ICE40(
     block_ram_name="SB_RAM40_4K", dsp_name="SB_MAC16",
     block_ram_shapes=((256, 16), (512, 8), (1024, 4), (2048, 2)), lut_ram=False,
     pll_takes_pad=True,
+    block_cells=(("LUT4", "SB_LUT4"), ("carry", "SB_CARRY"), ("FF", "SB_DFF*"),
+                 ("SB_MAC16", "SB_MAC16"), ("EBR", "SB_RAM40_4K"), ("SPRAM", "SB_SPRAM256KA")),
 )
 
 

@@ -13,15 +13,14 @@ report's error; writes
 ``build/calibrate/<family>.json``. Takes minutes (a synthesis per design).
 """
 
-import collections
 import json
 import os
-import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 
+from .boards.blocks import parse_stat
 from .errors import CnnforgeError
 
 
@@ -49,22 +48,6 @@ def designs(family):
             seed, PRESETS[spec.preset], clk_freq=spec.link_clk_freq or spec.clk_freq,
             baud=spec.baud, accel_domain="fast" if spec.link_clk_freq else None), board)
     return out
-
-
-def parse_stat(text):
-    """``{module: Counter(cell type: count)}`` of Yosys's ``stat`` output."""
-    modules, current = {}, None
-    for line in text.splitlines():
-        m = re.match(r"=== (\S+) ===", line)
-        if m:
-            current = modules.setdefault(m.group(1).lstrip("\\"), collections.Counter())
-            continue
-        if "design hierarchy" in line:
-            current = None
-        m = re.match(r"\s+(\d+)\s+(\S+)$", line)
-        if m and current is not None:
-            current[m.group(2)] += int(m.group(1))
-    return modules
 
 
 def module_cells(cells, family):

@@ -321,6 +321,14 @@ def test_bitstream(name, tmp_path):
         logic = estimate_logic(core, family.name)["logic"]
         assert abs(logic - placed) <= LOGIC_ERROR * placed, (logic, placed)
     assert "timing met" in (out / name / "report.md").read_text()
+    if family.block_cells:      # logic by block: the hard blocks are the build's
+        rows = saved["blocks"]["rows"]
+        by_block = {label: sum(r["cells"][label] for r in rows) for label, _ in family.block_cells}
+        assert by_block["SB_MAC16"] == used["ICESTORM_DSP"]
+        assert by_block["SPRAM"] == used["ICESTORM_SPRAM"]
+        assert abs(by_block["EBR"] - used["ICESTORM_RAM"]) <= 1
+        assert {"core", "core.accel.conv"} <= {r["block"].removeprefix("top.") for r in rows}
+        assert "## Logic by block" in (out / name / "report.md").read_text()
     print(json.dumps(report, indent=1))
     # (the ECP5 netlists simulate slowly: test_gatesim_ecp5)
     if family.name in GATESIM_IN_MAKE_TEST and HAVE_MNIST:

@@ -218,7 +218,8 @@ def test_calibration_fit_and_stat_parser():
     """`cnnforge calibrate-logic`'s pieces without Yosys: Yosys's `stat` per module, the
     non-negative least squares, the cells a module counts."""
     import numpy as np
-    from cnnforge.calibrate_logic import module_cells, nnls, parse_stat
+    from cnnforge.boards.blocks import parse_stat
+    from cnnforge.calibrate_logic import module_cells, nnls
     stat = parse_stat("=== top.accel ===\n\n   Number of cells: 5\n     3   LUT4\n     1   CCU2C\n"
                       "     1   TRELLIS_DPR16X4\n\n=== top ===\n     2   LUT4\n"
                       "=== design hierarchy ===\n     9   LUT4\n")
