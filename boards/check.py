@@ -26,18 +26,21 @@ from ..errors import CnnforgeError
 from .family import FAMILIES
 
 
-__all__ = ["Memory", "design_memories", "block_ram_blocks", "LOGIC_ERROR", "check"]
+__all__ = ["Memory", "BLOCK_RAM_ATTRS", "wants_block_ram", "design_memories", "block_ram_blocks",
+           "LOGIC_ERROR", "check"]
 
 
 @dataclass(frozen=True)
 class Memory:
-    """One memory of an elaborated design: its path, words, bits per word, and whether every
-    read port is synchronous and it has a write port."""
+    """One memory of an elaborated design: its path, words, bits per word, whether every
+    read port is synchronous, whether it has a write port, and whether the design asks for
+    block RAM (:data:`BLOCK_RAM_ATTRS`: a table Yosys would otherwise make logic)."""
     path: str
     depth: int
     width: int
     sync_read: bool
     writable: bool
+    block: bool = False
 
     @property
     def bits(self):
@@ -58,7 +61,7 @@ def design_memories(design):
                 found.append(Memory(
                     "/".join(where), data.depth, Shape.cast(data.shape).width,
                     all(port._domain != "comb" for port in sub._read_ports),
-                    bool(sub._write_ports)))
+                    bool(sub._write_ports), wants_block_ram(sub._attrs)))
             else:
                 walk(sub, where)
 
@@ -66,10 +69,21 @@ def design_memories(design):
     return found
 
 
+#: The attributes by which a design asks Yosys for block RAM (``Memory(attrs=...)``).
+BLOCK_RAM_ATTRS = {"ram_style": "block"}
+
+
+def wants_block_ram(attrs):
+    """Whether a memory's attributes ask for block RAM."""
+    return all((attrs or {}).get(k) == v for k, v in BLOCK_RAM_ATTRS.items())
+
+
 def _in_block_ram(memory, family="ecp5"):
     """Whether Yosys maps ``memory`` into ``family``'s block RAM (see the module doc). A family
     without LUT RAM (the iCE40) puts every writable memory with synchronous reads into block
-    RAM, however small; read-only tables become logic."""
+    RAM, however small; read-only tables become logic, unless the design asks for block RAM."""
+    if memory.block and memory.sync_read:
+        return True
     if not FAMILIES[family].lut_ram:
         return memory.sync_read and memory.writable
     return memory.sync_read and memory.writable and memory.depth > 32 and memory.bits > 1024

@@ -69,7 +69,7 @@ class LinkEngine(wiring.Component):
 
     ``CLASSIFY_IMAGE`` (streaming): the image memory holds ``slots`` images. A streamed
     image's bytes go into the next free slot as they arrive, a zero-run code decoded on the way
-    (a run's zeros written one per cycle while ``i`` waits); once the CRC
+    (a run's zeros written two pixels a cycle while ``i`` waits); once the CRC
     checks, the slot is queued with its sequence number and reply mode. The executor starts the
     oldest queued slot whenever no classification runs, so the next image arrives while one
     is computed; a slot is free again once its last pixel has been read into the accelerator.
@@ -114,8 +114,9 @@ class LinkEngine(wiring.Component):
         slot's pixels are addressed by the slot number above the pixel index.
     max_run : int
         The longest zero run the decoder takes (1..255, reported by PING). A run's zeros are
-        written one per cycle while ``i`` waits: a transport that cannot wait (a UART holds one
-        byte) bounds it (:func:`~.protocol.zero_run_limit`).
+        written a word (two pixels, all channels) a cycle while ``i`` waits (a byte a cycle
+        where the run starts or ends inside a word): a transport that cannot wait (a UART holds
+        one byte) bounds it (:func:`~.protocol.zero_run_limit`).
 
     Members
     -------
@@ -213,14 +214,23 @@ class LinkEngine(wiring.Component):
         m.d.comb += [tx.valid.eq(tx_fifo.r_rdy), tx.payload.eq(tx_fifo.r_data),
                      tx_fifo.r_en.eq(tx.ready)]
 
-        # Slot s, pixel i at address i + (s << pix_bits).
+        # Two pixels a word, the even one in the low half (a zero run's zeros are written two
+        # pixels a cycle): slot s, pixel i in word (i >> 1) + (s << (pix_bits - 1)).
         pix_bits = max(1, ceil_log2(n_pix))
         slots = self.slots
-        m.submodules.image = image = Memory(shape=8 * chans,
-                                            depth=n_pix if slots == 1 else slots << pix_bits,
-                                            init=[])
+        m.submodules.image = image = Memory(
+            shape=16 * chans, depth=(n_pix + 1) // 2 if slots == 1 else slots << (pix_bits - 1),
+            init=[])
         img_wr = image.write_port(granularity=8)
         img_rd = image.read_port()
+        # The pixel read: `rd_pix` of slot `rd_slot` addressed, its half of the word selected
+        # a cycle later (the read port's latency).
+        rd_pix = Signal(range(n_pix + 1))
+        rd_slot = Signal(range(slots))
+        rd_half = Signal()
+        with m.If(img_rd.en):
+            m.d.sync += rd_half.eq(rd_pix[0])
+        rd_data = img_rd.data.word_select(rd_half, 8 * chans)
         m.submodules.result = result = Memory(shape=8, depth=res_len, init=[])
         res_wr = result.write_port()
         res_rd = result.read_port()
@@ -348,9 +358,9 @@ class LinkEngine(wiring.Component):
         write_byte = Signal()        # the payload byte taken is an image (or staged) byte
 
         def slot_addr(pix, slot):
-            """Image memory address of pixel ``pix`` of slot ``slot``."""
-            pix = Cat(pix, C(0, pix_bits))[:pix_bits]
-            return pix if slots == 1 else Cat(pix, slot)
+            """Image memory address of the word holding pixel ``pix`` of slot ``slot``."""
+            word = Cat(pix, C(0, pix_bits))[1:pix_bits]
+            return word if slots == 1 else Cat(word, slot)
 
         def frame_byte():
             # Inside a frame: take bytes (not while a zero run is written), and give up after
@@ -486,28 +496,39 @@ class LinkEngine(wiring.Component):
                 with m.If(req_ready):
                     m.next = "HUNT"
 
-        # Payload bytes (and a run's zeros, one per cycle) into the image memory.
+        # Payload bytes (and a run's zeros) into the image memory: one byte a cycle, or the
+        # zeros of a whole word (two pixels) when the run covers it.
         zeros = Signal()
-        m.d.comb += zeros.eq(z_left != 0)
+        pair = Signal()
+        m.d.comb += [zeros.eq(z_left != 0),
+                     pair.eq(zeros & (w_lane == 0) & ~w_pix[0] & (z_left >= 2 * chans))]
+        w_index = w_pix[0] if chans == 1 else Mux(w_pix[0], w_lane + chans, w_lane)
+        last_pair = (n_pix - 1) & ~1         # the last word's first pixel
         with m.If(write_byte | zeros):
             m.d.comb += [
                 img_wr.addr.eq(slot_addr(w_pix, w_slot)),
-                img_wr.data.eq(Mux(zeros, 0, byte).replicate(chans)),
-                img_wr.en.eq(Mux(p_load & ~w_full, 1 << w_lane, 0)),
+                img_wr.data.eq(Mux(zeros, 0, byte).replicate(2 * chans)),
+                img_wr.en.eq(Mux(p_load & ~w_full,
+                                 Mux(pair, (1 << 2 * chans) - 1, 1 << w_index), 0)),
             ]
             with m.If(zeros):
-                m.d.sync += z_left.eq(z_left - 1)
+                m.d.sync += z_left.eq(z_left - Mux(pair, 2 * chans, 1))
             with m.If(w_byte == word_bytes - 1):
                 m.d.sync += w_byte.eq(0)
             with m.Else():
                 m.d.sync += w_byte.eq(w_byte + 1)
-            with m.If(w_lane == chans - 1):
+            with m.If(pair):
+                m.d.sync += w_pix.eq(w_pix + 2)
+            with m.Elif(w_lane == chans - 1):
                 m.d.sync += [w_lane.eq(0), w_pix.eq(w_pix + 1)]
             with m.Else():
                 m.d.sync += w_lane.eq(w_lane + 1)
             with m.If(w_full):
                 m.d.sync += w_over.eq(1)
-            with m.If((w_pix == n_pix - 1) & (w_lane == chans - 1)):
+            with m.If(pair & (w_pix == last_pair)):
+                # (an odd pixel count: the word's second pixel is one beyond the image)
+                m.d.sync += [w_full.eq(1), w_over.eq(w_full | (n_pix % 2 == 1))]
+            with m.If(~pair & (w_pix == n_pix - 1) & (w_lane == chans - 1)):
                 m.d.sync += w_full.eq(1)
 
         # ---- classification: image memory -> accel.i, accel.o -> reply buffer ------------
@@ -528,14 +549,15 @@ class LinkEngine(wiring.Component):
         accel_dump_valid = accel.dump.valid if self._trainable else C(0)
         f_slot = Signal(range(slots))
         m.d.comb += [
-            img_rd.addr.eq(slot_addr(f_addr, f_slot)),
+            rd_pix.eq(f_addr), rd_slot.eq(f_slot),
+            img_rd.addr.eq(slot_addr(rd_pix, rd_slot)),
             img_rd.en.eq(~f_valid | accel.i.ready),
         ]
         if self._trainable:
             from ..hw.train import TrainCommand
             m.d.comb += [
                 accel.i.valid.eq(f_valid | dump_req),
-                accel.i.payload.pixel.eq(img_rd.data),
+                accel.i.payload.pixel.eq(rd_data),
                 accel.i.payload.label.eq(s_label),
                 accel.i.payload.cmd.eq(Mux(dump_req, TrainCommand.DUMP,
                                            Mux(s_train, TrainCommand.TRAIN, TrainCommand.INFER))),
@@ -543,7 +565,7 @@ class LinkEngine(wiring.Component):
         else:
             m.d.comb += [
                 accel.i.valid.eq(f_valid),
-                accel.i.payload.eq(img_rd.data),
+                accel.i.payload.eq(rd_data),
             ]
         with m.If(start):
             m.d.sync += [f_active.eq(1), f_addr.eq(0), f_valid.eq(0)]
@@ -799,10 +821,10 @@ class LinkEngine(wiring.Component):
                         m.next = "COPY_ADDR"
             with m.State("COPY_ADDR"):
                 # (overrides the feeder's address: no classification runs now)
-                m.d.comb += img_rd.addr.eq(k_pix)
+                m.d.comb += [rd_pix.eq(k_pix), rd_slot.eq(0)]
                 m.next = "COPY_DATA"
             with m.State("COPY_DATA"):
-                m.d.sync += [k_word.eq(Cat(k_word[8:], img_rd.data.word_select(k_lane, 8))),
+                m.d.sync += [k_word.eq(Cat(k_word[8:], rd_data.word_select(k_lane, 8))),
                              k_left.eq(k_left - 1)]
                 with m.If(k_lane == chans - 1):
                     m.d.sync += [k_lane.eq(0), k_pix.eq(k_pix + 1)]

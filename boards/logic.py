@@ -61,7 +61,7 @@ def module_features(netlist, family="ecp5"):
     from amaranth.hdl._nir import (AssignmentList, AsyncReadPort, FlipFlop, Matches, Memory as
                                    MemoryCell, Net, Operator, Part, SyncReadPort, SyncWritePort,
                                    Top)
-    from .check import Memory, block_ram_blocks
+    from .check import Memory, block_ram_blocks, wants_block_ram
     const = {Net.from_const(0), Net.from_const(1)}
 
     def bits(value):
@@ -117,7 +117,7 @@ def module_features(netlist, family="ecp5"):
             memory = Memory("", cell.depth, Shape.cast(cell.width).width if not isinstance(
                 cell.width, int) else cell.width,
                 bool(ports) and all(isinstance(p, SyncReadPort) for p in ports),
-                index in writable)
+                index in writable, wants_block_ram(cell.attributes))
             if not block_ram_blocks(memory, family):
                 f["lut_ram"] += memory.bits * max(1, len(ports))
     return out

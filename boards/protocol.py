@@ -47,17 +47,17 @@ at once, so they may overtake a pending classification's reply. Mode byte: bits 
 (:class:`ReplyMode`: ``ALL`` class, logits and probabilities as ``CLASSIFY``; ``LOGITS`` class
 and logits; ``CLASS`` the class only), bit 2 (``ZERO_RUN``) the image is coded: a byte ``b != 0``
 is one image byte ``b``; a byte 0 followed by ``n`` (1 <= ``n`` <= the device's ``max run``,
-PING) is ``n`` zero bytes (:func:`zero_run_encode`; MNIST test images average 196 bytes
-instead of 784 with runs of up to 160, 201 with runs of up to 64). Other mode bits, reply
+PING) is ``n`` zero bytes (:func:`zero_run_encode`; MNIST test images average 204 bytes
+instead of 784 with runs of up to 160, 209 with runs of up to 64). Other mode bits, reply
 mode 3, a run of 0 or above the device's limit are NAKed ``BAD_ARGUMENT``; an image that
 does not decode to exactly ``input_size**2 * channels`` bytes ``BAD_LENGTH``. A
 ``CLASSIFY_IMAGE`` discards the image loaded by ``LOAD_IMAGE`` (they share the buffers); it is
 NAKed ``BUSY`` while a ``LOAD_IMAGE`` classification, a training step or a model upload's copy
 runs, and those are NAKed ``BUSY`` while streamed images are pending. The run limit keeps the
-decoder (one byte per clock cycle) ahead of the UART, which holds one byte while the next
-arrives: a run's zeros must be written before the two bytes after its count have arrived
-(20 bit times), so :func:`zero_run_limit` is 16 cycles per bit of the UART's divisor (at
-least 64: the divisor is at least 4; at most 255, a byte).
+decoder (two zero pixels per clock cycle) ahead of the UART, which holds one byte while the
+next arrives: a run's zeros must be written before the two bytes after its count have arrived
+(20 bit times), so :func:`zero_run_limit` is 32 times the UART's divisor, its cycles per bit (at
+least 128: the divisor is at least 4; at most 255, a byte).
 
 PING reply: protocol version, input size, channels, classes, flags, word bytes, slots, max
 run (8 x u8).
@@ -397,9 +397,9 @@ def parse_ping(payload):
 
 def zero_run_limit(divisor):
     """The longest zero run a device whose UART counts ``divisor`` cycles per bit decodes
-    (16 cycles per bit: its zeros, one per cycle, are written in 80 % of the 20 bit times the
-    UART can hold the following bytes)."""
-    return min(MAX_ZERO_RUN, 16 * divisor)
+    (32 per bit: its zeros, two pixels a cycle, are written in about 80 % of the 20 bit times
+    the UART can hold the following bytes)."""
+    return min(MAX_ZERO_RUN, 32 * divisor)
 
 
 def zero_run_encode(data, max_run=64):

@@ -364,7 +364,9 @@ class Accelerator(wiring.Component):
                                   target=par.target, buffer=par.dense_buffer,
                                   sum_levels=par.sum_levels)
         self._softmax = Softmax(config, softmax_mult=model.softmax_mult,
-                                softmax_shift=model.softmax_shift, pipelined_exp=deep)
+                                softmax_shift=model.softmax_shift, pipelined_exp=deep,
+                                # (the UP5K has block RAM to spare, not logic)
+                                tables_in_block_ram=par.target == "ice40")
         self.mw_data_bits = model_word_bits(config, par)
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(8), config.in_channels))),

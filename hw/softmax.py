@@ -29,8 +29,8 @@ class Softmax(wiring.Component):
 
     The block is sequential and small: one shift-and-add multiplier (:attr:`MUL_BITS` cycles a
     product) serves every product of the algorithm, the exp2 and reciprocal-seed tables
-    (64 entries each) sit in block RAM, and the logits and exponentials in two ``classes``-word
-    memories. Per image:
+    (64 entries each) are read-only memories (logic, or block RAM: ``tables_in_block_ram``),
+    and the logits and exponentials sit in two ``classes``-word memories. Per image:
 
     1. *load*: the ``classes`` logits are taken, one per cycle, while the maximum and its first
        index are tracked;
@@ -70,6 +70,9 @@ class Softmax(wiring.Component):
         Right shift after the multiplication, ``1 .. dense_acc + mult_bits``.
     pipelined_exp : bool
         The exp step pipelined, one class per cycle (see above). Results do not depend on it.
+    tables_in_block_ram : bool
+        The exp2 and reciprocal-seed tables in block RAM rather than logic: on the iCE40
+        (``synth_ice40``), 2 SB_RAM40_4K instead of about 220 LUT4. Results do not depend on it.
 
     Members
     -------
@@ -81,7 +84,8 @@ class Softmax(wiring.Component):
 
     MUL_BITS = SoftmaxFormat.mult_bits
 
-    def __init__(self, config, *, softmax_mult, softmax_shift, pipelined_exp=False):
+    def __init__(self, config, *, softmax_mult, softmax_shift, pipelined_exp=False,
+                 tables_in_block_ram=False):
         check_config(config)
         fmt = SoftmaxFormat()
         widths = Widths(config)
@@ -93,6 +97,9 @@ class Softmax(wiring.Component):
         if not isinstance(pipelined_exp, bool):
             raise TypeError(f"pipelined_exp must be a bool, not {pipelined_exp!r}")
         self._pipelined_exp = pipelined_exp
+        if not isinstance(tables_in_block_ram, bool):
+            raise TypeError(f"tables_in_block_ram must be a bool, not {tables_in_block_ram!r}")
+        self._tables_in_block_ram = tables_in_block_ram
         self._config, self._widths, self._fmt = config, widths, fmt
         self._mult, self._shift = softmax_mult, softmax_shift
         super().__init__({
@@ -117,12 +124,16 @@ class Softmax(wiring.Component):
                                                     init=[])
         m.submodules.exp_mem = exp_mem = Memory(shape=unsigned(fmt.exp_bits), depth=classes,
                                                 init=[])
+        # (Yosys makes small read-only tables logic; asked, it puts them in block RAM)
+        table_attrs = {"ram_style": "block"} if self._tables_in_block_ram else None
         m.submodules.exp2_rom = exp2_rom = Memory(shape=unsigned(fmt.exp_bits),
                                                   depth=1 << fmt.frac_bits,
-                                                  init=[int(v) for v in fmt.exp2_table()])
+                                                  init=[int(v) for v in fmt.exp2_table()],
+                                                  attrs=table_attrs)
         m.submodules.recip_rom = recip_rom = Memory(shape=unsigned(fmt.recip_bits),
                                                     depth=1 << fmt.recip_index_bits,
-                                                    init=[int(v) for v in fmt.recip_table()])
+                                                    init=[int(v) for v in fmt.recip_table()],
+                                                    attrs=table_attrs)
         logit_wr, logit_rd = logit_mem.write_port(), logit_mem.read_port()
         exp_wr, exp_rd = exp_mem.write_port(), exp_mem.read_port()
         exp2_rd, recip_rd = exp2_rom.read_port(), recip_rom.read_port()
@@ -148,6 +159,9 @@ class Softmax(wiring.Component):
 
         half = 1 << (self._shift - 1)
         t_full = Signal(max(1, p_bits + 1 - self._shift))    # the rounded, shifted product
+        # One adder rounds both the exp step's product (+ 2**(shift-1)) and a probability's
+        # (+ 2**14): they are never needed in the same cycle.
+        round_sum = Signal(p_bits + 1)
         pk = Signal(range(max(2, classes)))      # pipelined exp: the class issued
         m.d.comb += [
             logit_wr.addr.eq(k), logit_wr.data.eq(self.i.payload),
@@ -226,6 +240,8 @@ class Softmax(wiring.Component):
                 with m.If(k != classes - 1):
                     m.d.sync += k.eq(k + 1)
 
+        m.d.comb += round_sum.eq(product + Mux(mul_then == PROB, 1 << 14, half))
+
         with m.FSM(init="LOAD"):
             if self._pipelined_exp:
                 with m.State("EXP_PIPE"):
@@ -265,7 +281,7 @@ class Softmax(wiring.Component):
             with m.State("MULTIPLIED"):
                 with m.Switch(mul_then):
                     with m.Case(EXP):
-                        m.d.sync += t_full.eq((product + half) >> self._shift)
+                        m.d.sync += t_full.eq(round_sum >> self._shift)
                         m.next = "EXP_CLAMP"
                     with m.Case(SEED):
                         start_multiply((1 << 31) - product[:32], x0, NEWTON)
@@ -281,7 +297,7 @@ class Softmax(wiring.Component):
             # of the product register instead of a barrel shifter.
             with m.State("PROB_SHIFT"):
                 with m.If(shift_left == 0):
-                    m.d.sync += [self.o.payload.prob.eq((product + (1 << 14)) >> 15),
+                    m.d.sync += [self.o.payload.prob.eq(round_sum >> 15),
                                  self.o.payload.cls.eq(best_k), self.o.valid.eq(1)]
                     m.next = "PROB_SEND"
                 with m.Else():

@@ -47,6 +47,21 @@ def test_rejects_bad_arguments():
         Softmax({}, softmax_mult=1, softmax_shift=3)
     with pytest.raises(TypeError, match="pipelined_exp must be a bool, not 1"):
         Softmax(REFERENCE, softmax_mult=1, softmax_shift=3, pipelined_exp=1)
+    with pytest.raises(TypeError, match="tables_in_block_ram must be a bool, not 'yes'"):
+        Softmax(REFERENCE, softmax_mult=1, softmax_shift=3, tables_in_block_ram="yes")
+
+
+def test_tables_in_block_ram_where_asked():
+    """The two tables ask Yosys for block RAM with ``tables_in_block_ram`` (the iCE40 preset's
+    accelerator does: its gate-level run in tests/test_boards.py reads them from SB_RAM40_4K),
+    and `cnnforge check` counts them there."""
+    from cnnforge.boards.check import block_ram_blocks, design_memories
+    for asked in (False, True):
+        tables = [m for m in design_memories(Softmax(REFERENCE, softmax_mult=3, softmax_shift=4,
+                                                     tables_in_block_ram=asked))
+                  if not m.writable]
+        assert len(tables) == 2 and all(m.block == asked for m in tables)
+        assert sum(block_ram_blocks(m, "ice40") for m in tables) == (2 if asked else 0)
 
 
 def test_newton_step_operands_fit_the_multiplier():

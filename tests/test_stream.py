@@ -70,7 +70,7 @@ def test_streamed_classification_through_the_pins():
     check_stream_result(r21, model, img_b, ReplyMode.ALL, "over_window 21")
     assert (r20["seq"], r21["seq"]) == (20, 21)
     for name, code, seq in (("run_of_0", Error.BAD_ARGUMENT, 30),
-                            ("run_of_65", Error.BAD_ARGUMENT, 30),
+                            ("run_over_limit", Error.BAD_ARGUMENT, 30),
                             ("short_code", Error.BAD_LENGTH, 30),
                             ("long_code", Error.BAD_LENGTH, 30),
                             ("dangling_zero", Error.BAD_LENGTH, 30),
@@ -79,6 +79,10 @@ def test_streamed_classification_through_the_pins():
                             ("unknown_mode_bit", Error.BAD_ARGUMENT, 31),
                             ("flipped_bit", Error.BAD_CRC, 32)):
         assert faults[name]["replies"] == [{"nak": [code.value, STREAM, seq]}], name
+    assert job["info"]["max_run"] == 32 * (SIM_CLK_FREQ // SIM_BAUD)
+    runs = faults["longest_runs"]
+    check_stream_result(runs["replies"][0], model, np.array(runs["image"], np.uint8),
+                        ReplyMode.ALL, "longest_runs")
     nak, result = faults["load_during_stream"]["replies"]
     assert nak == {"nak": [Error.BUSY.value, Command.LOAD_IMAGE.value]}
     check_stream_result(result, model, img_b, ReplyMode.ALL, "load_during_stream")

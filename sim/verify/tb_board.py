@@ -313,11 +313,12 @@ def stream_scenario(transport, images, fault_images):
     # two others are classified.
     three = b"".join(frame(20 + k, im) for k, im in enumerate((img_a, img_b, img_a)))
     faults["over_window"] = {"replies": replies(three, 3), "after": after()}
+    max_run = out["info"]["max_run"]
     code = zero_run_encode(img_b.tobytes())
     zero_at = code.index(0)
     for name, body in (
             ("run_of_0", code[:zero_at + 1] + b"\x00" + code[zero_at + 2:]),
-            ("run_of_65", code[:zero_at + 1] + b"\x41" + code[zero_at + 2:]),
+            ("run_over_limit", code[:zero_at + 1] + bytes([max_run + 1]) + code[zero_at + 2:]),
             ("short_code", code[:-1] if code[-2] else code[:-2]),
             ("long_code", code + b"\x05"),
             ("dangling_zero", code + b"\x00"),
@@ -342,6 +343,16 @@ def stream_scenario(transport, images, fault_images):
     first, second = c.read_frame(), c.read_frame()
     faults["stream_during_classify"] = {"first": _nak(first), "second": second.command,
                                         "after": after()}
+    # The decoder's worst case at the line rate: runs of the device's longest, back to back,
+    # starting on an odd pixel (a byte, then two pixels a cycle) and on an even one, ending
+    # inside a word and on the image's last pixel.
+    runs = np.zeros_like(img_a)
+    runs.flat[0], runs.flat[3 * max_run + 2], runs.flat[-1] = 7, 255, 1
+    runs_code = zero_run_encode(runs.tobytes(), max_run)
+    assert runs_code.count(bytes([0, max_run])) >= 5
+    faults["longest_runs"] = {"image": runs.tolist(),
+                              "replies": replies(frame(35, runs, body=runs_code), 1),
+                              "after": after()}
     # The one-image-at-a-time commands still work after streaming.
     out["legacy"] = asdict(c.classify(img_b))
     return out
