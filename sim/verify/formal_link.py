@@ -6,7 +6,7 @@ one-byte model words, an 8-cycle timeout, one slot), with an accelerator whose o
 states one property. Modes and engines are in :data:`PROOFS`; times below are one run on a
 2-core machine.
 
-``crc`` — unbounded (sby ``prove``: k-induction over 6 steps, Boolector; 4 s)
+``crc`` — unbounded (sby ``prove``: k-induction over 6 steps, Boolector; 2 s)
     No model write from a frame whose CRC failed, after any byte sequence
     (:class:`AnyBytesCrcHarness`). A monitor frames the bytes itself from where the engine
     starts a frame and runs a reference CRC-16/CCITT-FALSE (:mod:`amaranth.lib.crc`, not the
@@ -19,19 +19,19 @@ states one property. Modes and engines are in :data:`PROOFS`; times below are on
     write (step 25). Negative controls, which must FAIL (BMC to 26, the proof's base case,
     without the helpers): ``crc_bad_engine`` (the engine's CRC step broken) and
     ``crc_bad_reference`` (a CRC-16/XMODEM reference).
-``streams_o`` — unbounded (``prove``, ABC's PDR, which finds the invariant itself; 4 s)
+``streams_o`` — unbounded (``prove``, ABC's PDR, which finds the invariant itself; 3 s)
     ``o`` keeps ``valid`` and the payload until ``ready``, any input, free ``o.ready``, for the
     engine with a 4-byte transmit buffer (:class:`SmallBufferEngine`): with the 128-byte one,
     1,494 latches against 487, PDR had not finished after 5 minutes. Negative control
     ``streams_o_blinking`` (a buffer whose ``valid`` drops every other cycle: FAIL).
-``streams`` (``o`` and ``accel.i``) — bounded: BMC from reset to 40 (``streams_short``, 25 s)
-    and 60 steps (``streams``, 1.5-5 min); ``streams_cover``: both stall. Not unbounded on
+``streams`` (``o`` and ``accel.i``) — bounded: BMC from reset to 40 (``streams_short``, 19 s)
+    and 60 steps (``streams``, 110 s); ``streams_cover``: both stall. Not unbounded on
     ``accel.i``: k-induction to 20 steps fails from an unreachable state (``f_valid`` set with
     neither ``f_active`` nor ``busy``: a start then withdraws ``valid``), and the invariant
     that rules such states out ties the feeder, the executor's busy and slot flags, the
     capture FSM and the accelerator's count of beats owed (:class:`FreeAccel`); PDR on that
     model (253 latches) had not finished after 25 minutes.
-``idle`` — bounded: BMC from reset to 90 steps (6 min)
+``idle`` — bounded: BMC from reset to 90 steps (3 min)
     Once no byte has arrived for ``timeout + settle`` cycles (``settle`` = 60) with
     ``o.ready`` high all along, the parser is in HUNT; the check starts in step 68, so it
     covers inputs of up to 27 cycles before the quiet period. ``idle_cover``: a quiet period
@@ -40,7 +40,7 @@ states one property. Modes and engines are in :data:`PROOFS`; times below are on
     classification's reply, which it serves first, at 3 cycles a byte: by that count a NAK
     and a result reply outlast 60 cycles after longer prefixes than BMC reaches, so an
     unbounded statement needs a larger ``settle``); k-induction would need a ranking of the
-    executor's states, and PDR with ``settle`` = 120 had not finished after 25 minutes.
+    executor's states, and PDR with ``settle`` = 120 had not finished after 20 minutes.
 
 :func:`prove` writes ``build/formal/<name>/`` (``top.il``, ``<name>.sby``) and runs ``yowasp-sby``
 (``SBY`` in the environment names another; ABC is the one linked into YoWASP's Yosys, through
