@@ -249,7 +249,7 @@ def _markdown(r):
                      + " (`cnnforge bench-link --sim` measures it through the simulated pins)")
     lines.append(f"- build time: {r['seconds']:.0f} s")
     blocks = r.get("blocks")
-    if blocks:
+    if blocks and blocks["rows"]:
         labels = list(blocks["rows"][0]["cells"])
         lines += ["", "## Logic by block", "",
                   f"Each module's own cells, from the build's Yosys script run again with the "
