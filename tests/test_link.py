@@ -47,3 +47,30 @@ def test_link_validation():
         Link(accel=None, config=BOARD_CONFIG, divisor=4, timeout=0)
     with pytest.raises(ValueError, match="divisor must be at least 4"):
         Link(accel=None, config=BOARD_CONFIG, divisor=2, timeout=10)
+
+
+def test_zero_runs_of_multichannel_images():
+    """Streamed, zero-run coded 3-channel images: runs starting and ending on every channel and
+    on odd and even pixels (the decoder writes a word, two pixels of all channels, where a run
+    covers it), each reply the fake's sum of exactly the image's pixels."""
+    from cnnforge.boards.protocol import zero_run_encode, zero_run_limit
+    from cnnforge.hw.params import NetworkConfig
+    config = NetworkConfig(input_size=6, in_channels=3, filters=4, kernel=3, pool=2, classes=10)
+    rng = np.random.default_rng(17)
+    images = [np.where(rng.random((6, 6, 3)) < density, rng.integers(1, 256, (6, 6, 3)), 0)
+              .astype(np.uint8) for density in (0.05, 0.1, 0.2, 0.3, 0.5)]
+    for at in ((0, 0, 1), (0, 1, 2), (5, 5, 2)):     # one byte: runs before and after it
+        image = np.zeros((6, 6, 3), np.uint8)
+        image[at] = 9
+        images.append(image)
+    max_run = zero_run_limit(4)
+    runs = {n for im in images for n in zero_run_encode(im.tobytes(), max_run)[1::2]}
+    assert len(images) == 8 and max(runs) > 6     # (longer than a word of 2 x 3 bytes)
+    link = Link(accel=FakeAccel(config), config=config, divisor=4, timeout=24_000)
+    out = run_sim_job("link_fake_rgb_runs", link, "cnnforge.sim.verify.tb_board:streamed_images",
+                      {"images": [im.tolist() for im in images]}, divisor=4, clk_freq=12_000_000)
+    for n, (got, image) in enumerate(zip(out["result"], images)):
+        exp = FakeAccel.result(image, config)
+        assert [got["cls"], got["logits"], got["probs"]] == \
+            [exp["cls"], exp["logits"], exp["probs"]], f"image {n}"
+

@@ -20,8 +20,9 @@ def fake_result_layout(config):
 
 
 class FakeAccel(wiring.Component):
-    """A stand-in for the accelerator behind the link: it sums the pixels (taking one every other
-    cycle) and derives its result beats from the sum, ``delay`` cycles after the last pixel,
+    """A stand-in for the accelerator behind the link: it sums the pixels, every channel (a beat
+    every other cycle), and derives its result beats from the sum, ``delay`` cycles after the
+    last pixel,
     so every field of every reply is predictable. The link's tests use it, and
     ``cnnforge bench-link`` measures a link's own rate with it (``delay=1``: an accelerator
     that is never the bottleneck)."""
@@ -46,7 +47,7 @@ class FakeAccel(wiring.Component):
         wait = Signal(range(self._delay + 1))
         beat = Signal(range(cfg.classes))
         phase = Signal()
-        pixel = Signal(8)
+        pixel = Signal(range(255 * cfg.in_channels + 1))     # a beat's channels, summed
         pixel_valid = Signal()
         m.d.sync += [phase.eq(~phase), pixel_valid.eq(0)]
         with m.If(pixel_valid):
@@ -55,7 +56,8 @@ class FakeAccel(wiring.Component):
             with m.State("SUM"):
                 m.d.comb += self.i.ready.eq(phase)              # a gap every other cycle
                 with m.If(self.i.valid & self.i.ready):
-                    m.d.sync += [pixel.eq(self.i.payload[0]), pixel_valid.eq(1),
+                    m.d.sync += [pixel.eq(sum(self.i.payload[c] for c in range(cfg.in_channels))),
+                                 pixel_valid.eq(1),
                                  count.eq(count + 1)]
                     with m.If(count == n - 1):
                         m.d.sync += wait.eq(self._delay)

@@ -358,6 +358,19 @@ def stream_scenario(transport, images, fault_images):
     return out
 
 
+def streamed_images(transport, images):
+    """``classify_many`` of ``images`` (every reply with logits and probabilities, the image
+    coding the host's choice): the replies, as dicts."""
+    from dataclasses import asdict
+    import numpy as np
+    from cnnforge.boards.host import Client
+    from cnnforge.boards.protocol import ReplyMode
+    c = Client(transport, timeout=0.05)
+    c.ping()
+    return [asdict(r) for r in c.classify_many([np.asarray(im, np.uint8) for im in images],
+                                               ReplyMode.ALL)]
+
+
 def stalled_host_stream(transport, images, pause_s):
     """Streamed classification (every reply with logits and probabilities) while the host
     stops reading for ``pause_s`` from the first request on (a serial port over USB: the host
