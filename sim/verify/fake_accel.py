@@ -22,8 +22,7 @@ def fake_result_layout(config):
 class FakeAccel(wiring.Component):
     """A stand-in for the accelerator behind the link: it sums the pixels, every channel (a beat
     every other cycle), and derives its result beats from the sum, ``delay`` cycles after the
-    last pixel,
-    so every field of every reply is predictable. The link's tests use it, and
+    last pixel, so every field of every reply is predictable. The link's tests use it, and
     ``cnnforge bench-link`` measures a link's own rate with it (``delay=1``: an accelerator
     that is never the bottleneck)."""
 
