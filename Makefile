@@ -111,7 +111,7 @@ gatesim: $(STAMP)
 # tangprimer20k: one file each in boards/catalog/);
 # TRAIN=random|model adds on-chip training (build/$(BOARD)-train/, for `cnnforge train-board`).
 bitstream: $(STAMP)
-	$(CNNFORGE) bitstream --board $(BOARD) $(if $(MODEL),--model $(MODEL)) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(TRAIN),--train $(TRAIN)) $(if $(BAUD),--baud $(BAUD)) $(if $(LINK),--link $(LINK))
+	$(CNNFORGE) bitstream --board $(BOARD) $(if $(MODEL),--model $(MODEL)) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(TRAIN),--train $(TRAIN)) $(if $(BAUD),--baud $(BAUD)) $(if $(LINK),--link $(LINK)) $(if $(ONE_SEED),--one-seed)
 
 # Before any synthesis: what MODEL's accelerator needs of BOARD, and whether it fits.
 check: $(STAMP)

@@ -26,6 +26,8 @@ import glob
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -45,7 +47,8 @@ from .top import BoardTop, link_config
 
 
 __all__ = ["tool_env", "build", "run_toolchain", "program", "check_bitstream",
-           "link_images_per_second", "TimingError", "ice40_dsps", "nextpnr_seeds",
+           "link_images_per_second", "TimingError", "ice40_dsps", "nextpnr_seeds", "MARGIN_SEEDS",
+           "nextpnr_command", "place_seeds",
            "parse_parallelism"]
 
 class TimingError(CnnforgeError):
@@ -219,9 +222,15 @@ def _markdown(r):
                      f"MHz, nextpnr Fmax {achieved:.2f} MHz")
     tries = r.get("nextpnr_seeds") or []
     if len(tries) > 1 or (tries and tries[0]["seed"] is not None):
-        lines.append("- nextpnr placements tried: " + ", ".join(
-            f"{'default seed' if t['seed'] is None else 'seed ' + str(t['seed'])} "
-            f"{t['fmax_mhz']:.2f} MHz" for t in tries))
+        lines.append("- nextpnr placements: " + ", ".join(
+            f"{_seed_name(t['seed'])} {t['fmax_mhz']:.2f} MHz"
+            + (" (this bitstream)" if t.get("bitstream") else "") for t in tries))
+    margin = r.get("margin_seeds")
+    if margin:
+        met = [t for t in tries if t["seed"] in margin and t.get("met")]
+        lines.append(f"- clock margin: {len(met)} of {len(margin)} placements (nextpnr "
+                     f"{', '.join(_seed_name(seed) for seed in margin)}) meet "
+                     f"{r['target_mhz']:.2f} MHz")
     if r["family"] == "ice40":
         lines.append("- nextpnr-ice40 does not time paths inside SB_MAC16 (its ports count as "
                      "registers): the convolution's and dense engine's MAC inputs and outputs "
@@ -400,8 +409,13 @@ def _last_tool_error(folder):
 
 def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, parallelism=None,
           accel=None, bench_path=None, train_init=None, name=None, request_bytes=None,
-          link=None, log=print):
+          link=None, margin_seeds=(), log=print):
     """Synthesize, place and route, pack; write the report. Returns the report dict.
+
+    ``margin_seeds`` (e.g. :data:`MARGIN_SEEDS`): once a placement meets the clock, the netlist
+    is placed and routed again with each of these seeds not yet tried (:func:`place_seeds`, no
+    bitstream), and the report gives every placement's Fmax and how many of these meet: a
+    clock that one lucky seed meets shows as such.
 
     ``train_init`` (``"random"``, ``"model"``): build with on-chip training
     (:class:`~cnnforge.hw.train.TrainingAccelerator`, ``TRAIN``/``READ_WEIGHTS`` on the link)
@@ -560,6 +574,12 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             tried.append((seed, fmax_mhz))
             if met:
                 break
+        margin = []
+        if met and margin_seeds:
+            rest = [seed for seed in margin_seeds if seed not in [s for s, _ in tried]]
+            log(f"{spec.name}: placing and routing the netlist with nextpnr seeds "
+                f"{', '.join(_seed_name(seed) for seed in rest)} too (the clock's margin)")
+            margin = place_seeds(folder, spec.family, env, rest, target)
         seconds = time.perf_counter() - start
         blocks = None
         if spec.family.block_cells:
@@ -611,7 +631,14 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             "target_mhz": target, "fmax_mhz": fmax_mhz, "fmax": fmax,
             "timing_met": met, "link": link, "baud": None if usb else top.baud,
             "link_clk_mhz": top.link_clk_freq / 1e6 if top.link_clk_freq else None,
-            "nextpnr_seeds": [{"seed": seed, "fmax_mhz": f} for seed, f in tried],
+            # Every placement: those tried until one met the clock (the last made the
+            # bitstream), then the margin's (placed only).
+            "nextpnr_seeds": (
+                [{"seed": seed, "fmax_mhz": f, "met": f >= target, "bitstream": j == len(tried) - 1}
+                 for j, (seed, f) in enumerate(tried)]
+                + [{"seed": seed, "fmax_mhz": f, "met": ok, "bitstream": False}
+                   for seed, f, ok in margin]),
+            "margin_seeds": list(margin_seeds) if margin else None,
             "resources": resources, "cycles_per_image": cycles,
             "images_per_s_compute": target * 1e6 / cycles if cycles else None,
             "images_per_s_fmax": fmax_mhz * 1e6 / cycles if cycles else None,
@@ -642,6 +669,76 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
                               f"{target:.2f} MHz (report in {report_md}; {final} keeps the "
                               f"last good build)")
     return result
+
+
+#: The placements whose timing ``make bitstream`` reports beside the one it keeps: a board's
+#: clock should be met by at least two of them, not by one lucky seed.
+MARGIN_SEEDS = (None, 1, 2)
+
+#: nextpnr options that name its outputs (and the seed): :func:`place_seeds` replaces them.
+_NEXTPNR_OUTPUTS = ("--asc", "--textcfg", "--write", "--report", "--log", "--seed")
+
+
+def _seed_name(seed):
+    return "default seed" if seed is None else f"seed {seed}"
+
+
+def nextpnr_command(folder, env):
+    """The nextpnr command of the build script in ``folder`` (as words, the tool resolved from
+    ``env`` as the script does), without the options naming its outputs and seed."""
+    script = (folder / "build_top.sh").read_text().replace("\\\n", " ")
+    for line in script.splitlines():
+        if line.startswith('"$NEXTPNR'):
+            words = shlex.split(line)
+            tool = words[0].lstrip("$")
+            default = re.search(rf": \${{{tool}:=([^}}]*)}}", script)
+            command = shlex.split(env.get(tool) or (default.group(1) if default else tool))
+            skip = False
+            for word in words[1:]:
+                if skip:
+                    skip = False
+                elif word in _NEXTPNR_OUTPUTS:
+                    skip = True
+                else:
+                    command.append(word)
+            return command
+    raise ToolError(f"no nextpnr command in {folder / 'build_top.sh'}")
+
+
+def place_seeds(folder, family, env, seeds, target, *, jobs=None):
+    """Place and route the netlist in build folder ``folder`` again with each nextpnr seed of
+    ``seeds`` (None: nextpnr's default), ``jobs`` at a time (default: the CPU count, at most
+    2), writing no bitstream (``folder/seeds/<seed>.json``, ``.tim``); ``[(seed, Fmax MHz,
+    met)]``, as :func:`clock_verdict` judges ``target`` (MHz)."""
+    command = nextpnr_command(folder, env)
+    (folder / "seeds").mkdir(exist_ok=True)
+    jobs = jobs or max(1, min(2, os.cpu_count() or 1))
+    pending, running, results = list(seeds), [], {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                seed = pending.pop(0)
+                tag = "default" if seed is None else str(seed)
+                args = command + ([] if seed is None else ["--seed", str(seed)]) + [
+                    "--report", f"seeds/{tag}.json", "--log", f"seeds/{tag}.tim"]
+                with open(folder / "seeds" / f"{tag}.log", "wb") as out:
+                    proc = subprocess.Popen(args, cwd=folder, env=env, stdout=out,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+                running.append((seed, tag, proc))
+            seed, tag, proc = running[0]
+            if proc.wait():
+                raise ToolError(f"nextpnr with {_seed_name(seed)} failed (log: "
+                                f"{folder / 'seeds' / (tag + '.log')})")
+            running.pop(0)
+            report = json.loads((folder / "seeds" / f"{tag}.json").read_text())
+            results[seed] = clock_verdict(_parse_report(family, report)[1], target)
+    finally:
+        for _, _, proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+    return [(seed, *results[seed]) for seed in seeds]
 
 
 def nextpnr_seeds(board):

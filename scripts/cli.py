@@ -290,7 +290,8 @@ def cmd_bitstream(args):
     coded = mnist_request_bytes(_mnist_dir(args)) if (size, channels) == (28, 1) else None
     build.build(args.board, args.out, parallelism=par, train_init=args.train, model=model,
                 name=None if args.model is None else Path(args.model).stem, baud=args.baud,
-                request_bytes=coded, link=args.link)
+                request_bytes=coded, link=args.link,
+                margin_seeds=() if args.one_seed else build.MARGIN_SEEDS)
 
 
 def cmd_program(args):
@@ -710,6 +711,10 @@ def build_parser():
                    help="a model file (or a committed one's name, e.g. lenet.npz): a network "
                         "other than the seed is built as a layer-list accelerator in "
                         "OUT/BOARD-NAME")
+    p.add_argument("--one-seed", action="store_true",
+                   help="stop at the first placement that meets the clock (default: also place "
+                        "with nextpnr's default seed and seeds 1 and 2, and report how many "
+                        "meet it)")
     p.set_defaults(func=cmd_bitstream)
 
     p = sub.add_parser("program", help="load the board's bitstream (iceprog / openFPGALoader)")

@@ -76,9 +76,9 @@ def fake_build(monkeypatch, tmp_path):
     monkeypatch.setattr(build_mod, "BoardTop", lambda spec, model, **kwargs: BoardTop(
         spec, model, **{**kwargs, "accel": FakeAccel(BOARD_CONFIG)}))
 
-    def run(tools):
+    def run(tools, **kwargs):
         monkeypatch.setattr(build_mod, "run_toolchain", tools)
-        return build("icebreaker", tmp_path, log=lambda *a: None)
+        return build("icebreaker", tmp_path, log=lambda *a: None, **kwargs)
     return run
 
 
@@ -355,3 +355,43 @@ def test_sigterm_ends_a_command_like_ctrl_c(fake_build, monkeypatch, tmp_path, c
     assert time.monotonic() - started < 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["icebreaker"]
     assert snapshot(tmp_path / "icebreaker") == good
+
+
+FAKE_NEXTPNR = """
+import json, sys
+args = sys.argv[1:]
+# (a placement for the margin writes no bitstream: no output option but its report and log)
+assert "--asc" not in args and args.count("--seed") <= 1 and "--json" in args, args
+seed = args[args.index("--seed") + 1] if "--seed" in args else "default"
+if seed == "3":
+    sys.exit("ERROR: no route")
+fmax = {"default": 31.0, "1": 20.0}[seed]
+report = {"utilization": {"ICESTORM_LC": {"used": 100, "available": 5280}},
+          "fmax": {"cd_sync": {"achieved": fmax, "constraint": 30.0}}}
+open(args[args.index("--report") + 1], "w").write(json.dumps(report))
+open(args[args.index("--log") + 1], "w").write("Info: placed\\n")
+"""
+
+
+def test_margin_seeds_are_placed_and_reported(fake_build, monkeypatch, tmp_path):
+    """``make bitstream`` places the netlist with nextpnr's default seed and seeds 1 and 2 beside
+    the one kept (the iCEBreaker tries seed 2 first) and reports how many meet the clock; a seed
+    whose placement fails is a one-line error naming its log."""
+    fake = tmp_path / "fake_nextpnr.py"
+    fake.write_text(FAKE_NEXTPNR)
+    monkeypatch.setenv("NEXTPNR_ICE40", f"{sys.executable} {fake}")
+    report = fake_build(FakeTools(fmax_mhz=40.0), margin_seeds=build_mod.MARGIN_SEEDS)
+    assert report["nextpnr_seeds"] == [
+        {"seed": 2, "fmax_mhz": 40.0, "met": True, "bitstream": True},
+        {"seed": None, "fmax_mhz": 31.0, "met": True, "bitstream": False},
+        {"seed": 1, "fmax_mhz": 20.0, "met": False, "bitstream": False}]
+    assert report["margin_seeds"] == [None, 1, 2]
+    text = (tmp_path / "icebreaker" / "report.md").read_text()
+    assert ("- nextpnr placements: seed 2 40.00 MHz (this bitstream), default seed 31.00 MHz, "
+            "seed 1 20.00 MHz") in text
+    assert ("- clock margin: 2 of 3 placements (nextpnr default seed, seed 1, seed 2) meet "
+            "30.00 MHz") in text
+
+    folder = tmp_path / "icebreaker"
+    with pytest.raises(ToolError, match=r"nextpnr with seed 3 failed \(log: .*seeds/3.log\)$"):
+        build_mod.place_seeds(folder, get_board("icebreaker").family, dict(os.environ), [3], 30.0)
