@@ -940,15 +940,17 @@ class LinkEngine(wiring.Component):
         # the read port still shows the previous byte, so nothing is offered then).
         s_idx = Signal(range(longest + 1))
         s_settled = Signal()
+        s_more = Signal()            # the reply's payload has bytes left
         source = transmitter.payload
         taken = source.valid & source.ready
+        m.d.comb += s_more.eq(s_idx < r_len)
         m.d.sync += s_settled.eq(~taken)
         with m.If(taken):
             m.d.sync += s_idx.eq(s_idx + 1)
 
         def reply(command, length, src, stream=0):
             m.d.sync += [r_cmd.eq(command), r_len.eq(length), r_src.eq(src), s_idx.eq(0),
-                         r_stream.eq(stream)]
+                         r_stream.eq(stream), s_settled.eq(0)]
             m.next = "REPLY"
 
         # The request's error code, registered (timing: it is decided from the frame's fields,
@@ -986,22 +988,23 @@ class LinkEngine(wiring.Component):
         m.d.comb += res_rd.addr.eq(Mux(r_stream, s_idx - 1, s_idx))
         with m.Switch(r_src):
             with m.Case(SRC_PING):
-                m.d.comb += [source.valid.eq(1), source.payload.eq(ping[s_idx[:3]])]  # (8 bytes)
+                m.d.comb += [source.valid.eq(s_more),
+                             source.payload.eq(ping[s_idx[:3]])]  # (8 bytes)
             with m.Case(SRC_NAK):
-                m.d.comb += [source.valid.eq(1), source.payload.eq(
+                m.d.comb += [source.valid.eq(s_more), source.payload.eq(
                     Mux(s_idx[1], r_nak_seq, Mux(s_idx[0], r_nak_cmd, r_code)))]
             with m.Case(SRC_CYCLES):
                 reported = accel.cycles if self._counted else capture.cycles
-                m.d.comb += [source.valid.eq(1),
+                m.d.comb += [source.valid.eq(s_more),
                              source.payload.eq(reported.word_select(s_idx[:2], 8))]
             with m.Case(SRC_RESULT):
-                m.d.comb += [source.valid.eq(s_settled), source.payload.eq(
+                m.d.comb += [source.valid.eq(s_more & s_settled), source.payload.eq(
                     Mux(r_stream & (s_idx == 0), c_seq, res_rd.data))]
             if self._trainable:
                 # The requested values straight from `dump`, each held there until its 4th
                 # byte is taken.
                 with m.Case(SRC_DUMP):
-                    m.d.comb += [source.valid.eq(accel.dump.valid),
+                    m.d.comb += [source.valid.eq(s_more & accel.dump.valid),
                                  source.payload.eq(accel.dump.payload.word_select(d_byte, 8))]
                     with m.If(taken):
                         m.d.sync += d_byte.eq(d_byte + 1)

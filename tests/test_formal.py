@@ -65,9 +65,7 @@ def run(name, expect, out_dir=OUT_DIR, **kwargs):
     proof("streams_o_blinking", "FAIL"),    # a buffer whose valid blinks breaks it
     proof("streams_accel", "PASS"),
     proof("streams_inner", "PASS"),
-    proof("streams_payload", "PASS",
-          xfail="the reply payload's source offers bytes outside a reply's payload (link.py: "
-                "gate its valid by s_idx < r_len, clear s_settled when a reply starts)"),
+    proof("streams_payload", "PASS"),
     proof("streams_cover", "PASS"),         # every stream does stall
 ])
 def test_link_engine_proof(name, expect):
