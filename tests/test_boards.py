@@ -229,7 +229,7 @@ def test_parallelism_override_and_estimates():
 def test_nextpnr_seeds(monkeypatch):
     from cnnforge.boards.build import nextpnr_seeds
     monkeypatch.delenv("CNNFORGE_NEXTPNR_SEEDS", raising=False)
-    assert nextpnr_seeds(get_board("icebreaker")) == (2, 3, None)
+    assert nextpnr_seeds(get_board("icebreaker")) == (None, 1, 2, 3)
     assert nextpnr_seeds(get_board("ulx3s")) == (1, None)
     assert nextpnr_seeds(get_board("orangecrab")) == (None,)
     monkeypatch.setenv("CNNFORGE_NEXTPNR_SEEDS", "default, 7")
