@@ -375,11 +375,12 @@ open(args[args.index("--log") + 1], "w").write("Info: placed\\n")
 
 def test_margin_seeds_are_placed_and_reported(fake_build, monkeypatch, tmp_path):
     """``make bitstream`` places the netlist with nextpnr's default seed and seeds 1 and 2 beside
-    the one kept (the iCEBreaker tries seed 2 first) and reports how many meet the clock; a seed
+    the one kept (here seed 2, tried first) and reports how many meet the clock; a seed
     whose placement fails is a one-line error naming its log."""
     fake = tmp_path / "fake_nextpnr.py"
     fake.write_text(FAKE_NEXTPNR)
     monkeypatch.setenv("NEXTPNR_ICE40", f"{sys.executable} {fake}")
+    monkeypatch.setenv("CNNFORGE_NEXTPNR_SEEDS", "2,3,default")    # seed 2 first, and meets
     report = fake_build(FakeTools(fmax_mhz=40.0), margin_seeds=build_mod.MARGIN_SEEDS)
     assert report["nextpnr_seeds"] == [
         {"seed": 2, "fmax_mhz": 40.0, "met": True, "bitstream": True},
