@@ -633,15 +633,18 @@ class FrameTransmitter(wiring.Component):
 class LinkEngine(wiring.Component):
     """Serves the framed protocol with an accelerator, over byte streams.
 
-    The receiver parses frames as bytes arrive (skipping bytes outside frames until a SYNC,
-    checking the CRC, the length and an inter-byte timeout) and writes a ``LOAD_IMAGE``
-    payload straight into the image memory. A checked request goes to the executor, which
-    answers it or starts a classification: the image memory streams into ``accel.i`` and the
-    ``classes`` result beats from ``accel.o`` are captured into the reply buffer, one byte per
-    cycle, straight from the held payload (``accel.o`` sees ``ready`` in the 7th cycle of each
-    beat, so the cycle count, which leaves out output stalls, pauses meanwhile). Frames that
-    arrive meanwhile are answered ``BUSY``; the classification's reply follows when it
-    completes.
+    The :class:`FrameParser` (submodule ``parser``) parses frames as bytes arrive (skipping
+    bytes outside frames until a SYNC, checking the CRC, the length and an inter-byte timeout)
+    and writes a ``LOAD_IMAGE`` payload straight into the image memory. A checked request goes
+    to the executor (this module), which answers it or starts a classification: the image
+    memory streams into ``accel.i`` and the :class:`ResultCapture` (``capture``) captures the
+    ``classes`` result beats from ``accel.o`` into the reply buffer, one byte per cycle,
+    straight from the held payload (``accel.o`` sees ``ready`` in the 7th cycle of each beat, so
+    the cycle count, which leaves out output stalls, pauses meanwhile). Frames that arrive
+    meanwhile are answered ``BUSY``; the classification's reply follows when it completes. A
+    reply is a header for the :class:`FrameTransmitter` (``transmitter``) and its payload
+    bytes, offered from their source (the reply buffer, the cycle count, a NAK's fields, PING's
+    table, the trainer's dump).
 
     ``CLASSIFY_IMAGE`` (streaming): the image memory holds ``slots`` images. A streamed
     image's bytes go into the next free slot as they arrive, a zero-run code decoded on the way
