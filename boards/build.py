@@ -571,12 +571,12 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             report = json.loads((folder / "nextpnr.json").read_text())
             resources, fmax = _parse_report(spec.family, report)
             fmax_mhz, met = clock_verdict(fmax, target)
-            tried.append((seed, fmax_mhz))
+            tried.append((seed, fmax_mhz, met))
             if met:
                 break
         margin = []
-        if met and margin_seeds:
-            rest = [seed for seed in margin_seeds if seed not in [s for s, _ in tried]]
+        rest = [seed for seed in margin_seeds if seed not in [t[0] for t in tried]]
+        if met and rest:
             log(f"{spec.name}: placing and routing the netlist with nextpnr seeds "
                 f"{', '.join(_seed_name(seed) for seed in rest)} too (the clock's margin)")
             margin = place_seeds(folder, spec.family, env, rest, target)
@@ -634,11 +634,11 @@ def build(board, out_dir="build", *, model=None, clk_freq=None, baud=None, paral
             # Every placement: those tried until one met the clock (the last made the
             # bitstream), then the margin's (placed only).
             "nextpnr_seeds": (
-                [{"seed": seed, "fmax_mhz": f, "met": f >= target, "bitstream": j == len(tried) - 1}
-                 for j, (seed, f) in enumerate(tried)]
+                [{"seed": seed, "fmax_mhz": f, "met": ok, "bitstream": j == len(tried) - 1}
+                 for j, (seed, f, ok) in enumerate(tried)]
                 + [{"seed": seed, "fmax_mhz": f, "met": ok, "bitstream": False}
                    for seed, f, ok in margin]),
-            "margin_seeds": list(margin_seeds) if margin else None,
+            "margin_seeds": list(margin_seeds) if met and margin_seeds else None,
             "resources": resources, "cycles_per_image": cycles,
             "images_per_s_compute": target * 1e6 / cycles if cycles else None,
             "images_per_s_fmax": fmax_mhz * 1e6 / cycles if cycles else None,
