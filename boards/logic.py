@@ -76,6 +76,10 @@ def module_features(netlist, family="ecp5"):
             writable.add(cell.memory)
 
     out = collections.defaultdict(collections.Counter)
+    # A multiplexer used several times is lowered once per use (amaranth.lib.crc's
+    # `Mux(start, initial, crc)` for every bit it feeds: 40 copies); synthesis merges the copies.
+    # (Only multiplexers: the costs were fitted with the other operators counted per use.)
+    operators = set()
     for index, cell in enumerate(netlist.cells):
         if isinstance(cell, Top):
             continue
@@ -84,6 +88,10 @@ def module_features(netlist, family="ecp5"):
             f["ff"] += bits(cell.data) or len(cell.data)
         elif isinstance(cell, Operator):
             op, ins = cell.operator, cell.inputs
+            key = (cell.module_idx, op, tuple(tuple(value) for value in ins))
+            if op == "m" and key in operators:
+                continue
+            operators.add(key)
             if op in ("+", "-") and len(ins) == 2:
                 f["add"] += max(bits(ins[0]), bits(ins[1]))
             elif op == "-":
